@@ -1,0 +1,179 @@
+/**
+ * A Hugging Face checkpoint directory: `config.json` and the safetensors files (single, sharded with
+ * `model.safetensors.index.json`, or several without an index), with every tensor findable by name.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { type ModelConfig, parseModelConfig } from "./config.ts";
+import { type FloatDType, toFloat16Bits, toFloat32 } from "./dtype.ts";
+import { ModelLoadError } from "./errors.ts";
+import { SafetensorsFile, type TensorInfo } from "./safetensors.ts";
+
+/** An open checkpoint. Close it when the weights are loaded. */
+export class Checkpoint {
+  /** The directory. */
+  readonly dir: string;
+  /** The parsed `config.json`. */
+  readonly config: ModelConfig;
+  /** The raw `config.json` object. */
+  readonly rawConfig: Record<string, unknown>;
+  #files: SafetensorsFile[];
+  #byName: Map<string, { file: SafetensorsFile; info: TensorInfo }>;
+
+  private constructor(
+    dir: string,
+    config: ModelConfig,
+    raw: Record<string, unknown>,
+    files: SafetensorsFile[],
+  ) {
+    this.dir = dir;
+    this.config = config;
+    this.rawConfig = raw;
+    this.#files = files;
+    this.#byName = new Map();
+    for (const file of files) {
+      for (const info of file.tensors.values()) this.#byName.set(info.name, { file, info });
+    }
+  }
+
+  /** Opens the checkpoint in `dir`, reading its config and every safetensors header. */
+  static async open(dir: string): Promise<Checkpoint> {
+    const raw = await readJson(join(dir, "config.json"));
+    const config = parseModelConfig(raw, join(dir, "config.json"));
+    const names = await safetensorsFiles(dir);
+    const files: SafetensorsFile[] = [];
+    try {
+      for (const name of names) files.push(await SafetensorsFile.open(join(dir, name)));
+    } catch (e) {
+      for (const f of files) f.close();
+      throw e;
+    }
+    return new Checkpoint(dir, config, raw as Record<string, unknown>, files);
+  }
+
+  /** Whether a tensor called `name` exists. */
+  has(name: string): boolean {
+    return this.#byName.has(name);
+  }
+
+  /** Where tensor `name` lies; throws a {@linkcode ModelLoadError} naming it when absent. */
+  info(name: string): TensorInfo {
+    const hit = this.#byName.get(name);
+    if (!hit) {
+      throw new ModelLoadError(
+        `Cannot load tensor ${name}: it is in none of the safetensors files of ${this.dir}`,
+        {
+          tensor: name,
+        },
+      );
+    }
+    return hit.info;
+  }
+
+  /** Raw bytes of tensor `name`. */
+  async readRaw(name: string): Promise<Uint8Array> {
+    const hit = this.#byName.get(name);
+    if (!hit) this.info(name);
+    return await hit!.file.readInfo(hit!.info);
+  }
+
+  /** Values of floating-point tensor `name` as float32. */
+  async readF32(name: string): Promise<Float32Array> {
+    const info = this.info(name);
+    return toFloat32(await this.readRaw(name), floatDType(info));
+  }
+
+  /** Values of floating-point tensor `name` as float16 bit patterns. */
+  async readF16Bits(name: string): Promise<Uint16Array> {
+    const info = this.info(name);
+    return toFloat16Bits(await this.readRaw(name), floatDType(info));
+  }
+
+  /** Closes every file. */
+  close(): void {
+    for (const f of this.#files) f.close();
+    this.#files = [];
+  }
+}
+
+function floatDType(info: TensorInfo): FloatDType {
+  if (info.dtype === "F32" || info.dtype === "F16" || info.dtype === "BF16") return info.dtype;
+  throw new ModelLoadError(
+    `Cannot load tensor ${info.name} from ${info.file}: dtype ${info.dtype} is not a supported float type (F32, F16, BF16)`,
+    { file: info.file, tensor: info.name },
+  );
+}
+
+/** Parses the JSON file at `path`, with errors that name it. */
+export async function readJson(path: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound ? "the file does not exist" : String(e);
+    throw new ModelLoadError(`Cannot read ${path}: ${why}`, { file: path, cause: e });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new ModelLoadError(`Cannot read ${path}: it is not valid JSON (${(e as Error).message})`, {
+      file: path,
+      cause: e,
+    });
+  }
+}
+
+async function safetensorsFiles(dir: string): Promise<string[]> {
+  const indexPath = join(dir, "model.safetensors.index.json");
+  let hasIndex = false;
+  try {
+    hasIndex = (await Deno.stat(indexPath)).isFile;
+  } catch {
+    hasIndex = false;
+  }
+  if (hasIndex) {
+    const index = await readJson(indexPath) as { weight_map?: Record<string, string> };
+    if (!index || typeof index.weight_map !== "object") {
+      throw new ModelLoadError(`Cannot read ${indexPath}: it has no "weight_map" object`, {
+        file: indexPath,
+      });
+    }
+    const names = [...new Set(Object.values(index.weight_map))].sort();
+    for (const n of names) {
+      try {
+        await Deno.stat(join(dir, n));
+      } catch {
+        throw new ModelLoadError(
+          `Cannot load ${join(dir, n)}: the shard listed in ${indexPath} does not exist`,
+          {
+            file: join(dir, n),
+          },
+        );
+      }
+    }
+    return names;
+  }
+  const names: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isFile && e.name.endsWith(".safetensors")) names.push(e.name);
+    }
+  } catch (e) {
+    throw new ModelLoadError(`Cannot read the checkpoint directory ${dir}: ${String(e)}`, {
+      file: dir,
+      cause: e,
+    });
+  }
+  // A single-file checkpoint is model.safetensors; shards without an index follow transformers' naming.
+  if (names.includes("model.safetensors")) return ["model.safetensors"];
+  const shards = names.filter((n) => /^model-\d+-of-\d+\.safetensors$/.test(n));
+  if (shards.length > 0) return shards.sort();
+  if (names.length === 0) {
+    throw new ModelLoadError(`Cannot load weights from ${dir}: it holds no model.safetensors (or shards)`, {
+      file: join(dir, "model.safetensors"),
+    });
+  }
+  return names.sort();
+}

@@ -1,0 +1,115 @@
+/**
+ * The public shapes of the engine: a loaded model, its tokenizer, and the options of generation.
+ *
+ * @module
+ */
+
+import type { ModelConfig } from "./config.ts";
+
+/** Where the model runs: WebGPU compute shaders, or the TypeScript reference implementation. */
+export type Backend = "webgpu" | "cpu";
+
+/** Storage and arithmetic precision of weights, activations and the KV cache on the GPU. */
+export type DType = "f32" | "f16";
+
+/** One chat message, as chat templates of Hugging Face tokenizers expect it. */
+export interface ChatMessage {
+  /** "system", "user", "assistant" or "tool". */
+  role: string;
+  /** The text of the message. */
+  content: string;
+  /** Any further fields a template reads (tool calls, names). */
+  [key: string]: unknown;
+}
+
+/** Options of {@linkcode ModelTokenizer.applyChatTemplate}. */
+export interface ChatTemplateOptions {
+  /** Append the prefix that starts the assistant's turn (default true). */
+  addGenerationPrompt?: boolean;
+  /** Tool definitions passed to the template as `tools`. */
+  tools?: unknown[];
+  /** Further variables for the template. */
+  extra?: Record<string, unknown>;
+}
+
+/** A tokenizer loaded from `tokenizer.json` and `tokenizer_config.json` of a checkpoint. */
+export interface ModelTokenizer {
+  /** Number of ids the tokenizer can produce (model vocabulary plus added tokens). */
+  readonly vocabSize: number;
+  /** Id of the beginning-of-sequence token, if the tokenizer has one. */
+  readonly bosTokenId: number | undefined;
+  /** Ids that end generation (from the tokenizer's eos token and the model's generation config). */
+  readonly eosTokenIds: readonly number[];
+  /** Whether the checkpoint ships a chat template. */
+  readonly hasChatTemplate: boolean;
+  /** Token ids of `text`; special tokens (BOS) are added as the tokenizer's post-processor says, unless disabled. */
+  encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
+  /** Text of `ids`; special tokens are kept unless `skipSpecialTokens` is true. */
+  decode(ids: readonly number[], options?: { skipSpecialTokens?: boolean }): string;
+  /** The prompt text the checkpoint's chat template renders for `messages`. */
+  applyChatTemplate(messages: readonly ChatMessage[], options?: ChatTemplateOptions): string;
+}
+
+/** Options of {@linkcode Model.generate} and {@linkcode Model.stream}. */
+export interface GenerateOptions {
+  /** Most new tokens to produce (default 128). */
+  maxTokens?: number;
+  /** Softmax temperature; 0 means greedy (default 0). */
+  temperature?: number;
+  /** Keep only the k most likely tokens before sampling; 0 disables (default 0). */
+  topK?: number;
+  /** Keep the smallest set of tokens whose probability reaches p; 1 disables (default 1). */
+  topP?: number;
+  /** Seed of the sampler's random numbers (default 0). The same seed gives the same tokens. */
+  seed?: number;
+  /**
+   * Where to stop: token ids end generation when produced (the ids are not returned), strings end it when the
+   * decoded text contains them (the tokens up to the one that completes the string are returned).
+   */
+  stop?: readonly (number | string)[];
+  /** Keep generating past the model's end-of-sequence tokens (default false). */
+  ignoreEos?: boolean;
+  /** Decode steps encoded into one GPU submission (default: grows 4, 8, 16, 32). Output never depends on it. */
+  tokensPerSubmit?: number;
+  /** Cancels generation; the tokens produced so far are kept. */
+  signal?: AbortSignal;
+}
+
+/** Why generation ended. */
+export type FinishReason = "stop" | "length" | "abort";
+
+/** Counters of the last generation. */
+export interface GenerationStats {
+  /** Prompt tokens. */
+  promptTokens: number;
+  /** New tokens returned. */
+  completionTokens: number;
+  /** Why generation ended. */
+  finishReason: FinishReason;
+  /** Milliseconds from the call to the first new token being known. */
+  timeToFirstTokenMs: number;
+  /** Milliseconds of the whole call. */
+  totalMs: number;
+}
+
+/** A loaded Mixture-of-Experts language model. */
+export interface Model {
+  /** The parsed architecture. */
+  readonly config: ModelConfig;
+  /** The checkpoint's tokenizer. */
+  readonly tokenizer: ModelTokenizer;
+  /** Where the model runs. */
+  readonly backend: Backend;
+  /** Precision of weights and cache. */
+  readonly dtype: DType;
+  /** Stats of the most recent `generate` or `stream`. */
+  readonly lastStats: GenerationStats | undefined;
+  /** Logits of every position: row-major [ids.length, vocab], float32. */
+  logits(ids: readonly number[]): Promise<Float32Array>;
+  /** The new token ids that follow `ids`. */
+  generate(ids: readonly number[], options?: GenerateOptions): Promise<number[]>;
+  /** The new token ids that follow `ids`, as they are produced. */
+  stream(ids: readonly number[], options?: GenerateOptions): AsyncIterable<number>;
+  /** Frees GPU buffers; the model cannot be used afterwards. */
+  dispose(): Promise<void>;
+}

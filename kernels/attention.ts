@@ -1,0 +1,126 @@
+/**
+ * Causal attention of query rows over the KV cache (grouped-query heads, optional sliding window), one
+ * workgroup per (row, head), streaming the keys in tiles of 64 with an online softmax (flash-decoding style:
+ * running max, running sum, rescaled accumulator), so any context length runs in fixed workgroup memory.
+ *
+ * @module
+ */
+
+import type { DType } from "../engine/types.ts";
+import { type Program, Program as P, type StepRing } from "./gpu.ts";
+import { f32Lit, prelude } from "./wgsl.ts";
+
+/** Shapes and constants of attention. */
+export interface AttentionParams {
+  /** Query heads. */
+  nH: number;
+  /** Key/value heads. */
+  nKV: number;
+  /** Head width (multiple of 4). */
+  hd: number;
+  /** Positions the KV cache holds. */
+  capacity: number;
+  /** Score scale. */
+  scale: number;
+  /** Sliding window (0: none). */
+  window: number;
+  /** KV cache precision. */
+  kvDtype: DType;
+}
+
+const TK = 64;
+
+/**
+ * WGSL of attention. Bindings: 0 q [R, nH, hd] f32; 1 K cache, 2 V cache [nKV, capacity, hd] (f32, or f16
+ * packed in u32); 3 out [R, nH hd] f32. Grid: (nH, rows); row r is at position `st.pos + r` and sees positions
+ * up to its own.
+ */
+export function attentionWgsl(p: AttentionParams): string {
+  if (p.hd % 4 !== 0) {
+    throw new RangeError(`Cannot build attention: head width ${p.hd} is not a multiple of 4`);
+  }
+  const f16 = p.kvDtype === "f16";
+  const dpt = Math.ceil(p.hd / TK);
+  const kLoad = f16
+    ? `let pk = kc[kb + c]; let kv4 = vec4<f32>(unpack2x16float(pk.x), unpack2x16float(pk.y));`
+    : `let kv4 = kc[kb + c];`;
+  const vLoad = f16
+    ? `let e = vb + d; let pv = unpack2x16float(vc[e / 2u]); let vv = select(pv.x, pv.y, (e & 1u) == 1u);`
+    : `let vv = vc[vb + d];`;
+  return `${prelude()}
+const NH: u32 = ${p.nH}u;
+const GROUP: u32 = ${p.nH / p.nKV}u;
+const HD: u32 = ${p.hd}u;
+const D4: u32 = ${p.hd / 4}u;
+const CAP: u32 = ${p.capacity}u;
+const TK: u32 = ${TK}u;
+const WINDOW: u32 = ${p.window}u;
+@group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> kc: array<${f16 ? "vec2<u32>" : "vec4<f32>"}>;
+@group(0) @binding(2) var<storage, read> vc: array<${f16 ? "u32" : "f32"}>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+var<workgroup> qs: array<vec4<f32>, ${p.hd / 4}>;
+var<workgroup> pt: array<f32, ${TK}>;
+@compute @workgroup_size(${TK})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let h = wg.x;
+  let r = wg.y;
+  if (r >= st.rows) { return; }
+  let kvh = h / GROUP;
+  let pos = st.pos + r;
+  var start = 0u;
+  if (WINDOW > 0u && pos + 1u > WINDOW) { start = pos + 1u - WINDOW; }
+  for (var i = li; i < D4; i += TK) { qs[i] = q[(r * NH + h) * D4 + i] * ${f32Lit(p.scale)}; }
+  workgroupBarrier();
+  var m = -3.0e38;
+  var l = 0.0;
+  var acc: array<f32, ${dpt}>;
+  for (var base = start; base <= pos; base += TK) {
+    let t = base + li;
+    var s = -3.0e38;
+    if (t <= pos) {
+      s = 0.0;
+      let kb = (kvh * CAP + t) * D4;
+      for (var c = 0u; c < D4; c++) {
+        ${kLoad}
+        s += dot(qs[c], kv4);
+      }
+    }
+    pt[li] = s;
+    workgroupBarrier();
+    var mt = m;
+    for (var j = 0u; j < TK; j++) { mt = max(mt, pt[j]); }
+    workgroupBarrier();
+    pt[li] = select(0.0, exp(s - mt), t <= pos);
+    let corr = exp(m - mt);
+    m = mt;
+    workgroupBarrier();
+    var lt = 0.0;
+    for (var j = 0u; j < TK; j++) { lt += pt[j]; }
+    l = l * corr + lt;
+    let n = min(TK, pos + 1u - base);
+    for (var u = 0u; u < ${dpt}u; u++) {
+      let d = li + u * TK;
+      if (d < HD) {
+        var a = acc[u] * corr;
+        for (var j = 0u; j < n; j++) {
+          let vb = (kvh * CAP + base + j) * HD;
+          ${vLoad}
+          a += pt[j] * vv;
+        }
+        acc[u] = a;
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var u = 0u; u < ${dpt}u; u++) {
+    let d = li + u * TK;
+    if (d < HD) { out[(r * NH + h) * HD + d] = acc[u] / l; }
+  }
+}`;
+}
+
+/** The attention program. */
+export function attentionProgram(device: GPUDevice, ring: StepRing, p: AttentionParams): Promise<Program> {
+  return P.get(device, ring, "attention", attentionWgsl(p), ["read", "read", "read", "write"]);
+}

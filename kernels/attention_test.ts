@@ -1,0 +1,64 @@
+import assert from "node:assert/strict";
+import { attentionRef } from "./cpu/attention.ts";
+import { attentionProgram } from "./attention.ts";
+import { buf, randomArray, relError, rng, roundF16, runAndRead, SKIP_GPU, testGpu } from "./test_util.ts";
+
+const cases = [
+  { nH: 4, nKV: 2, hd: 16, rows: 1, pos: 0, window: 0 },
+  { nH: 4, nKV: 4, hd: 24, rows: 5, pos: 70, window: 0 },
+  { nH: 8, nKV: 2, hd: 128, rows: 2, pos: 130, window: 0 },
+  { nH: 2, nKV: 1, hd: 8, rows: 3, pos: 100, window: 33 },
+];
+
+for (const kvDtype of ["f32", "f16"] as const) {
+  Deno.test({
+    name: `attention (${kvDtype} cache) matches attentionRef on random shapes`,
+    ignore: SKIP_GPU,
+    fn: async () => {
+      const { device, ring } = await testGpu();
+      const r = rng(21);
+      for (const c of cases) {
+        const cap = c.pos + c.rows + 2;
+        const q = randomArray(r, c.rows * c.nH * c.hd, -1, 1);
+        let k = randomArray(r, c.nKV * cap * c.hd, -1, 1), v = randomArray(r, c.nKV * cap * c.hd, -1, 1);
+        if (kvDtype === "f16") {
+          k = roundF16(k);
+          v = roundF16(v);
+        }
+        const data = (
+          a: Float32Array,
+        ) => (kvDtype === "f16" ? new Uint16Array(new Float16Array(a).buffer) : a);
+        const prog = await attentionProgram(device, ring, {
+          nH: c.nH,
+          nKV: c.nKV,
+          hd: c.hd,
+          capacity: cap,
+          scale: 0.3,
+          window: c.window,
+          kvDtype,
+        });
+        const ob = buf(device, "o", new Float32Array(c.rows * c.nH * c.hd));
+        const group = prog.bind("t", [
+          buf(device, "q", q),
+          buf(device, "k", data(k)),
+          buf(device, "v", data(v)),
+          ob,
+        ]);
+        const got = new Float32Array(
+          await runAndRead(
+            device,
+            ring,
+            [{ program: prog, group, grid: [c.nH, c.rows, 1] }],
+            { rows: c.rows, pos: c.pos },
+            ob,
+            c.rows * c.nH * c.hd * 4,
+          ),
+        );
+        const positions = Array.from({ length: c.rows }, (_, i) => c.pos + i);
+        const ref = attentionRef(q, k, v, c.rows, positions, { ...c, capacity: cap, scale: 0.3 });
+        const err = relError(got, ref);
+        assert.ok(err < 1e-5, `${JSON.stringify(c)}: ${err}`);
+      }
+    },
+  });
+}

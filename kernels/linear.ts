@@ -1,0 +1,195 @@
+/**
+ * Linear layers `y = α · (x · Wᵀ + b)`, stored into y or added to it (the residual add is fused), in two
+ * shapes: a mat-vec for decode (few rows; many workgroups, each owning a few output features, so the weights
+ * stream once at full bandwidth) and a tiled GEMM for prefill (many rows; weight tiles shared through
+ * workgroup memory).
+ *
+ * @module
+ */
+
+import type { DType } from "../engine/types.ts";
+import { type Program, Program as P, type StepRing } from "./gpu.ts";
+import { checkRowLength, f32Lit, prelude, weightChunk, weightDecl, weightDotFn } from "./wgsl.ts";
+
+/** Shape and epilogue of a linear layer. */
+export interface LinearParams {
+  /** Label for pipelines and errors. */
+  label: string;
+  /** Output features N. */
+  n: number;
+  /** Input features K. */
+  k: number;
+  /** Weight precision. */
+  dtype: DType;
+  /** A bias [N] is bound after the weight. */
+  bias: boolean;
+  /** "store": y = α(xWᵀ + b); "add": y += α(xWᵀ + b). */
+  mode: "store" | "add";
+  /** Output scale α. */
+  alpha: number;
+}
+
+/** Output features per workgroup of the mat-vec. */
+export const GEMV_OUTS = 4;
+/** Threads per output feature of the mat-vec (a power of two). */
+export const GEMV_TPO = 64;
+
+function epilogue(p: LinearParams, idx: string, v: string, n: string): string {
+  const withBias = p.bias ? `(${v} + bias[${n}])` : v;
+  const scaled = p.alpha === 1 ? withBias : `${f32Lit(p.alpha)} * ${withBias}`;
+  return p.mode === "add" ? `y[${idx}] = y[${idx}] + ${scaled};` : `y[${idx}] = ${scaled};`;
+}
+
+function bindings(p: LinearParams): string {
+  return `@group(0) @binding(0) var<storage, read> xs: array<vec4<f32>>;
+${weightDecl(1, "w", p.dtype)}
+${p.bias ? "@group(0) @binding(2) var<storage, read> bias: array<f32>;" : ""}
+@group(0) @binding(${p.bias ? 3 : 2}) var<storage, read_write> y: array<f32>;`;
+}
+
+/**
+ * WGSL of the mat-vec. Bindings: 0 x [R, K] f32, 1 W [N, K], (2 bias [N]), then y [R, N] f32.
+ * Grid: ceil(N / GEMV_OUTS) workgroups (2-D when above the per-dimension limit); rows: `st.rows`.
+ */
+export function gemvWgsl(p: LinearParams): string {
+  checkRowLength(p.label, p.k, p.dtype);
+  const ch = weightChunk(p.dtype);
+  const wg = GEMV_OUTS * GEMV_TPO;
+  return `${prelude()}
+const N: u32 = ${p.n}u;
+const K4: u32 = ${p.k / 4}u;
+const KC: u32 = ${p.k / ch}u;
+const XSTEP: u32 = ${ch / 4}u;
+const TPO: u32 = ${GEMV_TPO}u;
+${bindings(p)}
+${weightDotFn("w", p.dtype, "xs")}
+var<workgroup> part: array<f32, ${wg}>;
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let wid = wg.x + wg.y * nwg.x;
+  if (wid * ${GEMV_OUTS}u >= N) { return; }
+  let t = li % TPO;
+  let n = wid * ${GEMV_OUTS}u + li / TPO;
+  for (var r = 0u; r < st.rows; r++) {
+    var acc = 0.0;
+    if (n < N) {
+      let wrow = n * KC;
+      let xrow = r * K4;
+      for (var c = t; c < KC; c += TPO) { acc += dot_w(wrow + c, xrow + c * XSTEP); }
+    }
+    part[li] = acc;
+    workgroupBarrier();
+    for (var s = TPO / 2u; s > 0u; s >>= 1u) {
+      if (t < s) { part[li] += part[li + s]; }
+      workgroupBarrier();
+    }
+    if (t == 0u && n < N) {
+      let v = part[li];
+      ${epilogue(p, "r * N + n", "v", "n")}
+    }
+    workgroupBarrier();
+  }
+}`;
+}
+
+/** Tile sizes of the GEMM: BM rows × BN features per workgroup, BK inputs per step. */
+export const GEMM_BM = 64, GEMM_BN = 64, GEMM_BK = 16;
+
+/**
+ * WGSL of the tiled GEMM. Same bindings as {@linkcode gemvWgsl}.
+ * Grid: (ceil(N / 64), ceil(rows / 64)); 256 threads, each computing 4 × 4 outputs.
+ */
+export function gemmWgsl(p: LinearParams): string {
+  checkRowLength(p.label, p.k, p.dtype);
+  const f16 = p.dtype === "f16";
+  // Chunks past K (when K is not a multiple of BK) load zeros.
+  // Weight tile [BN][BK]: f32 loads 4 values per thread (one vec4), f16 loads 8 (one vec4<u32>) on half the threads.
+  const loadW = f16
+    ? `if (li < 128u) {
+      let row = li / 2u; let kc = (li % 2u) * 8u;
+      let n = n0 + row;
+      var a = vec4<f32>(0.0); var b = vec4<f32>(0.0);
+      if (n < N && k0 + kc < K) {
+        let pk = w[(n * K + k0 + kc) / 8u];
+        a = vec4<f32>(unpack2x16float(pk.x), unpack2x16float(pk.y));
+        b = vec4<f32>(unpack2x16float(pk.z), unpack2x16float(pk.w));
+      }
+      ws[row * BK + kc] = a.x; ws[row * BK + kc + 1u] = a.y; ws[row * BK + kc + 2u] = a.z; ws[row * BK + kc + 3u] = a.w;
+      ws[row * BK + kc + 4u] = b.x; ws[row * BK + kc + 5u] = b.y; ws[row * BK + kc + 6u] = b.z; ws[row * BK + kc + 7u] = b.w;
+    }`
+    : `{
+      let row = li / 4u; let kc = (li % 4u) * 4u;
+      let n = n0 + row;
+      var a = vec4<f32>(0.0);
+      if (n < N && k0 + kc < K) { a = w[(n * K + k0 + kc) / 4u]; }
+      ws[row * BK + kc] = a.x; ws[row * BK + kc + 1u] = a.y; ws[row * BK + kc + 2u] = a.z; ws[row * BK + kc + 3u] = a.w;
+    }`;
+  return `${prelude()}
+const N: u32 = ${p.n}u;
+const K: u32 = ${p.k}u;
+const BM: u32 = ${GEMM_BM}u;
+const BN: u32 = ${GEMM_BN}u;
+const BK: u32 = ${GEMM_BK}u;
+${bindings(p)}
+var<workgroup> xt: array<f32, ${GEMM_BM * GEMM_BK}>;
+var<workgroup> ws: array<f32, ${GEMM_BN * GEMM_BK}>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let n0 = wg.x * BN;
+  let m0 = wg.y * BM;
+  if (m0 >= st.rows) { return; }
+  let tx = li % 16u;
+  let ty = li / 16u;
+  var acc0 = vec4<f32>(0.0);
+  var acc1 = vec4<f32>(0.0);
+  var acc2 = vec4<f32>(0.0);
+  var acc3 = vec4<f32>(0.0);
+  for (var k0 = 0u; k0 < K; k0 += BK) {
+    {
+      let row = li / 4u; let kc = (li % 4u) * 4u;
+      let m = m0 + row;
+      var a = vec4<f32>(0.0);
+      if (m < st.rows && k0 + kc < K) { a = xs[(m * K + k0 + kc) / 4u]; }
+      xt[row * BK + kc] = a.x; xt[row * BK + kc + 1u] = a.y; xt[row * BK + kc + 2u] = a.z; xt[row * BK + kc + 3u] = a.w;
+    }
+    ${loadW}
+    workgroupBarrier();
+    for (var kk = 0u; kk < BK; kk++) {
+      let b = vec4<f32>(ws[(tx * 4u) * BK + kk], ws[(tx * 4u + 1u) * BK + kk], ws[(tx * 4u + 2u) * BK + kk],
+        ws[(tx * 4u + 3u) * BK + kk]);
+      acc0 += xt[(ty * 4u) * BK + kk] * b;
+      acc1 += xt[(ty * 4u + 1u) * BK + kk] * b;
+      acc2 += xt[(ty * 4u + 2u) * BK + kk] * b;
+      acc3 += xt[(ty * 4u + 3u) * BK + kk] * b;
+    }
+    workgroupBarrier();
+  }
+  let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+  for (var i = 0u; i < 4u; i++) {
+    let m = m0 + ty * 4u + i;
+    if (m >= st.rows) { continue; }
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + tx * 4u + j;
+      if (n < N) {
+        let v = accs[i][j];
+        ${epilogue(p, "m * N + n", "v", "n")}
+      }
+    }
+  }
+}`;
+}
+
+/** The mat-vec program. */
+export function gemvProgram(device: GPUDevice, ring: StepRing, p: LinearParams): Promise<Program> {
+  return P.get(device, ring, `gemv-${p.label}`, gemvWgsl(p), linearBindings(p));
+}
+
+/** The GEMM program. */
+export function gemmProgram(device: GPUDevice, ring: StepRing, p: LinearParams): Promise<Program> {
+  return P.get(device, ring, `gemm-${p.label}`, gemmWgsl(p), linearBindings(p));
+}
+
+function linearBindings(p: LinearParams): ("read" | "write")[] {
+  return p.bias ? ["read", "read", "read", "write"] : ["read", "read", "write"];
+}

@@ -1,0 +1,136 @@
+import assert from "node:assert/strict";
+import type { QkNorm } from "../engine/config.ts";
+import { ropeTables } from "../engine/config.ts";
+import { rmsNormRef } from "./cpu/rms_norm.ts";
+import { ropeRef } from "./cpu/rope.ts";
+import { qkRopeProgram } from "./qk_rope.ts";
+import { buf, randomArray, relError, rng, roundF16, runAndRead, SKIP_GPU, testGpu } from "./test_util.ts";
+import { readBuffer } from "./gpu.ts";
+
+const cases: {
+  nH: number;
+  nKV: number;
+  hd: number;
+  norm: QkNorm;
+  clip: number;
+  rows: number;
+  pos: number;
+}[] = [
+  { nH: 4, nKV: 2, hd: 16, norm: "none", clip: 0, rows: 3, pos: 0 },
+  { nH: 4, nKV: 2, hd: 24, norm: "per_head", clip: 0, rows: 2, pos: 5 },
+  { nH: 6, nKV: 6, hd: 8, norm: "full", clip: 0.7, rows: 4, pos: 2 },
+  { nH: 2, nKV: 1, hd: 130, norm: "per_head", clip: 0, rows: 1, pos: 9 },
+];
+
+for (const kvDtype of ["f32", "f16"] as const) {
+  Deno.test({
+    name: `qkRope (${kvDtype} cache) matches norm + clip + ropeRef and appends to the cache`,
+    ignore: SKIP_GPU,
+    fn: async () => {
+      const { device, ring } = await testGpu();
+      const r = rng(11);
+      for (const c of cases) {
+        const { nH, nKV, hd, rows, pos } = c;
+        const qDim = nH * hd, kvDim = nKV * hd, qkvDim = qDim + 2 * kvDim, cap = pos + rows + 3;
+        const qkv = randomArray(r, rows * qkvDim, -2, 2);
+        const qn = randomArray(r, c.norm === "full" ? qDim : hd, 0.5, 1.5);
+        const kn = randomArray(r, c.norm === "full" ? kvDim : hd, 0.5, 1.5);
+        const { cos, sin } = ropeTables(
+          {
+            theta: 1e4,
+            type: "default",
+            factor: 1,
+            lowFreqFactor: 1,
+            highFreqFactor: 4,
+            originalMaxPositionEmbeddings: 1,
+          },
+          hd,
+          cap,
+        );
+        const half = hd / 2;
+        const table = new Float32Array(cap * hd);
+        for (let p = 0; p < cap; p++) {
+          table.set(cos.subarray(p * half, (p + 1) * half), p * hd);
+          table.set(sin.subarray(p * half, (p + 1) * half), p * hd + half);
+        }
+        const prog = await qkRopeProgram(device, ring, {
+          nH,
+          nKV,
+          hd,
+          capacity: cap,
+          qkNorm: c.norm,
+          eps: 1e-6,
+          clip: c.clip,
+          kvDtype,
+        });
+        const qb = buf(device, "q", new Float32Array(rows * qDim));
+        const cacheBytes = nKV * cap * hd * (kvDtype === "f16" ? 2 : 4);
+        const kb = buf(device, "k", new Uint8Array(cacheBytes)),
+          vb = buf(device, "v", new Uint8Array(cacheBytes));
+        const nw = new Float32Array([...qn, ...kn]);
+        const group = prog.bind("t", [
+          buf(device, "qkv", qkv),
+          buf(device, "rope", table),
+          buf(device, "nw", nw),
+          qb,
+          kb,
+          vb,
+        ]);
+        const got = new Float32Array(
+          await runAndRead(
+            device,
+            ring,
+            [{ program: prog, group, grid: [nH + nKV, rows, 1] }],
+            { rows, pos },
+            qb,
+            rows * qDim * 4,
+          ),
+        );
+        // Reference.
+        const q = new Float32Array(rows * qDim),
+          k = new Float32Array(rows * kvDim),
+          v = new Float32Array(rows * kvDim);
+        for (let t = 0; t < rows; t++) {
+          q.set(qkv.subarray(t * qkvDim, t * qkvDim + qDim), t * qDim);
+          k.set(qkv.subarray(t * qkvDim + qDim, t * qkvDim + qDim + kvDim), t * kvDim);
+          v.set(qkv.subarray(t * qkvDim + qDim + kvDim, (t + 1) * qkvDim), t * kvDim);
+        }
+        if (c.norm === "per_head") {
+          rmsNormRef(q, qn, 1e-6, rows * nH, hd, q);
+          rmsNormRef(k, kn, 1e-6, rows * nKV, hd, k);
+        } else if (c.norm === "full") {
+          rmsNormRef(q, qn, 1e-6, rows, qDim, q);
+          rmsNormRef(k, kn, 1e-6, rows, kvDim, k);
+        }
+        if (c.clip > 0) {
+          for (const a of [q, k, v]) {
+            for (let i = 0; i < a.length; i++) a[i] = Math.min(c.clip, Math.max(-c.clip, a[i]));
+          }
+        }
+        const positions = Array.from({ length: rows }, (_, i) => pos + i);
+        ropeRef(q, rows, nH, hd, positions, cos, sin);
+        ropeRef(k, rows, nKV, hd, positions, cos, sin);
+        assert.ok(relError(got, q) < 1e-5, `q ${JSON.stringify(c)}: ${relError(got, q)}`);
+        const read = async (b: GPUBuffer) => {
+          const raw = await readBuffer(device, b, 0, cacheBytes);
+          return kvDtype === "f16" ? new Float32Array(new Float16Array(raw)) : new Float32Array(raw);
+        };
+        const kc = await read(kb), vc = await read(vb);
+        const round = (a: Float32Array) => (kvDtype === "f16" ? roundF16(a) : a);
+        const kr = round(k), vr = round(v);
+        for (let t = 0; t < rows; t++) {
+          for (let h = 0; h < nKV; h++) {
+            for (let i = 0; i < hd; i++) {
+              const at = (h * cap + pos + t) * hd + i, src = (t * nKV + h) * hd + i;
+              assert.ok(
+                Math.abs(kc[at] - kr[src]) <= 2e-3 * Math.abs(kr[src]) + 1e-5,
+                `k cache ${JSON.stringify(c)} at ${at}`,
+              );
+              assert.ok(Math.abs(vc[at] - vr[src]) <= 1e-6, `v cache ${JSON.stringify(c)} at ${at}`);
+            }
+          }
+        }
+      }
+    },
+  });
+}

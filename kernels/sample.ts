@@ -1,0 +1,183 @@
+/**
+ * Token sampling on the GPU, one workgroup: arg-max for greedy decoding, otherwise temperature, top-k and
+ * top-p by value thresholds found with a bisection over the bit patterns of the logits, and a draw from the
+ * seeded counter-based generator of kernels/cpu/sampling.ts. The chosen id is written into the token ring,
+ * where the next step's embedding lookup reads it: sampling never waits for the CPU.
+ *
+ * @module
+ */
+
+import { type Program, Program as P, type StepRing } from "./gpu.ts";
+import { prelude } from "./wgsl.ts";
+
+/** Bytes of the sampler's uniform block. */
+export const SAMPLER_UNIFORM_BYTES = 16;
+
+/** The uniform block values: temperature f32, topK u32, topP f32, seed u32. */
+export function samplerUniform(
+  p: { temperature: number; topK: number; topP: number; seed: number },
+): ArrayBuffer {
+  const buf = new ArrayBuffer(SAMPLER_UNIFORM_BYTES);
+  const dv = new DataView(buf);
+  dv.setFloat32(0, p.temperature, true);
+  dv.setUint32(4, p.topK >>> 0, true);
+  dv.setFloat32(8, p.topP, true);
+  dv.setUint32(12, p.seed >>> 0, true);
+  return buf;
+}
+
+const WG = 256;
+
+/**
+ * WGSL of the sampler. Bindings: 0 logits [rows, V] f32 (row `st.logits_row` is read); 1 sampler uniform;
+ * 2 token ring u32 (slot `st.step` is written). Grid: 1 workgroup.
+ */
+export function sampleWgsl(vocab: number): string {
+  const chunk = Math.ceil(vocab / WG);
+  return `${prelude()}
+const V: u32 = ${vocab}u;
+const WG: u32 = ${WG}u;
+const CHUNK: u32 = ${chunk}u;
+struct Sampler { temperature: f32, top_k: u32, top_p: f32, seed: u32 }
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<uniform> sp: Sampler;
+@group(0) @binding(2) var<storage, read_write> ring: array<u32>;
+var<workgroup> rv: array<f32, ${WG}>;
+var<workgroup> ri: array<u32, ${WG}>;
+
+fn pcg(v: u32) -> u32 {
+  let state = v * 747796405u + 2891336453u;
+  let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+  return (word >> 22u) ^ word;
+}
+// Order-preserving map of f32 to u32: a larger float has a larger key.
+fn fkey(f: f32) -> u32 {
+  let b = bitcast<u32>(f);
+  return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+fn sum_f(li: u32, v: f32) -> f32 {
+  rv[li] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (li < s) { rv[li] += rv[li + s]; }
+    workgroupBarrier();
+  }
+  let total = rv[0];
+  workgroupBarrier();
+  return total;
+}
+fn sum_u(li: u32, v: u32) -> u32 {
+  ri[li] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (li < s) { ri[li] += ri[li + s]; }
+    workgroupBarrier();
+  }
+  let total = ri[0];
+  workgroupBarrier();
+  return total;
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) li: u32) {
+  let row = st.logits_row * V;
+  // Arg-max over the row, lowest id on ties.
+  var bv = -3.4e38;
+  var bi = 0xffffffffu;
+  for (var i = li; i < V; i += WG) {
+    let v = logits[row + i];
+    if (v > bv) { bv = v; bi = i; }
+  }
+  rv[li] = bv;
+  ri[li] = bi;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (li < s) {
+      let ov = rv[li + s];
+      let oi = ri[li + s];
+      if (ov > rv[li] || (ov == rv[li] && oi < ri[li])) { rv[li] = ov; ri[li] = oi; }
+    }
+    workgroupBarrier();
+  }
+  let best = ri[0];
+  let lmax = rv[0];
+  workgroupBarrier();
+  if (sp.temperature <= 0.0 || sp.top_k == 1u) {
+    if (li == 0u) { ring[st.step] = best; }
+    return;
+  }
+  let tinv = 1.0 / sp.temperature;
+  let m = lmax / sp.temperature;
+  // Top-k: the largest key threshold that still keeps at least top_k ids.
+  var thr = 0u;
+  if (sp.top_k > 0u && sp.top_k < V) {
+    for (var b = 31i; b >= 0i; b--) {
+      let cand = thr | (1u << u32(b));
+      var cnt = 0u;
+      for (var i = li; i < V; i += WG) { cnt += select(0u, 1u, fkey(logits[row + i]) >= cand); }
+      if (sum_u(li, cnt) >= sp.top_k) { thr = cand; }
+    }
+  }
+  var zl = 0.0;
+  for (var i = li; i < V; i += WG) {
+    let v = logits[row + i];
+    if (fkey(v) >= thr) { zl += exp(v * tinv - m); }
+  }
+  let z = sum_f(li, zl);
+  // Top-p: the largest threshold whose kept mass still reaches top_p of the mass.
+  if (sp.top_p < 1.0) {
+    var pthr = 0u;
+    for (var b = 31i; b >= 0i; b--) {
+      let cand = pthr | (1u << u32(b));
+      var ml = 0.0;
+      for (var i = li; i < V; i += WG) {
+        let v = logits[row + i];
+        let k = fkey(v);
+        if (k >= cand && k >= thr) { ml += exp(v * tinv - m); }
+      }
+      if (sum_f(li, ml) >= sp.top_p * z) { pthr = cand; }
+    }
+    thr = max(thr, pthr);
+  }
+  // Draw: walk the kept mass in id order; each thread owns a contiguous chunk of ids.
+  let lo = li * CHUNK;
+  let hi = min(lo + CHUNK, V);
+  var cs = 0.0;
+  for (var i = lo; i < hi; i++) {
+    let v = logits[row + i];
+    if (fkey(v) >= thr) { cs += exp(v * tinv - m); }
+  }
+  rv[li] = cs;
+  workgroupBarrier();
+  if (li == 0u) {
+    var total = 0.0;
+    for (var j = 0u; j < WG; j++) { total += rv[j]; }
+    let u = f32(pcg(pcg(sp.seed) ^ st.step) >> 8u) / 16777216.0;
+    let goal = u * total;
+    var acc = 0.0;
+    var chosen = best;
+    var found = false;
+    for (var j = 0u; j < WG && !found; j++) {
+      if (acc + rv[j] > goal) {
+        let jl = j * CHUNK;
+        let jh = min(jl + CHUNK, V);
+        for (var i = jl; i < jh; i++) {
+          let v = logits[row + i];
+          if (fkey(v) >= thr) {
+            acc += exp(v * tinv - m);
+            if (acc > goal) { chosen = i; found = true; break; }
+          }
+        }
+      } else {
+        acc += rv[j];
+      }
+    }
+    ring[st.step] = chosen;
+  }
+}`;
+}
+
+/** The sampler program. */
+export function sampleProgram(device: GPUDevice, ring: StepRing, vocab: number): Promise<Program> {
+  return P.get(device, ring, "sample", sampleWgsl(vocab), ["read", "uniform", "write"]);
+}

@@ -1,0 +1,100 @@
+/**
+ * Helpers for kernel tests: a device, random data, buffers from arrays, one-dispatch runs and tolerances.
+ * GPU tests need a WebGPU adapter (llvmpipe is enough); set EDGEMIX_SKIP_GPU_TESTS=1 to skip them where none
+ * exists. Without that variable a missing adapter fails the tests rather than passing them silently.
+ *
+ * @module
+ */
+
+import type { DType } from "../engine/types.ts";
+import {
+  acquireGpu,
+  type Dispatch,
+  encodeDispatch,
+  type GpuContext,
+  readBuffer,
+  StepRing,
+  type StepValues,
+  uploadBuffer,
+} from "./gpu.ts";
+
+/** Whether GPU tests are skipped on purpose. */
+export const SKIP_GPU = Deno.env.get("EDGEMIX_SKIP_GPU_TESTS") === "1";
+
+/** The shared device and a step ring for tests. */
+export async function testGpu(): Promise<{ ctx: GpuContext; device: GPUDevice; ring: StepRing }> {
+  const ctx = await acquireGpu();
+  ring ??= new StepRing(ctx.device, 8);
+  return { ctx, device: ctx.device, ring };
+}
+let ring: StepRing | undefined;
+
+/** A seeded generator of uniform numbers in [lo, hi). */
+export function rng(seed: number): (lo?: number, hi?: number) => number {
+  let s = seed >>> 0 || 1;
+  return (lo = -1, hi = 1) => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return lo + (hi - lo) * (s / 4294967296);
+  };
+}
+
+/** `n` random values in [lo, hi). */
+export function randomArray(
+  r: (lo?: number, hi?: number) => number,
+  n: number,
+  lo = -1,
+  hi = 1,
+): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = r(lo, hi);
+  return a;
+}
+
+/** A weight array as the GPU stores it: f32 as is, f16 rounded and packed two per u32. */
+export function weightData(values: Float32Array, dtype: DType): ArrayBufferView {
+  return dtype === "f16" ? new Uint16Array(new Float16Array(values).buffer) : values;
+}
+
+/** `values` rounded to f16 and back (what an f16 weight holds). */
+export function roundF16(values: Float32Array): Float32Array {
+  return new Float32Array(new Float16Array(values));
+}
+
+/** Uploads `data` to a new buffer labelled `label`. */
+export function buf(device: GPUDevice, label: string, data: ArrayBufferView): GPUBuffer {
+  return uploadBuffer(device, label, data);
+}
+
+/** Runs dispatches in order with `step` in slot 0, then reads `bytes` of `out` back. */
+export async function runAndRead(
+  device: GPUDevice,
+  ring: StepRing,
+  dispatches: Dispatch[],
+  step: Partial<StepValues>,
+  out: GPUBuffer,
+  bytes: number,
+): Promise<ArrayBuffer> {
+  const off = ring.set(0, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0, ...step });
+  ring.flush(device);
+  const enc = device.createCommandEncoder({ label: "test" });
+  const pass = enc.beginComputePass({ label: "test" });
+  for (const d of dispatches) encodeDispatch(pass, ring, d, off);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+  return await readBuffer(device, out, 0, bytes);
+}
+
+/** max|a - b| / max|b| (0 when b is all zeros and a equals it). */
+export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0, m = 0;
+  for (let i = 0; i < b.length; i++) {
+    if (!Number.isFinite(a[i])) return Infinity;
+    d = Math.max(d, Math.abs(a[i] - b[i]));
+    m = Math.max(m, Math.abs(b[i]));
+  }
+  return m === 0 ? d : d / m;
+}
