@@ -1,0 +1,736 @@
+/**
+ * The decoder on WebGPU. Weights, KV cache, activations, routing and sampling all live on the GPU; the CPU
+ * only encodes dispatches and reads generated tokens back in batches:
+ *
+ * - every pipeline and bind group is made once, here, at load; per-dispatch values (position, rows, step)
+ *   come from slots of a uniform ring selected by dynamic offsets;
+ * - a decode step is: embedding of the token the previous step sampled (read from the token ring on the GPU),
+ *   per layer RMSNorm → qkv → q/k norm + rope + KV append → attention → o-proj (+residual) → RMSNorm →
+ *   router → expert gate/up → (shared expert) → expert down (+residual), then final norm → LM head → sampler;
+ * - several steps are encoded into one submission, up to three submissions are in flight, and each one's
+ *   tokens come back through its own staging buffer; the caller discards what follows a stop.
+ *
+ * Buffers (R = rows of the largest prefill chunk, k = experts per token):
+ * | name | shape | dtype |
+ * | --- | --- | --- |
+ * | x, xn | [R, H] | f32 (residual stream, normalized) |
+ * | qkv | [R, (nH + 2 nKV) hd] | f32 |
+ * | q, attn | [R, nH hd] | f32 |
+ * | ids, wts | [R, k] | u32, f32 (router output) |
+ * | sg | [R] | f32 (shared-expert gate) |
+ * | h | [R·k, max(I, D)] | f32 (expert hidden) |
+ * | hs | [R, S] | f32 (shared-expert hidden) |
+ * | logits | [L, V] | f32 (L = rows the LM head may produce at once) |
+ * | K, V cache per layer | [nKV, capacity, hd] | f32 or f16 packed in u32 |
+ * | ring | [capacity] | u32 (token of each generation step) |
+ *
+ * @module
+ */
+
+import { attentionProgram } from "../kernels/attention.ts";
+import { embedProgram } from "../kernels/embed.ts";
+import { downProgram, EXPERT_OUTS, gateUpProgram } from "../kernels/experts.ts";
+import {
+  type Dispatch,
+  encodeDispatch,
+  type GpuContext,
+  grid2d,
+  readBuffer,
+  StepRing,
+  type StepValues,
+  storageBuffer,
+  uploadBuffer,
+  writeAligned,
+} from "../kernels/gpu.ts";
+import { gemmProgram, GEMV_OUTS, gemvProgram, type LinearParams } from "../kernels/linear.ts";
+import { qkRopeProgram } from "../kernels/qk_rope.ts";
+import { rmsNormProgram } from "../kernels/rms_norm.ts";
+import { routerProgram } from "../kernels/router.ts";
+import { sampleProgram, SAMPLER_UNIFORM_BYTES, samplerUniform } from "../kernels/sample.ts";
+import type { Checkpoint } from "./checkpoint.ts";
+import { type ModelConfig, ropeTables } from "./config.ts";
+import { GpuError } from "./errors.ts";
+import type { ResolvedGenerateOptions, TokenSource } from "./generation.ts";
+import type { DType } from "./types.ts";
+import { planWeights, type WeightSpec } from "./weights.ts";
+
+/** Options of {@linkcode GpuDecoder.create}. */
+export interface GpuDecoderOptions {
+  /** Precision of weights and KV cache. */
+  dtype: DType;
+  /** Positions the KV cache holds. */
+  contextLength: number;
+  /** Rows of one prefill chunk (default 256). */
+  prefillRows?: number;
+  /** Use the tiled GEMM for prefill (default: on hardware adapters, off on software ones). */
+  gemm?: boolean;
+}
+
+/** Steps of the adaptive submission schedule: small first (early first tokens), then large (throughput). */
+const ADAPTIVE_BATCHES = [1, 4, 8, 16, 32];
+/** Submissions in flight while decoding. */
+const DEPTH = 3;
+/** Most decode steps in one submission. */
+const MAX_BATCH = 256;
+
+interface LayerDispatches {
+  attnNorm: Dispatch;
+  qkv: Dispatch;
+  qkRope: Dispatch;
+  attention: Dispatch;
+  o: Dispatch;
+  ffnNorm: Dispatch;
+  router: Dispatch | undefined;
+  gateUp: Dispatch;
+  sharedGateUp: Dispatch | undefined;
+  down: Dispatch;
+  /** The experts' gate/up workgroup count along x, and rows per token (k) along y. */
+  gateUpX: number;
+  k: number;
+  sharedX: number;
+}
+
+/** A linear layer's programs for both shapes (decode mat-vec, prefill GEMM) bound to its buffers. */
+interface Linear {
+  gemv: Dispatch;
+  gemm: Dispatch;
+  n: number;
+}
+
+/** The WebGPU decoder of one model. */
+export class GpuDecoder implements TokenSource {
+  /** The architecture. */
+  readonly config: ModelConfig;
+  /** Weight and cache precision. */
+  readonly dtype: DType;
+  /** Positions the KV cache holds. */
+  readonly contextLength: number;
+  /** Bytes of GPU memory held by weights. */
+  readonly weightBytes: number;
+  readonly #ctx: GpuContext;
+  readonly #device: GPUDevice;
+  readonly #ring: StepRing;
+  readonly #R: number;
+  readonly #logitRows: number;
+  readonly #useGemm: boolean;
+  readonly #buffers: GPUBuffer[];
+  readonly #b: Record<string, GPUBuffer>;
+  readonly #embed: Dispatch;
+  readonly #layers: LayerDispatches[];
+  readonly #layerLinears: { qkv: Linear; o: Linear }[];
+  readonly #finalNorm: Dispatch;
+  readonly #lmHead: Linear;
+  readonly #lmHeadLast: Dispatch;
+  readonly #sample: Dispatch;
+  readonly #staging: GPUBuffer[];
+  #lock: Promise<void> = Promise.resolve();
+  #disposed = false;
+
+  private constructor(init: {
+    config: ModelConfig;
+    dtype: DType;
+    contextLength: number;
+    ctx: GpuContext;
+    ring: StepRing;
+    R: number;
+    logitRows: number;
+    useGemm: boolean;
+    buffers: GPUBuffer[];
+    b: Record<string, GPUBuffer>;
+    embed: Dispatch;
+    layers: LayerDispatches[];
+    layerLinears: { qkv: Linear; o: Linear }[];
+    finalNorm: Dispatch;
+    lmHead: Linear;
+    lmHeadLast: Dispatch;
+    sample: Dispatch;
+    weightBytes: number;
+  }) {
+    this.config = init.config;
+    this.dtype = init.dtype;
+    this.contextLength = init.contextLength;
+    this.#ctx = init.ctx;
+    this.#device = init.ctx.device;
+    this.#ring = init.ring;
+    this.#R = init.R;
+    this.#logitRows = init.logitRows;
+    this.#useGemm = init.useGemm;
+    this.#buffers = init.buffers;
+    this.#b = init.b;
+    this.#embed = init.embed;
+    this.#layers = init.layers;
+    this.#layerLinears = init.layerLinears;
+    this.#finalNorm = init.finalNorm;
+    this.#lmHead = init.lmHead;
+    this.#lmHeadLast = init.lmHeadLast;
+    this.#sample = init.sample;
+    this.weightBytes = init.weightBytes;
+    this.#staging = Array.from({ length: DEPTH }, (_, i) =>
+      this.#device.createBuffer({
+        label: `token-staging-${i}`,
+        size: MAX_BATCH * 4 + 16,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      }));
+  }
+
+  /** Uploads the weights of `ckpt` and builds every pipeline and bind group. */
+  static async create(ctx: GpuContext, ckpt: Checkpoint, options: GpuDecoderOptions): Promise<GpuDecoder> {
+    const c = ckpt.config;
+    const device = ctx.device;
+    const cap = options.contextLength;
+    const R = Math.max(1, Math.min(options.prefillRows ?? 256, cap));
+    const logitRows = Math.max(
+      1,
+      Math.min(R, Math.floor(device.limits.maxStorageBufferBindingSize / (c.vocabSize * 4))),
+    );
+    const useGemm = options.gemm ?? !ctx.isFallback;
+    const ring = new StepRing(device, MAX_BATCH + Math.ceil(cap / R) + 2);
+    const buffers: GPUBuffer[] = [];
+    const track = (b: GPUBuffer) => (buffers.push(b), b);
+    const plan = planWeights(ckpt);
+    device.pushErrorScope("out-of-memory");
+    device.pushErrorScope("validation");
+    try {
+      return await GpuDecoder.#build(ctx, ckpt, options, {
+        ring,
+        buffers,
+        track,
+        plan,
+        R,
+        logitRows,
+        useGemm,
+      });
+    } catch (e) {
+      for (const buf of buffers) buf.destroy();
+      ring.buffer.destroy();
+      throw e;
+    } finally {
+      const validation = await device.popErrorScope();
+      const oom = await device.popErrorScope();
+      if (oom || validation) {
+        for (const buf of buffers) buf.destroy();
+        // deno-lint-ignore no-unsafe-finally
+        throw new GpuError(`Cannot load the model on the GPU: ${(oom ?? validation)!.message}`);
+      }
+    }
+  }
+
+  static async #build(
+    ctx: GpuContext,
+    ckpt: Checkpoint,
+    options: GpuDecoderOptions,
+    env: {
+      ring: StepRing;
+      buffers: GPUBuffer[];
+      track: (b: GPUBuffer) => GPUBuffer;
+      plan: ReturnType<typeof planWeights>;
+      R: number;
+      logitRows: number;
+      useGemm: boolean;
+    },
+  ): Promise<GpuDecoder> {
+    const c = ckpt.config;
+    const device = ctx.device;
+    const dtype = options.dtype;
+    const cap = options.contextLength;
+    const { ring, buffers, track, plan, R, logitRows, useGemm } = env;
+    const H = c.hiddenSize, hd = c.headDim, nH = c.numHeads, nKV = c.numKvHeads, V = c.vocabSize;
+    const qDim = nH * hd, kvDim = nKV * hd, qkvDim = qDim + 2 * kvDim;
+    const k = c.topK;
+    const I = c.expertIntermediateSize, S = c.sharedExpertIntermediateSize, D = c.denseIntermediateSize;
+    const maxBinding = device.limits.maxStorageBufferBindingSize;
+    let weightBytes = 0;
+
+    /** Uploads a weight in `prec` (norms, biases and routers stay f32). */
+    const upload = async (label: string, spec: WeightSpec, prec: DType): Promise<GPUBuffer> => {
+      const elements = spec.shape.reduce((a, b) => a * b, 1);
+      const bytes = elements * (prec === "f16" ? 2 : 4);
+      if (bytes > maxBinding) {
+        throw new GpuError(
+          `Cannot load weight ${label}: ${bytes} bytes exceed the adapter's maxStorageBufferBindingSize of ${maxBinding}`,
+        );
+      }
+      const buf = track(storageBuffer(device, label, bytes));
+      for (const part of spec.parts) {
+        const data = prec === "f16" ? await ckpt.readF16Bits(part.tensor) : await ckpt.readF32(part.tensor);
+        writeAligned(device, buf, part.offset * (prec === "f16" ? 2 : 4), data);
+      }
+      weightBytes += bytes;
+      return buf;
+    };
+    const act = (label: string, floats: number) =>
+      track(storageBuffer(device, label, Math.max(1, floats) * 4));
+
+    // --- activations, cache and small state ---
+    const kvBytes = nKV * cap * hd * (dtype === "f16" ? 2 : 4);
+    const b: Record<string, GPUBuffer> = {
+      x: act("x", R * H),
+      xn: act("xn", R * H),
+      xlast: act("xlast", H),
+      qkv: act("qkv", R * qkvDim),
+      q: act("q", R * qDim),
+      attn: act("attn", R * qDim),
+      ids: act("router-ids", R * k),
+      wts: act("router-weights", R * k),
+      sg: act("shared-gate", R),
+      zeros: track(uploadBuffer(device, "zero-ids", new Uint32Array(R))),
+      ones: track(uploadBuffer(device, "unit-weights", new Float32Array(R).fill(1))),
+      h: act("expert-hidden", Math.max(R * k * I, R * D)),
+      hs: act("shared-hidden", R * Math.max(S, 1)),
+      logits: act("logits", logitRows * V),
+      inputIds: track(storageBuffer(device, "input-ids", R * 4)),
+      promptIds: track(storageBuffer(device, "prompt-ids", cap * 4)),
+      tokens: track(storageBuffer(device, "token-ring", (cap + 1) * 4)),
+      sampler: track(device.createBuffer({
+        label: "sampler-params",
+        size: SAMPLER_UNIFORM_BYTES,
+        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      })),
+    };
+    const { cos, sin } = ropeTables(c.rope, hd, cap);
+    const ropeTable = new Float32Array(cap * hd);
+    for (let p = 0; p < cap; p++) {
+      ropeTable.set(cos.subarray(p * hd / 2, (p + 1) * hd / 2), p * hd);
+      ropeTable.set(sin.subarray(p * hd / 2, (p + 1) * hd / 2), p * hd + hd / 2);
+    }
+    b.rope = track(uploadBuffer(device, "rope-table", ropeTable));
+
+    // --- global weights and programs ---
+    const embedW = await upload("embed", plan.global.get("embed")!, dtype);
+    const lmSpec = plan.global.get("lm_head")!;
+    const tied = lmSpec.parts[0].tensor === plan.global.get("embed")!.parts[0].tensor;
+    const lmW = tied ? embedW : await upload("lm_head", lmSpec, dtype);
+    const finalNormW = await upload("final_norm", plan.global.get("final_norm")!, "f32");
+    const embedProg = await embedProgram(device, ring, {
+      hidden: H,
+      vocab: V,
+      dtype,
+      multiplier: c.embeddingMultiplier,
+    });
+    const embed: Dispatch = {
+      program: embedProg,
+      group: embedProg.bind("embed", [embedW, b.inputIds, b.tokens, b.x]),
+      grid: [1, 1, 1],
+    };
+    const normProg = await rmsNormProgram(device, ring, { n: H, eps: c.rmsNormEps });
+    const norm = (label: string, w: GPUBuffer, src: GPUBuffer): Dispatch => ({
+      program: normProg,
+      group: normProg.bind(label, [src, w, b.xn]),
+      grid: [1, 1, 1],
+    });
+    const linear = async (
+      label: string,
+      p: Omit<LinearParams, "label" | "dtype">,
+      input: GPUBuffer,
+      w: GPUBuffer,
+      bias: GPUBuffer | undefined,
+      out: GPUBuffer,
+    ): Promise<Linear> => {
+      const params: LinearParams = { label, dtype, ...p };
+      const bufs = bias ? [input, w, bias, out] : [input, w, out];
+      const gv = await gemvProgram(device, ring, params);
+      const gm = useGemm ? await gemmProgram(device, ring, params) : gv;
+      return {
+        gemv: {
+          program: gv,
+          group: gv.bind(`${label}-gemv`, bufs),
+          grid: grid2d(Math.ceil(p.n / GEMV_OUTS)),
+        },
+        gemm: { program: gm, group: gm.bind(`${label}-gemm`, bufs), grid: [Math.ceil(p.n / 64), 1, 1] },
+        n: p.n,
+      };
+    };
+    const finalNorm = norm("final-norm", finalNormW, b.x);
+    const lmAlpha = 1 / c.logitsScaling;
+    const lmHead = await linear(
+      "lm-head",
+      { n: V, k: H, bias: false, mode: "store", alpha: lmAlpha },
+      b.xn,
+      lmW,
+      undefined,
+      b.logits,
+    );
+    const lmLast = await linear(
+      "lm-head-last",
+      { n: V, k: H, bias: false, mode: "store", alpha: lmAlpha },
+      b.xlast,
+      lmW,
+      undefined,
+      b.logits,
+    );
+    const sampleProg = await sampleProgram(device, ring, V);
+    const sample: Dispatch = {
+      program: sampleProg,
+      group: sampleProg.bind("sample", [b.logits, { buffer: b.sampler }, b.tokens]),
+      grid: [1, 1, 1],
+    };
+
+    // --- layers ---
+    const layers: LayerDispatches[] = [];
+    const layerLinears: { qkv: Linear; o: Linear }[] = [];
+    const qkProg = await qkRopeProgram(device, ring, {
+      nH,
+      nKV,
+      hd,
+      capacity: cap,
+      qkNorm: c.qkNorm,
+      eps: c.rmsNormEps,
+      clip: c.clipQkv,
+      kvDtype: dtype,
+    });
+    for (let l = 0; l < c.numLayers; l++) {
+      const w = plan.layers[l];
+      const up = (key: string, prec: DType) => upload(`L${l}.${key}`, w.get(key)!, prec);
+      const attnNormW = await up("attn_norm", "f32");
+      const ffnNormW = await up("ffn_norm", "f32");
+      const qkvW = await up("qkv", dtype);
+      const qkvB = w.has("qkv_bias") ? await up("qkv_bias", "f32") : undefined;
+      let qkNormW = b.ones;
+      if (c.qkNorm !== "none") {
+        const qn = w.get("q_norm")!, kn = w.get("k_norm")!;
+        const qLen = qn.shape[0];
+        qkNormW = track(storageBuffer(device, `L${l}.qk_norm`, (qLen + kn.shape[0]) * 4));
+        writeAligned(device, qkNormW, 0, await ckpt.readF32(qn.parts[0].tensor));
+        writeAligned(device, qkNormW, qLen * 4, await ckpt.readF32(kn.parts[0].tensor));
+      }
+      const oW = await up("o", dtype);
+      const oB = w.has("o_bias") ? await up("o_bias", "f32") : undefined;
+      const kc = track(storageBuffer(device, `L${l}.k-cache`, kvBytes));
+      const vc = track(storageBuffer(device, `L${l}.v-cache`, kvBytes));
+
+      const qkv = await linear(
+        `L${l}.qkv`,
+        { n: qkvDim, k: H, bias: !!qkvB, mode: "store", alpha: 1 },
+        b.xn,
+        qkvW,
+        qkvB,
+        b.qkv,
+      );
+      const o = await linear(
+        `L${l}.o`,
+        { n: H, k: qDim, bias: !!oB, mode: "add", alpha: c.residualMultiplier },
+        b.attn,
+        oW,
+        oB,
+        b.x,
+      );
+      const attProg = await attentionProgram(device, ring, {
+        nH,
+        nKV,
+        hd,
+        capacity: cap,
+        scale: c.attentionScale,
+        window: c.layers[l].slidingWindow,
+        kvDtype: dtype,
+      });
+      const moe = c.layers[l].moe;
+      const width = moe ? I : D;
+      const kk = moe ? k : 1;
+      const gateUpW = await up("gate_up", dtype);
+      const downW = await up("down", dtype);
+      const guProg = await gateUpProgram(device, ring, { hidden: H, inter: width, topK: kk, dtype });
+      let router: Dispatch | undefined;
+      let sharedGateUp: Dispatch | undefined;
+      const shared = moe && S > 0;
+      if (moe) {
+        const routerW = await up("router", "f32");
+        const sgW = shared ? await up("shared_gate", "f32") : routerW;
+        const rProg = await routerProgram(device, ring, {
+          experts: c.numExperts,
+          hidden: H,
+          topK: k,
+          mode: c.routerMode,
+          normalize: c.normTopkProb,
+          sharedGate: shared,
+          dtype: "f32",
+        });
+        router = {
+          program: rProg,
+          group: rProg.bind(`L${l}.router`, [b.xn, routerW, sgW, b.ids, b.wts, b.sg]),
+          grid: [1, 1, 1],
+        };
+      }
+      const dProg = await downProgram(device, ring, {
+        hidden: H,
+        inter: width,
+        topK: kk,
+        shared: shared ? S : 0,
+        dtype,
+        alpha: c.residualMultiplier,
+      });
+      const idsBuf = moe ? b.ids : b.zeros;
+      const wtsBuf = moe ? b.wts : b.ones;
+      const downBufs = [b.h, downW, idsBuf, wtsBuf, b.x];
+      if (shared) {
+        const sguW = await up("shared_gate_up", dtype);
+        const sdW = await up("shared_down", dtype);
+        const sProg = await gateUpProgram(device, ring, { hidden: H, inter: S, topK: 1, dtype });
+        sharedGateUp = {
+          program: sProg,
+          group: sProg.bind(`L${l}.shared-gate-up`, [b.xn, sguW, b.zeros, b.hs]),
+          grid: [Math.ceil(S / EXPERT_OUTS), 1, 1],
+        };
+        downBufs.push(b.hs, sdW, b.sg);
+      }
+      layers.push({
+        attnNorm: norm(`L${l}.attn-norm`, attnNormW, b.x),
+        qkv: qkv.gemv,
+        qkRope: {
+          program: qkProg,
+          group: qkProg.bind(`L${l}.qk-rope`, [b.qkv, b.rope, qkNormW, b.q, kc, vc]),
+          grid: [nH + nKV, 1, 1],
+        },
+        attention: {
+          program: attProg,
+          group: attProg.bind(`L${l}.attention`, [b.q, kc, vc, b.attn]),
+          grid: [nH, 1, 1],
+        },
+        o: o.gemv,
+        ffnNorm: norm(`L${l}.ffn-norm`, ffnNormW, b.x),
+        router,
+        gateUp: {
+          program: guProg,
+          group: guProg.bind(`L${l}.gate-up`, [b.xn, gateUpW, idsBuf, b.h]),
+          grid: [Math.ceil(width / EXPERT_OUTS), kk, 1],
+        },
+        sharedGateUp,
+        down: {
+          program: dProg,
+          group: dProg.bind(`L${l}.down`, downBufs),
+          grid: [Math.ceil(H / EXPERT_OUTS), 1, 1],
+        },
+        gateUpX: Math.ceil(width / EXPERT_OUTS),
+        k: kk,
+        sharedX: Math.ceil(S / EXPERT_OUTS),
+      });
+      layerLinears.push({ qkv, o });
+    }
+    return new GpuDecoder({
+      config: c,
+      dtype,
+      contextLength: cap,
+      ctx,
+      ring,
+      R,
+      logitRows,
+      useGemm,
+      buffers,
+      b,
+      embed,
+      layers,
+      layerLinears,
+      finalNorm,
+      lmHead,
+      lmHeadLast: lmLast.gemv,
+      sample,
+      weightBytes,
+    });
+  }
+
+  /** Encodes the layers for `rows` rows at the step slot `off`. */
+  #encodeLayers(pass: GPUComputePassEncoder, off: number, rows: number): void {
+    const ring = this.#ring;
+    const gemm = rows > 1 && this.#useGemm;
+    const ry = (d: Dispatch, x = d.grid[0]): Dispatch => ({ ...d, grid: [x, rows, 1] });
+    const rx = (d: Dispatch): Dispatch => ({ ...d, grid: [rows, 1, 1] });
+    const lin = (l: Linear): Dispatch =>
+      gemm ? { ...l.gemm, grid: [Math.ceil(l.n / 64), Math.ceil(rows / 64), 1] } : l.gemv;
+    for (let i = 0; i < this.#layers.length; i++) {
+      const L = this.#layers[i];
+      const LL = this.#layerLinears[i];
+      encodeDispatch(pass, ring, rx(L.attnNorm), off);
+      encodeDispatch(pass, ring, lin(LL.qkv), off);
+      encodeDispatch(pass, ring, ry(L.qkRope), off);
+      encodeDispatch(pass, ring, ry(L.attention), off);
+      encodeDispatch(pass, ring, lin(LL.o), off);
+      encodeDispatch(pass, ring, rx(L.ffnNorm), off);
+      if (L.router) encodeDispatch(pass, ring, rx(L.router), off);
+      encodeDispatch(pass, ring, { ...L.gateUp, grid: [L.gateUpX, rows * L.k, 1] }, off);
+      if (L.sharedGateUp) encodeDispatch(pass, ring, { ...L.sharedGateUp, grid: [L.sharedX, rows, 1] }, off);
+      encodeDispatch(pass, ring, ry(L.down), off);
+    }
+  }
+
+  #check(): void {
+    if (this.#disposed) throw new GpuError("Cannot run the model: its GPU resources have been disposed");
+  }
+
+  /** Logits of every position of `ids`, [ids.length, V]. */
+  async logits(ids: readonly number[]): Promise<Float32Array> {
+    this.#check();
+    const V = this.config.vocabSize;
+    if (ids.length > this.contextLength) {
+      throw new RangeError(
+        `Cannot compute logits: ${ids.length} tokens exceed the context of ${this.contextLength}`,
+      );
+    }
+    const release = await this.#acquire();
+    try {
+      const out = new Float32Array(ids.length * V);
+      const chunk = Math.min(this.#R, this.#logitRows);
+      for (let p0 = 0; p0 < ids.length; p0 += chunk) {
+        const rows = Math.min(chunk, ids.length - p0);
+        this.#device.queue.writeBuffer(this.#b.inputIds, 0, new Uint32Array(ids.slice(p0, p0 + rows)));
+        const off = this.#ring.set(0, { pos: p0, rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+        this.#ring.flush(this.#device);
+        const enc = this.#device.createCommandEncoder({ label: "logits" });
+        const pass = enc.beginComputePass({ label: "logits" });
+        encodeDispatch(pass, this.#ring, { ...this.#embed, grid: [rows, 1, 1] }, off);
+        this.#encodeLayers(pass, off, rows);
+        encodeDispatch(pass, this.#ring, { ...this.#finalNorm, grid: [rows, 1, 1] }, off);
+        const lm = rows > 1 && this.#useGemm
+          ? {
+            ...this.#lmHead.gemm,
+            grid: [Math.ceil(V / 64), Math.ceil(rows / 64), 1] as [number, number, number],
+          }
+          : this.#lmHead.gemv;
+        encodeDispatch(pass, this.#ring, lm, off);
+        pass.end();
+        this.#device.queue.submit([enc.finish()]);
+        out.set(new Float32Array(await readBuffer(this.#device, this.#b.logits, 0, rows * V * 4)), p0 * V);
+      }
+      return out;
+    } finally {
+      release();
+    }
+  }
+
+  /** Waits until no other call uses the cache and the token ring; returns the function that releases them. */
+  async #acquire(): Promise<() => void> {
+    let release!: () => void;
+    const mine = new Promise<void>((r) => release = r);
+    const before = this.#lock;
+    this.#lock = before.then(() => mine);
+    await before;
+    try {
+      this.#check();
+    } catch (e) {
+      release();
+      throw e;
+    }
+    return release;
+  }
+
+  /** Encodes the prompt's prefill (in chunks) and the sampling of step 0. */
+  #encodePrefill(enc: GPUCommandEncoder, ids: readonly number[], slot: number): number {
+    const H = this.config.hiddenSize;
+    let s = slot;
+    this.#device.queue.writeBuffer(this.#b.promptIds, 0, new Uint32Array(ids));
+    for (let p0 = 0; p0 < ids.length; p0 += this.#R) {
+      const rows = Math.min(this.#R, ids.length - p0);
+      // The whole prompt was written to prompt-ids before the submission; each chunk copies its slice.
+      enc.copyBufferToBuffer(this.#b.promptIds, p0 * 4, this.#b.inputIds, 0, rows * 4);
+      const off = this.#ring.set(s++, { pos: p0, rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+      const pass = enc.beginComputePass({ label: `prefill-${p0}` });
+      encodeDispatch(pass, this.#ring, { ...this.#embed, grid: [rows, 1, 1] }, off);
+      this.#encodeLayers(pass, off, rows);
+      encodeDispatch(pass, this.#ring, { ...this.#finalNorm, grid: [rows, 1, 1] }, off);
+      pass.end();
+      if (p0 + rows === ids.length) {
+        enc.copyBufferToBuffer(this.#b.xn, (rows - 1) * H * 4, this.#b.xlast, 0, H * 4);
+      }
+    }
+    const off = this.#ring.set(s++, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+    const pass = enc.beginComputePass({ label: "prefill-sample" });
+    encodeDispatch(pass, this.#ring, this.#lmHeadLast, off);
+    encodeDispatch(pass, this.#ring, this.#sample, off);
+    pass.end();
+    return s;
+  }
+
+  /** Encodes decode steps [from, to): each reads the token of the previous step and samples its own. */
+  #encodeSteps(enc: GPUCommandEncoder, promptLength: number, from: number, to: number, slot: number): number {
+    let s = slot;
+    const pass = enc.beginComputePass({ label: `decode-${from}-${to}` });
+    for (let step = from; step < to; step++) {
+      const off = this.#ring.set(s++, {
+        pos: promptLength + step - 1,
+        rows: 1,
+        step,
+        srcRing: true,
+        ringIn: step - 1,
+        logitsRow: 0,
+      });
+      encodeDispatch(pass, this.#ring, this.#embed, off);
+      this.#encodeLayers(pass, off, 1);
+      encodeDispatch(pass, this.#ring, this.#finalNorm, off);
+      encodeDispatch(pass, this.#ring, this.#lmHead.gemv, off);
+      encodeDispatch(pass, this.#ring, this.#sample, off);
+    }
+    pass.end();
+    return s;
+  }
+
+  /**
+   * Produces up to `options.maxTokens` new tokens in batches: the first batch is the prefill and step 0, then
+   * decode submissions of growing size (or `tokensPerSubmit`), up to three in flight.
+   */
+  async *produce(ids: readonly number[], options: ResolvedGenerateOptions): AsyncGenerator<Uint32Array> {
+    this.#check();
+    if (ids.length + options.maxTokens > this.contextLength + 1) {
+      throw new RangeError(
+        `Cannot generate ${options.maxTokens} tokens after ${ids.length}: the context holds ${this.contextLength}`,
+      );
+    }
+    const release = await this.#acquire();
+    const device = this.#device;
+    const total = options.maxTokens;
+    const inFlight: { from: number; to: number; staging: GPUBuffer; mapped: Promise<void> }[] = [];
+    let next = 0; // first step not yet submitted
+    let batchIndex = 0;
+    let stagingIndex = 0;
+    try {
+      device.queue.writeBuffer(this.#b.sampler, 0, samplerUniform(options.sampling));
+      const submit = () => {
+        const from = next;
+        const size = from === 0
+          ? 1
+          : options.tokensPerSubmit > 0
+          ? options.tokensPerSubmit
+          : ADAPTIVE_BATCHES[Math.min(batchIndex, ADAPTIVE_BATCHES.length - 1)];
+        const to = Math.min(total, from + Math.min(size, MAX_BATCH));
+        const enc = device.createCommandEncoder({ label: `generate-${from}-${to}` });
+        let slot = 0;
+        if (from === 0) slot = this.#encodePrefill(enc, ids, slot);
+        if (to > Math.max(from, 1)) this.#encodeSteps(enc, ids.length, Math.max(from, 1), to, slot);
+        const staging = this.#staging[stagingIndex++ % DEPTH];
+        enc.copyBufferToBuffer(this.#b.tokens, from * 4, staging, 0, (to - from) * 4);
+        this.#ring.flush(device);
+        device.queue.submit([enc.finish()]);
+        inFlight.push({ from, to, staging, mapped: staging.mapAsync(GPUMapMode.READ, 0, (to - from) * 4) });
+        next = to;
+        batchIndex++;
+      };
+      while (next < total || inFlight.length > 0) {
+        // Submissions reuse the step-ring slots: each one's writeBuffer is ordered on the queue after the
+        // submissions before it, so every submission reads its own values.
+        while (next < total && inFlight.length < DEPTH) submit();
+        const head = inFlight.shift()!;
+        await head.mapped;
+        const tokens = new Uint32Array(head.staging.getMappedRange(0, (head.to - head.from) * 4).slice(0));
+        head.staging.unmap();
+        yield tokens;
+      }
+    } finally {
+      for (const f of inFlight) {
+        await f.mapped.catch(() => {});
+        f.staging.unmap();
+      }
+      release();
+    }
+  }
+
+  /** Frees every GPU buffer of the model. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const b of this.#buffers) b.destroy();
+    for (const s of this.#staging) s.destroy();
+    this.#ring.buffer.destroy();
+  }
+
+  /** Adapter the model runs on. */
+  get adapterName(): string {
+    return this.#ctx.adapterName;
+  }
+}
