@@ -1,0 +1,96 @@
+/**
+ * Prefill and decode throughput of the WebGPU decoder on a checkpoint (batch 1). Run on a GPU host:
+ *
+ *   deno run -A bench/decode_bench.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
+ *
+ * Prints one JSON line: load seconds, prefill tokens/s (prompt tokens over the time to the first new token)
+ * and decode tokens/s (new tokens after the first over the time they took), medians over the repetitions.
+ * Token ids are random (seeded): the speed of a MoE decoder does not depend on what the ids mean, except
+ * through which experts the router picks.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { Checkpoint } from "../engine/checkpoint.ts";
+import { resolveGenerateOptions, runGeneration } from "../engine/generation.ts";
+import { GpuDecoder } from "../engine/gpu_decoder.ts";
+import { acquireGpu } from "../kernels/gpu.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    model: { type: "string" },
+    dtype: { type: "string", default: "f16" },
+    prompt: { type: "string", default: "512" },
+    "decode-prompt": { type: "string", default: "16" },
+    decode: { type: "string", default: "128" },
+    reps: { type: "string", default: "3" },
+    "tokens-per-submit": { type: "string", default: "0" },
+    gemm: { type: "string", default: "auto" },
+  },
+});
+if (!values.model) throw new TypeError("Cannot run the benchmark: --model DIR is required");
+const promptLen = Number(values.prompt), decodeLen = Number(values.decode), reps = Number(values.reps);
+const decodePrompt = Number(values["decode-prompt"]);
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+const ctx = await acquireGpu();
+const t0 = performance.now();
+const ckpt = await Checkpoint.open(values.model);
+const decoder = await GpuDecoder.create(ctx, ckpt, {
+  dtype: values.dtype as "f16" | "f32",
+  contextLength: Math.max(promptLen, decodePrompt + decodeLen) + 8,
+  prefillRows: Math.min(512, promptLen),
+  gemm: values.gemm === "auto" ? undefined : values.gemm === "on",
+});
+ckpt.close();
+const loadS = (performance.now() - t0) / 1000;
+const V = ckpt.config.vocabSize;
+let seed = 12345;
+const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % V;
+const noStop = { decode: () => "" };
+
+async function timeGenerate(prompt: number[], maxTokens: number): Promise<{ ttft: number; total: number; n: number }> {
+  const opts = resolveGenerateOptions(
+    { maxTokens, ignoreEos: true, tokensPerSubmit: Number(values["tokens-per-submit"]) },
+    prompt.length,
+    decoder.contextLength,
+    { eosTokenIds: [] },
+  );
+  const start = performance.now();
+  let first = 0, n = 0;
+  for await (const _ of runGeneration(decoder, noStop, prompt, opts, () => {})) {
+    if (n === 0) first = performance.now();
+    n++;
+  }
+  return { ttft: first - start, total: performance.now() - start, n };
+}
+
+// Warm-up: compiles nothing new (pipelines exist) but faults in buffers and drivers.
+await timeGenerate(Array.from({ length: promptLen }, rand), 4);
+const prefill: number[] = [], decode: number[] = [];
+for (let r = 0; r < reps; r++) {
+  const p = await timeGenerate(Array.from({ length: promptLen }, rand), 1);
+  prefill.push(promptLen / (p.ttft / 1000));
+  const d = await timeGenerate(Array.from({ length: decodePrompt }, rand), decodeLen);
+  decode.push((d.n - 1) / ((d.total - d.ttft) / 1000));
+}
+console.log(JSON.stringify({
+  system: "edgemix webgpu",
+  adapter: decoder.adapterName,
+  dtype: values.dtype,
+  weightGiB: decoder.weightBytes / 2 ** 30,
+  loadS,
+  promptLen,
+  decodeLen,
+  prefillTokS: median(prefill),
+  decodeTokS: median(decode),
+  prefillRuns: prefill,
+  decodeRuns: decode,
+}));
+decoder.dispose();
