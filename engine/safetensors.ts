@@ -196,3 +196,46 @@ async function readHeader(
   }
   return { tensors, metadata };
 }
+
+/** A tensor to write: safetensors dtype, shape and raw little-endian bytes. */
+export interface TensorData {
+  /** Safetensors dtype, e.g. "F32". */
+  dtype: string;
+  /** Shape, outermost first. */
+  shape: number[];
+  /** Raw bytes (length = product of shape × dtype size). */
+  data: Uint8Array;
+}
+
+/** Serializes `tensors` (in key order) and `metadata` into the bytes of a safetensors file. */
+export function encodeSafetensors(
+  tensors: Record<string, TensorData>,
+  metadata: Record<string, string> = {},
+): Uint8Array {
+  const header: Record<string, unknown> = {};
+  if (Object.keys(metadata).length > 0) header.__metadata__ = metadata;
+  let offset = 0;
+  for (const [name, t] of Object.entries(tensors)) {
+    const expected = t.shape.reduce((a, b) => a * b, 1) * (DTYPE_BYTES[t.dtype] ?? NaN);
+    if (t.data.byteLength !== expected) {
+      throw new RangeError(
+        `Cannot encode tensor ${name}: ${t.data.byteLength} bytes do not match shape [${t.shape}] of ${t.dtype}`,
+      );
+    }
+    header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
+    offset += t.data.byteLength;
+  }
+  let json = JSON.stringify(header);
+  // Pad the header with spaces so the data starts 8-byte aligned, as the reference writer does.
+  while ((8 + new TextEncoder().encode(json).byteLength) % 8 !== 0) json += " ";
+  const headerBytes = new TextEncoder().encode(json);
+  const out = new Uint8Array(8 + headerBytes.byteLength + offset);
+  new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.byteLength), true);
+  out.set(headerBytes, 8);
+  let at = 8 + headerBytes.byteLength;
+  for (const t of Object.values(tensors)) {
+    out.set(t.data, at);
+    at += t.data.byteLength;
+  }
+  return out;
+}
