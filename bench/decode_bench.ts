@@ -55,7 +55,10 @@ let seed = 12345;
 const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % V;
 const noStop = { decode: () => "" };
 
-async function timeGenerate(prompt: number[], maxTokens: number): Promise<{ ttft: number; total: number; n: number }> {
+async function timeGenerate(
+  prompt: number[],
+  maxTokens: number,
+): Promise<{ ttft: number; total: number; n: number }> {
   const opts = resolveGenerateOptions(
     { maxTokens, ignoreEos: true, tokensPerSubmit: Number(values["tokens-per-submit"]) },
     prompt.length,

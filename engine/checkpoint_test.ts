@@ -6,7 +6,11 @@ import { encodeSafetensors, SafetensorsFile, type TensorData } from "./safetenso
 import { planWeights, readWeightF32 } from "./weights.ts";
 
 /** Copies fixture `arch` to a temp dir, lets `edit` change it, runs `fn`, and removes the dir. */
-async function withFixtureCopy(arch: string, edit: (dir: string) => Promise<void>, fn: (dir: string) => Promise<void>) {
+async function withFixtureCopy(
+  arch: string,
+  edit: (dir: string) => Promise<void>,
+  fn: (dir: string) => Promise<void>,
+) {
   const dir = await Deno.makeTempDir({ prefix: "edgemix-ckpt-" });
   try {
     for await (const e of Deno.readDir(`fixtures/models/${arch}`)) {
@@ -22,7 +26,9 @@ async function withFixtureCopy(arch: string, edit: (dir: string) => Promise<void
 async function rewrite(path: string, change: (tensors: Record<string, TensorData>) => void) {
   const f = await SafetensorsFile.open(path);
   const tensors: Record<string, TensorData> = {};
-  for (const [name, info] of f.tensors) tensors[name] = { dtype: info.dtype, shape: [...info.shape], data: await f.read(name) };
+  for (const [name, info] of f.tensors) {
+    tensors[name] = { dtype: info.dtype, shape: [...info.shape], data: await f.read(name) };
+  }
   f.close();
   change(tensors);
   await Deno.writeFile(path, encodeSafetensors(tensors));
@@ -35,7 +41,11 @@ Deno.test("Checkpoint opens single-file and sharded checkpoints and plans every 
       const plan = planWeights(ckpt);
       assert.equal(plan.layers.length, ckpt.config.numLayers);
       const gu = plan.layers[0].get("gate_up")!;
-      assert.deepEqual(gu.shape, [ckpt.config.numExperts, 2 * ckpt.config.expertIntermediateSize, ckpt.config.hiddenSize]);
+      assert.deepEqual(gu.shape, [
+        ckpt.config.numExperts,
+        2 * ckpt.config.expertIntermediateSize,
+        ckpt.config.hiddenSize,
+      ]);
       const values = await readWeightF32(ckpt, gu);
       assert.equal(values.length, gu.shape.reduce((a, b) => a * b, 1));
       assert.ok(values.every(Number.isFinite));
@@ -61,13 +71,17 @@ Deno.test("Checkpoint errors name the missing file", async () => {
   await withFixtureCopy("olmoe", removeWeights, async (dir) => {
     await assert.rejects(Checkpoint.open(dir), /holds no model.safetensors/);
   });
-  await withFixtureCopy("mixtral", (d) => Deno.remove(join(d, "model-00003-of-00005.safetensors")), async (dir) => {
-    await assert.rejects(Checkpoint.open(dir), (e: unknown) => {
-      assert.ok(e instanceof ModelLoadError);
-      assert.match(e.message, /model-00003-of-00005\.safetensors.*does not exist/);
-      return true;
-    });
-  });
+  await withFixtureCopy(
+    "mixtral",
+    (d) => Deno.remove(join(d, "model-00003-of-00005.safetensors")),
+    async (dir) => {
+      await assert.rejects(Checkpoint.open(dir), (e: unknown) => {
+        assert.ok(e instanceof ModelLoadError);
+        assert.match(e.message, /model-00003-of-00005\.safetensors.*does not exist/);
+        return true;
+      });
+    },
+  );
 });
 
 Deno.test("Checkpoint errors name an unknown architecture and unsupported rope scaling", async () => {
@@ -79,9 +93,13 @@ Deno.test("Checkpoint errors name an unknown architecture and unsupported rope s
   await withFixtureCopy("olmoe", edit((c) => c.model_type = "deepseek_v3"), async (dir) => {
     await assert.rejects(Checkpoint.open(dir), UnsupportedModelError);
   });
-  await withFixtureCopy("olmoe", edit((c) => c.rope_parameters = { rope_type: "longrope", rope_theta: 1e4 }), async (dir) => {
-    await assert.rejects(Checkpoint.open(dir), /rope scaling .* is not supported/);
-  });
+  await withFixtureCopy(
+    "olmoe",
+    edit((c) => c.rope_parameters = { rope_type: "longrope", rope_theta: 1e4 }),
+    async (dir) => {
+      await assert.rejects(Checkpoint.open(dir), /rope scaling .* is not supported/);
+    },
+  );
 });
 
 Deno.test("planWeights names the tensor whose shape does not fit the config, or that is missing", async () => {
@@ -107,7 +125,8 @@ Deno.test("planWeights names the tensor whose shape does not fit the config, or 
   );
   await withFixtureCopy(
     "olmoe",
-    (d) => rewrite(join(d, "model.safetensors"), (t) => delete t["model.layers.2.mlp.experts.5.up_proj.weight"]),
+    (d) =>
+      rewrite(join(d, "model.safetensors"), (t) => delete t["model.layers.2.mlp.experts.5.up_proj.weight"]),
     async (dir) => {
       const ckpt = await Checkpoint.open(dir);
       try {

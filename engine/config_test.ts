@@ -90,7 +90,14 @@ Deno.test("parseModelConfig rejects unknown architectures, bad fields and unsupp
 });
 
 Deno.test("ropeInverseFrequencies applies linear and llama3 scaling as transformers does", () => {
-  const base = { theta: 500000, type: "default" as const, factor: 1, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 };
+  const base = {
+    theta: 500000,
+    type: "default" as const,
+    factor: 1,
+    lowFreqFactor: 1,
+    highFreqFactor: 4,
+    originalMaxPositionEmbeddings: 8192,
+  };
   const d = ropeInverseFrequencies(base, 128);
   assert.equal(d[0], 1);
   assert.ok(Math.abs(d[1] - Math.fround(1 / Math.pow(500000, 2 / 128))) < 1e-9);

@@ -37,12 +37,18 @@ import {
   grid2d,
   readBuffer,
   StepRing,
-  type StepValues,
   storageBuffer,
   uploadBuffer,
   writeAligned,
 } from "../kernels/gpu.ts";
 import { gemmProgram, GEMV_OUTS, gemvProgram, type LinearParams } from "../kernels/linear.ts";
+import {
+  groupedGemmProgram,
+  maxTiles,
+  moeCombineProgram,
+  moeSortProgram,
+  TILE_COLS,
+} from "../kernels/moe_grouped.ts";
 import { qkRopeProgram } from "../kernels/qk_rope.ts";
 import { rmsNormProgram } from "../kernels/rms_norm.ts";
 import { routerProgram } from "../kernels/router.ts";
@@ -88,6 +94,16 @@ interface LayerDispatches {
   gateUpX: number;
   k: number;
   sharedX: number;
+  /** Prefill path of a MoE layer: sort pairs by expert, grouped GEMMs, combine; the shared expert apart. */
+  grouped: {
+    sort: Dispatch;
+    gateUp: Dispatch;
+    down: Dispatch;
+    combine: Dispatch;
+    sharedDown: Dispatch | undefined;
+    gateUpX: number;
+    downX: number;
+  } | undefined;
 }
 
 /** A linear layer's programs for both shapes (decode mat-vec, prefill GEMM) bound to its buffers. */
@@ -277,6 +293,11 @@ export class GpuDecoder implements TokenSource {
       ones: track(uploadBuffer(device, "unit-weights", new Float32Array(R).fill(1))),
       h: act("expert-hidden", Math.max(R * k * I, R * D)),
       hs: act("shared-hidden", R * Math.max(S, 1)),
+      perm: act("moe-perm", R * k),
+      tiles: act("moe-tiles", maxTiles(R * k, c.numExperts) * 4),
+      ntiles: act("moe-tile-count", 4),
+      gu: act("moe-gate-up", useGemm ? R * k * 2 * I : 1),
+      ysl: act("moe-expert-out", useGemm ? R * k * H : 1),
       logits: act("logits", logitRows * V),
       inputIds: track(storageBuffer(device, "input-ids", R * 4)),
       promptIds: track(storageBuffer(device, "prompt-ids", cap * 4)),
@@ -472,7 +493,72 @@ export class GpuDecoder implements TokenSource {
         };
         downBufs.push(b.hs, sdW, b.sg);
       }
+      let grouped: LayerDispatches["grouped"];
+      if (moe && useGemm) {
+        const sortProg = await moeSortProgram(device, ring, { experts: c.numExperts, topK: k });
+        const g1 = await groupedGemmProgram(device, ring, {
+          kind: "gate_up",
+          hidden: H,
+          inter: I,
+          topK: k,
+          dtype,
+        });
+        const g2 = await groupedGemmProgram(device, ring, {
+          kind: "down",
+          hidden: H,
+          inter: I,
+          topK: k,
+          dtype,
+        });
+        const comb = await moeCombineProgram(device, ring, {
+          hidden: H,
+          topK: k,
+          alpha: c.residualMultiplier,
+        });
+        let sharedDown: Dispatch | undefined;
+        if (shared) {
+          const sdProg = await downProgram(device, ring, {
+            hidden: H,
+            inter: S,
+            topK: 1,
+            shared: 0,
+            dtype,
+            alpha: c.residualMultiplier,
+          });
+          sharedDown = {
+            program: sdProg,
+            group: sdProg.bind(`L${l}.shared-down`, [b.hs, downBufs[6], b.zeros, b.sg, b.x]),
+            grid: [Math.ceil(H / EXPERT_OUTS), 1, 1],
+          };
+        }
+        grouped = {
+          sort: {
+            program: sortProg,
+            group: sortProg.bind(`L${l}.moe-sort`, [b.ids, b.perm, b.tiles, b.ntiles]),
+            grid: [1, 1, 1],
+          },
+          gateUp: {
+            program: g1,
+            group: g1.bind(`L${l}.moe-gate-up`, [b.xn, gateUpW, b.perm, b.tiles, b.ntiles, b.gu]),
+            grid: [1, 1, 1],
+          },
+          down: {
+            program: g2,
+            group: g2.bind(`L${l}.moe-down`, [b.gu, downW, b.perm, b.tiles, b.ntiles, b.ysl]),
+            grid: [1, 1, 1],
+          },
+          combine: {
+            program: comb,
+            group: comb.bind(`L${l}.moe-combine`, [b.ysl, b.wts, b.x]),
+            grid: [1, 1, 1],
+          },
+          sharedDown,
+          gateUpX: Math.ceil(2 * I / TILE_COLS),
+          downX: Math.ceil(H / TILE_COLS),
+        };
+      }
       layers.push({
+        grouped,
         attnNorm: norm(`L${l}.attn-norm`, attnNormW, b.x),
         qkv: qkv.gemv,
         qkRope: {
@@ -545,6 +631,24 @@ export class GpuDecoder implements TokenSource {
       encodeDispatch(pass, ring, lin(LL.o), off);
       encodeDispatch(pass, ring, rx(L.ffnNorm), off);
       if (L.router) encodeDispatch(pass, ring, rx(L.router), off);
+      const G = L.grouped;
+      if (G && gemm) {
+        const tiles = maxTiles(rows * L.k, this.config.numExperts);
+        encodeDispatch(pass, ring, G.sort, off);
+        encodeDispatch(pass, ring, { ...G.gateUp, grid: [G.gateUpX, tiles, 1] }, off);
+        encodeDispatch(pass, ring, { ...G.down, grid: [G.downX, tiles, 1] }, off);
+        encodeDispatch(
+          pass,
+          ring,
+          { ...G.combine, grid: [Math.ceil(this.config.hiddenSize / 256), rows, 1] },
+          off,
+        );
+        if (L.sharedGateUp && G.sharedDown) {
+          encodeDispatch(pass, ring, { ...L.sharedGateUp, grid: [L.sharedX, rows, 1] }, off);
+          encodeDispatch(pass, ring, ry(G.sharedDown), off);
+        }
+        continue;
+      }
       encodeDispatch(pass, ring, { ...L.gateUp, grid: [L.gateUpX, rows * L.k, 1] }, off);
       if (L.sharedGateUp) encodeDispatch(pass, ring, { ...L.sharedGateUp, grid: [L.sharedX, rows, 1] }, off);
       encodeDispatch(pass, ring, ry(L.down), off);

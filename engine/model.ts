@@ -1,0 +1,182 @@
+/**
+ * `loadModel`: from a checkpoint directory or a Hugging Face repo id to a {@linkcode Model} on WebGPU or the
+ * CPU, with the checkpoint's tokenizer and chat template.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { acquireGpu, hasWebGpuAdapter } from "../kernels/gpu.ts";
+import { Checkpoint, readJson } from "./checkpoint.ts";
+import type { ModelConfig } from "./config.ts";
+import { CpuDecoder, loadCpuWeights } from "./cpu_decoder.ts";
+import { ModelDisposedError } from "./errors.ts";
+import { checkTokenIds, resolveGenerateOptions, runGeneration, type TokenSource } from "./generation.ts";
+import { GpuDecoder } from "./gpu_decoder.ts";
+import { type HubOptions, resolveModelSource } from "./hub.ts";
+import { loadTokenizer } from "./tokenizer.ts";
+import type { Backend, DType, GenerateOptions, GenerationStats, Model, ModelTokenizer } from "./types.ts";
+
+/** Options of {@linkcode loadModel}. */
+export interface LoadModelOptions {
+  /** "webgpu", "cpu", or "auto" (default): WebGPU when an adapter exists, else the CPU with a warning. */
+  backend?: Backend | "auto";
+  /** Weight and KV-cache precision on WebGPU (default: f16 on hardware adapters, f32 on software ones). */
+  dtype?: DType;
+  /** Positions the KV cache holds (default: the model's max_position_embeddings, at most 4096). */
+  contextLength?: number;
+  /** Rows of one prefill chunk on WebGPU (default 256). */
+  prefillRows?: number;
+  /** Use the tiled GEMM for prefill on WebGPU (default: on hardware adapters). */
+  gemm?: boolean;
+  /** Where and how to download a repo id (cache directory, revision, token, progress). */
+  hub?: HubOptions;
+  /** Receives warnings (default: console.warn). */
+  onWarning?: (message: string) => void;
+}
+
+const DEFAULT_CONTEXT = 4096;
+
+class LoadedModel implements Model {
+  readonly config: ModelConfig;
+  readonly tokenizer: ModelTokenizer;
+  readonly backend: Backend;
+  readonly dtype: DType;
+  lastStats: GenerationStats | undefined;
+  readonly #decoder:
+    | (TokenSource & { logits(ids: readonly number[]): Float32Array | Promise<Float32Array> })
+    | undefined;
+  #gpu: GpuDecoder | undefined;
+  readonly #contextLength: number;
+  #disposed = false;
+
+  constructor(
+    config: ModelConfig,
+    tokenizer: ModelTokenizer,
+    backend: Backend,
+    dtype: DType,
+    decoder: TokenSource & { logits(ids: readonly number[]): Float32Array | Promise<Float32Array> },
+    contextLength: number,
+    gpu?: GpuDecoder,
+  ) {
+    this.config = config;
+    this.tokenizer = tokenizer;
+    this.backend = backend;
+    this.dtype = dtype;
+    this.#decoder = decoder;
+    this.#gpu = gpu;
+    this.#contextLength = contextLength;
+  }
+
+  #live() {
+    if (this.#disposed || !this.#decoder) throw new ModelDisposedError();
+    return this.#decoder;
+  }
+
+  async logits(ids: readonly number[]): Promise<Float32Array> {
+    const d = this.#live();
+    checkTokenIds(ids, this.config.vocabSize);
+    if (ids.length > this.#contextLength) {
+      throw new RangeError(
+        `Cannot compute logits: ${ids.length} tokens exceed the context of ${this.#contextLength}`,
+      );
+    }
+    return await d.logits(ids);
+  }
+
+  async generate(ids: readonly number[], options?: GenerateOptions): Promise<number[]> {
+    const out: number[] = [];
+    for await (const t of this.stream(ids, options)) out.push(t);
+    return out;
+  }
+
+  stream(ids: readonly number[], options?: GenerateOptions): AsyncIterable<number> {
+    const d = this.#live();
+    checkTokenIds(ids, this.config.vocabSize);
+    const resolved = resolveGenerateOptions(options, ids.length, this.#contextLength, this.tokenizer);
+    return runGeneration(d, this.tokenizer, ids, resolved, (stats) => this.lastStats = stats);
+  }
+
+  dispose(): Promise<void> {
+    this.#disposed = true;
+    this.#gpu?.dispose();
+    this.#gpu = undefined;
+    return Promise.resolve();
+  }
+}
+
+/** Ids that end generation: the config's, plus generation_config.json's when present. */
+async function eosIds(dir: string, config: ModelConfig): Promise<number[]> {
+  const ids = new Set(config.eosTokenIds);
+  try {
+    const gen = await readJson(join(dir, "generation_config.json")) as { eos_token_id?: unknown };
+    const e = gen.eos_token_id;
+    for (const id of Array.isArray(e) ? e : [e]) if (typeof id === "number") ids.add(id);
+  } catch {
+    // generation_config.json is optional.
+  }
+  return [...ids];
+}
+
+/**
+ * Loads a Mixture-of-Experts model from a checkpoint directory or a Hugging Face repo id.
+ *
+ * @example
+ * ```ts
+ * const model = await loadModel("fixtures/models/olmoe", { backend: "cpu" });
+ * const ids = model.tokenizer.encode("Hello");
+ * const next = await model.generate(ids, { maxTokens: 8 });
+ * await model.dispose();
+ * ```
+ */
+export async function loadModel(source: string, options: LoadModelOptions = {}): Promise<Model> {
+  const warn = options.onWarning ?? ((m: string) => console.warn(m));
+  const wanted = options.backend ?? "auto";
+  if (!["auto", "webgpu", "cpu"].includes(wanted)) {
+    throw new TypeError(
+      `Cannot load the model: backend must be "auto", "webgpu" or "cpu", got ${JSON.stringify(wanted)}`,
+    );
+  }
+  if (options.dtype !== undefined && options.dtype !== "f32" && options.dtype !== "f16") {
+    throw new TypeError(
+      `Cannot load the model: dtype must be "f32" or "f16", got ${JSON.stringify(options.dtype)}`,
+    );
+  }
+  const dir = await resolveModelSource(source, options.hub);
+  const ckpt = await Checkpoint.open(dir);
+  try {
+    const config = ckpt.config;
+    const contextLength = options.contextLength ?? Math.min(config.maxPositionEmbeddings, DEFAULT_CONTEXT);
+    if (!Number.isInteger(contextLength) || contextLength < 2) {
+      throw new RangeError(
+        `Cannot load the model: contextLength must be an integer >= 2, got ${contextLength}`,
+      );
+    }
+    const tokenizer = await loadTokenizer(dir, { eosTokenIds: await eosIds(dir, config) });
+    let backend: Backend = wanted === "auto" ? "webgpu" : wanted;
+    if (wanted === "auto" && !(await hasWebGpuAdapter())) {
+      warn("edgemix: no WebGPU adapter was found; running the model on the CPU (slow)");
+      backend = "cpu";
+    }
+    if (backend === "cpu") {
+      if (options.dtype === "f16") {
+        throw new RangeError(
+          "Cannot load the model: the cpu backend computes in f32 only (dtype f16 needs webgpu)",
+        );
+      }
+      const decoder = new CpuDecoder(config, await loadCpuWeights(ckpt), contextLength);
+      return new LoadedModel(config, tokenizer, "cpu", "f32", decoder, contextLength);
+    }
+    const ctx = await acquireGpu();
+    const dtype = options.dtype ?? (ctx.isFallback ? "f32" : "f16");
+    const gpu = await GpuDecoder.create(ctx, ckpt, {
+      dtype,
+      contextLength,
+      prefillRows: options.prefillRows,
+      gemm: options.gemm,
+    });
+    return new LoadedModel(config, tokenizer, "webgpu", dtype, gpu, contextLength, gpu);
+  } finally {
+    ckpt.close();
+  }
+}

@@ -1,0 +1,15 @@
+/**
+ * WGSL kernels with their TypeScript wrappers, and the CPU reference of every op (`kernels/cpu`).
+ *
+ * @module
+ */
+
+export * from "./attention.ts";
+export * from "./embed.ts";
+export * from "./experts.ts";
+export * from "./gpu.ts";
+export * from "./linear.ts";
+export * from "./qk_rope.ts";
+export * from "./rms_norm.ts";
+export * from "./router.ts";
+export * from "./sample.ts";
