@@ -27,7 +27,7 @@
  * @module
  */
 
-import { attentionProgram } from "../kernels/attention.ts";
+import { attentionCombineProgram, attentionProgram, partialFloats } from "../kernels/attention.ts";
 import { embedProgram } from "../kernels/embed.ts";
 import { downProgram, EXPERT_OUTS, gateUpProgram } from "../kernels/experts.ts";
 import {
@@ -51,7 +51,7 @@ import {
 } from "../kernels/moe_grouped.ts";
 import { qkRopeProgram } from "../kernels/qk_rope.ts";
 import { rmsNormProgram } from "../kernels/rms_norm.ts";
-import { routerProgram } from "../kernels/router.ts";
+import { topKProgram } from "../kernels/router.ts";
 import { sampleProgram, SAMPLER_UNIFORM_BYTES, samplerUniform } from "../kernels/sample.ts";
 import type { Checkpoint } from "./checkpoint.ts";
 import { type ModelConfig, ropeTables } from "./config.ts";
@@ -70,12 +70,19 @@ export interface GpuDecoderOptions {
   prefillRows?: number;
   /** Use the tiled GEMM for prefill (default: on hardware adapters, off on software ones). */
   gemm?: boolean;
+  /**
+   * Run prefill MoE blocks as grouped GEMMs over the tokens of each expert (default false: on an H100 the
+   * per-pair mat-vecs, served from L2, are still faster than the present grouped kernel).
+   */
+  groupedMoe?: boolean;
 }
 
 /** Steps of the adaptive submission schedule: small first (early first tokens), then large (throughput). */
 const ADAPTIVE_BATCHES = [1, 4, 8, 16, 32];
 /** Submissions in flight while decoding. */
 const DEPTH = 3;
+/** Keys per workgroup of decode attention (split-K). */
+const ATTENTION_SPLIT = 64;
 /** Most decode steps in one submission. */
 const MAX_BATCH = 256;
 
@@ -84,9 +91,13 @@ interface LayerDispatches {
   qkv: Dispatch;
   qkRope: Dispatch;
   attention: Dispatch;
+  /** Decode (one row): split-K attention over key blocks of ATTENTION_SPLIT, then the merge. */
+  attentionSplit: Dispatch;
+  attentionMerge: Dispatch;
   o: Dispatch;
   ffnNorm: Dispatch;
-  router: Dispatch | undefined;
+  /** MoE layers: router logits (and the shared gate logit) [R, E (+1)], then the top-k step. */
+  router: { logits: Linear; topK: Dispatch } | undefined;
   gateUp: Dispatch;
   sharedGateUp: Dispatch | undefined;
   down: Dispatch;
@@ -286,6 +297,8 @@ export class GpuDecoder implements TokenSource {
       qkv: act("qkv", R * qkvDim),
       q: act("q", R * qDim),
       attn: act("attn", R * qDim),
+      routerLogits: act("router-logits", R * (c.numExperts + 1)),
+      attnPartials: act("attention-partials", nH * Math.ceil(cap / ATTENTION_SPLIT) * partialFloats(hd)),
       ids: act("router-ids", R * k),
       wts: act("router-weights", R * k),
       sg: act("shared-gate", R),
@@ -296,8 +309,8 @@ export class GpuDecoder implements TokenSource {
       perm: act("moe-perm", R * k),
       tiles: act("moe-tiles", maxTiles(R * k, c.numExperts) * 4),
       ntiles: act("moe-tile-count", 4),
-      gu: act("moe-gate-up", useGemm ? R * k * 2 * I : 1),
-      ysl: act("moe-expert-out", useGemm ? R * k * H : 1),
+      gu: act("moe-gate-up", options.groupedMoe ? R * k * 2 * I : 1),
+      ysl: act("moe-expert-out", options.groupedMoe ? R * k * H : 1),
       logits: act("logits", logitRows * V),
       inputIds: track(storageBuffer(device, "input-ids", R * 4)),
       promptIds: track(storageBuffer(device, "prompt-ids", cap * 4)),
@@ -346,8 +359,9 @@ export class GpuDecoder implements TokenSource {
       w: GPUBuffer,
       bias: GPUBuffer | undefined,
       out: GPUBuffer,
+      prec: DType = dtype,
     ): Promise<Linear> => {
-      const params: LinearParams = { label, dtype, ...p };
+      const params: LinearParams = { label, dtype: prec, ...p };
       const bufs = bias ? [input, w, bias, out] : [input, w, out];
       const gv = await gemvProgram(device, ring, params);
       const gm = useGemm ? await gemmProgram(device, ring, params) : gv;
@@ -435,7 +449,7 @@ export class GpuDecoder implements TokenSource {
         oB,
         b.x,
       );
-      const attProg = await attentionProgram(device, ring, {
+      const attParams = {
         nH,
         nKV,
         hd,
@@ -443,32 +457,54 @@ export class GpuDecoder implements TokenSource {
         scale: c.attentionScale,
         window: c.layers[l].slidingWindow,
         kvDtype: dtype,
-      });
+      };
+      const attProg = await attentionProgram(device, ring, attParams);
+      const splitParams = { ...attParams, split: ATTENTION_SPLIT };
+      const splitProg = await attentionProgram(device, ring, splitParams);
+      const mergeProg = await attentionCombineProgram(device, ring, splitParams);
       const moe = c.layers[l].moe;
       const width = moe ? I : D;
       const kk = moe ? k : 1;
       const gateUpW = await up("gate_up", dtype);
       const downW = await up("down", dtype);
       const guProg = await gateUpProgram(device, ring, { hidden: H, inter: width, topK: kk, dtype });
-      let router: Dispatch | undefined;
+      let router: LayerDispatches["router"];
       let sharedGateUp: Dispatch | undefined;
       const shared = moe && S > 0;
       if (moe) {
-        const routerW = await up("router", "f32");
-        const sgW = shared ? await up("shared_gate", "f32") : routerW;
-        const rProg = await routerProgram(device, ring, {
+        // Router weight [E, H] f32, with the shared-expert gate [1, H] appended as row E.
+        const rSpec = w.get("router")!;
+        const sgSpec = shared ? w.get("shared_gate")! : undefined;
+        const ne = c.numExperts + (shared ? 1 : 0);
+        const routerW = track(storageBuffer(device, `L${l}.router`, ne * H * 4));
+        writeAligned(device, routerW, 0, await ckpt.readF32(rSpec.parts[0].tensor));
+        if (sgSpec) {
+          writeAligned(device, routerW, c.numExperts * H * 4, await ckpt.readF32(sgSpec.parts[0].tensor));
+        }
+        weightBytes += ne * H * 4;
+        const routerLin = await linear(
+          `L${l}.router`,
+          { n: ne, k: H, bias: false, mode: "store", alpha: 1 },
+          b.xn,
+          routerW,
+          undefined,
+          b.routerLogits,
+          "f32",
+        );
+        const tProg = await topKProgram(device, ring, {
           experts: c.numExperts,
-          hidden: H,
           topK: k,
           mode: c.routerMode,
           normalize: c.normTopkProb,
           sharedGate: shared,
-          dtype: "f32",
         });
         router = {
-          program: rProg,
-          group: rProg.bind(`L${l}.router`, [b.xn, routerW, sgW, b.ids, b.wts, b.sg]),
-          grid: [1, 1, 1],
+          logits: routerLin,
+          topK: {
+            program: tProg,
+            group: tProg.bind(`L${l}.router-topk`, [b.routerLogits, b.ids, b.wts, b.sg]),
+            grid: [1, 1, 1],
+          },
         };
       }
       const dProg = await downProgram(device, ring, {
@@ -494,7 +530,7 @@ export class GpuDecoder implements TokenSource {
         downBufs.push(b.hs, sdW, b.sg);
       }
       let grouped: LayerDispatches["grouped"];
-      if (moe && useGemm) {
+      if (moe && options.groupedMoe) {
         const sortProg = await moeSortProgram(device, ring, { experts: c.numExperts, topK: k });
         const g1 = await groupedGemmProgram(device, ring, {
           kind: "gate_up",
@@ -571,6 +607,16 @@ export class GpuDecoder implements TokenSource {
           group: attProg.bind(`L${l}.attention`, [b.q, kc, vc, b.attn]),
           grid: [nH, 1, 1],
         },
+        attentionSplit: {
+          program: splitProg,
+          group: splitProg.bind(`L${l}.attention-split`, [b.q, kc, vc, b.attnPartials]),
+          grid: [nH, 1, 1],
+        },
+        attentionMerge: {
+          program: mergeProg,
+          group: mergeProg.bind(`L${l}.attention-merge`, [b.attnPartials, b.attn]),
+          grid: [nH, 1, 1],
+        },
         o: o.gemv,
         ffnNorm: norm(`L${l}.ffn-norm`, ffnNormW, b.x),
         router,
@@ -614,8 +660,13 @@ export class GpuDecoder implements TokenSource {
   }
 
   /** Encodes the layers for `rows` rows at the step slot `off`. */
-  #encodeLayers(pass: GPUComputePassEncoder, off: number, rows: number): void {
+  #encodeLayers(pass: GPUComputePassEncoder, off: number, rows: number, pos: number): void {
     const ring = this.#ring;
+    this.#forEachLayerDispatch(rows, pos, (d) => encodeDispatch(pass, ring, d, off));
+  }
+
+  /** Calls `emit` with every dispatch of the layers for `rows` rows starting at position `pos`, in order. */
+  #forEachLayerDispatch(rows: number, pos: number, emit: (d: Dispatch) => void): void {
     const gemm = rows > 1 && this.#useGemm;
     const ry = (d: Dispatch, x = d.grid[0]): Dispatch => ({ ...d, grid: [x, rows, 1] });
     const rx = (d: Dispatch): Dispatch => ({ ...d, grid: [rows, 1, 1] });
@@ -624,34 +675,40 @@ export class GpuDecoder implements TokenSource {
     for (let i = 0; i < this.#layers.length; i++) {
       const L = this.#layers[i];
       const LL = this.#layerLinears[i];
-      encodeDispatch(pass, ring, rx(L.attnNorm), off);
-      encodeDispatch(pass, ring, lin(LL.qkv), off);
-      encodeDispatch(pass, ring, ry(L.qkRope), off);
-      encodeDispatch(pass, ring, ry(L.attention), off);
-      encodeDispatch(pass, ring, lin(LL.o), off);
-      encodeDispatch(pass, ring, rx(L.ffnNorm), off);
-      if (L.router) encodeDispatch(pass, ring, rx(L.router), off);
+      emit(rx(L.attnNorm));
+      emit(lin(LL.qkv));
+      emit(ry(L.qkRope));
+      if (rows === 1) {
+        emit({
+          ...L.attentionSplit,
+          grid: [L.attentionSplit.grid[0], 1, Math.floor(pos / ATTENTION_SPLIT) + 1],
+        });
+        emit(L.attentionMerge);
+      } else {
+        emit(ry(L.attention));
+      }
+      emit(lin(LL.o));
+      emit(rx(L.ffnNorm));
+      if (L.router) {
+        emit(lin(L.router.logits));
+        emit(rx(L.router.topK));
+      }
       const G = L.grouped;
-      if (G && gemm) {
+      if (G && rows > 1) {
         const tiles = maxTiles(rows * L.k, this.config.numExperts);
-        encodeDispatch(pass, ring, G.sort, off);
-        encodeDispatch(pass, ring, { ...G.gateUp, grid: [G.gateUpX, tiles, 1] }, off);
-        encodeDispatch(pass, ring, { ...G.down, grid: [G.downX, tiles, 1] }, off);
-        encodeDispatch(
-          pass,
-          ring,
-          { ...G.combine, grid: [Math.ceil(this.config.hiddenSize / 256), rows, 1] },
-          off,
-        );
+        emit(G.sort);
+        emit({ ...G.gateUp, grid: [G.gateUpX, tiles, 1] });
+        emit({ ...G.down, grid: [G.downX, tiles, 1] });
+        emit({ ...G.combine, grid: [Math.ceil(this.config.hiddenSize / 256), rows, 1] });
         if (L.sharedGateUp && G.sharedDown) {
-          encodeDispatch(pass, ring, { ...L.sharedGateUp, grid: [L.sharedX, rows, 1] }, off);
-          encodeDispatch(pass, ring, ry(G.sharedDown), off);
+          emit({ ...L.sharedGateUp, grid: [L.sharedX, rows, 1] });
+          emit(ry(G.sharedDown));
         }
         continue;
       }
-      encodeDispatch(pass, ring, { ...L.gateUp, grid: [L.gateUpX, rows * L.k, 1] }, off);
-      if (L.sharedGateUp) encodeDispatch(pass, ring, { ...L.sharedGateUp, grid: [L.sharedX, rows, 1] }, off);
-      encodeDispatch(pass, ring, ry(L.down), off);
+      emit({ ...L.gateUp, grid: [L.gateUpX, rows * L.k, 1] });
+      if (L.sharedGateUp) emit({ ...L.sharedGateUp, grid: [L.sharedX, rows, 1] });
+      emit(ry(L.down));
     }
   }
 
@@ -680,7 +737,7 @@ export class GpuDecoder implements TokenSource {
         const enc = this.#device.createCommandEncoder({ label: "logits" });
         const pass = enc.beginComputePass({ label: "logits" });
         encodeDispatch(pass, this.#ring, { ...this.#embed, grid: [rows, 1, 1] }, off);
-        this.#encodeLayers(pass, off, rows);
+        this.#encodeLayers(pass, off, rows, p0);
         encodeDispatch(pass, this.#ring, { ...this.#finalNorm, grid: [rows, 1, 1] }, off);
         const lm = rows > 1 && this.#useGemm
           ? {
@@ -727,7 +784,7 @@ export class GpuDecoder implements TokenSource {
       const off = this.#ring.set(s++, { pos: p0, rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
       const pass = enc.beginComputePass({ label: `prefill-${p0}` });
       encodeDispatch(pass, this.#ring, { ...this.#embed, grid: [rows, 1, 1] }, off);
-      this.#encodeLayers(pass, off, rows);
+      this.#encodeLayers(pass, off, rows, p0);
       encodeDispatch(pass, this.#ring, { ...this.#finalNorm, grid: [rows, 1, 1] }, off);
       pass.end();
       if (p0 + rows === ids.length) {
@@ -756,7 +813,7 @@ export class GpuDecoder implements TokenSource {
         logitsRow: 0,
       });
       encodeDispatch(pass, this.#ring, this.#embed, off);
-      this.#encodeLayers(pass, off, 1);
+      this.#encodeLayers(pass, off, 1, promptLength + step - 1);
       encodeDispatch(pass, this.#ring, this.#finalNorm, off);
       encodeDispatch(pass, this.#ring, this.#lmHead.gemv, off);
       encodeDispatch(pass, this.#ring, this.#sample, off);
@@ -820,6 +877,56 @@ export class GpuDecoder implements TokenSource {
         await f.mapped.catch(() => {});
         f.staging.unmap();
       }
+      release();
+    }
+  }
+
+  /**
+   * GPU time of each kind of dispatch in one decode step (at position `pos`), from timestamp queries: every
+   * dispatch runs in its own compute pass, so the sum is an upper bound of a real step. Needs `timestamp-query`.
+   */
+  async profileDecodeStep(pos: number): Promise<Map<string, { ms: number; count: number }>> {
+    this.#check();
+    if (!this.#ctx.hasTimestamps) {
+      throw new GpuError("Cannot profile: the adapter has no timestamp-query feature");
+    }
+    const release = await this.#acquire();
+    try {
+      const device = this.#device;
+      const list: Dispatch[] = [this.#embed];
+      this.#forEachLayerDispatch(1, pos, (d) => list.push(d));
+      list.push(this.#finalNorm, this.#lmHead.gemv, this.#sample);
+      const qs = device.createQuerySet({ label: "profile", type: "timestamp", count: 2 * list.length });
+      const resolve = device.createBuffer({
+        label: "profile-resolve",
+        size: 16 * list.length,
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      });
+      const off = this.#ring.set(0, { pos, rows: 1, step: 1, srcRing: true, ringIn: 0, logitsRow: 0 });
+      this.#ring.flush(device);
+      const enc = device.createCommandEncoder({ label: "profile" });
+      list.forEach((d, i) => {
+        const pass = enc.beginComputePass({
+          label: d.program.label,
+          timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
+        });
+        encodeDispatch(pass, this.#ring, d, off);
+        pass.end();
+      });
+      enc.resolveQuerySet(qs, 0, 2 * list.length, resolve, 0);
+      device.queue.submit([enc.finish()]);
+      const t = new BigUint64Array(await readBuffer(device, resolve, 0, 16 * list.length));
+      const out = new Map<string, { ms: number; count: number }>();
+      list.forEach((d, i) => {
+        const e = out.get(d.program.label) ?? { ms: 0, count: 0 };
+        e.ms += Number(t[2 * i + 1] - t[2 * i]) / 1e6;
+        e.count++;
+        out.set(d.program.label, e);
+      });
+      qs.destroy();
+      resolve.destroy();
+      return out;
+    } finally {
       release();
     }
   }

@@ -26,14 +26,24 @@ export interface AttentionParams {
   window: number;
   /** KV cache precision. */
   kvDtype: DType;
+  /**
+   * Split-K (flash-decoding): each workgroup takes `split` keys of one (row, head) and writes an unnormalized
+   * partial result that {@linkcode attentionCombineWgsl} merges; 0 (default) = one workgroup per (row, head).
+   */
+  split?: number;
 }
 
 const TK = 64;
 
+/** Floats of one partial result of split-K attention: hd accumulators, the running max, the running sum. */
+export function partialFloats(hd: number): number {
+  return hd + 2;
+}
+
 /**
  * WGSL of attention. Bindings: 0 q [R, nH, hd] f32; 1 K cache, 2 V cache [nKV, capacity, hd] (f32, or f16
- * packed in u32); 3 out [R, nH hd] f32. Grid: (nH, rows); row r is at position `st.pos + r` and sees positions
- * up to its own.
+ * packed in u32); 3 out [R, nH hd] f32, or with `split` the partials [R, nH, ceil(capacity / split), hd + 2].
+ * Grid: (nH, rows, splits); row r is at position `st.pos + r` and sees positions up to its own.
  */
 export function attentionWgsl(p: AttentionParams): string {
   if (p.hd % 4 !== 0) {
@@ -55,6 +65,8 @@ const D4: u32 = ${p.hd / 4}u;
 const CAP: u32 = ${p.capacity}u;
 const TK: u32 = ${TK}u;
 const WINDOW: u32 = ${p.window}u;
+const SPLIT: u32 = ${p.split ?? 0}u;
+const NS: u32 = ${p.split ? Math.ceil(p.capacity / p.split) : 1}u;
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> kc: array<${f16 ? "vec2<u32>" : "vec4<f32>"}>;
 @group(0) @binding(2) var<storage, read> vc: array<${f16 ? "u32" : "f32"}>;
@@ -75,10 +87,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   var m = -3.0e38;
   var l = 0.0;
   var acc: array<f32, ${dpt}>;
-  for (var base = start; base <= pos; base += TK) {
+  var hi = pos;
+  if (SPLIT > 0u) {
+    start = max(start, wg.z * SPLIT);
+    hi = min(pos, wg.z * SPLIT + SPLIT - 1u);
+  }
+  for (var base = start; base <= hi; base += TK) {
     let t = base + li;
     var s = -3.0e38;
-    if (t <= pos) {
+    if (t <= hi) {
       s = 0.0;
       let kb = (kvh * CAP + t) * D4;
       for (var c = 0u; c < D4; c++) {
@@ -91,14 +108,14 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     var mt = m;
     for (var j = 0u; j < TK; j++) { mt = max(mt, pt[j]); }
     workgroupBarrier();
-    pt[li] = select(0.0, exp(s - mt), t <= pos);
+    pt[li] = select(0.0, exp(s - mt), t <= hi);
     let corr = exp(m - mt);
     m = mt;
     workgroupBarrier();
     var lt = 0.0;
     for (var j = 0u; j < TK; j++) { lt += pt[j]; }
     l = l * corr + lt;
-    let n = min(TK, pos + 1u - base);
+    let n = min(TK, hi + 1u - base);
     for (var u = 0u; u < ${dpt}u; u++) {
       let d = li + u * TK;
       if (d < HD) {
@@ -113,6 +130,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     }
     workgroupBarrier();
   }
+  if (SPLIT > 0u) {
+    let po = ((r * NH + h) * NS + wg.z) * (HD + 2u);
+    for (var u = 0u; u < ${dpt}u; u++) {
+      let d = li + u * TK;
+      if (d < HD) { out[po + d] = acc[u]; }
+    }
+    if (li == 0u) { out[po + HD] = m; out[po + HD + 1u] = l; }
+    return;
+  }
   for (var u = 0u; u < ${dpt}u; u++) {
     let d = li + u * TK;
     if (d < HD) { out[(r * NH + h) * HD + d] = acc[u] / l; }
@@ -120,7 +146,60 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 }`;
 }
 
+/**
+ * WGSL of the split-K merge. Bindings: 0 partials [R, nH, NS, hd + 2] f32; 1 out [R, nH hd] f32.
+ * Grid: (nH, rows). Row r merges the splits that cover positions 0..st.pos + r.
+ */
+export function attentionCombineWgsl(p: AttentionParams): string {
+  const split = p.split ?? 0;
+  if (split <= 0) throw new RangeError("Cannot build the attention merge: split must be positive");
+  return `${prelude()}
+const NH: u32 = ${p.nH}u;
+const HD: u32 = ${p.hd}u;
+const SPLIT: u32 = ${split}u;
+const NS: u32 = ${Math.ceil(p.capacity / split)}u;
+@group(0) @binding(0) var<storage, read> part: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let h = wg.x;
+  let r = wg.y;
+  if (r >= st.rows) { return; }
+  let used = (st.pos + r) / SPLIT + 1u;
+  let base = (r * NH + h) * NS;
+  var mx = -3.0e38;
+  for (var z = 0u; z < used; z++) { mx = max(mx, part[(base + z) * (HD + 2u) + HD]); }
+  var l = 0.0;
+  for (var z = 0u; z < used; z++) {
+    let o = (base + z) * (HD + 2u);
+    l += part[o + HD + 1u] * exp(part[o + HD] - mx);
+  }
+  for (var d = li; d < HD; d += 64u) {
+    var a = 0.0;
+    for (var z = 0u; z < used; z++) {
+      let o = (base + z) * (HD + 2u);
+      a += part[o + d] * exp(part[o + HD] - mx);
+    }
+    out[(r * NH + h) * HD + d] = a / l;
+  }
+}`;
+}
+
+/** The split-K merge program. */
+export function attentionCombineProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: AttentionParams,
+): Promise<Program> {
+  return P.get(device, ring, "attention-combine", attentionCombineWgsl(p), ["read", "write"]);
+}
+
 /** The attention program. */
 export function attentionProgram(device: GPUDevice, ring: StepRing, p: AttentionParams): Promise<Program> {
-  return P.get(device, ring, "attention", attentionWgsl(p), ["read", "read", "read", "write"]);
+  return P.get(device, ring, p.split ? "attention-split" : "attention", attentionWgsl(p), [
+    "read",
+    "read",
+    "read",
+    "write",
+  ]);
 }

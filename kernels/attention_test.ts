@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { attentionRef } from "./cpu/attention.ts";
-import { attentionProgram } from "./attention.ts";
+import { attentionCombineProgram, attentionProgram, partialFloats } from "./attention.ts";
 import { buf, randomArray, relError, rng, roundF16, runAndRead, SKIP_GPU, testGpu } from "./test_util.ts";
 
 const cases = [
@@ -49,6 +49,71 @@ for (const kvDtype of ["f32", "f16"] as const) {
             device,
             ring,
             [{ program: prog, group, grid: [c.nH, c.rows, 1] }],
+            { rows: c.rows, pos: c.pos },
+            ob,
+            c.rows * c.nH * c.hd * 4,
+          ),
+        );
+        const positions = Array.from({ length: c.rows }, (_, i) => c.pos + i);
+        const ref = attentionRef(q, k, v, c.rows, positions, { ...c, capacity: cap, scale: 0.3 });
+        const err = relError(got, ref);
+        assert.ok(err < 1e-5, `${JSON.stringify(c)}: ${err}`);
+      }
+    },
+  });
+}
+
+for (const kvDtype of ["f32", "f16"] as const) {
+  Deno.test({
+    name: `split-K attention + merge (${kvDtype} cache) matches attentionRef`,
+    ignore: SKIP_GPU,
+    fn: async () => {
+      const { device, ring } = await testGpu();
+      const r = rng(22);
+      for (const c of [...cases, { nH: 4, nKV: 2, hd: 32, rows: 1, pos: 300, window: 100 }]) {
+        const cap = c.pos + c.rows + 70, split = 64;
+        const q = randomArray(r, c.rows * c.nH * c.hd, -1, 1);
+        let k = randomArray(r, c.nKV * cap * c.hd, -1, 1), v = randomArray(r, c.nKV * cap * c.hd, -1, 1);
+        if (kvDtype === "f16") {
+          k = roundF16(k);
+          v = roundF16(v);
+        }
+        const data = (
+          a: Float32Array,
+        ) => (kvDtype === "f16" ? new Uint16Array(new Float16Array(a).buffer) : a);
+        const params = {
+          nH: c.nH,
+          nKV: c.nKV,
+          hd: c.hd,
+          capacity: cap,
+          scale: 0.3,
+          window: c.window,
+          kvDtype,
+          split,
+        };
+        const prog = await attentionProgram(device, ring, params);
+        const comb = await attentionCombineProgram(device, ring, params);
+        const ns = Math.ceil(cap / split);
+        const pb = buf(device, "partials", new Float32Array(c.rows * c.nH * ns * partialFloats(c.hd)));
+        const ob = buf(device, "o", new Float32Array(c.rows * c.nH * c.hd));
+        const splits = Math.floor((c.pos + c.rows - 1) / split) + 1;
+        const got = new Float32Array(
+          await runAndRead(
+            device,
+            ring,
+            [
+              {
+                program: prog,
+                group: prog.bind("t", [
+                  buf(device, "q", q),
+                  buf(device, "k", data(k)),
+                  buf(device, "v", data(v)),
+                  pb,
+                ]),
+                grid: [c.nH, c.rows, splits],
+              },
+              { program: comb, group: comb.bind("c", [pb, ob]), grid: [c.nH, c.rows, 1] },
+            ],
             { rows: c.rows, pos: c.pos },
             ob,
             c.rows * c.nH * c.hd * 4,

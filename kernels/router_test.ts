@@ -2,9 +2,10 @@ import assert from "node:assert/strict";
 import type { RouterMode } from "../engine/config.ts";
 import { matmulRef } from "./cpu/matmul.ts";
 import { routeRef } from "./cpu/router.ts";
-import { readBuffer } from "./gpu.ts";
-import { routerProgram } from "./router.ts";
-import { buf, randomArray, rng, roundF16, runAndRead, SKIP_GPU, testGpu, weightData } from "./test_util.ts";
+import { grid2d, readBuffer } from "./gpu.ts";
+import { GEMV_OUTS, gemvProgram } from "./linear.ts";
+import { topKProgram } from "./router.ts";
+import { buf, randomArray, rng, runAndRead, SKIP_GPU, testGpu } from "./test_util.ts";
 
 const cases: {
   E: number;
@@ -22,58 +23,102 @@ const cases: {
   { E: 300, H: 16, k: 4, mode: "softmax_topk", normalize: true, shared: true, rows: 1 },
 ];
 
-for (const dtype of ["f32", "f16"] as const) {
-  Deno.test({
-    name: `router (${dtype}) matches routeRef: ids, weights and the shared-expert gate`,
-    ignore: SKIP_GPU,
-    fn: async () => {
-      const { device, ring } = await testGpu();
-      const r = rng(31);
-      for (const c of cases) {
-        const x = randomArray(r, c.rows * c.H), w = randomArray(r, c.E * c.H), g = randomArray(r, c.H);
-        const prog = await routerProgram(device, ring, {
-          experts: c.E,
-          hidden: c.H,
-          topK: c.k,
-          mode: c.mode,
-          normalize: c.normalize,
-          sharedGate: c.shared,
-          dtype,
-        });
-        const ib = buf(device, "ids", new Uint32Array(c.rows * c.k)),
-          wb = buf(device, "w", new Float32Array(c.rows * c.k));
-        const sb = buf(device, "sg", new Float32Array(c.rows));
-        const group = prog.bind("t", [
-          buf(device, "x", x),
-          buf(device, "wr", weightData(w, dtype)),
-          buf(device, "g", weightData(g, dtype)),
-          ib,
-          wb,
-          sb,
-        ]);
-        await runAndRead(
-          device,
-          ring,
-          [{ program: prog, group, grid: [c.rows, 1, 1] }],
-          { rows: c.rows },
-          ib,
-          4,
-        );
-        const ids = new Uint32Array(await readBuffer(device, ib, 0, c.rows * c.k * 4));
-        const wts = new Float32Array(await readBuffer(device, wb, 0, c.rows * c.k * 4));
-        const round = (a: Float32Array) => (dtype === "f16" ? roundF16(a) : a);
-        const logits = matmulRef(x, round(w), c.rows, c.E, c.H);
-        const ref = routeRef(logits, c.rows, c.E, c.k, c.mode, c.normalize);
-        assert.deepEqual(Array.from(ids), Array.from(ref.ids), JSON.stringify(c));
-        for (let i = 0; i < wts.length; i++) {
-          assert.ok(Math.abs(wts[i] - ref.weights[i]) < 1e-5, `${JSON.stringify(c)} weight ${i}`);
-        }
-        if (c.shared) {
-          const sg = new Float32Array(await readBuffer(device, sb, 0, c.rows * 4));
-          const gl = matmulRef(x, round(g), c.rows, 1, c.H);
-          for (let i = 0; i < c.rows; i++) assert.ok(Math.abs(sg[i] - 1 / (1 + Math.exp(-gl[i]))) < 1e-5);
+Deno.test({
+  name: "router (logits mat-vec + topK kernel) matches routeRef: ids, weights and the shared-expert gate",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device, ring } = await testGpu();
+    const r = rng(31);
+    for (const c of cases) {
+      const ne = c.E + (c.shared ? 1 : 0);
+      const x = randomArray(r, c.rows * c.H), w = randomArray(r, ne * c.H);
+      const lin = await gemvProgram(device, ring, {
+        label: "router",
+        n: ne,
+        k: c.H,
+        dtype: "f32",
+        bias: false,
+        mode: "store",
+        alpha: 1,
+      });
+      const top = await topKProgram(device, ring, {
+        experts: c.E,
+        topK: c.k,
+        mode: c.mode,
+        normalize: c.normalize,
+        sharedGate: c.shared,
+      });
+      const lb = buf(device, "logits", new Float32Array(c.rows * ne));
+      const ib = buf(device, "ids", new Uint32Array(c.rows * c.k)),
+        wb = buf(device, "w", new Float32Array(c.rows * c.k));
+      const sb = buf(device, "sg", new Float32Array(c.rows));
+      await runAndRead(
+        device,
+        ring,
+        [
+          {
+            program: lin,
+            group: lin.bind("lin", [buf(device, "x", x), buf(device, "wr", w), lb]),
+            grid: grid2d(Math.ceil(ne / GEMV_OUTS)),
+          },
+          { program: top, group: top.bind("top", [lb, ib, wb, sb]), grid: [c.rows, 1, 1] },
+        ],
+        { rows: c.rows },
+        ib,
+        4,
+      );
+      const ids = new Uint32Array(await readBuffer(device, ib, 0, c.rows * c.k * 4));
+      const wts = new Float32Array(await readBuffer(device, wb, 0, c.rows * c.k * 4));
+      const all = matmulRef(x, w, c.rows, ne, c.H);
+      const logits = new Float32Array(c.rows * c.E);
+      for (let t = 0; t < c.rows; t++) logits.set(all.subarray(t * ne, t * ne + c.E), t * c.E);
+      const ref = routeRef(logits, c.rows, c.E, c.k, c.mode, c.normalize);
+      assert.deepEqual(Array.from(ids), Array.from(ref.ids), JSON.stringify(c));
+      for (let i = 0; i < wts.length; i++) {
+        assert.ok(Math.abs(wts[i] - ref.weights[i]) < 1e-5, `${JSON.stringify(c)} weight ${i}`);
+      }
+      if (c.shared) {
+        const sg = new Float32Array(await readBuffer(device, sb, 0, c.rows * 4));
+        for (let t = 0; t < c.rows; t++) {
+          assert.ok(Math.abs(sg[t] - 1 / (1 + Math.exp(-all[t * ne + c.E]))) < 1e-5);
         }
       }
-    },
-  });
-}
+    }
+  },
+});
+
+Deno.test({
+  name: "router topK kernel keeps the lower expert id on ties",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device, ring } = await testGpu();
+    const top = await topKProgram(device, ring, {
+      experts: 6,
+      topK: 3,
+      mode: "softmax_topk",
+      normalize: true,
+      sharedGate: false,
+    });
+    const ib = buf(device, "ids", new Uint32Array(3));
+    const got = new Uint32Array(
+      await runAndRead(
+        device,
+        ring,
+        [{
+          program: top,
+          group: top.bind("top", [
+            buf(device, "l", new Float32Array([1, 5, 2, 5, 2, 0])),
+            ib,
+            buf(device, "w", new Float32Array(3)),
+            buf(device, "s", new Float32Array(1)),
+          ]),
+          grid: [1, 1, 1],
+        }],
+        { rows: 1 },
+        ib,
+        12,
+      ),
+    );
+    assert.deepEqual(Array.from(got), [1, 3, 2]);
+  },
+});
