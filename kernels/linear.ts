@@ -9,7 +9,15 @@
 
 import type { DType } from "../engine/types.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
-import { checkRowLength, f32Lit, prelude, weightChunk, weightDecl, weightDotFn } from "./wgsl.ts";
+import {
+  checkRowLength,
+  f32Lit,
+  prelude,
+  weightChunk,
+  weightDecl,
+  weightDotFn,
+  weightTileLoad,
+} from "./wgsl.ts";
 
 /** Shape and epilogue of a linear layer. */
 export interface LinearParams {
@@ -102,29 +110,7 @@ export const GEMM_BM = 64, GEMM_BN = 64, GEMM_BK = 16;
  */
 export function gemmWgsl(p: LinearParams): string {
   checkRowLength(p.label, p.k, p.dtype);
-  const f16 = p.dtype === "f16";
-  // Chunks past K (when K is not a multiple of BK) load zeros.
-  // Weight tile [BN][BK]: f32 loads 4 values per thread (one vec4), f16 loads 8 (one vec4<u32>) on half the threads.
-  const loadW = f16
-    ? `if (li < 128u) {
-      let row = li / 2u; let kc = (li % 2u) * 8u;
-      let n = n0 + row;
-      var a = vec4<f32>(0.0); var b = vec4<f32>(0.0);
-      if (n < N && k0 + kc < K) {
-        let pk = w[(n * K + k0 + kc) / 8u];
-        a = vec4<f32>(unpack2x16float(pk.x), unpack2x16float(pk.y));
-        b = vec4<f32>(unpack2x16float(pk.z), unpack2x16float(pk.w));
-      }
-      ws[row * BK + kc] = a.x; ws[row * BK + kc + 1u] = a.y; ws[row * BK + kc + 2u] = a.z; ws[row * BK + kc + 3u] = a.w;
-      ws[row * BK + kc + 4u] = b.x; ws[row * BK + kc + 5u] = b.y; ws[row * BK + kc + 6u] = b.z; ws[row * BK + kc + 7u] = b.w;
-    }`
-    : `{
-      let row = li / 4u; let kc = (li % 4u) * 4u;
-      let n = n0 + row;
-      var a = vec4<f32>(0.0);
-      if (n < N && k0 + kc < K) { a = w[(n * K + k0 + kc) / 4u]; }
-      ws[row * BK + kc] = a.x; ws[row * BK + kc + 1u] = a.y; ws[row * BK + kc + 2u] = a.z; ws[row * BK + kc + 3u] = a.w;
-    }`;
+  const loadW = weightTileLoad(p.dtype);
   return `${prelude()}
 const N: u32 = ${p.n}u;
 const K: u32 = ${p.k}u;

@@ -15,7 +15,7 @@
 
 import type { DType } from "../engine/types.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
-import { checkRowLength, f32Lit, prelude } from "./wgsl.ts";
+import { checkRowLength, f32Lit, prelude, weightTileLoad } from "./wgsl.ts";
 
 /** Rows (token-expert pairs) per tile. */
 export const TILE_ROWS = 32;
@@ -112,28 +112,7 @@ export function groupedGemmWgsl(p: GroupedGemmParams): string {
         let g = vec4<f32>(src[gb], src[gb + 1u], src[gb + 2u], src[gb + 3u]);
         let u = vec4<f32>(src[gb + K], src[gb + K + 1u], src[gb + K + 2u], src[gb + K + 3u]);
         a = g / (vec4<f32>(1.0) + exp(-g)) * u;`;
-  const wLoad = f16
-    ? `if (li < 128u) {
-      let row = li / 2u; let kc = (li % 2u) * 8u;
-      let n = n0 + row;
-      var a = vec4<f32>(0.0); var b = vec4<f32>(0.0);
-      if (n < N && k0 + kc < K) {
-        let pk = w[(wbase + n * K + k0 + kc) / 8u];
-        a = vec4<f32>(unpack2x16float(pk.x), unpack2x16float(pk.y));
-        b = vec4<f32>(unpack2x16float(pk.z), unpack2x16float(pk.w));
-      }
-      let o = row * BK + kc;
-      ws[o] = a.x; ws[o + 1u] = a.y; ws[o + 2u] = a.z; ws[o + 3u] = a.w;
-      ws[o + 4u] = b.x; ws[o + 5u] = b.y; ws[o + 6u] = b.z; ws[o + 7u] = b.w;
-    }`
-    : `{
-      let row = li / 4u; let kc = (li % 4u) * 4u;
-      let n = n0 + row;
-      var a = vec4<f32>(0.0);
-      if (n < N && k0 + kc < K) { a = w[(wbase + n * K + k0 + kc) / 4u]; }
-      let o = row * BK + kc;
-      ws[o] = a.x; ws[o + 1u] = a.y; ws[o + 2u] = a.z; ws[o + 3u] = a.w;
-    }`;
+  const wLoad = weightTileLoad(p.dtype, "wbase");
   return `${prelude()}
 const K: u32 = ${K}u;
 const N: u32 = ${N}u;

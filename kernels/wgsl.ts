@@ -81,3 +81,35 @@ export function f32Lit(v: number): string {
   const s = String(v);
   return /[.eE]/.test(s) ? s : `${s}.0`;
 }
+
+/**
+ * WGSL statements that load a [64 rows][16] tile of weight array `w` (rows n0.., inputs k0..) into the workgroup
+ * array `ws` ([64 × 16] f32) with 256 threads (`li`): f32 rows as one vec4 per thread, f16 rows as one vec4<u32>
+ * (8 values) on half the threads. `base` is the element offset of the matrix in `w` (an expert's weights);
+ * rows ≥ N and inputs ≥ K load zeros. Expects consts N, K, BK = 16.
+ */
+export function weightTileLoad(dtype: DType, base = "0u"): string {
+  if (dtype === "f16") {
+    return `if (li < 128u) {
+      let row = li / 2u; let kc = (li % 2u) * 8u;
+      let n = n0 + row;
+      var a = vec4<f32>(0.0); var b = vec4<f32>(0.0);
+      if (n < N && k0 + kc < K) {
+        let pk = w[(${base} + n * K + k0 + kc) / 8u];
+        a = vec4<f32>(unpack2x16float(pk.x), unpack2x16float(pk.y));
+        b = vec4<f32>(unpack2x16float(pk.z), unpack2x16float(pk.w));
+      }
+      let o = row * BK + kc;
+      ws[o] = a.x; ws[o + 1u] = a.y; ws[o + 2u] = a.z; ws[o + 3u] = a.w;
+      ws[o + 4u] = b.x; ws[o + 5u] = b.y; ws[o + 6u] = b.z; ws[o + 7u] = b.w;
+    }`;
+  }
+  return `{
+      let row = li / 4u; let kc = (li % 4u) * 4u;
+      let n = n0 + row;
+      var a = vec4<f32>(0.0);
+      if (n < N && k0 + kc < K) { a = w[(${base} + n * K + k0 + kc) / 4u]; }
+      let o = row * BK + kc;
+      ws[o] = a.x; ws[o + 1u] = a.y; ws[o + 2u] = a.z; ws[o + 3u] = a.w;
+    }`;
+}
