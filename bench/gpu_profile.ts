@@ -1,7 +1,7 @@
 /**
  * GPU time per kind of dispatch in one decode step, from timestamp queries (each dispatch in its own pass).
  *
- *   deno run -A bench/profile_step.ts --model DIR [--dtype f16] [--pos 128]
+ *   deno run -A bench/gpu_profile.ts --model DIR [--dtype f16] [--pos 128]
  *
  * @module
  */

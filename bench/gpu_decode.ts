@@ -1,7 +1,7 @@
 /**
  * Prefill and decode throughput of the WebGPU decoder on a checkpoint (batch 1). Run on a GPU host:
  *
- *   deno run -A bench/decode_bench.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
+ *   deno run -A bench/gpu_decode.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
  *
  * Prints one JSON line: load seconds, prefill tokens/s (prompt tokens over the time of a generation of one token)
  * and decode tokens/s (N - 1 over the time of N new tokens minus the time of one), medians over the repetitions.
