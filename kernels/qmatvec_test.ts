@@ -1,0 +1,136 @@
+import assert from "node:assert/strict";
+import { dequantize } from "../engine/quant/pack.ts";
+import { quantizeRtn } from "../engine/quant/quantize.ts";
+import { expertsRef } from "./cpu/experts.ts";
+import { matmulRef } from "./cpu/matmul.ts";
+import { grid2d } from "./gpu.ts";
+import {
+  buildQuantSet,
+  qDownProgram,
+  qGateUpProgram,
+  qgemvProgram,
+  QMV_OUTS,
+  type QuantMatrix,
+} from "./qmatvec.ts";
+import { buf, randomArray, relError, rng, roundF16, runAndRead, SKIP_GPU, testGpu } from "./test_util.ts";
+
+/** A random matrix in scheme `s` ("f16" or [bits, group]) and its dequantized values. */
+function makeMatrix(
+  r: () => number,
+  rows: number,
+  cols: number,
+  s: "f16" | [number, number],
+): { m: QuantMatrix; w: Float32Array } {
+  const raw = randomArray(r, rows * cols, -0.5, 0.5);
+  if (s === "f16") {
+    return { m: { rows, cols, f16: new Uint16Array(new Float16Array(raw).buffer) }, w: roundF16(raw) };
+  }
+  const p = quantizeRtn(raw, rows, cols, s[0], s[1]);
+  return { m: p, w: dequantize(p) };
+}
+
+Deno.test({
+  name: "qgemv matches matmulRef on dequantized weights for 2, 3, 4, 8 bits and f16",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device, ring } = await testGpu();
+    const r = rng(71);
+    for (const s of [[2, 64], [3, 128], [4, 128], [8, 64], [4, 32], "f16"] as ("f16" | [number, number])[]) {
+      for (const [rows, n, k] of [[1, 37, 128], [3, 64, 256]]) {
+        const { m, w } = makeMatrix(r, n, k, s);
+        const set = buildQuantSet([m]);
+        const x = randomArray(r, rows * k), b = randomArray(r, n), y0 = randomArray(r, rows * n);
+        const prog = await qgemvProgram(device, ring, { n, k, mode: "add", bias: true, alpha: 0.5 });
+        const yb = buf(device, "y", y0);
+        const group = prog.bind("t", [
+          buf(device, "x", x),
+          buf(device, "qw", set.qw),
+          buf(device, "qp", set.qp),
+          buf(device, "meta", set.meta),
+          buf(device, "b", b),
+          yb,
+        ]);
+        const got = new Float32Array(
+          await runAndRead(
+            device,
+            ring,
+            [{ program: prog, group, grid: grid2d(Math.ceil(n / QMV_OUTS)) }],
+            { rows },
+            yb,
+            rows * n * 4,
+          ),
+        );
+        const ref = matmulRef(x, w, rows, n, k, { bias: b }).map((v, i) => y0[i] + 0.5 * v);
+        const err = relError(got, ref);
+        assert.ok(err < 1e-5, `${JSON.stringify(s)} [${rows},${n},${k}]: ${err}`);
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "quantized gate/up and down with a different scheme per expert match expertsRef",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device, ring } = await testGpu();
+    const r = rng(72);
+    const H = 128, I = 64, k = 3, rows = 4;
+    const schemes: ("f16" | [number, number])[] = [[2, 64], [3, 64], [4, 128], [8, 64], "f16"];
+    const E = schemes.length;
+    const gu = schemes.map((s) => makeMatrix(r, 2 * I, H, s));
+    const dn = schemes.map((s) => makeMatrix(r, H, I, s === "f16" ? s : [s[0], Math.min(s[1], I)]));
+    const guRef = new Float32Array(E * 2 * I * H), dnRef = new Float32Array(E * H * I);
+    gu.forEach((g, e) => guRef.set(g.w, e * 2 * I * H));
+    dn.forEach((d, e) => dnRef.set(d.w, e * H * I));
+    const guSet = buildQuantSet(gu.map((g) => g.m)), dnSet = buildQuantSet(dn.map((d) => d.m));
+    const x = randomArray(r, rows * H), x0 = randomArray(r, rows * H), wts = randomArray(r, rows * k, 0, 1);
+    const ids = new Int32Array(rows * k);
+    for (let t = 0; t < rows; t++) for (let j = 0; j < k; j++) ids[t * k + j] = (t + 2 * j) % E;
+    const idb = buf(device, "ids", new Uint32Array(ids)),
+      hb = buf(device, "h", new Float32Array(rows * k * I)),
+      xb = buf(device, "x", x0);
+    const gp = await qGateUpProgram(device, ring, { hidden: H, inter: I, topK: k });
+    const dp = await qDownProgram(device, ring, { hidden: H, inter: I, topK: k, alpha: 0.7 });
+    const got = new Float32Array(
+      await runAndRead(
+        device,
+        ring,
+        [
+          {
+            program: gp,
+            group: gp.bind("gu", [
+              buf(device, "xin", x),
+              buf(device, "qw", guSet.qw),
+              buf(device, "qp", guSet.qp),
+              buf(device, "m", guSet.meta),
+              idb,
+              hb,
+            ]),
+            grid: [Math.ceil(I / QMV_OUTS), rows * k, 1],
+          },
+          {
+            program: dp,
+            group: dp.bind("dn", [
+              hb,
+              buf(device, "qw2", dnSet.qw),
+              buf(device, "qp2", dnSet.qp),
+              buf(device, "m2", dnSet.meta),
+              idb,
+              buf(device, "w", wts),
+              xb,
+            ]),
+            grid: [Math.ceil(H / QMV_OUTS), rows, 1],
+          },
+        ],
+        { rows },
+        xb,
+        rows * H * 4,
+      ),
+    );
+    const out = new Float32Array(rows * H);
+    expertsRef(x, rows, ids, wts, k, guRef, dnRef, H, I, out);
+    const ref = x0.map((v, i) => v + 0.7 * out[i]);
+    const err = relError(got, ref);
+    assert.ok(err < 1e-5, `mixed experts: ${err}`);
+  },
+});
