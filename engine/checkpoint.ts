@@ -10,6 +10,20 @@ import { type ModelConfig, parseModelConfig } from "./config.ts";
 import { type FloatDType, toFloat16Bits, toFloat32 } from "./dtype.ts";
 import { ModelLoadError } from "./errors.ts";
 import { SafetensorsFile, type TensorInfo } from "./safetensors.ts";
+import { dequantize, type PackedMatrix } from "./quant/pack.ts";
+import { parseScheme, wordsPerGroup } from "./quant/scheme.ts";
+
+/** A quantized tensor of a checkpoint written by `deno task quantize` (see docs/quantization.md). */
+export interface QuantizedTensorInfo {
+  /** The logical tensor name (`….weight`). */
+  name: string;
+  /** Bits per level. */
+  bits: 2 | 3 | 4 | 8;
+  /** Group size. */
+  group: number;
+  /** Logical shape [rows, cols]. */
+  shape: [number, number];
+}
 
 /** An open checkpoint. Close it when the weights are loaded. */
 export class Checkpoint {
@@ -19,6 +33,10 @@ export class Checkpoint {
   readonly config: ModelConfig;
   /** The raw `config.json` object. */
   readonly rawConfig: Record<string, unknown>;
+  /** Quantized tensors by logical name (empty for a plain checkpoint). */
+  readonly quantized: ReadonlyMap<string, QuantizedTensorInfo>;
+  /** The parsed `quantization.json`, when the checkpoint has one. */
+  readonly quantization: Record<string, unknown> | undefined;
   #files: SafetensorsFile[];
   #byName: Map<string, { file: SafetensorsFile; info: TensorInfo }>;
 
@@ -27,6 +45,7 @@ export class Checkpoint {
     config: ModelConfig,
     raw: Record<string, unknown>,
     files: SafetensorsFile[],
+    quantization: Record<string, unknown> | undefined,
   ) {
     this.dir = dir;
     this.config = config;
@@ -36,6 +55,48 @@ export class Checkpoint {
     for (const file of files) {
       for (const info of file.tensors.values()) this.#byName.set(info.name, { file, info });
     }
+    this.quantization = quantization;
+    this.quantized = quantization ? this.#checkQuantized(quantization) : new Map();
+  }
+
+  #checkQuantized(q: Record<string, unknown>): Map<string, QuantizedTensorInfo> {
+    const file = join(this.dir, "quantization.json");
+    const tensors = q.tensors as Record<string, { scheme?: string; shape?: number[] }> | undefined;
+    if (!tensors || typeof tensors !== "object") {
+      throw new ModelLoadError(`Cannot read ${file}: it has no "tensors" map`, { file });
+    }
+    const out = new Map<string, QuantizedTensorInfo>();
+    for (const [name, t] of Object.entries(tensors)) {
+      const scheme = parseScheme(String(t.scheme));
+      if (scheme.kind === "f16") continue;
+      const shape = t.shape;
+      if (!Array.isArray(shape) || shape.length !== 2 || !shape.every((d) => Number.isInteger(d) && d > 0)) {
+        throw new ModelLoadError(`Cannot read ${file}: tensor ${name} has an invalid shape`, {
+          file,
+          tensor: name,
+        });
+      }
+      const [rows, cols] = shape;
+      const base = name.replace(/\.weight$/, "");
+      const groups = cols / scheme.group;
+      const expect: [string, number[]][] = [
+        [`${base}.qweight`, [rows, groups * wordsPerGroup(scheme.bits, scheme.group)]],
+        [`${base}.scales`, [rows, groups]],
+        [`${base}.zeros`, [rows, groups]],
+      ];
+      for (const [n, sh] of expect) {
+        const info = this.info(n);
+        if (info.shape.length !== 2 || info.shape[0] !== sh[0] || info.shape[1] !== sh[1]) {
+          throw new ModelLoadError(
+            `Cannot load tensor ${n} from ${info.file}: its shape is [${info.shape}] but ${scheme.bits}-bit groups of ` +
+              `${scheme.group} over [${rows}, ${cols}] need [${sh}]`,
+            { file: info.file, tensor: n },
+          );
+        }
+      }
+      out.set(name, { name, bits: scheme.bits, group: scheme.group, shape: [rows, cols] });
+    }
+    return out;
   }
 
   /** Opens the checkpoint in `dir`, reading its config and every safetensors header. */
@@ -50,16 +111,40 @@ export class Checkpoint {
       for (const f of files) f.close();
       throw e;
     }
-    return new Checkpoint(dir, config, raw as Record<string, unknown>, files);
+    let quantization: Record<string, unknown> | undefined;
+    try {
+      await Deno.stat(join(dir, "quantization.json"));
+      quantization = await readJson(join(dir, "quantization.json")) as Record<string, unknown>;
+    } catch (e) {
+      if (e instanceof ModelLoadError) throw e;
+    }
+    try {
+      return new Checkpoint(dir, config, raw as Record<string, unknown>, files, quantization);
+    } catch (e) {
+      for (const f of files) f.close();
+      throw e;
+    }
   }
 
-  /** Whether a tensor called `name` exists. */
+  /** Whether a tensor called `name` exists (plain, or quantized in packed form). */
   has(name: string): boolean {
-    return this.#byName.has(name);
+    return this.#byName.has(name) || this.quantized.has(name);
   }
 
-  /** Where tensor `name` lies; throws a {@linkcode ModelLoadError} naming it when absent. */
+  /** Where tensor `name` lies; throws a {@linkcode ModelLoadError} naming it when absent. A quantized tensor's
+   * info carries its logical shape and dtype "PACKED". */
   info(name: string): TensorInfo {
+    const q = this.quantized?.get(name);
+    if (q) {
+      return {
+        name,
+        dtype: "PACKED",
+        shape: [...q.shape],
+        offset: 0,
+        byteLength: 0,
+        file: join(this.dir, "quantization.json"),
+      };
+    }
     const hit = this.#byName.get(name);
     if (!hit) {
       throw new ModelLoadError(
@@ -79,14 +164,36 @@ export class Checkpoint {
     return await hit!.file.readInfo(hit!.info);
   }
 
-  /** Values of floating-point tensor `name` as float32. */
+  /** The packed form of quantized tensor `name`. */
+  async readPacked(name: string): Promise<PackedMatrix> {
+    const q = this.quantized.get(name);
+    if (!q) {
+      throw new ModelLoadError(`Cannot read tensor ${name} as packed: it is not quantized`, { tensor: name });
+    }
+    const base = name.replace(/\.weight$/, "");
+    const u32 = (b: Uint8Array) => new Uint32Array(b.slice().buffer);
+    const u16 = (b: Uint8Array) => new Uint16Array(b.slice().buffer);
+    return {
+      rows: q.shape[0],
+      cols: q.shape[1],
+      bits: q.bits,
+      group: q.group,
+      qweight: u32(await this.readRaw(`${base}.qweight`)),
+      scales: u16(await this.readRaw(`${base}.scales`)),
+      mins: u16(await this.readRaw(`${base}.zeros`)),
+    };
+  }
+
+  /** Values of floating-point tensor `name` as float32 (quantized tensors are dequantized). */
   async readF32(name: string): Promise<Float32Array> {
+    if (this.quantized.has(name)) return dequantize(await this.readPacked(name));
     const info = this.info(name);
     return toFloat32(await this.readRaw(name), floatDType(info));
   }
 
-  /** Values of floating-point tensor `name` as float16 bit patterns. */
+  /** Values of floating-point tensor `name` as float16 bit patterns (quantized tensors are dequantized). */
   async readF16Bits(name: string): Promise<Uint16Array> {
+    if (this.quantized.has(name)) return new Uint16Array(new Float16Array(await this.readF32(name)).buffer);
     const info = this.info(name);
     return toFloat16Bits(await this.readRaw(name), floatDType(info));
   }

@@ -1,0 +1,225 @@
+/**
+ * MxMoE bit allocation for one MoE layer: choose a scheme for every block (an expert's gate+up, which share
+ * one choice, or its down projection) to minimise `r·log L + (1 − r)·log T` under an average-bit budget, where
+ * L = Σ Δ(block, scheme) is the layer-output error of quantizing each block alone and T = Σ cost(block, scheme)
+ * the measured kernel time at the block's expected token count.
+ *
+ * The objective is not linear; as MxMoE's own notes suggest for open solvers, we sweep λ in min L/L₀ + λ·T/T₀
+ * (an exact MILP per λ, solved with HiGHS) and keep the λ whose solution scores best on the true objective.
+ * When HiGHS fails, a greedy solver takes over (start from the most accurate schemes; repeatedly downgrade the
+ * block whose downgrade costs the least objective per bit saved until the budget holds).
+ *
+ * @module
+ */
+
+import highsImport from "highs";
+import type { Highs } from "highs";
+
+// The package is CommonJS; its default export is the loader at run time, which its typings do not convey.
+const loadHighs = highsImport as unknown as () => Promise<Highs>;
+
+/** One candidate scheme of a block. */
+export interface Candidate {
+  /** Scheme name ("w4g128", "f16", …). */
+  scheme: string;
+  /** Stored bits per weight (scales and minimums included). */
+  bits: number;
+  /** Δ: layer-output error when only this block uses this scheme (≥ 0). */
+  loss: number;
+  /** Measured kernel cost of this block in this scheme (≥ 0). */
+  cost: number;
+}
+
+/** A block to allocate. */
+export interface Block {
+  /** Unique id, e.g. "e3.gate_up". */
+  id: string;
+  /** Weights in the block. */
+  size: number;
+  /** Its candidates (at least one fits the budget when all blocks take their smallest). */
+  candidates: Candidate[];
+}
+
+/** The chosen schemes and what they achieve. */
+export interface Allocation {
+  /** Scheme per block id. */
+  choice: Map<string, string>;
+  /** Σ size·bits / Σ size. */
+  averageBits: number;
+  /** Σ loss of the choice. */
+  loss: number;
+  /** Σ cost of the choice. */
+  cost: number;
+  /** Which solver produced it. */
+  solver: "highs" | "greedy";
+}
+
+/** Options of {@linkcode allocateLayer}. */
+export interface AllocateOptions {
+  /** Weight of accuracy against speed, in [0, 1] (default 0.75). */
+  r?: number;
+  /** Solver: "highs" (default, greedy on failure) or "greedy". */
+  solver?: "highs" | "greedy";
+}
+
+let highsPromise: Promise<Highs> | undefined;
+
+function summarize(blocks: Block[], pick: number[], solver: "highs" | "greedy"): Allocation {
+  let bits = 0, size = 0, loss = 0, cost = 0;
+  const choice = new Map<string, string>();
+  blocks.forEach((b, i) => {
+    const c = b.candidates[pick[i]];
+    choice.set(b.id, c.scheme);
+    bits += c.bits * b.size;
+    size += b.size;
+    loss += c.loss;
+    cost += c.cost;
+  });
+  return { choice, averageBits: bits / size, loss, cost, solver };
+}
+
+function score(a: { loss: number; cost: number }, r: number): number {
+  return r * Math.log(Math.max(a.loss, 1e-12)) + (1 - r) * Math.log(Math.max(a.cost, 1e-12));
+}
+
+function check(blocks: Block[], budget: number): void {
+  if (blocks.length === 0) throw new RangeError("Cannot allocate bits: the layer has no blocks");
+  let minBits = 0, size = 0;
+  for (const b of blocks) {
+    if (b.candidates.length === 0) {
+      throw new RangeError(`Cannot allocate bits: block ${b.id} has no candidates`);
+    }
+    minBits += b.size * Math.min(...b.candidates.map((c) => c.bits));
+    size += b.size;
+  }
+  if (minBits > budget * size * (1 + 1e-9)) {
+    throw new RangeError(
+      `Cannot allocate bits: even the smallest schemes need ${
+        (minBits / size).toFixed(3)
+      } bits per weight, ` +
+        `above the budget of ${budget}`,
+    );
+  }
+}
+
+/** Greedy allocation for the weighted objective L/L₀ + λ·T/T₀ under the budget. */
+function greedy(blocks: Block[], budget: number, lambda: number, l0: number, t0: number): number[] {
+  const obj = (c: Candidate) => c.loss / l0 + lambda * c.cost / t0;
+  const pick = blocks.map((b) => {
+    let best = 0;
+    b.candidates.forEach((c, i) => {
+      const bc = b.candidates[best];
+      if (obj(c) < obj(bc) || (obj(c) === obj(bc) && c.bits < bc.bits)) best = i;
+    });
+    return best;
+  });
+  const total = blocks.reduce((a, b) => a + b.size, 0);
+  let used = blocks.reduce((a, b, i) => a + b.size * b.candidates[pick[i]].bits, 0);
+  while (used > budget * total * (1 + 1e-12)) {
+    let bestRatio = Infinity, bestBlock = -1, bestCand = -1;
+    blocks.forEach((b, i) => {
+      const cur = b.candidates[pick[i]];
+      b.candidates.forEach((c, j) => {
+        const saved = (cur.bits - c.bits) * b.size;
+        if (saved <= 0) return;
+        const ratio = Math.max(0, obj(c) - obj(cur)) / saved;
+        if (ratio < bestRatio) [bestRatio, bestBlock, bestCand] = [ratio, i, j];
+      });
+    });
+    if (bestBlock < 0) break;
+    used -=
+      (blocks[bestBlock].candidates[pick[bestBlock]].bits - blocks[bestBlock].candidates[bestCand].bits) *
+      blocks[bestBlock].size;
+    pick[bestBlock] = bestCand;
+  }
+  return pick;
+}
+
+/** The MILP of min Σ (loss/L₀ + λ·cost/T₀)·x under the budget, in CPLEX LP format. */
+function lpText(blocks: Block[], budget: number, lambda: number, l0: number, t0: number): string {
+  const terms: string[] = [];
+  const rows: string[] = [];
+  const binaries: string[] = [];
+  let budgetRow = "";
+  const total = blocks.reduce((a, b) => a + b.size, 0);
+  blocks.forEach((b, i) => {
+    const vars = b.candidates.map((_, j) => `x_${i}_${j}`);
+    binaries.push(...vars);
+    rows.push(` one_${i}: ${vars.join(" + ")} = 1`);
+    b.candidates.forEach((c, j) => {
+      const coef = c.loss / l0 + lambda * c.cost / t0;
+      terms.push(`${coef.toPrecision(12)} x_${i}_${j}`);
+      budgetRow += ` + ${(c.bits * b.size / total).toPrecision(12)} x_${i}_${j}`;
+    });
+  });
+  rows.push(` budget: ${budgetRow.slice(3)} <= ${budget.toPrecision(12)}`);
+  return `Minimize\n obj: ${terms.join(" + ")}\nSubject To\n${rows.join("\n")}\nBinary\n ${
+    binaries.join(" ")
+  }\nEnd\n`;
+}
+
+async function highsSolve(
+  blocks: Block[],
+  budget: number,
+  lambda: number,
+  l0: number,
+  t0: number,
+): Promise<number[]> {
+  highsPromise ??= loadHighs();
+  const highs = await highsPromise;
+  const result = highs.solve(lpText(blocks, budget, lambda, l0, t0), { output_flag: false, mip_rel_gap: 0 });
+  if (result.Status !== "Optimal") throw new Error(`HiGHS ended with status ${result.Status}`);
+  const cols = result.Columns as Record<string, { Primal: number }>;
+  return blocks.map((b, i) => {
+    let best = 0;
+    b.candidates.forEach((_, j) => {
+      if (cols[`x_${i}_${j}`].Primal > cols[`x_${i}_${best}`].Primal) best = j;
+    });
+    return best;
+  });
+}
+
+/** λ values swept between accuracy-only and speed-dominated objectives. */
+const LAMBDAS = [0, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100];
+
+/**
+ * Allocates schemes to `blocks` under `budget` average bits per weight.
+ *
+ * @example
+ * ```ts
+ * const a = await allocateLayer([{ id: "e0.down", size: 64, candidates: [
+ *   { scheme: "w4g64", bits: 4.5, loss: 0.1, cost: 1 }, { scheme: "w2g64", bits: 2.5, loss: 0.9, cost: 0.6 },
+ * ] }], 3.5);
+ * a.choice.get("e0.down"); // "w2g64": w4 would exceed 3.5 bits
+ * ```
+ */
+export async function allocateLayer(
+  blocks: Block[],
+  budget: number,
+  options: AllocateOptions = {},
+): Promise<Allocation> {
+  const r = options.r ?? 0.75;
+  if (!(r >= 0 && r <= 1)) throw new RangeError(`Cannot allocate bits: r must be in [0, 1], got ${r}`);
+  check(blocks, budget);
+  const l0 = Math.max(1e-12, blocks.reduce((a, b) => a + Math.max(...b.candidates.map((c) => c.loss)), 0));
+  const t0 = Math.max(1e-12, blocks.reduce((a, b) => a + Math.max(...b.candidates.map((c) => c.cost)), 0));
+  const lambdas = r === 1 ? [0] : r === 0 ? [1e6] : LAMBDAS;
+  let solver: "highs" | "greedy" = options.solver ?? "highs";
+  let best: Allocation | undefined;
+  for (const lambda of lambdas) {
+    let pick: number[];
+    if (solver === "highs") {
+      try {
+        pick = await highsSolve(blocks, budget, lambda, l0, t0);
+      } catch {
+        solver = "greedy";
+        pick = greedy(blocks, budget, lambda, l0, t0);
+      }
+    } else {
+      pick = greedy(blocks, budget, lambda, l0, t0);
+    }
+    const a = summarize(blocks, pick, solver);
+    if (!best || score(a, r) < score(best, r)) best = a;
+  }
+  return best!;
+}

@@ -1,0 +1,78 @@
+import assert from "node:assert/strict";
+import { allocateLayer, type Block } from "./allocate.ts";
+
+function rng(seed: number) {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13, s >>>= 0, s ^= s >>> 17, s ^= s << 5, s >>>= 0;
+    return s / 4294967296;
+  };
+}
+
+function layer(seed: number, n: number): Block[] {
+  const r = rng(seed);
+  return Array.from({ length: n }, (_, i) => {
+    const size = i % 2 === 0 ? 128 : 64; // gate+up blocks are twice the down blocks
+    const sens = 0.2 + r() * 3;
+    return {
+      id: `b${i}`,
+      size,
+      candidates: [
+        { scheme: "w8g64", bits: 8.5, loss: sens * 0.01, cost: 1.0 + r() * 0.1 },
+        { scheme: "w4g64", bits: 4.5, loss: sens * 0.2, cost: 0.6 + r() * 0.1 },
+        { scheme: "w2g64", bits: 2.5, loss: sens * 1.5, cost: 0.45 + r() * 0.1 },
+      ],
+    };
+  });
+}
+
+function bruteForce(blocks: Block[], budget: number): number {
+  const total = blocks.reduce((a, b) => a + b.size, 0);
+  let best = Infinity;
+  const rec = (i: number, bits: number, loss: number) => {
+    if (bits > budget * total + 1e-9) return;
+    if (i === blocks.length) return void (best = Math.min(best, loss));
+    for (const c of blocks[i].candidates) rec(i + 1, bits + c.bits * blocks[i].size, loss + c.loss);
+  };
+  rec(0, 0, 0);
+  return best;
+}
+
+Deno.test("allocateLayer with r = 1 finds the brute-force optimum under the budget (HiGHS)", async () => {
+  for (const [seed, budget] of [[1, 4.5], [2, 3.25], [3, 2.75], [4, 6]] as const) {
+    const blocks = layer(seed, 6);
+    const a = await allocateLayer(blocks, budget, { r: 1 });
+    assert.equal(a.solver, "highs");
+    assert.ok(a.averageBits <= budget + 1e-9, `${a.averageBits} > ${budget}`);
+    assert.ok(
+      Math.abs(a.loss - bruteForce(blocks, budget)) < 1e-9,
+      `seed ${seed}: ${a.loss} vs ${bruteForce(blocks, budget)}`,
+    );
+  }
+});
+
+Deno.test("allocateLayer respects the budget for every r and with the greedy solver", async () => {
+  const blocks = layer(5, 16);
+  for (const r of [0, 0.25, 0.5, 0.75, 1]) {
+    for (const solver of ["highs", "greedy"] as const) {
+      const a = await allocateLayer(blocks, 3.5, { r, solver });
+      assert.ok(a.averageBits <= 3.5 + 1e-9, `r ${r} ${solver}: ${a.averageBits}`);
+      assert.equal(a.choice.size, blocks.length);
+    }
+  }
+  // Speed-only prefers the fastest schemes; accuracy-only the most accurate that fit.
+  const fast = await allocateLayer(blocks, 8.5, { r: 0 });
+  const acc = await allocateLayer(blocks, 8.5, { r: 1 });
+  assert.ok(fast.cost <= acc.cost && acc.loss <= fast.loss);
+  assert.ok([...acc.choice.values()].every((s) => s === "w8g64"));
+  // A greedy solution is never better than the exact one on the accuracy-only objective.
+  const g = await allocateLayer(blocks, 3.5, { r: 1, solver: "greedy" });
+  const h = await allocateLayer(blocks, 3.5, { r: 1 });
+  assert.ok(h.loss <= g.loss + 1e-12);
+});
+
+Deno.test("allocateLayer refuses impossible budgets and bad r", async () => {
+  await assert.rejects(allocateLayer(layer(6, 4), 2), /smallest schemes need 2\.500/);
+  await assert.rejects(allocateLayer(layer(6, 4), 4, { r: 2 }), RangeError);
+  await assert.rejects(allocateLayer([], 4), RangeError);
+});
