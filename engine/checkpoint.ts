@@ -126,6 +126,13 @@ export class Checkpoint {
     }
   }
 
+  /** Every plain (not packed) tensor by name, with its dtype and shape. */
+  plainTensors(): Map<string, { dtype: string; shape: number[] }> {
+    const out = new Map<string, { dtype: string; shape: number[] }>();
+    for (const [name, { info }] of this.#byName) out.set(name, { dtype: info.dtype, shape: [...info.shape] });
+    return out;
+  }
+
   /** Whether a tensor called `name` exists (plain, or quantized in packed form). */
   has(name: string): boolean {
     return this.#byName.has(name) || this.quantized.has(name);

@@ -62,6 +62,17 @@ export interface CpuKvCache {
   v: Float32Array[];
 }
 
+/** Receives the inputs of each layer's linear blocks during a forward pass (calibration). */
+export interface ForwardObserver {
+  /** Layer `layer`'s attention: `xn` [T, H] is the input of q/k/v, `attn` [T, nH·hd] the input of o. */
+  attention?(layer: number, xn: Float32Array, attn: Float32Array): void;
+  /**
+   * Layer `layer`'s feed-forward block: `x` [T, H] is the normalized input, `ids`/`weights` [T, k] the routing
+   * (a dense layer reports expert 0 with weight 1, k = 1).
+   */
+  feedForward?(layer: number, x: Float32Array, ids: Int32Array, weights: Float32Array, k: number): void;
+}
+
 /** The CPU decoder of one model. */
 export class CpuDecoder implements TokenSource {
   /** The architecture. */
@@ -97,7 +108,13 @@ export class CpuDecoder implements TokenSource {
    * Runs tokens `ids` at positions pos0.. through the model, appending their keys and values to `cache`.
    * Returns the logits [rows, V] of every position when `allLogits`, else of the last one only ([1, V]).
    */
-  forward(ids: readonly number[], pos0: number, cache: CpuKvCache, allLogits: boolean): Float32Array {
+  forward(
+    ids: readonly number[],
+    pos0: number,
+    cache: CpuKvCache,
+    allLogits: boolean,
+    observer?: ForwardObserver,
+  ): Float32Array {
     const c = this.config;
     const T = ids.length, H = c.hiddenSize, hd = c.headDim, nH = c.numHeads, nKV = c.numKvHeads;
     const qDim = nH * hd, kvDim = nKV * hd, qkvDim = qDim + 2 * kvDim;
@@ -151,6 +168,7 @@ export class CpuDecoder implements TokenSource {
         scale: c.attentionScale,
         window: c.layers[l].slidingWindow,
       });
+      observer?.attention?.(l, xn, attn);
       const o = matmulRef(attn, w.get("o")!, T, H, qDim, { bias: w.get("o_bias") });
       for (let i = 0; i < T * H; i++) x[i] += rm * o[i];
 
@@ -161,6 +179,7 @@ export class CpuDecoder implements TokenSource {
         const E = c.numExperts, K = c.topK, I = c.expertIntermediateSize;
         const logits = matmulRef(fn, w.get("router")!, T, E, H);
         const { ids: sel, weights } = routeRef(logits, T, E, K, c.routerMode, c.normTopkProb);
+        observer?.feedForward?.(l, fn, sel, weights, K);
         expertsRef(fn, T, sel, weights, K, w.get("gate_up")!, w.get("down")!, H, I, out);
         if (c.sharedExpertIntermediateSize > 0) {
           const S = c.sharedExpertIntermediateSize;
@@ -185,6 +204,7 @@ export class CpuDecoder implements TokenSource {
         }
       } else {
         const D = c.denseIntermediateSize;
+        observer?.feedForward?.(l, fn, new Int32Array(T), new Float32Array(T).fill(1), 1);
         expertsRef(
           fn,
           T,
