@@ -50,6 +50,14 @@ import {
   TILE_COLS,
 } from "../kernels/moe_grouped.ts";
 import { qkRopeProgram } from "../kernels/qk_rope.ts";
+import {
+  buildQuantSet,
+  qDownProgram,
+  qGateUpProgram,
+  qgemvProgram,
+  QMV_OUTS,
+  type QuantMatrix,
+} from "../kernels/qmatvec.ts";
 import { rmsNormProgram } from "../kernels/rms_norm.ts";
 import { topKProgram } from "../kernels/router.ts";
 import { sampleProgram, SAMPLER_UNIFORM_BYTES, samplerUniform } from "../kernels/sample.ts";
@@ -101,6 +109,8 @@ interface LayerDispatches {
   gateUp: Dispatch;
   sharedGateUp: Dispatch | undefined;
   down: Dispatch;
+  /** Packed layers: the shared expert's down projection as its own dispatch (k = 1, weight = its gate). */
+  sharedDown: Dispatch | undefined;
   /** The experts' gate/up workgroup count along x, and rows per token (k) along y. */
   gateUpX: number;
   k: number;
@@ -122,6 +132,8 @@ interface Linear {
   gemv: Dispatch;
   gemm: Dispatch;
   n: number;
+  /** Packed (quantized) weights: the dequantizing mat-vec serves every row count. */
+  packed: boolean;
 }
 
 /** The WebGPU decoder of one model. */
@@ -287,6 +299,67 @@ export class GpuDecoder implements TokenSource {
     };
     const act = (label: string, floats: number) =>
       track(storageBuffer(device, label, Math.max(1, floats) * 4));
+    /**
+     * A packed weight set of `spec` (undefined when no part is packed): consecutive parts form matrices of
+     * `rows` rows each (an expert's gate and up, or all of q/k/v); a matrix is packed, or plain f16.
+     */
+    const packedSet = async (label: string, spec: WeightSpec, rows: number) => {
+      if (!spec.parts.some((p) => ckpt.info(p.tensor).dtype === "PACKED")) return undefined;
+      const cols = spec.shape[spec.shape.length - 1];
+      const mats: QuantMatrix[] = [];
+      let i = 0;
+      while (i < spec.parts.length) {
+        const parts = [];
+        let r = 0;
+        while (r < rows && i < spec.parts.length) {
+          parts.push(spec.parts[i]);
+          r += spec.parts[i++].elements / cols;
+        }
+        const packed = await Promise.all(
+          parts.map((p) => ckpt.info(p.tensor).dtype === "PACKED" ? ckpt.readPacked(p.tensor) : undefined),
+        );
+        if (packed.every((m) => m === undefined)) {
+          const f16 = new Uint16Array(rows * cols);
+          let o = 0;
+          for (const p of parts) {
+            const v = await ckpt.readF16Bits(p.tensor);
+            f16.set(v, o);
+            o += v.length;
+          }
+          mats.push({ rows, cols, f16 });
+        } else if (
+          packed.every((m) => m !== undefined && m.bits === packed[0]!.bits && m.group === packed[0]!.group)
+        ) {
+          const ms = packed as NonNullable<(typeof packed)[number]>[];
+          const cat = <T extends Uint32Array | Uint16Array>(xs: T[], make: (n: number) => T): T => {
+            const out = make(xs.reduce((a, x) => a + x.length, 0));
+            let o = 0;
+            for (const x of xs) out.set(x, o), o += x.length;
+            return out;
+          };
+          mats.push({
+            rows,
+            cols,
+            bits: ms[0].bits,
+            group: ms[0].group,
+            qweight: cat(ms.map((m) => m.qweight), (n) => new Uint32Array(n)),
+            scales: cat(ms.map((m) => m.scales), (n) => new Uint16Array(n)),
+            mins: cat(ms.map((m) => m.mins), (n) => new Uint16Array(n)),
+          });
+        } else {
+          throw new GpuError(
+            `Cannot load ${label}: the parts of one matrix use different quantization schemes`,
+          );
+        }
+      }
+      const set = buildQuantSet(mats);
+      weightBytes += set.qw.byteLength + set.qp.byteLength;
+      return {
+        qw: track(uploadBuffer(device, `${label}.qw`, set.qw)),
+        qp: track(uploadBuffer(device, `${label}.qp`, set.qp)),
+        meta: track(uploadBuffer(device, `${label}.meta`, set.meta)),
+      };
+    };
 
     // --- activations, cache and small state ---
     const kvBytes = nKV * cap * hd * (dtype === "f16" ? 2 : 4);
@@ -352,6 +425,29 @@ export class GpuDecoder implements TokenSource {
       group: normProg.bind(label, [src, w, b.xn]),
       grid: [1, 1, 1],
     });
+    const packedLinear = async (
+      label: string,
+      p: Omit<LinearParams, "label" | "dtype">,
+      input: GPUBuffer,
+      set: { qw: GPUBuffer; qp: GPUBuffer; meta: GPUBuffer },
+      bias: GPUBuffer | undefined,
+      out: GPUBuffer,
+    ): Promise<Linear> => {
+      const prog = await qgemvProgram(device, ring, {
+        n: p.n,
+        k: p.k,
+        mode: p.mode,
+        bias: p.bias,
+        alpha: p.alpha,
+      });
+      const bufs = [input, set.qw, set.qp, set.meta, ...(bias ? [bias] : []), out];
+      const d: Dispatch = {
+        program: prog,
+        group: prog.bind(`${label}-qgemv`, bufs),
+        grid: grid2d(Math.ceil(p.n / QMV_OUTS)),
+      };
+      return { gemv: d, gemm: d, n: p.n, packed: true };
+    };
     const linear = async (
       label: string,
       p: Omit<LinearParams, "label" | "dtype">,
@@ -373,6 +469,7 @@ export class GpuDecoder implements TokenSource {
         },
         gemm: { program: gm, group: gm.bind(`${label}-gemm`, bufs), grid: [Math.ceil(p.n / 64), 1, 1] },
         n: p.n,
+        packed: false,
       };
     };
     const finalNorm = norm("final-norm", finalNormW, b.x);
@@ -418,7 +515,8 @@ export class GpuDecoder implements TokenSource {
       const up = (key: string, prec: DType) => upload(`L${l}.${key}`, w.get(key)!, prec);
       const attnNormW = await up("attn_norm", "f32");
       const ffnNormW = await up("ffn_norm", "f32");
-      const qkvW = await up("qkv", dtype);
+      const qkvPacked = await packedSet(`L${l}.qkv`, w.get("qkv")!, qkvDim);
+      const qkvW = qkvPacked ? undefined : await up("qkv", dtype);
       const qkvB = w.has("qkv_bias") ? await up("qkv_bias", "f32") : undefined;
       let qkNormW = b.ones;
       if (c.qkNorm !== "none") {
@@ -428,27 +526,20 @@ export class GpuDecoder implements TokenSource {
         writeAligned(device, qkNormW, 0, await ckpt.readF32(qn.parts[0].tensor));
         writeAligned(device, qkNormW, qLen * 4, await ckpt.readF32(kn.parts[0].tensor));
       }
-      const oW = await up("o", dtype);
+      const oPacked = await packedSet(`L${l}.o`, w.get("o")!, H);
+      const oW = oPacked ? undefined : await up("o", dtype);
       const oB = w.has("o_bias") ? await up("o_bias", "f32") : undefined;
       const kc = track(storageBuffer(device, `L${l}.k-cache`, kvBytes));
       const vc = track(storageBuffer(device, `L${l}.v-cache`, kvBytes));
 
-      const qkv = await linear(
-        `L${l}.qkv`,
-        { n: qkvDim, k: H, bias: !!qkvB, mode: "store", alpha: 1 },
-        b.xn,
-        qkvW,
-        qkvB,
-        b.qkv,
-      );
-      const o = await linear(
-        `L${l}.o`,
-        { n: H, k: qDim, bias: !!oB, mode: "add", alpha: c.residualMultiplier },
-        b.attn,
-        oW,
-        oB,
-        b.x,
-      );
+      const qkvP = { n: qkvDim, k: H, bias: !!qkvB, mode: "store" as const, alpha: 1 };
+      const qkv = qkvPacked
+        ? await packedLinear(`L${l}.qkv`, qkvP, b.xn, qkvPacked, qkvB, b.qkv)
+        : await linear(`L${l}.qkv`, qkvP, b.xn, qkvW!, qkvB, b.qkv);
+      const oP = { n: H, k: qDim, bias: !!oB, mode: "add" as const, alpha: c.residualMultiplier };
+      const o = oPacked
+        ? await packedLinear(`L${l}.o`, oP, b.attn, oPacked, oB, b.x)
+        : await linear(`L${l}.o`, oP, b.attn, oW!, oB, b.x);
       const attParams = {
         nH,
         nKV,
@@ -465,9 +556,14 @@ export class GpuDecoder implements TokenSource {
       const moe = c.layers[l].moe;
       const width = moe ? I : D;
       const kk = moe ? k : 1;
-      const gateUpW = await up("gate_up", dtype);
-      const downW = await up("down", dtype);
-      const guProg = await gateUpProgram(device, ring, { hidden: H, inter: width, topK: kk, dtype });
+      const guPacked = await packedSet(`L${l}.gate_up`, w.get("gate_up")!, 2 * width);
+      const dnPacked = guPacked ? await packedSet(`L${l}.down`, w.get("down")!, H) : undefined;
+      const packedFfn = guPacked !== undefined && dnPacked !== undefined;
+      const gateUpW = packedFfn ? b.ones : await up("gate_up", dtype);
+      const downW = packedFfn ? b.ones : await up("down", dtype);
+      const guProg = packedFfn
+        ? await qGateUpProgram(device, ring, { hidden: H, inter: width, topK: kk })
+        : await gateUpProgram(device, ring, { hidden: H, inter: width, topK: kk, dtype });
       let router: LayerDispatches["router"];
       let sharedGateUp: Dispatch | undefined;
       const shared = moe && S > 0;
@@ -507,18 +603,49 @@ export class GpuDecoder implements TokenSource {
           },
         };
       }
-      const dProg = await downProgram(device, ring, {
-        hidden: H,
-        inter: width,
-        topK: kk,
-        shared: shared ? S : 0,
-        dtype,
-        alpha: c.residualMultiplier,
-      });
+      const dProg = packedFfn
+        ? await qDownProgram(device, ring, { hidden: H, inter: width, topK: kk, alpha: c.residualMultiplier })
+        : await downProgram(device, ring, {
+          hidden: H,
+          inter: width,
+          topK: kk,
+          shared: shared ? S : 0,
+          dtype,
+          alpha: c.residualMultiplier,
+        });
       const idsBuf = moe ? b.ids : b.zeros;
       const wtsBuf = moe ? b.wts : b.ones;
-      const downBufs = [b.h, downW, idsBuf, wtsBuf, b.x];
-      if (shared) {
+      const downBufs = packedFfn
+        ? [b.h, dnPacked!.qw, dnPacked!.qp, dnPacked!.meta, idsBuf, wtsBuf, b.x]
+        : [b.h, downW, idsBuf, wtsBuf, b.x];
+      const guBufs = packedFfn
+        ? [b.xn, guPacked!.qw, guPacked!.qp, guPacked!.meta, idsBuf, b.h]
+        : [b.xn, gateUpW, idsBuf, b.h];
+      let sharedDown: Dispatch | undefined;
+      if (shared && packedFfn) {
+        const sgu = await packedSet(`L${l}.shared_gate_up`, w.get("shared_gate_up")!, 2 * S);
+        const sdn = await packedSet(`L${l}.shared_down`, w.get("shared_down")!, H);
+        if (!sgu || !sdn) {
+          throw new GpuError(`Cannot load layer ${l}: its experts are packed but its shared expert is not`);
+        }
+        const sgp = await qGateUpProgram(device, ring, { hidden: H, inter: S, topK: 1 });
+        sharedGateUp = {
+          program: sgp,
+          group: sgp.bind(`L${l}.shared-gate-up`, [b.xn, sgu.qw, sgu.qp, sgu.meta, b.zeros, b.hs]),
+          grid: [Math.ceil(S / QMV_OUTS), 1, 1],
+        };
+        const sdp = await qDownProgram(device, ring, {
+          hidden: H,
+          inter: S,
+          topK: 1,
+          alpha: c.residualMultiplier,
+        });
+        sharedDown = {
+          program: sdp,
+          group: sdp.bind(`L${l}.shared-down`, [b.hs, sdn.qw, sdn.qp, sdn.meta, b.zeros, b.sg, b.x]),
+          grid: [Math.ceil(H / QMV_OUTS), 1, 1],
+        };
+      } else if (shared) {
         const sguW = await up("shared_gate_up", dtype);
         const sdW = await up("shared_down", dtype);
         const sProg = await gateUpProgram(device, ring, { hidden: H, inter: S, topK: 1, dtype });
@@ -530,7 +657,7 @@ export class GpuDecoder implements TokenSource {
         downBufs.push(b.hs, sdW, b.sg);
       }
       let grouped: LayerDispatches["grouped"];
-      if (moe && options.groupedMoe) {
+      if (moe && options.groupedMoe && !packedFfn) {
         const sortProg = await moeSortProgram(device, ring, { experts: c.numExperts, topK: k });
         const g1 = await groupedGemmProgram(device, ring, {
           kind: "gate_up",
@@ -622,10 +749,11 @@ export class GpuDecoder implements TokenSource {
         router,
         gateUp: {
           program: guProg,
-          group: guProg.bind(`L${l}.gate-up`, [b.xn, gateUpW, idsBuf, b.h]),
+          group: guProg.bind(`L${l}.gate-up`, guBufs),
           grid: [Math.ceil(width / EXPERT_OUTS), kk, 1],
         },
         sharedGateUp,
+        sharedDown,
         down: {
           program: dProg,
           group: dProg.bind(`L${l}.down`, downBufs),
@@ -671,7 +799,7 @@ export class GpuDecoder implements TokenSource {
     const ry = (d: Dispatch, x = d.grid[0]): Dispatch => ({ ...d, grid: [x, rows, 1] });
     const rx = (d: Dispatch): Dispatch => ({ ...d, grid: [rows, 1, 1] });
     const lin = (l: Linear): Dispatch =>
-      gemm ? { ...l.gemm, grid: [Math.ceil(l.n / 64), Math.ceil(rows / 64), 1] } : l.gemv;
+      gemm && !l.packed ? { ...l.gemm, grid: [Math.ceil(l.n / 64), Math.ceil(rows / 64), 1] } : l.gemv;
     for (let i = 0; i < this.#layers.length; i++) {
       const L = this.#layers[i];
       const LL = this.#layerLinears[i];
@@ -709,6 +837,7 @@ export class GpuDecoder implements TokenSource {
       emit({ ...L.gateUp, grid: [L.gateUpX, rows * L.k, 1] });
       if (L.sharedGateUp) emit({ ...L.sharedGateUp, grid: [L.sharedX, rows, 1] });
       emit(ry(L.down));
+      if (L.sharedDown) emit(ry(L.sharedDown));
     }
   }
 

@@ -80,8 +80,19 @@ export class SafetensorsFile {
     return await this.readInfo(info);
   }
 
-  /** Raw bytes of the tensor described by `info` (which must belong to this file). */
-  async readInfo(info: TensorInfo): Promise<Uint8Array> {
+  /**
+   * Raw bytes of the tensor described by `info` (which must belong to this file). Reads of one file run one
+   * at a time: each is a seek and reads on a shared handle, which concurrent calls would interleave.
+   */
+  readInfo(info: TensorInfo): Promise<Uint8Array> {
+    const next = this.#queue.then(() => this.#readInfo(info));
+    this.#queue = next.then(() => {}, () => {});
+    return next;
+  }
+
+  #queue: Promise<void> = Promise.resolve();
+
+  async #readInfo(info: TensorInfo): Promise<Uint8Array> {
     const file = this.#file;
     if (!file) {
       throw new ModelLoadError(`Cannot read tensor ${info.name}: ${this.path} is closed`, {

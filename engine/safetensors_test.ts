@@ -112,3 +112,21 @@ Deno.test("SafetensorsFile rejects corrupted headers with errors naming the file
     await assert.rejects(SafetensorsFile.open(join(dir, "absent.safetensors")), /does not exist/);
   });
 });
+
+Deno.test("SafetensorsFile serves concurrent reads of different tensors correctly", async () => {
+  await withDir(async (dir) => {
+    const path = join(dir, "c.safetensors");
+    const tensors: Record<string, { dtype: string; shape: number[]; data: Uint8Array }> = {};
+    for (let i = 0; i < 16; i++) {
+      tensors[`t${i}`] = { dtype: "F32", shape: [300], data: bytes(new Float32Array(300).fill(i)) };
+    }
+    await Deno.writeFile(path, encodeSafetensors(tensors));
+    const f = await SafetensorsFile.open(path);
+    try {
+      const all = await Promise.all(Object.keys(tensors).map((n) => f.read(n)));
+      all.forEach((b, i) => assert.ok(toFloat32(b, "F32").every((v) => v === i), `t${i}`));
+    } finally {
+      f.close();
+    }
+  });
+});

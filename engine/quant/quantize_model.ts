@@ -159,7 +159,7 @@ export async function quantizeModel(
   const ckpt = await Checkpoint.open(source);
   try {
     const c = ckpt.config;
-    const H = c.hiddenSize, qDim = c.numHeads * c.headDim;
+    const H = c.hiddenSize;
     const plan = planWeights(ckpt);
     const weights = await loadCpuWeights(ckpt);
     const contextLength = Math.min(c.maxPositionEmbeddings, 512);
