@@ -1,0 +1,282 @@
+/**
+ * The compressed KV cache on WebGPU, as the GPU decoder uses it: per layer a store (`gear_layout.ts`) and
+ * full-precision rings of K and V, the q/k stage writing into the ring, GEAR attention (one workgroup per
+ * (head, row) for prompt chunks, split-K + merge for decode steps) and the compress dispatch that follows each
+ * layer's attention when the call completed a block. Everything is made once, at load; per-call values come
+ * from the step slot (pos, rows), so decode steps are still encoded many per submission with no readback.
+ *
+ * @module
+ */
+
+import type { QkNorm } from "../config.ts";
+import {
+  type GearAttentionParams,
+  gearAttentionProgram,
+  gearMergeProgram,
+  gearPartialFloats,
+} from "../../kernels/gear_attention.ts";
+import { gearCompressProgram, gearScratchFloats } from "../../kernels/gear_compress.ts";
+import {
+  compressedBefore,
+  GEAR_TILE,
+  type GearLayout,
+  gearLayout,
+  ringWords,
+} from "../../kernels/gear_layout.ts";
+import { type Dispatch, Program, type StepRing, storageBuffer } from "../../kernels/gpu.ts";
+import { qkRopeWgsl } from "../../kernels/qk_rope.ts";
+import type { DType } from "../types.ts";
+import type { ResolvedKvCache } from "./kv_options.ts";
+
+/** Model dimensions the GPU cache needs. */
+export interface GearGpuShape {
+  /** Query heads. */
+  nH: number;
+  /** Key/value heads. */
+  nKV: number;
+  /** Head width. */
+  hd: number;
+  /** Positions the cache holds. */
+  capacity: number;
+  /** Rows of the largest call (prefill chunk). */
+  maxRows: number;
+  /** Score scale. */
+  scale: number;
+  /** q/k norm of the q/k stage. */
+  qkNorm: QkNorm;
+  /** RMSNorm epsilon of the q/k stage. */
+  eps: number;
+  /** q/k/v clamp (0: none). */
+  clip: number;
+  /** Precision of the full-precision ring (the model's dtype). */
+  dtype: DType;
+}
+
+/** One layer's buffers and dispatches. */
+export interface GearGpuLayer {
+  /** Full-precision rings [nKV, bufCap, hd]. */
+  ringK: GPUBuffer;
+  /** See {@linkcode ringK}. */
+  ringV: GPUBuffer;
+  /** The packed store. */
+  store: GPUBuffer;
+  /** Tokens per compressed block. */
+  buffer: number;
+  /** The q/k stage (norms, rope) appending k and v to the rings. */
+  qkRope: Dispatch;
+  /** Attention of prompt rows (grid y = rows). */
+  attention: Dispatch;
+  /** Decode attention: split-K over tiles of 64 keys, then the merge. */
+  split: Dispatch;
+  /** See {@linkcode split}. */
+  merge: Dispatch;
+  /** Compression of the blocks a multi-row call completed (prefill rank). */
+  compressPrefill: Dispatch;
+  /** Compression of the block a single-row call completed (decode rank). */
+  compressDecode: Dispatch;
+}
+
+/**
+ * The q/k stage writing into a ring of `capacity` slots (slot = position mod capacity) instead of a cache
+ * indexed by position: the WGSL of `qk_rope.ts` with its cache index taken modulo the capacity.
+ */
+function qkRopeRingWgsl(p: Parameters<typeof qkRopeWgsl>[0]): string {
+  const src = qkRopeWgsl(p);
+  const from = "let co = (head * CAP + pos) * HD + i0;";
+  if (!src.includes(from)) {
+    throw new Error(
+      "Cannot build the GEAR q/k stage: kernels/qk_rope.ts no longer writes the cache as expected",
+    );
+  }
+  return src.replace(from, "let co = (head * CAP + pos % CAP) * HD + i0;");
+}
+
+/** Programs shared by every layer (attention per sliding window). */
+interface GearPrograms {
+  qkRope: Program;
+  compressPrefill: Program;
+  compressDecode: Program;
+  merge: Program;
+  attention: Map<number, { full: Program; split: Program }>;
+}
+
+/** The compressed KV cache of a GPU decoder: shared programs and buffers, and a builder of per-layer parts. */
+export class GearGpu {
+  /** The store layout (batch 1). */
+  readonly layout: GearLayout;
+  /** The configuration. */
+  readonly kv: ResolvedKvCache;
+  readonly #device: GPUDevice;
+  readonly #shape: GearGpuShape;
+  readonly #track: (b: GPUBuffer) => GPUBuffer;
+  readonly #programs: GearPrograms;
+  readonly #ring: StepRing;
+  readonly #scratch: GPUBuffer;
+  readonly #partials: GPUBuffer;
+
+  private constructor(init: {
+    device: GPUDevice;
+    ring: StepRing;
+    shape: GearGpuShape;
+    kv: ResolvedKvCache;
+    layout: GearLayout;
+    track: (b: GPUBuffer) => GPUBuffer;
+    programs: GearPrograms;
+    scratch: GPUBuffer;
+    partials: GPUBuffer;
+  }) {
+    this.#device = init.device;
+    this.#ring = init.ring;
+    this.#shape = init.shape;
+    this.kv = init.kv;
+    this.layout = init.layout;
+    this.#track = init.track;
+    this.#programs = init.programs;
+    this.#scratch = init.scratch;
+    this.#partials = init.partials;
+  }
+
+  /** Compiles the programs and allocates the shared buffers; `track` registers buffers for disposal. */
+  static async create(
+    device: GPUDevice,
+    ring: StepRing,
+    shape: GearGpuShape,
+    kv: ResolvedKvCache,
+    track: (b: GPUBuffer) => GPUBuffer,
+  ): Promise<GearGpu> {
+    const layout = gearLayout({
+      batch: 1,
+      nKV: shape.nKV,
+      hd: shape.hd,
+      capacity: shape.capacity,
+      bits: kv.bits,
+      group: kv.group,
+      buffer: kv.buffer,
+      rMax: Math.max(kv.rank, kv.prefillRank),
+      outliers: kv.outliers,
+      maxRows: shape.maxRows,
+    });
+    const qkRope = await Program.get(
+      device,
+      ring,
+      "qk-rope-ring",
+      qkRopeRingWgsl({
+        nH: shape.nH,
+        nKV: shape.nKV,
+        hd: shape.hd,
+        capacity: layout.bufCap,
+        qkNorm: shape.qkNorm,
+        eps: shape.eps,
+        clip: shape.clip,
+        kvDtype: shape.dtype,
+      }),
+      ["read", "read", "read", "write", "write", "write"],
+    );
+    const compress = (rank: number) =>
+      gearCompressProgram(device, ring, {
+        layout,
+        rank,
+        loops: kv.loops,
+        seed: kv.seed,
+        ringDtype: shape.dtype,
+      });
+    const splitParams = GearGpu.#attentionParams(layout, shape, 0, true);
+    const programs: GearPrograms = {
+      qkRope,
+      compressPrefill: await compress(kv.prefillRank),
+      compressDecode: await compress(kv.rank),
+      merge: await gearMergeProgram(device, ring, splitParams),
+      attention: new Map<number, { full: Program; split: Program }>(),
+    };
+    const scratch = track(storageBuffer(device, "gear-scratch", gearScratchFloats(layout) * 4));
+    const partials = track(storageBuffer(device, "gear-partials", gearPartialFloats(splitParams) * 4));
+    return new GearGpu({ device, ring, shape, kv, layout, track, programs, scratch, partials });
+  }
+
+  static #attentionParams(
+    l: GearLayout,
+    s: GearGpuShape,
+    window: number,
+    split: boolean,
+  ): GearAttentionParams {
+    return {
+      layout: l,
+      nH: s.nH,
+      scale: s.scale,
+      window,
+      ringDtype: s.dtype,
+      rowsPerSeq: split ? 1 : s.maxRows,
+      split,
+    };
+  }
+
+  /**
+   * Buffers and dispatches of layer `index` (sliding window `window`, 0: none): the q/k stage reads `qkv`,
+   * `rope` and `qkNorm` and writes `q`; attention reads `q` and writes `attn` ([rows, nH·hd]).
+   */
+  async layer(
+    index: number,
+    window: number,
+    b: { qkv: GPUBuffer; rope: GPUBuffer; qkNorm: GPUBuffer; q: GPUBuffer; attn: GPUBuffer },
+  ): Promise<GearGpuLayer> {
+    const device = this.#device, l = this.layout, s = this.#shape, P = this.#programs;
+    let att = P.attention.get(window);
+    if (!att) {
+      att = {
+        full: await gearAttentionProgram(device, this.#ring, GearGpu.#attentionParams(l, s, window, false)),
+        split: await gearAttentionProgram(device, this.#ring, GearGpu.#attentionParams(l, s, window, true)),
+      };
+      P.attention.set(window, att);
+    }
+    const ringBytes = ringWords(l, s.dtype) * 4;
+    const ringK = this.#track(storageBuffer(device, `L${index}.gear-ring-k`, ringBytes));
+    const ringV = this.#track(storageBuffer(device, `L${index}.gear-ring-v`, ringBytes));
+    const store = this.#track(storageBuffer(device, `L${index}.gear-store`, l.words * 4));
+    const compress = (prog: Program): Dispatch => ({
+      program: prog,
+      group: prog.bind(`L${index}.gear-compress`, [store, ringK, ringV, this.#scratch]),
+      grid: [l.nKV, 2, 1],
+    });
+    return {
+      ringK,
+      ringV,
+      store,
+      buffer: l.buffer,
+      qkRope: {
+        program: P.qkRope,
+        group: P.qkRope.bind(`L${index}.qk-rope-ring`, [b.qkv, b.rope, b.qkNorm, b.q, ringK, ringV]),
+        grid: [s.nH + s.nKV, 1, 1],
+      },
+      attention: {
+        program: att.full,
+        group: att.full.bind(`L${index}.gear-attention`, [b.q, store, ringK, ringV, b.attn]),
+        grid: [s.nH, 1, 1],
+      },
+      split: {
+        program: att.split,
+        group: att.split.bind(`L${index}.gear-attention-split`, [b.q, store, ringK, ringV, this.#partials]),
+        grid: [s.nH, 1, 1],
+      },
+      merge: {
+        program: P.merge,
+        group: P.merge.bind(`L${index}.gear-attention-merge`, [this.#partials, b.attn]),
+        grid: [s.nH, 1, 1],
+      },
+      compressPrefill: compress(P.compressPrefill),
+      compressDecode: compress(P.compressDecode),
+    };
+  }
+
+  /** Calls `emit` with layer `L`'s attention dispatches for `rows` rows at `pos`, then its compression. */
+  static emitAttention(L: GearGpuLayer, rows: number, pos: number, emit: (d: Dispatch) => void): void {
+    if (rows === 1) {
+      emit({ ...L.split, grid: [L.split.grid[0], 1, Math.floor(pos / GEAR_TILE) + 1] });
+      emit(L.merge);
+    } else {
+      emit({ ...L.attention, grid: [L.attention.grid[0], rows, 1] });
+    }
+    if (compressedBefore(pos + rows, L.buffer) > compressedBefore(pos, L.buffer)) {
+      emit(rows > 1 ? L.compressPrefill : L.compressDecode);
+    }
+  }
+}

@@ -1,0 +1,382 @@
+/**
+ * Causal attention over a GEAR-compressed KV cache plus its full-precision ring (see `gear_layout.ts`), for
+ * several sequences at the same positions. One workgroup per (query head, row, sequence[, split of 64 keys])
+ * streams tiles of 64 tokens with an online softmax, as `attention.ts` does. On a compressed tile:
+ *
+ * - scores: the packed key codes dotted with q·scale (per channel and token group, folded into the query),
+ *   plus q·min, plus the low-rank term (q·P)·Qᵀ, plus the key outliers;
+ * - output: the packed value codes weighted by the probabilities, plus (p·Q_V)·P_Vᵀ, plus the value outliers.
+ *
+ * Tiles past the compressed tokens read the full-precision ring. The split-K variant writes partial results
+ * that {@linkcode gearMergeWgsl} combines. It matches `gearAttentionRef` of `cpu/gear.ts`.
+ *
+ * @module
+ */
+
+import type { DType } from "../engine/types.ts";
+import { GEAR_TILE, type GearLayout } from "./gear_layout.ts";
+import { type Program, Program as P, type StepRing } from "./gpu.ts";
+import { f32Lit, prelude } from "./wgsl.ts";
+
+/** Parameters of GEAR attention. */
+export interface GearAttentionParams {
+  /** The store layout. */
+  layout: GearLayout;
+  /** Query heads (a multiple of layout.nKV). */
+  nH: number;
+  /** Score scale. */
+  scale: number;
+  /** Sliding window (0: none). */
+  window: number;
+  /** Precision of the full-precision ring. */
+  ringDtype: DType;
+  /** Row capacity of the q and output buffers per sequence (the stride between sequences). */
+  rowsPerSeq: number;
+  /** Split-K: each workgroup takes 64 keys and writes a partial result (merge with gearMergeWgsl). */
+  split?: boolean;
+}
+
+const TK = GEAR_TILE;
+
+/** Floats of the split-K partials: [B, rowsPerSeq, nH, ceil(T / 64), hd + 2]. */
+export function gearPartialFloats(p: GearAttentionParams): number {
+  return p.layout.batch * p.rowsPerSeq * p.nH * (p.layout.T / TK) * (p.layout.hd + 2);
+}
+
+/**
+ * WGSL of GEAR attention. Bindings: 0 q [B, rowsPerSeq, nH, hd] f32; 1 store u32; 2 K ring, 3 V ring
+ * [B, nKV, bufCap, hd] (f32, or f16 packed in u32); 4 out [B, rowsPerSeq, nH·hd] f32, or with `split` the
+ * partials ({@linkcode gearPartialFloats}). Grid: (nH, rows, B), or with `split` (nH, rows, B · S) where
+ * S = ⌊(pos + rows − 1) / 64⌋ + 1. Row r is at position `st.pos + r`; the compressed tokens are those before
+ * ⌊st.pos / buffer⌋·buffer.
+ */
+export function gearAttentionWgsl(p: GearAttentionParams): string {
+  const l = p.layout;
+  if (p.nH % l.nKV !== 0) {
+    throw new RangeError(`Cannot build GEAR attention: ${p.nH} query heads are not a multiple of ${l.nKV}`);
+  }
+  const f16 = p.ringDtype === "f16";
+  const ringType = f16 ? "u32" : "f32";
+  const read = (name: string) => f16 ? `unpack2x16float(${name}[i >> 1u])[i & 1u]` : `${name}[i]`;
+  const ngt = l.group < TK ? TK / l.group : 1;
+  const rmax = Math.max(1, l.rMax);
+  const nRed = ngt + rmax;
+  const dpt = Math.ceil(l.hd / TK);
+  const o = l.off;
+  const split = p.split ?? false;
+  return `${prelude()}
+const NH: u32 = ${p.nH}u;
+const GROUP: u32 = ${p.nH / l.nKV}u;
+const D: u32 = ${l.hd}u;
+const NKV: u32 = ${l.nKV}u;
+const T: u32 = ${l.T}u;
+const W: u32 = ${l.W}u;
+const PERW: u32 = ${l.perWord}u;
+const BITS: u32 = ${l.bits}u;
+const MASK: u32 = ${2 ** l.bits - 1}u;
+const G: u32 = ${l.group}u;
+const GV: u32 = ${l.gv}u;
+const NGV: u32 = ${l.nGV}u;
+const KK: u32 = ${l.kK}u;
+const MV: u32 = ${l.mV}u;
+const LOWRANK: bool = ${l.rMax > 0};
+const RMAX: u32 = ${rmax}u;
+const RW: u32 = ${l.RW}u;
+const PW: u32 = ${l.PW}u;
+const NB: u32 = ${l.buffer}u;
+const NBLK: u32 = ${l.nBlk}u;
+const BUFCAP: u32 = ${l.bufCap}u;
+const TK: u32 = ${TK}u;
+const NGT: u32 = ${ngt}u;
+const NRED: u32 = ${nRed}u;
+const WINDOW: u32 = ${p.window}u;
+const SPLIT: bool = ${split};
+const NS: u32 = ${l.T / TK}u;
+const QROWS: u32 = ${p.rowsPerSeq}u;
+const O_CK: u32 = ${o.codesK}u;
+const O_CV: u32 = ${o.codesV}u;
+const O_PARK: u32 = ${o.parK}u;
+const O_PARV: u32 = ${o.parV}u;
+const O_QK: u32 = ${o.qK}u;
+const O_QV: u32 = ${o.qV}u;
+const O_PK: u32 = ${o.pK}u;
+const O_PV: u32 = ${o.pV}u;
+const O_OUTK: u32 = ${o.outK}u;
+const O_OUTV: u32 = ${o.outV}u;
+const O_SEG: u32 = ${o.seg}u;
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> store: array<u32>;
+@group(0) @binding(2) var<storage, read> rk: array<${ringType}>;
+@group(0) @binding(3) var<storage, read> rv: array<${ringType}>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+var<workgroup> qs: array<f32, ${l.hd}>;
+var<workgroup> pt: array<f32, ${TK}>;
+var<workgroup> qd: array<f32, ${ngt * l.hd}>;
+var<workgroup> red: array<f32, ${nRed * TK}>;
+// Outlier terms of a tile, scattered by the threads that read the entries: fixed point, so the sums are exact
+// and do not depend on the order of the atomic adds (scores at 2^-18, outputs at 2^-20).
+var<workgroup> kacc: array<atomic<i32>, ${TK}>;
+var<workgroup> vacc: array<atomic<i32>, ${l.hd}>;
+const KFIX: f32 = 262144.0;
+const VFIX: f32 = 1048576.0;
+fn fixed(x: f32, s: f32) -> i32 {
+  return i32(clamp(round(x * s), -2.0e9, 2.0e9));
+}
+
+fn ring_k(bh: u32, t: u32, c: u32) -> f32 {
+  let i = (bh * BUFCAP + t % BUFCAP) * D + c;
+  return ${read("rk")};
+}
+fn ring_v(bh: u32, t: u32, c: u32) -> f32 {
+  let i = (bh * BUFCAP + t % BUFCAP) * D + c;
+  return ${read("rv")};
+}
+fn half_at(word_base: u32, i: u32) -> f32 {
+  return unpack2x16float(store[word_base + i / 2u])[i & 1u];
+}
+// Sums red[v * TK + i] over i for every v < nv; the sums land in red[v * TK].
+fn reduce_red(li: u32, nv: u32) {
+  workgroupBarrier();
+  for (var s = TK / 2u; s > 0u; s >>= 1u) {
+    if (li < s) {
+      for (var v = 0u; v < nv; v++) { red[v * TK + li] += red[v * TK + li + s]; }
+    }
+    workgroupBarrier();
+  }
+}
+
+@compute @workgroup_size(${TK})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let h = wg.x;
+  let r = wg.y;
+  if (r >= st.rows) { return; }
+  var nsz = 1u;
+  if (SPLIT) { nsz = (st.pos + st.rows - 1u) / TK + 1u; }
+  let b = wg.z / nsz;
+  let z = wg.z % nsz;
+  let kvh = h / GROUP;
+  let bh = b * NKV + kvh;
+  let pos = st.pos + r;
+  let ccomp = (st.pos / NB) * NB;
+  var start = 0u;
+  if (WINDOW > 0u && pos + 1u > WINDOW) { start = pos + 1u - WINDOW; }
+  var hi = pos;
+  if (SPLIT) {
+    start = max(start, z * TK);
+    hi = min(pos, z * TK + TK - 1u);
+  }
+  let qo = ((b * QROWS + r) * NH + h) * D;
+  for (var c = li; c < D; c += TK) { qs[c] = q[qo + c] * ${f32Lit(p.scale)}; }
+  workgroupBarrier();
+  var m = -3.0e38;
+  var l = 0.0;
+  var acc: array<f32, ${dpt}>;
+  for (var base = (start / TK) * TK; base <= hi; base += TK) {
+    let t = base + li;
+    let valid = t >= start && t <= hi;
+    let n = min(TK, hi + 1u - base);
+    let comp = base < ccomp;
+    var s = -3.0e38;
+    var seg = 0u;
+    if (comp) {
+      seg = store[O_SEG + base / NB];
+      for (var v = 0u; v < NRED; v++) { red[v * TK + li] = 0.0; }
+      for (var gt = 0u; gt < NGT; gt++) {
+        let tg = (base + gt * G) / G;
+        var part = 0.0;
+        for (var c = li; c < D; c += TK) {
+          let pr = unpack2x16float(store[O_PARK + (bh * (T / G) + tg) * D + c]);
+          qd[gt * D + c] = qs[c] * pr.x;
+          part += qs[c] * pr.y;
+        }
+        red[gt * TK + li] = part;
+      }
+      if (LOWRANK) {
+        let pb = O_PK + (bh * NBLK + seg) * PW;
+        for (var j = 0u; j < RMAX; j++) {
+          var part = 0.0;
+          for (var c = li; c < D; c += TK) { part += qs[c] * half_at(pb, c * RMAX + j); }
+          red[(NGT + j) * TK + li] = part;
+        }
+      }
+      if (KK > 0u) { atomicStore(&kacc[li], 0); }
+      if (MV > 0u) { for (var c = li; c < D; c += TK) { atomicStore(&vacc[c], 0); } }
+      reduce_red(li, NRED);
+      if (KK > 0u) {
+        // The key outliers of the tile's token groups, [NGT][D][KK] contiguous in the store: each thread adds
+        // q_c · value of its entries to the score of the entry's token.
+        let kb = O_OUTK + (bh * (T / G) + base / G) * D * KK;
+        let first = select(base % G, 0u, G <= TK);
+        for (var i = li; i < NGT * D * KK; i += TK) {
+          let e = store[kb + i];
+          let c = (i % (D * KK)) / KK;
+          let tok = (i / (D * KK)) * G + (e & 0xffffu) - first;
+          if (tok < TK) { atomicAdd(&kacc[tok], fixed(qs[c] * unpack2x16float(e >> 16u).x, KFIX)); }
+        }
+        workgroupBarrier();
+      }
+      if (valid) {
+        let gt = select(0u, li / G, G < TK);
+        var sc = red[gt * TK];
+        let cb = O_CK + (bh * T + t) * W;
+        for (var w = 0u; w < W; w++) {
+          let word = store[cb + w];
+          for (var e = 0u; e < PERW; e++) {
+            let c = w * PERW + e;
+            if (c < D) { sc += qd[gt * D + c] * f32((word >> (e * BITS)) & MASK); }
+          }
+        }
+        if (LOWRANK) {
+          for (var j = 0u; j < RMAX; j++) { sc += red[(NGT + j) * TK] * half_at(O_QK + (bh * T + t) * RW, j); }
+        }
+        if (KK > 0u) { sc += f32(atomicLoad(&kacc[li])) / KFIX; }
+        s = sc;
+      }
+      workgroupBarrier();
+    } else if (valid) {
+      var sc = 0.0;
+      for (var c = 0u; c < D; c++) { sc += qs[c] * ring_k(bh, t, c); }
+      s = sc;
+    }
+    pt[li] = s;
+    workgroupBarrier();
+    var mt = m;
+    for (var j = 0u; j < TK; j++) { mt = max(mt, pt[j]); }
+    workgroupBarrier();
+    pt[li] = select(0.0, exp(s - mt), valid);
+    let corr = exp(m - mt);
+    m = mt;
+    workgroupBarrier();
+    var lt = 0.0;
+    for (var j = 0u; j < TK; j++) { lt += pt[j]; }
+    l = l * corr + lt;
+    if (comp) {
+      if (LOWRANK) {
+        for (var j = 0u; j < RMAX; j++) {
+          var v = 0.0;
+          if (li < n) { v = pt[li] * half_at(O_QV + (bh * T + t) * RW, j); }
+          red[j * TK + li] = v;
+        }
+        reduce_red(li, RMAX);
+      }
+      if (MV > 0u) {
+        // The value outliers of the tile's tokens: each thread adds p_token · value to the entry's channel.
+        let vb = O_OUTV + (bh * T + base) * MV;
+        for (var i = li; i < n * MV; i += TK) {
+          let e = store[vb + i];
+          atomicAdd(&vacc[e & 0xffffu], fixed(pt[i / MV] * unpack2x16float(e >> 16u).x, VFIX));
+        }
+        workgroupBarrier();
+      }
+      let pb = O_PV + (bh * NBLK + seg) * PW;
+      for (var u = 0u; u < ${dpt}u; u++) {
+        let c = li + u * TK;
+        if (c < D) {
+          var a = acc[u] * corr;
+          let wo = c / PERW;
+          let sh = (c % PERW) * BITS;
+          let gv = c / GV;
+          for (var j = 0u; j < n; j++) {
+            let tj = base + j;
+            let code = (store[O_CV + (bh * T + tj) * W + wo] >> sh) & MASK;
+            let pr = unpack2x16float(store[O_PARV + (bh * T + tj) * NGV + gv]);
+            a += pt[j] * (f32(code) * pr.x + pr.y);
+          }
+          if (LOWRANK) {
+            for (var j = 0u; j < RMAX; j++) { a += red[j * TK] * half_at(pb, c * RMAX + j); }
+          }
+          if (MV > 0u) { a += f32(atomicLoad(&vacc[c])) / VFIX; }
+          acc[u] = a;
+        }
+      }
+    } else {
+      for (var u = 0u; u < ${dpt}u; u++) {
+        let c = li + u * TK;
+        if (c < D) {
+          var a = acc[u] * corr;
+          for (var j = 0u; j < n; j++) { a += pt[j] * ring_v(bh, base + j, c); }
+          acc[u] = a;
+        }
+      }
+    }
+    workgroupBarrier();
+  }
+  if (SPLIT) {
+    let po = (((b * QROWS + r) * NH + h) * NS + z) * (D + 2u);
+    for (var u = 0u; u < ${dpt}u; u++) {
+      let c = li + u * TK;
+      if (c < D) { out[po + c] = acc[u]; }
+    }
+    if (li == 0u) { out[po + D] = m; out[po + D + 1u] = l; }
+    return;
+  }
+  for (var u = 0u; u < ${dpt}u; u++) {
+    let c = li + u * TK;
+    if (c < D) { out[qo + c] = acc[u] / l; }
+  }
+}`;
+}
+
+/**
+ * WGSL of the split-K merge for GEAR attention. Bindings: 0 partials; 1 out [B, rowsPerSeq, nH·hd] f32.
+ * Grid: (nH, rows, B).
+ */
+export function gearMergeWgsl(p: GearAttentionParams): string {
+  const l = p.layout;
+  return `${prelude()}
+const NH: u32 = ${p.nH}u;
+const D: u32 = ${l.hd}u;
+const TK: u32 = ${TK}u;
+const NS: u32 = ${l.T / TK}u;
+const QROWS: u32 = ${p.rowsPerSeq}u;
+@group(0) @binding(0) var<storage, read> part: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let h = wg.x;
+  let r = wg.y;
+  let b = wg.z;
+  if (r >= st.rows) { return; }
+  let used = (st.pos + r) / TK + 1u;
+  let base = ((b * QROWS + r) * NH + h) * NS;
+  var mx = -3.0e38;
+  for (var z = 0u; z < used; z++) { mx = max(mx, part[(base + z) * (D + 2u) + D]); }
+  var l = 0.0;
+  for (var z = 0u; z < used; z++) {
+    let o = (base + z) * (D + 2u);
+    l += part[o + D + 1u] * exp(part[o + D] - mx);
+  }
+  for (var d = li; d < D; d += 64u) {
+    var a = 0.0;
+    for (var z = 0u; z < used; z++) {
+      let o = (base + z) * (D + 2u);
+      a += part[o + d] * exp(part[o + D] - mx);
+    }
+    out[((b * QROWS + r) * NH + h) * D + d] = a / l;
+  }
+}`;
+}
+
+/** The GEAR attention program (split-K when `p.split`). */
+export function gearAttentionProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: GearAttentionParams,
+): Promise<Program> {
+  return P.get(device, ring, p.split ? "gear-attention-split" : "gear-attention", gearAttentionWgsl(p), [
+    "read",
+    "read",
+    "read",
+    "read",
+    "write",
+  ]);
+}
+
+/** The split-K merge program of GEAR attention. */
+export function gearMergeProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: GearAttentionParams,
+): Promise<Program> {
+  return P.get(device, ring, "gear-attention-merge", gearMergeWgsl(p), ["read", "write"]);
+}

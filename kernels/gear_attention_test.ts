@@ -1,0 +1,337 @@
+import assert from "node:assert/strict";
+import { attentionRef } from "./cpu/attention.ts";
+import { gearAttentionRef, gearCompressRef } from "./cpu/gear.ts";
+import {
+  type GearAttentionParams,
+  gearAttentionProgram,
+  gearMergeProgram,
+  gearPartialFloats,
+} from "./gear_attention.ts";
+import { gearCompressProgram, gearScratchFloats } from "./gear_compress.ts";
+import { compressedBefore, type GearLayout, gearLayout } from "./gear_layout.ts";
+import { type Dispatch, encodeDispatch, readBuffer } from "./gpu.ts";
+import { buf, randomArray, relError, rng, roundF16, SKIP_GPU, testGpu } from "./test_util.ts";
+
+interface Case {
+  bits: number;
+  hd: number;
+  group: number;
+  buffer: number;
+  rMax: number;
+  outliers: number;
+  nKV: number;
+  nH: number;
+  batch: number;
+  rows: number;
+  pos: number;
+  window: number;
+}
+
+const cases: Case[] = [
+  {
+    bits: 2,
+    hd: 24,
+    group: 64,
+    buffer: 64,
+    rMax: 4,
+    outliers: 0.02,
+    nKV: 2,
+    nH: 4,
+    batch: 2,
+    rows: 1,
+    pos: 200,
+    window: 0,
+  },
+  {
+    bits: 4,
+    hd: 16,
+    group: 32,
+    buffer: 64,
+    rMax: 2,
+    outliers: 0.05,
+    nKV: 1,
+    nH: 3,
+    batch: 1,
+    rows: 5,
+    pos: 130,
+    window: 0,
+  },
+  {
+    bits: 8,
+    hd: 32,
+    group: 64,
+    buffer: 128,
+    rMax: 0,
+    outliers: 0,
+    nKV: 2,
+    nH: 2,
+    batch: 3,
+    rows: 2,
+    pos: 300,
+    window: 0,
+  },
+  {
+    bits: 2,
+    hd: 128,
+    group: 128,
+    buffer: 128,
+    rMax: 2,
+    outliers: 0.1,
+    nKV: 1,
+    nH: 2,
+    batch: 1,
+    rows: 1,
+    pos: 260,
+    window: 0,
+  },
+  {
+    bits: 4,
+    hd: 16,
+    group: 64,
+    buffer: 64,
+    rMax: 4,
+    outliers: 0.1,
+    nKV: 2,
+    nH: 4,
+    batch: 2,
+    rows: 3,
+    pos: 150,
+    window: 77,
+  },
+];
+
+/**
+ * A cache state at `pos`: the tokens before pos as they would be after compressing each block in turn
+ * (compressed part in the store, the rest in the ring). Returns the dense K/V [B, nKV, pos + rows, hd] too.
+ */
+function cacheAt(l: GearLayout, c: Case, seed: number) {
+  const r = rng(seed);
+  const n = c.pos + c.rows;
+  const dense = [0, 1].map(() => {
+    const a = randomArray(r, l.batch * l.nKV * n * l.hd, -1, 1);
+    for (let i = 0; i < a.length; i++) a[i] += Math.sin(0.1 * Math.floor(i / l.hd) + (i % l.hd));
+    return a;
+  });
+  const ring = [0, 1].map(() => new Float32Array(l.batch * l.nKV * l.bufCap * l.hd));
+  const store = new Uint32Array(l.words);
+  const put = (t: number) => {
+    for (let bh = 0; bh < l.batch * l.nKV; bh++) {
+      for (let k = 0; k < 2; k++) {
+        ring[k].set(
+          dense[k].subarray((bh * n + t) * l.hd, (bh * n + t + 1) * l.hd),
+          (bh * l.bufCap + (t % l.bufCap)) * l.hd,
+        );
+      }
+    }
+  };
+  // Block by block: append a block to the ring, then compress it (ranks alternate so segments differ).
+  const cComp = compressedBefore(c.pos, l.buffer);
+  for (let b0 = 0; b0 < cComp; b0 += l.buffer) {
+    for (let t = b0; t < b0 + l.buffer; t++) put(t);
+    gearCompressRef(
+      l,
+      store,
+      ring[0],
+      ring[1],
+      b0,
+      b0 + l.buffer,
+      b0 % (2 * l.buffer) ? Math.min(2, l.rMax) : l.rMax,
+      3,
+      1,
+    );
+  }
+  for (let t = cComp; t < n; t++) put(t);
+  return { dense, ring, store, n };
+}
+
+async function runAttention(
+  device: GPUDevice,
+  ring: Awaited<ReturnType<typeof testGpu>>["ring"],
+  p: GearAttentionParams,
+  c: Case,
+  buffers: { q: GPUBuffer; store: GPUBuffer; rk: GPUBuffer; rv: GPUBuffer },
+): Promise<Float32Array> {
+  const l = p.layout;
+  const outFloats = l.batch * c.rows * c.nH * l.hd;
+  const ob = buf(device, "o", new Float32Array(outFloats));
+  const list: Dispatch[] = [];
+  if (p.split) {
+    const prog = await gearAttentionProgram(device, ring, p);
+    const merge = await gearMergeProgram(device, ring, p);
+    const pb = buf(device, "partials", new Float32Array(gearPartialFloats(p)));
+    const splits = Math.floor((c.pos + c.rows - 1) / 64) + 1;
+    list.push({
+      program: prog,
+      group: prog.bind("a", [buffers.q, buffers.store, buffers.rk, buffers.rv, pb]),
+      grid: [c.nH, c.rows, l.batch * splits],
+    });
+    list.push({ program: merge, group: merge.bind("m", [pb, ob]), grid: [c.nH, c.rows, l.batch] });
+  } else {
+    const prog = await gearAttentionProgram(device, ring, p);
+    list.push({
+      program: prog,
+      group: prog.bind("a", [buffers.q, buffers.store, buffers.rk, buffers.rv, ob]),
+      grid: [c.nH, c.rows, l.batch],
+    });
+  }
+  const off = ring.set(0, { pos: c.pos, rows: c.rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+  ring.flush(device);
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  for (const d of list) encodeDispatch(pass, ring, d, off);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+  return new Float32Array(await readBuffer(device, ob, 0, outFloats * 4));
+}
+
+for (const ringDtype of ["f32", "f16"] as const) {
+  for (const split of [false, true]) {
+    Deno.test({
+      name: `gear attention (${ringDtype} ring${split ? ", split-K + merge" : ""}) matches gearAttentionRef`,
+      ignore: SKIP_GPU,
+      fn: async () => {
+        const { device, ring } = await testGpu();
+        for (const [ci, c] of cases.entries()) {
+          const l = gearLayout({ ...c, capacity: c.pos + c.rows + 40, maxRows: 8 });
+          const { ring: rings, store } = cacheAt(l, c, 7 + ci);
+          const [rk, rv] = ringDtype === "f16" ? rings.map(roundF16) : rings;
+          const data = (a: Float32Array) =>
+            ringDtype === "f16" ? new Uint16Array(new Float16Array(a).buffer) : a;
+          const q = randomArray(rng(99 + ci), l.batch * c.rows * c.nH * l.hd, -1, 1);
+          const p: GearAttentionParams = {
+            layout: l,
+            nH: c.nH,
+            scale: 0.4,
+            window: c.window,
+            ringDtype,
+            rowsPerSeq: c.rows,
+            split,
+          };
+          const got = await runAttention(device, ring, p, c, {
+            q: buf(device, "q", q),
+            store: buf(device, "store", store),
+            rk: buf(device, "rk", data(rk)),
+            rv: buf(device, "rv", data(rv)),
+          });
+          const want = gearAttentionRef(l, store, rk, rv, q, c.rows, c.pos, {
+            nH: c.nH,
+            scale: 0.4,
+            window: c.window,
+          });
+          const err = relError(got, want);
+          assert.ok(err < 2e-5, `${JSON.stringify(c)}: ${err}`);
+        }
+      },
+    });
+  }
+}
+
+Deno.test({
+  name: "gear compress then attention on the GPU matches the CPU reference of both",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device, ring } = await testGpu();
+    const c = cases[0];
+    const l = gearLayout({ ...c, capacity: c.pos + c.rows + 40, maxRows: 8 });
+    const { ring: rings, n } = cacheAt(l, c, 5);
+    // Start from the dense cache: every block goes through the ring and the GPU compress kernel.
+    const { dense } = cacheAt(l, c, 5);
+    const rkB = buf(device, "rk", new Float32Array(rings[0].length));
+    const rvB = buf(device, "rv", new Float32Array(rings[1].length));
+    const storeB = buf(device, "store", new Uint32Array(l.words));
+    const scratch = buf(device, "scratch", new Float32Array(gearScratchFloats(l)));
+    const cpuRing = [new Float32Array(rings[0].length), new Float32Array(rings[1].length)];
+    const cpuStore = new Uint32Array(l.words);
+    const progs = [
+      await gearCompressProgram(device, ring, { layout: l, rank: 4, loops: 3, seed: 3, ringDtype: "f32" }),
+      await gearCompressProgram(device, ring, { layout: l, rank: 2, loops: 3, seed: 3, ringDtype: "f32" }),
+    ];
+    // Calls: one of 70 rows (compresses block 0, rank 4), then single rows (rank 2) up to position pos.
+    const calls = [{ pos: 0, rows: 70 }];
+    for (let p0 = 70; p0 < c.pos; p0++) calls.push({ pos: p0, rows: 1 });
+    let slot = 0;
+    for (const call of calls) {
+      for (let t = call.pos; t < call.pos + call.rows; t++) {
+        for (let bh = 0; bh < l.batch * l.nKV; bh++) {
+          for (let k = 0; k < 2; k++) {
+            const row = dense[k].subarray((bh * n + t) * l.hd, (bh * n + t + 1) * l.hd);
+            cpuRing[k].set(row, (bh * l.bufCap + (t % l.bufCap)) * l.hd);
+            device.queue.writeBuffer(k ? rvB : rkB, (bh * l.bufCap + (t % l.bufCap)) * l.hd * 4, row.slice());
+          }
+        }
+      }
+      const c0 = compressedBefore(call.pos, l.buffer), c1 = compressedBefore(call.pos + call.rows, l.buffer);
+      if (c1 === c0) continue;
+      const rank = call.rows > 1 ? 4 : 2;
+      gearCompressRef(l, cpuStore, cpuRing[0], cpuRing[1], c0, c1, rank, 3, 3);
+      const prog = progs[call.rows > 1 ? 0 : 1];
+      const off = ring.set(slot++ % ring.slots, {
+        ...call,
+        step: 0,
+        srcRing: false,
+        ringIn: 0,
+        logitsRow: 0,
+      });
+      ring.flush(device);
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      encodeDispatch(pass, ring, {
+        program: prog,
+        group: prog.bind("c", [storeB, rkB, rvB, scratch]),
+        grid: [l.nKV, 2, l.batch],
+      }, off);
+      pass.end();
+      device.queue.submit([enc.finish()]);
+      await device.queue.onSubmittedWorkDone();
+    }
+    for (let t = c.pos; t < n; t++) {
+      for (let bh = 0; bh < l.batch * l.nKV; bh++) {
+        for (let k = 0; k < 2; k++) {
+          const row = dense[k].subarray((bh * n + t) * l.hd, (bh * n + t + 1) * l.hd);
+          cpuRing[k].set(row, (bh * l.bufCap + (t % l.bufCap)) * l.hd);
+          device.queue.writeBuffer(k ? rvB : rkB, (bh * l.bufCap + (t % l.bufCap)) * l.hd * 4, row.slice());
+        }
+      }
+    }
+    const q = randomArray(rng(4), l.batch * c.rows * c.nH * l.hd, -1, 1);
+    const p: GearAttentionParams = {
+      layout: l,
+      nH: c.nH,
+      scale: 0.4,
+      window: 0,
+      ringDtype: "f32",
+      rowsPerSeq: c.rows,
+      split: true,
+    };
+    const got = await runAttention(device, ring, p, c, {
+      q: buf(device, "q", q),
+      store: storeB,
+      rk: rkB,
+      rv: rvB,
+    });
+    const want = gearAttentionRef(l, cpuStore, cpuRing[0], cpuRing[1], q, c.rows, c.pos, {
+      nH: c.nH,
+      scale: 0.4,
+      window: 0,
+    });
+    assert.ok(relError(got, want) < 1e-3, `compressed on the GPU vs the CPU: ${relError(got, want)}`);
+    // And it differs from attention over the uncompressed cache (2-bit keys are lossy) but not wildly.
+    const kPlain = new Float32Array(l.batch * l.nKV * n * l.hd), vPlain = kPlain.slice();
+    kPlain.set(dense[0]);
+    vPlain.set(dense[1]);
+    const exact = new Float32Array(got.length);
+    for (let b = 0; b < l.batch; b++) {
+      const o = attentionRef(
+        q.subarray(b * c.rows * c.nH * l.hd, (b + 1) * c.rows * c.nH * l.hd),
+        kPlain.subarray(b * l.nKV * n * l.hd, (b + 1) * l.nKV * n * l.hd),
+        vPlain.subarray(b * l.nKV * n * l.hd, (b + 1) * l.nKV * n * l.hd),
+        c.rows,
+        Array.from({ length: c.rows }, (_, i) => c.pos + i),
+        { nH: c.nH, nKV: l.nKV, hd: l.hd, capacity: n, scale: 0.4, window: 0 },
+      );
+      exact.set(o, b * o.length);
+    }
+    const lossy = relError(got, exact);
+    assert.ok(lossy > 1e-4 && lossy < 0.5, `error vs the exact cache: ${lossy}`);
+  },
+});

@@ -1,0 +1,365 @@
+/**
+ * GEAR compression on the GPU: one workgroup per (KV head, K or V, sequence) compresses the tokens of the
+ * blocks a forward call completed — [⌊pos/buffer⌋·buffer, ⌊(pos + rows)/buffer⌋·buffer) — from the
+ * full-precision ring into the store of `gear_layout.ts`, as one segment:
+ *
+ * 1. per group: outlier selection (greedy, the extreme that shrinks the range most), min/max of the rest,
+ *    f16 scale and min, the outliers' corrections;
+ * 2. codes packed along the channels of each token;
+ * 3. the residual R = X − dequant − outliers into a scratch buffer;
+ * 4. rank-r factors of R by power iteration from a seeded start, with Gram–Schmidt QR in workgroup memory;
+ * 5. the segment table entries of the new blocks.
+ *
+ * It matches `gearCompressRef` of `cpu/gear.ts` (up to float summation order and rare code ties).
+ *
+ * @module
+ */
+
+import type { DType } from "../engine/types.ts";
+import { type GearLayout, HASH_WGSL } from "./gear_layout.ts";
+import { type Program, Program as P, type StepRing } from "./gpu.ts";
+import { prelude } from "./wgsl.ts";
+
+/** Parameters of one compress program. */
+export interface GearCompressParams {
+  /** The store layout. */
+  layout: GearLayout;
+  /** Rank of the segments this program writes (0: none; at most layout.rMax). */
+  rank: number;
+  /** Power-iteration rounds. */
+  loops: number;
+  /** Seed of the power iteration's start. */
+  seed: number;
+  /** Precision of the full-precision ring (f16: packed two per u32). */
+  ringDtype: DType;
+}
+
+const WG = 128;
+
+/** Floats of the compress scratch buffer: per (sequence, head, K/V) the residual and Q of up to bufCap tokens. */
+export function gearScratchFloats(l: GearLayout): number {
+  return l.batch * l.nKV * 2 * l.bufCap * (l.hd + Math.max(1, l.rMax));
+}
+
+/**
+ * WGSL of compression. Bindings: 0 store (u32, read-write); 1 K ring, 2 V ring [B, nKV, bufCap, hd] (f32, or
+ * f16 packed in u32); 3 scratch f32 ({@linkcode gearScratchFloats}). Grid: (nKV, 2, B). The step slot's
+ * pos and rows are those of the forward call that appended the tokens.
+ */
+export function gearCompressWgsl(p: GearCompressParams): string {
+  const l = p.layout;
+  if (!Number.isInteger(p.rank) || p.rank < 0 || p.rank > l.rMax) {
+    throw new RangeError(`Cannot build GEAR compression: rank ${p.rank} is outside [0, ${l.rMax}]`);
+  }
+  if (p.rank > 0 && (!Number.isInteger(p.loops) || p.loops < 1)) {
+    throw new RangeError(`Cannot build GEAR compression: loops must be a positive integer, got ${p.loops}`);
+  }
+  const f16 = p.ringDtype === "f16";
+  const ringType = f16 ? "u32" : "f32";
+  const read = (name: string) => f16 ? `unpack2x16float(${name}[i >> 1u])[i & 1u]` : `${name}[i]`;
+  const R = p.rank;
+  const o = l.off;
+  const lowRank = R > 0
+    ? `
+  // --- 3. residual R [n, D] into scratch ---
+  for (var i = li; i < n * D; i += WG) {
+    let t = c0 + i / D;
+    let c = i % D;
+    let x = ring_at(kind, bh, t, c);
+    let pr = par_of(kind, bh, t, c);
+    scr[sb + i] = x - (f32(code_of(x, pr.x, pr.y)) * pr.x + pr.y) - corr_of(kind, bh, t, c);
+  }
+  storageBarrier();
+  // --- 4. power iteration ---
+  for (var i = li; i < D * RANK; i += WG) { ps[i] = power_start(SEED, kind, h, c0 / NB, i); }
+  workgroupBarrier();
+  for (var it = 0u; it < LOOPS; it++) {
+    gs_p(li);
+    for (var t = li; t < n; t += WG) {
+      for (var j = 0u; j < RANK; j++) {
+        var s = 0.0;
+        for (var c = 0u; c < D; c++) { s += scr[sb + t * D + c] * ps[c * RANK + j]; }
+        scr[qb + t * RANK + j] = s;
+      }
+    }
+    storageBarrier();
+    if (it == LOOPS - 1u) {
+      gs_q(li, qb, n);
+      for (var i = li; i < n * RANK; i += WG) { scr[qb + i] = f16r(scr[qb + i]); }
+      storageBarrier();
+    }
+    for (var c = li; c < D; c += WG) {
+      for (var j = 0u; j < RANK; j++) {
+        var s = 0.0;
+        for (var t = 0u; t < n; t++) { s += scr[sb + t * D + c] * scr[qb + t * RANK + j]; }
+        ps[c * RANK + j] = s;
+      }
+    }
+    workgroupBarrier();
+  }
+  let qo = select(O_QV, O_QK, kind == 0u);
+  for (var i = li; i < n * RW; i += WG) {
+    let t = i / RW;
+    let w = i % RW;
+    var a = 0.0;
+    var b2 = 0.0;
+    if (2u * w < RANK) { a = scr[qb + t * RANK + 2u * w]; }
+    if (2u * w + 1u < RANK) { b2 = scr[qb + t * RANK + 2u * w + 1u]; }
+    store[qo + (bh * T + c0 + t) * RW + w] = pack2x16float(vec2<f32>(a, b2));
+  }
+  let po = select(O_PV, O_PK, kind == 0u) + (bh * NBLK + c0 / NB) * PW;
+  for (var w = li; w < PW; w += WG) {
+    var v = vec2<f32>(0.0);
+    for (var e = 0u; e < 2u; e++) {
+      let hi = 2u * w + e;
+      let c = hi / RMAX;
+      let j = hi % RMAX;
+      if (c < D && j < RANK) { v[e] = f16r(ps[c * RANK + j]); }
+    }
+    store[po + w] = pack2x16float(v);
+  }`
+    : l.rMax > 0
+    ? `
+  let qo = select(O_QV, O_QK, kind == 0u);
+  for (var i = li; i < n * RW; i += WG) { store[qo + (bh * T + c0) * RW + i] = 0u; }
+  let po = select(O_PV, O_PK, kind == 0u) + (bh * NBLK + c0 / NB) * PW;
+  for (var w = li; w < PW; w += WG) { store[po + w] = 0u; }`
+    : "";
+  return `${prelude()}
+${HASH_WGSL}
+const WG: u32 = ${WG}u;
+const D: u32 = ${l.hd}u;
+const NKV: u32 = ${l.nKV}u;
+const T: u32 = ${l.T}u;
+const W: u32 = ${l.W}u;
+const PERW: u32 = ${l.perWord}u;
+const BITS: u32 = ${l.bits}u;
+const LEVELS: f32 = ${2 ** l.bits - 1}.0;
+const G: u32 = ${l.group}u;
+const GV: u32 = ${l.gv}u;
+const NGV: u32 = ${l.nGV}u;
+const KK: u32 = ${l.kK}u;
+const KVF: u32 = ${l.kVFull}u;
+const KVL: u32 = ${l.kVLast}u;
+const MV: u32 = ${l.mV}u;
+const RANK: u32 = ${Math.max(R, 1)}u;
+const RMAX: u32 = ${Math.max(l.rMax, 1)}u;
+const RW: u32 = ${l.RW}u;
+const PW: u32 = ${l.PW}u;
+const LOOPS: u32 = ${p.loops}u;
+const SEED: u32 = ${p.seed >>> 0}u;
+const NB: u32 = ${l.buffer}u;
+const BUFCAP: u32 = ${l.bufCap}u;
+const NBLK: u32 = ${l.nBlk}u;
+const REGION: u32 = ${l.bufCap * (l.hd + Math.max(1, l.rMax))}u;
+const O_CK: u32 = ${o.codesK}u;
+const O_CV: u32 = ${o.codesV}u;
+const O_PARK: u32 = ${o.parK}u;
+const O_PARV: u32 = ${o.parV}u;
+const O_QK: u32 = ${o.qK}u;
+const O_QV: u32 = ${o.qV}u;
+const O_PK: u32 = ${o.pK}u;
+const O_PV: u32 = ${o.pV}u;
+const O_OUTK: u32 = ${o.outK}u;
+const O_OUTV: u32 = ${o.outV}u;
+const O_SEG: u32 = ${o.seg}u;
+@group(0) @binding(0) var<storage, read_write> store: array<u32>;
+@group(0) @binding(1) var<storage, read> rk: array<${ringType}>;
+@group(0) @binding(2) var<storage, read> rv: array<${ringType}>;
+@group(0) @binding(3) var<storage, read_write> scr: array<f32>;
+var<workgroup> ps: array<f32, ${l.hd * Math.max(R, 1)}>;
+var<workgroup> red: array<f32, ${WG}>;
+
+fn ring_at(kind: u32, bh: u32, t: u32, c: u32) -> f32 {
+  let i = (bh * BUFCAP + t % BUFCAP) * D + c;
+  if (kind == 0u) { return ${read("rk")}; }
+  return ${read("rv")};
+}
+fn f16r(x: f32) -> f32 {
+  return unpack2x16float(pack2x16float(vec2<f32>(clamp(x, -65504.0, 65504.0), 0.0))).x;
+}
+fn f16b(x: f32) -> u32 {
+  return pack2x16float(vec2<f32>(clamp(x, -65504.0, 65504.0), 0.0)) & 0xffffu;
+}
+fn code_of(x: f32, sc: f32, mn: f32) -> u32 {
+  if (sc == 0.0) { return 0u; }
+  return u32(clamp(floor((x - mn) / sc + 0.5), 0.0, LEVELS));
+}
+fn par_of(kind: u32, bh: u32, t: u32, c: u32) -> vec2<f32> {
+  if (kind == 0u) { return unpack2x16float(store[O_PARK + (bh * (T / G) + t / G) * D + c]); }
+  return unpack2x16float(store[O_PARV + (bh * T + t) * NGV + c / GV]);
+}
+fn corr_of(kind: u32, bh: u32, t: u32, c: u32) -> f32 {
+  if (kind == 0u) {
+    for (var j = 0u; j < KK; j++) {
+      let e = store[O_OUTK + ((bh * (T / G) + t / G) * D + c) * KK + j];
+      if ((e & 0xffffu) == t % G) { return unpack2x16float(e >> 16u).x; }
+    }
+    return 0.0;
+  }
+  let g = c / GV;
+  let k = select(KVF, KVL, g == NGV - 1u);
+  for (var j = 0u; j < k; j++) {
+    let e = store[O_OUTV + (bh * T + t) * MV + g * KVF + j];
+    if ((e & 0xffffu) == c) { return unpack2x16float(e >> 16u).x; }
+  }
+  return 0.0;
+}
+fn reduce(v: f32, li: u32) -> f32 {
+  red[li] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (li < s) { red[li] += red[li + s]; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+fn gs_p(li: u32) {
+  for (var j = 0u; j < RANK; j++) {
+    for (var k = 0u; k < j; k++) {
+      var part = 0.0;
+      for (var c = li; c < D; c += WG) { part += ps[c * RANK + j] * ps[c * RANK + k]; }
+      let d = reduce(part, li);
+      for (var c = li; c < D; c += WG) { ps[c * RANK + j] -= d * ps[c * RANK + k]; }
+      workgroupBarrier();
+    }
+    var part = 0.0;
+    for (var c = li; c < D; c += WG) { part += ps[c * RANK + j] * ps[c * RANK + j]; }
+    let nn = sqrt(reduce(part, li));
+    let inv = select(0.0, 1.0 / nn, nn > 1e-20);
+    for (var c = li; c < D; c += WG) { ps[c * RANK + j] *= inv; }
+    workgroupBarrier();
+  }
+}
+fn gs_q(li: u32, qb: u32, n: u32) {
+  for (var j = 0u; j < RANK; j++) {
+    for (var k = 0u; k < j; k++) {
+      var part = 0.0;
+      for (var t = li; t < n; t += WG) { part += scr[qb + t * RANK + j] * scr[qb + t * RANK + k]; }
+      let d = reduce(part, li);
+      for (var t = li; t < n; t += WG) { scr[qb + t * RANK + j] -= d * scr[qb + t * RANK + k]; }
+      storageBarrier();
+    }
+    var part = 0.0;
+    for (var t = li; t < n; t += WG) { part += scr[qb + t * RANK + j] * scr[qb + t * RANK + j]; }
+    let nn = sqrt(reduce(part, li));
+    let inv = select(0.0, 1.0 / nn, nn > 1e-20);
+    for (var t = li; t < n; t += WG) { scr[qb + t * RANK + j] *= inv; }
+    storageBarrier();
+  }
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let h = wg.x;
+  let kind = wg.y;
+  let b = wg.z;
+  let bh = b * NKV + h;
+  let c0 = (st.pos / NB) * NB;
+  let c1 = ((st.pos + st.rows) / NB) * NB;
+  if (c1 <= c0) { return; }
+  let n = c1 - c0;
+  let sb = (bh * 2u + kind) * REGION;
+  let qb = sb + BUFCAP * D;
+  // --- 1. per group: outliers, scale and min ---
+  let ngroups = select(n * NGV, (n / G) * D, kind == 0u);
+  for (var gi = li; gi < ngroups; gi += WG) {
+    var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var at: u32; var pat: u32;
+    if (kind == 0u) {
+      let tg = c0 / G + gi / D;
+      let c = gi % D;
+      t0 = tg * G; ch0 = c; len = G; stT = 1u; stC = 0u; k = KK;
+      at = O_OUTK + ((bh * (T / G) + tg) * D + c) * KK;
+      pat = O_PARK + (bh * (T / G) + tg) * D + c;
+    } else {
+      let t = c0 + gi / NGV;
+      let g = gi % NGV;
+      t0 = t; ch0 = g * GV; len = select(GV, D - g * GV, g == NGV - 1u); stT = 0u; stC = 1u;
+      k = select(KVF, KVL, g == NGV - 1u);
+      at = O_OUTV + (bh * T + t) * MV + g * KVF;
+      pat = O_PARV + (bh * T + t) * NGV + g;
+    }
+    var rem: array<u32, 16>;
+    var nrem = 0u;
+    for (var it = 0u; it < k; it++) {
+      if (len - nrem < 3u) { break; }
+      var iMax = 0xffffffffu; var iMin = 0xffffffffu; var vMax = 0.0; var vMin = 0.0;
+      for (var i = 0u; i < len; i++) {
+        var gone = false;
+        for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
+        if (gone) { continue; }
+        let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
+        if (iMax == 0xffffffffu || v > vMax) { iMax = i; vMax = v; }
+        if (iMin == 0xffffffffu || v < vMin) { iMin = i; vMin = v; }
+      }
+      var max2 = -3.4e38; var min2 = 3.4e38;
+      for (var i = 0u; i < len; i++) {
+        var gone = false;
+        for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
+        if (gone) { continue; }
+        let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
+        if (i != iMax && v > max2) { max2 = v; }
+        if (i != iMin && v < min2) { min2 = v; }
+      }
+      rem[nrem] = select(iMin, iMax, vMax - max2 >= min2 - vMin);
+      nrem++;
+    }
+    var mn = 3.4e38; var mx = -3.4e38;
+    for (var i = 0u; i < len; i++) {
+      var gone = false;
+      for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
+      if (gone) { continue; }
+      let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
+      mn = min(mn, v); mx = max(mx, v);
+    }
+    let sc = f16r((mx - mn) / LEVELS);
+    let m16 = f16r(mn);
+    store[pat] = pack2x16float(vec2<f32>(sc, m16));
+    for (var j = 0u; j < nrem; j++) {
+      let i = rem[j];
+      let x = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
+      let cv = x - (f32(code_of(x, sc, m16)) * sc + m16);
+      let idx = select(ch0 + i, i, kind == 0u);
+      store[at + j] = idx | (f16b(cv) << 16u);
+    }
+  }
+  storageBarrier();
+  // --- 2. codes ---
+  let co = select(O_CV, O_CK, kind == 0u);
+  for (var i = li; i < n * W; i += WG) {
+    let t = c0 + i / W;
+    let w = i % W;
+    var word = 0u;
+    for (var e = 0u; e < PERW; e++) {
+      let c = w * PERW + e;
+      if (c < D) {
+        let pr = par_of(kind, bh, t, c);
+        word |= code_of(ring_at(kind, bh, t, c), pr.x, pr.y) << (e * BITS);
+      }
+    }
+    store[co + (bh * T + t) * W + w] = word;
+  }
+  storageBarrier();
+${lowRank}
+  // --- 5. segment table ---
+  if (bh == 0u && kind == 0u) {
+    for (var j = c0 / NB + li; j < c1 / NB; j += WG) { store[O_SEG + j] = c0 / NB; }
+  }
+}`;
+}
+
+/** The compress program. */
+export function gearCompressProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: GearCompressParams,
+): Promise<Program> {
+  return P.get(device, ring, `gear-compress-r${p.rank}`, gearCompressWgsl(p), [
+    "write",
+    "read",
+    "read",
+    "write",
+  ]);
+}
