@@ -1,6 +1,10 @@
 /**
- * The edgemix command line. `main.ts serve` loads a model, builds the HTTP app and serves it until SIGINT or
- * SIGTERM, then shuts down gracefully (in-flight requests finish, the model is disposed).
+ * The edgemix command line. `main.ts serve` listens at once (`GET /health` answers 503 while the model loads),
+ * loads the model and the optional stages, and serves until SIGINT or SIGTERM; then it refuses new requests,
+ * lets in-flight ones finish and disposes the model.
+ *
+ * Every flag has an environment variable: `--max-concurrency` is `EDGEMIX_MAX_CONCURRENCY`; a flag wins over
+ * its variable.
  *
  * ```sh
  * deno run --allow-net --allow-read --allow-write --allow-env --allow-sys main.ts serve --port 8080
@@ -9,30 +13,63 @@
  * @module
  */
 
-import { basename } from "node:path";
+import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import type { Backend, DType } from "./engine/types.ts";
-import { createApp, GpuError, loadModel, ModelLoadError } from "./mod.ts";
+import { GpuError, ModelLoadError } from "./engine/errors.ts";
+import { KV_CACHE_MODES, type KvCacheMode } from "./engine/kv/kv_options.ts";
+import { resolveModelSource } from "./engine/hub.ts";
+import { loadModel } from "./engine/model.ts";
+import type { Backend, DType, Model } from "./engine/types.ts";
+import {
+  createPipeline,
+  FeatureUnavailableError,
+  type Pipeline,
+  type PromptCompressor,
+  type RetrievalGate,
+  type RetrievalMode,
+  type Retriever,
+} from "./pipeline.ts";
+import { loadCompressor } from "./retrieval/compress.ts";
+import { readGate, RetrievalGate as Gate } from "./retrieval/gate.ts";
+import { openStore } from "./retrieval/store.ts";
+import { createApp } from "./routes/app.ts";
 
 const DEFAULT_MODEL = fileURLToPath(new URL("./fixtures/models/olmoe", import.meta.url));
 
 const USAGE = `Usage: main.ts serve [options]
 
-Serve a Mixture-of-Experts model over HTTP (GET /health, GET /v1/models).
+Serve a Mixture-of-Experts model over HTTP: POST /ask, POST /v1/chat/completions, GET /v1/models,
+POST /documents, DELETE /documents/:id, GET /documents/search, GET /health, GET /metrics.
+Every option can also be set by its environment variable (--max-concurrency: EDGEMIX_MAX_CONCURRENCY).
 
-Options:
-  --model SRC     checkpoint directory or Hugging Face repo id (owner/name[@revision])
-                  (default: the bundled fixtures/models/olmoe, a tiny random-weight model)
-  --host HOST     interface to listen on (default 127.0.0.1)
-  --port N        port to listen on, 0 picks a free one (default 8080)
-  --backend B     auto, webgpu or cpu (default auto: WebGPU when an adapter exists)
-  --dtype D       f32 or f16 on WebGPU (default: f16 on hardware GPUs, f32 otherwise)
-  --context N     positions the KV cache holds (default: the model's, at most 4096)
-  -h, --help      print this help
+Server:
+  --host HOST             interface to listen on (default 127.0.0.1)
+  --port N                port to listen on, 0 picks a free one (default 8080)
+  --api-key-env NAME      environment variable holding the API key; when it is set, every route but
+                          /health needs "Authorization: Bearer <key>" (default EDGEMIX_API_KEY)
+  --max-concurrency N     sequences generating at once (default 4)
+  --queue N               requests waiting for a sequence; more get 429 (default 64)
+  --timeout S             seconds a request may take before 504 / finish_reason "length" (default 300)
+  --cors-origin LIST      comma-separated origins allowed to call the API from a browser
+Model:
+  --model SRC             checkpoint directory or Hugging Face repo id (owner/name[@revision])
+                          (default: the bundled fixtures/models/olmoe, a tiny random-weight model)
+  --backend B             auto, webgpu or cpu (default auto: WebGPU when an adapter exists)
+  --dtype D               f32 or f16 on WebGPU (default: f16 on hardware GPUs, f32 otherwise)
+  --context N             positions the KV cache holds (default: the model's, at most 4096)
+  --kv-cache K            f16, f32 (plain), quant, gear-l or gear (default: plain in the model's dtype)
+Pipeline defaults (requests may override them):
+  --db URI                document store (a LanceDB directory or object-store URI); none by default
+  --retrieval M           auto, always or never (default auto: as the gate says, or always with --db)
+  --top-k N               passages to retrieve (default 4)
+  --compression-rate R    compress the context to this share of its tokens, in (0, 1], or off (default off)
+  --max-tokens N          most tokens of an answer (default 256)
+  --temperature T         sampling temperature, 0 is greedy (default 0)
+  -h, --help              print this help
 
 Example:
-  deno task serve --model allenai/OLMoE-1B-7B-0924 --port 8080`;
+  EDGEMIX_API_KEY=secret deno task serve --model allenai/OLMoE-1B-7B-0924 --port 8080`;
 
 /** What the command line asks for. */
 interface ServeCommand {
@@ -42,6 +79,19 @@ interface ServeCommand {
   backend: Backend | "auto";
   dtype: DType | undefined;
   context: number | undefined;
+  kvCache: KvCacheMode | undefined;
+  db: string | undefined;
+  apiKeyEnv: string;
+  apiKeyEnvGiven: boolean;
+  maxConcurrency: number;
+  queue: number;
+  timeoutSeconds: number;
+  corsOrigins: string[];
+  retrieval: RetrievalMode;
+  topK: number;
+  compressionRate: number | false;
+  maxTokens: number;
+  temperature: number;
 }
 
 /** Thrown for a command line that cannot be run; main prints it with the usage and exits 2. */
@@ -52,7 +102,34 @@ class UsageError extends Error {
   }
 }
 
-function parseCommand(args: string[]): ServeCommand | "help" {
+const FLAGS = [
+  "model",
+  "host",
+  "port",
+  "backend",
+  "dtype",
+  "context",
+  "kv-cache",
+  "db",
+  "api-key-env",
+  "max-concurrency",
+  "queue",
+  "timeout",
+  "cors-origin",
+  "retrieval",
+  "top-k",
+  "compression-rate",
+  "max-tokens",
+  "temperature",
+] as const;
+type Flag = typeof FLAGS[number];
+
+/** The environment variable of a flag: `--max-concurrency` → `EDGEMIX_MAX_CONCURRENCY`. */
+function envName(flag: Flag): string {
+  return `EDGEMIX_${flag.toUpperCase().replace(/-/g, "_")}`;
+}
+
+function parseCommand(args: string[], env: (name: string) => string | undefined): ServeCommand | "help" {
   let parsed;
   try {
     parsed = parseArgs({
@@ -60,12 +137,7 @@ function parseCommand(args: string[]): ServeCommand | "help" {
       allowPositionals: true,
       strict: true,
       options: {
-        model: { type: "string" },
-        host: { type: "string" },
-        port: { type: "string" },
-        backend: { type: "string" },
-        dtype: { type: "string" },
-        context: { type: "string" },
+        ...Object.fromEntries(FLAGS.map((f) => [f, { type: "string" as const }])),
         help: { type: "boolean", short: "h" },
       },
     });
@@ -77,32 +149,81 @@ function parseCommand(args: string[]): ServeCommand | "help" {
   if (positionals.length === 0) throw new UsageError("Missing command: expected serve");
   if (positionals[0] !== "serve") throw new UsageError(`Unknown command ${JSON.stringify(positionals[0])}`);
   if (positionals.length > 1) throw new UsageError(`Unexpected argument ${JSON.stringify(positionals[1])}`);
-  const backend = values.backend ?? "auto";
-  if (backend !== "auto" && backend !== "webgpu" && backend !== "cpu") {
-    throw new UsageError(`Invalid --backend ${JSON.stringify(backend)}: expected auto, webgpu or cpu`);
-  }
-  const dtype = values.dtype;
-  if (dtype !== undefined && dtype !== "f32" && dtype !== "f16") {
-    throw new UsageError(`Invalid --dtype ${JSON.stringify(dtype)}: expected f32 or f16`);
-  }
-  return {
-    model: values.model ?? DEFAULT_MODEL,
-    host: values.host ?? "127.0.0.1",
-    port: parseInteger("--port", values.port ?? "8080", 0, 65535),
-    backend,
-    dtype,
-    context: values.context === undefined ? undefined : parseInteger("--context", values.context, 2, 2 ** 24),
+  /** The flag's value, else its environment variable's; `where` names the source in messages. */
+  const get = (flag: Flag): { value: string; where: string } | undefined => {
+    const v = (values as Record<string, string | boolean | undefined>)[flag];
+    if (typeof v === "string") return { value: v, where: `--${flag}` };
+    const e = env(envName(flag));
+    return e === undefined || e === "" ? undefined : { value: e, where: envName(flag) };
   };
-}
-
-function parseInteger(flag: string, text: string, min: number, max: number): number {
-  const n = Number(text);
-  if (!/^\d+$/.test(text) || n < min || n > max) {
+  const choice = <T extends string>(flag: Flag, options: readonly T[], fallback: T): T => {
+    const v = get(flag);
+    if (!v) return fallback;
+    if (!(options as readonly string[]).includes(v.value)) {
+      throw new UsageError(
+        `Invalid ${v.where} ${JSON.stringify(v.value)}: expected ${options.slice(0, -1).join(", ")} or ${
+          options.at(-1)
+        }`,
+      );
+    }
+    return v.value as T;
+  };
+  const integer = (flag: Flag, min: number, max: number, fallback: number): number => {
+    const v = get(flag);
+    if (!v) return fallback;
+    const n = Number(v.value);
+    if (!/^\d+$/.test(v.value) || n < min || n > max) {
+      throw new UsageError(
+        `Invalid ${v.where} ${JSON.stringify(v.value)}: expected an integer from ${min} to ${max}`,
+      );
+    }
+    return n;
+  };
+  const number = (flag: Flag, ok: (n: number) => boolean, expected: string, fallback: number): number => {
+    const v = get(flag);
+    if (!v) return fallback;
+    const n = Number(v.value);
+    if (v.value.trim() === "" || !Number.isFinite(n) || !ok(n)) {
+      throw new UsageError(`Invalid ${v.where} ${JSON.stringify(v.value)}: expected ${expected}`);
+    }
+    return n;
+  };
+  const dtype = get("dtype");
+  if (dtype && dtype.value !== "f32" && dtype.value !== "f16") {
+    throw new UsageError(`Invalid ${dtype.where} ${JSON.stringify(dtype.value)}: expected f32 or f16`);
+  }
+  const apiKeyEnv = get("api-key-env");
+  if (apiKeyEnv && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(apiKeyEnv.value)) {
     throw new UsageError(
-      `Invalid ${flag} ${JSON.stringify(text)}: expected an integer from ${min} to ${max}`,
+      `Invalid ${apiKeyEnv.where} ${JSON.stringify(apiKeyEnv.value)}: not a variable name`,
     );
   }
-  return n;
+  const rate = get("compression-rate");
+  let compressionRate: number | false = false;
+  if (rate && rate.value !== "off") {
+    compressionRate = number("compression-rate", (n) => n > 0 && n <= 1, "a number in (0, 1] or off", 1);
+  }
+  return {
+    model: get("model")?.value ?? DEFAULT_MODEL,
+    host: get("host")?.value ?? "127.0.0.1",
+    port: integer("port", 0, 65535, 8080),
+    backend: choice("backend", ["auto", "webgpu", "cpu"] as const, "auto"),
+    dtype: dtype?.value as DType | undefined,
+    context: get("context") ? integer("context", 2, 2 ** 24, 0) : undefined,
+    kvCache: get("kv-cache") ? choice("kv-cache", KV_CACHE_MODES, "f32") : undefined,
+    db: get("db")?.value,
+    apiKeyEnv: apiKeyEnv?.value ?? "EDGEMIX_API_KEY",
+    apiKeyEnvGiven: apiKeyEnv !== undefined,
+    maxConcurrency: integer("max-concurrency", 1, 4096, 4),
+    queue: integer("queue", 0, 1_000_000, 64),
+    timeoutSeconds: number("timeout", (n) => n > 0 && n <= 86_400, "seconds in (0, 86400]", 300),
+    corsOrigins: (get("cors-origin")?.value ?? "").split(",").map((s) => s.trim()).filter(Boolean),
+    retrieval: choice("retrieval", ["auto", "always", "never"] as const, "auto"),
+    topK: integer("top-k", 1, 1000, 4),
+    compressionRate,
+    maxTokens: integer("max-tokens", 1, 2 ** 24, 256),
+    temperature: number("temperature", (n) => n >= 0 && n <= 2, "a number in [0, 2]", 0),
+  };
 }
 
 /** The model id a source is served under: the last path segment of a directory or repo id. */
@@ -115,15 +236,88 @@ function urlOf(addr: Deno.NetAddr): string {
   return `http://${host}:${addr.port}/`;
 }
 
-async function serve(cmd: ServeCommand): Promise<number> {
-  const modelId = modelIdOf(cmd.model);
-  console.log(`edgemix: loading ${cmd.model} (backend ${cmd.backend})`);
+/** Factories of the optional stages (the store, the gate beside the model, the compressor). */
+interface StageFactories {
+  openStore?: (uri: string) => Promise<Retriever> | Retriever;
+  loadGate?: (model: Model) => Promise<RetrievalGate> | RetrievalGate;
+  loadCompressor?: () => Promise<PromptCompressor> | PromptCompressor;
+}
+
+/**
+ * The stages the command asks for: `--db` opens the LanceDB store and the retrieval gate (fitted by
+ * `deno task gate-fit` as gate.json beside the model; without one, `auto` retrieves), `--compression-rate` loads
+ * the LLMLingua-2 compressor.
+ *
+ * @throws {FeatureUnavailableError} for a combination that cannot work.
+ */
+function findStages(cmd: ServeCommand): StageFactories {
+  if (cmd.retrieval === "always" && cmd.db === undefined) {
+    throw new FeatureUnavailableError(
+      "Cannot use --retrieval always without --db: there is nothing to search",
+    );
+  }
+  const found: StageFactories = {};
+  if (cmd.db !== undefined) {
+    found.openStore = (uri) => openStore(uri);
+    found.loadGate = async () => {
+      const path = join(await resolveModelSource(cmd.model), "gate.json");
+      try {
+        return new Gate(await readGate(path));
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) return new Gate();
+        throw e;
+      }
+    };
+  }
+  if (cmd.compressionRate !== false) found.loadCompressor = () => loadCompressor();
+  return found;
+}
+
+/** Loads the model and the stages, and composes the pipeline. */
+async function buildPipeline(cmd: ServeCommand, factories: StageFactories): Promise<Pipeline> {
   const model = await loadModel(cmd.model, {
     backend: cmd.backend,
     dtype: cmd.dtype,
     contextLength: cmd.context,
+    kvCache: cmd.kvCache === undefined ? undefined : { mode: cmd.kvCache },
   });
-  const app = createApp(model, { modelId });
+  try {
+    const store = cmd.db === undefined ? undefined : await factories.openStore!(cmd.db);
+    const gate = store && factories.loadGate ? await factories.loadGate(model) : undefined;
+    const compressor = factories.loadCompressor ? await factories.loadCompressor() : undefined;
+    return createPipeline({
+      model,
+      store,
+      gate,
+      compressor,
+      maxConcurrency: cmd.maxConcurrency,
+      queue: cmd.queue,
+      contextLength: cmd.context,
+      defaults: {
+        retrieval: cmd.retrieval,
+        topK: cmd.topK,
+        compressionRate: cmd.compressionRate,
+        maxTokens: cmd.maxTokens,
+        temperature: cmd.temperature,
+        timeoutMs: Math.round(cmd.timeoutSeconds * 1000),
+      },
+    });
+  } catch (e) {
+    await model.dispose();
+    throw e;
+  }
+}
+
+async function serve(cmd: ServeCommand): Promise<number> {
+  const modelId = modelIdOf(cmd.model);
+  let apiKey: string | undefined = Deno.env.get(cmd.apiKeyEnv);
+  if (apiKey === "") apiKey = undefined;
+  if (cmd.apiKeyEnvGiven && apiKey === undefined) {
+    throw new FeatureUnavailableError(
+      `Cannot protect the API: --api-key-env names ${cmd.apiKeyEnv}, which is not set or empty`,
+    );
+  }
+  const factories = findStages(cmd);
 
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   const stop = Promise.withResolvers<Deno.Signal>();
@@ -131,32 +325,51 @@ async function serve(cmd: ServeCommand): Promise<number> {
   const listeners = signals.map((signal) => [signal, onSignal(signal)] as const);
   for (const [signal, fn] of listeners) Deno.addSignalListener(signal, fn);
 
+  console.log(`edgemix: loading ${cmd.model} (backend ${cmd.backend})`);
+  const loading = buildPipeline(cmd, factories);
+  loading.catch(() => {});
+  const app = createApp(loading, { modelId, apiKey, corsOrigins: cmd.corsOrigins });
+
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
     server = Deno.serve({
       hostname: cmd.host,
       port: cmd.port,
-      onListen: (addr) => {
-        const what = `model ${modelId}, backend ${model.backend}, dtype ${model.dtype}`;
-        console.log(`edgemix: listening on ${urlOf(addr)} (${what})`);
-      },
+      onListen: (addr) => console.log(`edgemix: listening on ${urlOf(addr)} (loading the model)`),
     }, app.fetch);
   } catch (e) {
     for (const [signal, fn] of listeners) Deno.removeSignalListener(signal, fn);
-    await model.dispose();
+    await loading.then((p) => p.model.dispose(), () => {});
     if (e instanceof Error) e.message = `Cannot listen on ${cmd.host}:${cmd.port}: ${e.message}`;
     throw e;
   }
 
-  const signal = await stop.promise;
+  const first = await Promise.race([
+    stop.promise.then((signal) => ({ signal })),
+    loading.then((pipeline) => ({ pipeline }), (error: unknown) => ({ error })),
+  ]);
+  if ("error" in first) {
+    for (const [signal, fn] of listeners) Deno.removeSignalListener(signal, fn);
+    await server.shutdown();
+    throw first.error;
+  }
+  if ("pipeline" in first) {
+    const { model } = first.pipeline;
+    const auth = apiKey === undefined ? "no API key" : `API key from ${cmd.apiKeyEnv}`;
+    console.log(`edgemix: ready (model ${modelId}, backend ${model.backend}, dtype ${model.dtype}, ${auth})`);
+  }
+  const signal = "signal" in first ? first.signal : await stop.promise;
   console.log(`edgemix: received ${signal}, shutting down`);
   // A second signal during the graceful shutdown ends the process at once.
   for (const [sig, fn] of listeners) {
     Deno.removeSignalListener(sig, fn);
     Deno.addSignalListener(sig, () => Deno.exit(1));
   }
+  // New requests get 503 and queued ones leave; running generations finish, then the model is freed.
+  const pipeline = await loading.catch(() => undefined);
+  pipeline?.close();
   await server.shutdown();
-  await model.dispose();
+  await pipeline?.model.dispose();
   console.log("edgemix: stopped");
   return 0;
 }
@@ -164,7 +377,7 @@ async function serve(cmd: ServeCommand): Promise<number> {
 async function main(args: string[]): Promise<number> {
   let cmd;
   try {
-    cmd = parseCommand(args);
+    cmd = parseCommand(args, (name) => Deno.env.get(name));
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     console.error(`edgemix: ${e.message}\n\n${USAGE}`);
@@ -186,6 +399,7 @@ async function main(args: string[]): Promise<number> {
 
 function isExpected(e: unknown): e is Error {
   return e instanceof ModelLoadError || e instanceof GpuError || e instanceof RangeError ||
+    e instanceof FeatureUnavailableError ||
     e instanceof Deno.errors.AddrInUse || e instanceof Deno.errors.AddrNotAvailable ||
     e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.NotCapable ||
     (e instanceof Error && (e.name === "ModelSourceError" || e.name === "DownloadError"));

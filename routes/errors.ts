@@ -11,7 +11,15 @@ import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { ZodError } from "zod";
-import { GpuError, ModelDisposedError } from "../engine/errors.ts";
+import { ChatTemplateError } from "../engine/chat_template.ts";
+import { ContextOverflowError, GpuError, ModelDisposedError } from "../engine/errors.ts";
+import { DeadlineExceededError, QueueFullError, SchedulerClosedError } from "../engine/scheduler.ts";
+import {
+  DocumentStoreError,
+  FeatureUnavailableError,
+  InvalidRequestError,
+  PromptTooLongError,
+} from "../pipeline.ts";
 
 /** The `type` of an error envelope, as OpenAI's API names them. */
 export type ErrorType =
@@ -20,6 +28,7 @@ export type ErrorType =
   | "permission_error"
   | "not_found_error"
   | "rate_limit_error"
+  | "exceed_context_size_error"
   | "server_error";
 
 /** The body of every error response: `{ "error": { "message", "type", "param", "code" } }`. */
@@ -34,6 +43,10 @@ export interface ErrorEnvelope {
     param: string | null;
     /** The HTTP status of the response. */
     code: number;
+    /** Tokens of the prompt (`exceed_context_size_error` only). */
+    n_prompt_tokens?: number;
+    /** Positions of the context (`exceed_context_size_error` only). */
+    n_ctx?: number;
   };
 }
 
@@ -43,6 +56,8 @@ export interface MappedError {
   status: ContentfulStatusCode;
   /** The response body. */
   body: ErrorEnvelope;
+  /** Headers the response needs (`Retry-After` of a 429). */
+  headers?: Record<string, string>;
 }
 
 const INTERNAL_MESSAGE = "Internal server error";
@@ -51,9 +66,13 @@ const INTERNAL_MESSAGE = "Internal server error";
  * Maps any thrown value to an HTTP status and an error envelope.
  *
  * - `HTTPException` (including Hono's "Malformed JSON in request body") keeps its status;
- * - a zod validation error, `RangeError`, `TypeError` (including `ContextOverflowError`) and `SyntaxError` (a body
- *   that is not JSON) are 400 `invalid_request_error`;
- * - `ModelDisposedError` and `GpuError` are 503 `server_error`;
+ * - a zod validation error, `InvalidRequestError` (with its `param`), `RangeError`, `TypeError`, a chat template
+ *   that cannot render the messages, and `SyntaxError` (a body that is not JSON) are 400 `invalid_request_error`;
+ * - `ContextOverflowError` is 400 `exceed_context_size_error`, with `n_prompt_tokens` and `n_ctx` when known;
+ * - `FeatureUnavailableError` (the request needs a stage this server lacks) is 422;
+ * - `QueueFullError` is 429 with `Retry-After`;
+ * - `ModelDisposedError`, `GpuError`, `SchedulerClosedError` (shutting down) and `DocumentStoreError` are 503;
+ * - `DeadlineExceededError` is 504;
  * - anything else is 500 `server_error` with a generic message.
  *
  * @example
@@ -75,9 +94,30 @@ export function mapError(err: unknown): MappedError {
   if (err instanceof HTTPException) {
     return envelope(err.status, err.message || defaultMessage(err.status), null);
   }
-  if (err instanceof ModelDisposedError || err instanceof GpuError) {
+  if (err instanceof QueueFullError) {
+    const mapped = envelope(429, err.message, null);
+    mapped.headers = { "Retry-After": String(err.retryAfterSeconds) };
+    return mapped;
+  }
+  if (err instanceof DeadlineExceededError) return envelope(504, err.message, null);
+  if (err instanceof FeatureUnavailableError) return envelope(422, err.message, err.param);
+  if (
+    err instanceof ModelDisposedError || err instanceof GpuError || err instanceof SchedulerClosedError ||
+    err instanceof DocumentStoreError
+  ) {
     return envelope(503, err.message || "The model is unavailable", null);
   }
+  if (err instanceof ContextOverflowError) {
+    const mapped = envelope(400, err.message, null);
+    mapped.body.error.type = "exceed_context_size_error";
+    if (err instanceof PromptTooLongError) {
+      mapped.body.error.n_prompt_tokens = err.nPromptTokens;
+      mapped.body.error.n_ctx = err.nCtx;
+    }
+    return mapped;
+  }
+  if (err instanceof InvalidRequestError) return envelope(400, err.message, err.param);
+  if (err instanceof ChatTemplateError) return envelope(400, err.message, "messages");
   if (err instanceof SyntaxError && /\bJSON\b/.test(err.message)) {
     // What `c.req.json()` throws for a body that is not JSON; Hono's validator says the same in its own words.
     return envelope(400, `Malformed JSON in request body: ${err.message}`, null);
@@ -108,9 +148,9 @@ export function errorType(status: number): ErrorType {
  * logged with their stack on the server; the client sees only a generic message.
  */
 export function handleError(err: Error, c: Context): Response {
-  const { status, body } = mapError(err);
-  if (status >= 500 && status !== 503) console.error(err);
-  const res = c.json(body, status);
+  const { status, body, headers } = mapError(err);
+  logError(err, status);
+  const res = c.json(body, status, headers);
   if (err instanceof HTTPException && err.res) {
     // Keep headers such as WWW-Authenticate that middleware put on the exception's response.
     for (const [name, value] of err.res.headers) {
@@ -118,6 +158,14 @@ export function handleError(err: Error, c: Context): Response {
     }
   }
   return res;
+}
+
+/**
+ * Logs what a client cannot see: every 500 with its stack, and the cause of a failing document store.
+ */
+export function logError(err: unknown, status: number): void {
+  if (status >= 500 && status !== 503 && status !== 504) console.error(err);
+  else if (err instanceof DocumentStoreError) console.error(err.message, err.cause);
 }
 
 /** The `app.notFound` handler: a 404 envelope naming the method and path. */
