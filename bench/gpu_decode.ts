@@ -28,7 +28,7 @@ const { values } = parseArgs({
     reps: { type: "string", default: "3" },
     "tokens-per-submit": { type: "string", default: "0" },
     gemm: { type: "string", default: "auto" },
-    "grouped-moe": { type: "string", default: "off" },
+    "grouped-moe": { type: "string", default: "auto" },
   },
 });
 if (!values.model) throw new TypeError("Cannot run the benchmark: --model DIR is required");
@@ -48,7 +48,7 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   contextLength: Math.max(promptLen, decodePrompt + decodeLen) + 8,
   prefillRows: Math.min(512, promptLen),
   gemm: values.gemm === "auto" ? undefined : values.gemm === "on",
-  groupedMoe: values["grouped-moe"] === "on",
+  groupedMoe: values["grouped-moe"] === "auto" ? undefined : values["grouped-moe"] === "on",
 });
 ckpt.close();
 const loadS = (performance.now() - t0) / 1000;

@@ -24,6 +24,8 @@ export interface ResolvedGenerateOptions {
   tokensPerSubmit: number;
   /** Cancellation. */
   signal: AbortSignal | undefined;
+  /** Layer fused decoding with a fixed layer ("auto" is resolved by the model before generation). */
+  lfd?: { layer: number; alpha: number };
 }
 
 /** A backend's raw token producer: yields the new tokens of `ids` in batches, sampling with `options`. */

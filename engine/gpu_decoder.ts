@@ -49,6 +49,8 @@ import {
   moeSortProgram,
   TILE_COLS,
 } from "../kernels/moe_grouped.ts";
+import { copyLastRowProgram } from "../kernels/copy_row.ts";
+import { qgemmProgram, qGroupedGemmProgram } from "../kernels/qgemm.ts";
 import { qkRopeProgram } from "../kernels/qk_rope.ts";
 import {
   buildQuantSet,
@@ -65,7 +67,11 @@ import type { Checkpoint } from "./checkpoint.ts";
 import { type ModelConfig, ropeTables } from "./config.ts";
 import { GpuError } from "./errors.ts";
 import type { ResolvedGenerateOptions, TokenSource } from "./generation.ts";
-import type { DType } from "./types.ts";
+import { GearGpu, type GearGpuLayer } from "./kv/gear_gpu.ts";
+import type { ResolvedKvCache } from "./kv/kv_options.ts";
+import { iksPositionsOf, routerRowStats } from "./inspect.ts";
+import { fusionCandidates, jensenShannon } from "./lfd.ts";
+import type { DType, InspectOptions, PromptInspection } from "./types.ts";
 import { planWeights, type WeightSpec } from "./weights.ts";
 
 /** Options of {@linkcode GpuDecoder.create}. */
@@ -83,6 +89,8 @@ export interface GpuDecoderOptions {
    * per-pair mat-vecs, served from L2, are still faster than the present grouped kernel).
    */
   groupedMoe?: boolean;
+  /** A compressed KV cache (quant, gear-l, gear; engine/kv); default: the plain cache in `dtype`. */
+  kvCache?: ResolvedKvCache;
 }
 
 /** Steps of the adaptive submission schedule: small first (early first tokens), then large (throughput). */
@@ -95,6 +103,8 @@ const ATTENTION_SPLIT = 64;
 const MAX_BATCH = 256;
 
 interface LayerDispatches {
+  /** The compressed KV cache's buffers and dispatches (replacing the plain cache and attention). */
+  gear: GearGpuLayer | undefined;
   attnNorm: Dispatch;
   qkv: Dispatch;
   qkRope: Dispatch;
@@ -160,6 +170,12 @@ export class GpuDecoder implements TokenSource {
   readonly #finalNorm: Dispatch;
   readonly #lmHead: Linear;
   readonly #lmHeadLast: Dispatch;
+  /** What layer fused decoding binds: the LM head weight, the final norm, the copy of the fused row. */
+  readonly #fuse: { lmW: GPUBuffer; norm: Dispatch; copy: Dispatch };
+  /** Fused-logits dispatches by α (the α is compiled into the mat-vec). */
+  readonly #fuseHeads = new Map<number, Dispatch>();
+  /** During a generation with layer fused decoding: the layer and the head dispatch of its α. */
+  #lfd: { layer: number; head: Dispatch } | undefined;
   readonly #sample: Dispatch;
   readonly #staging: GPUBuffer[];
   #lock: Promise<void> = Promise.resolve();
@@ -182,6 +198,7 @@ export class GpuDecoder implements TokenSource {
     finalNorm: Dispatch;
     lmHead: Linear;
     lmHeadLast: Dispatch;
+    fuse: { lmW: GPUBuffer; norm: Dispatch; copy: Dispatch };
     sample: Dispatch;
     weightBytes: number;
   }) {
@@ -202,6 +219,7 @@ export class GpuDecoder implements TokenSource {
     this.#finalNorm = init.finalNorm;
     this.#lmHead = init.lmHead;
     this.#lmHeadLast = init.lmHeadLast;
+    this.#fuse = init.fuse;
     this.#sample = init.sample;
     this.weightBytes = init.weightBytes;
     this.#staging = Array.from({ length: DEPTH }, (_, i) =>
@@ -363,10 +381,13 @@ export class GpuDecoder implements TokenSource {
 
     // --- activations, cache and small state ---
     const kvBytes = nKV * cap * hd * (dtype === "f16" ? 2 : 4);
+    // Packed experts run prefill as grouped GEMMs unless disabled; plain ones only when asked.
+    const groupedAny = options.groupedMoe ?? ckpt.quantization !== undefined;
     const b: Record<string, GPUBuffer> = {
       x: act("x", R * H),
       xn: act("xn", R * H),
       xlast: act("xlast", H),
+      xfuse: act("lfd-row", H),
       qkv: act("qkv", R * qkvDim),
       q: act("q", R * qDim),
       attn: act("attn", R * qDim),
@@ -382,8 +403,8 @@ export class GpuDecoder implements TokenSource {
       perm: act("moe-perm", R * k),
       tiles: act("moe-tiles", maxTiles(R * k, c.numExperts) * 4),
       ntiles: act("moe-tile-count", 4),
-      gu: act("moe-gate-up", options.groupedMoe ? R * k * 2 * I : 1),
-      ysl: act("moe-expert-out", options.groupedMoe ? R * k * H : 1),
+      gu: act("moe-gate-up", groupedAny ? R * k * 2 * I : 1),
+      ysl: act("moe-expert-out", groupedAny ? R * k * H : 1),
       logits: act("logits", logitRows * V),
       inputIds: track(storageBuffer(device, "input-ids", R * 4)),
       promptIds: track(storageBuffer(device, "prompt-ids", cap * 4)),
@@ -446,7 +467,19 @@ export class GpuDecoder implements TokenSource {
         group: prog.bind(`${label}-qgemv`, bufs),
         grid: grid2d(Math.ceil(p.n / QMV_OUTS)),
       };
-      return { gemv: d, gemm: d, n: p.n, packed: true };
+      const gemmProg = await qgemmProgram(device, ring, {
+        n: p.n,
+        k: p.k,
+        mode: p.mode,
+        bias: p.bias,
+        alpha: p.alpha,
+      });
+      const g: Dispatch = {
+        program: gemmProg,
+        group: gemmProg.bind(`${label}-qgemm`, bufs),
+        grid: [1, 1, 1],
+      };
+      return { gemv: d, gemm: g, n: p.n, packed: true };
     };
     const linear = async (
       label: string,
@@ -473,6 +506,7 @@ export class GpuDecoder implements TokenSource {
       };
     };
     const finalNorm = norm("final-norm", finalNormW, b.x);
+    const copyProg = await copyLastRowProgram(device, ring, H);
     const lmAlpha = 1 / c.logitsScaling;
     const lmHead = await linear(
       "lm-head",
@@ -510,6 +544,26 @@ export class GpuDecoder implements TokenSource {
       clip: c.clipQkv,
       kvDtype: dtype,
     });
+    const gearKv = options.kvCache
+      ? await GearGpu.create(
+        device,
+        ring,
+        {
+          nH,
+          nKV,
+          hd,
+          capacity: cap,
+          maxRows: R,
+          scale: c.attentionScale,
+          qkNorm: c.qkNorm,
+          eps: c.rmsNormEps,
+          clip: c.clipQkv,
+          dtype,
+        },
+        options.kvCache,
+        track,
+      )
+      : undefined;
     for (let l = 0; l < c.numLayers; l++) {
       const w = plan.layers[l];
       const up = (key: string, prec: DType) => upload(`L${l}.${key}`, w.get(key)!, prec);
@@ -529,8 +583,15 @@ export class GpuDecoder implements TokenSource {
       const oPacked = await packedSet(`L${l}.o`, w.get("o")!, H);
       const oW = oPacked ? undefined : await up("o", dtype);
       const oB = w.has("o_bias") ? await up("o_bias", "f32") : undefined;
-      const kc = track(storageBuffer(device, `L${l}.k-cache`, kvBytes));
-      const vc = track(storageBuffer(device, `L${l}.v-cache`, kvBytes));
+      const gear = await gearKv?.layer(l, c.layers[l].slidingWindow, {
+        qkv: b.qkv,
+        rope: b.rope,
+        qkNorm: qkNormW,
+        q: b.q,
+        attn: b.attn,
+      });
+      const kc = gear?.ringK ?? track(storageBuffer(device, `L${l}.k-cache`, kvBytes));
+      const vc = gear?.ringV ?? track(storageBuffer(device, `L${l}.v-cache`, kvBytes));
 
       const qkvP = { n: qkvDim, k: H, bias: !!qkvB, mode: "store" as const, alpha: 1 };
       const qkv = qkvPacked
@@ -657,7 +718,60 @@ export class GpuDecoder implements TokenSource {
         downBufs.push(b.hs, sdW, b.sg);
       }
       let grouped: LayerDispatches["grouped"];
-      if (moe && options.groupedMoe && !packedFfn) {
+      if (moe && packedFfn && (options.groupedMoe ?? true)) {
+        const sortProg = await moeSortProgram(device, ring, { experts: c.numExperts, topK: k });
+        const g1 = await qGroupedGemmProgram(device, ring, { kind: "gate_up", hidden: H, inter: I, topK: k });
+        const g2 = await qGroupedGemmProgram(device, ring, { kind: "down", hidden: H, inter: I, topK: k });
+        const comb = await moeCombineProgram(device, ring, {
+          hidden: H,
+          topK: k,
+          alpha: c.residualMultiplier,
+        });
+        const gu = guPacked!, dn = dnPacked!;
+        grouped = {
+          sort: {
+            program: sortProg,
+            group: sortProg.bind(`L${l}.moe-sort`, [b.ids, b.perm, b.tiles, b.ntiles]),
+            grid: [1, 1, 1],
+          },
+          gateUp: {
+            program: g1,
+            group: g1.bind(`L${l}.q-moe-gate-up`, [
+              b.xn,
+              gu.qw,
+              gu.qp,
+              gu.meta,
+              b.perm,
+              b.tiles,
+              b.ntiles,
+              b.gu,
+            ]),
+            grid: [1, 1, 1],
+          },
+          down: {
+            program: g2,
+            group: g2.bind(`L${l}.q-moe-down`, [
+              b.gu,
+              dn.qw,
+              dn.qp,
+              dn.meta,
+              b.perm,
+              b.tiles,
+              b.ntiles,
+              b.ysl,
+            ]),
+            grid: [1, 1, 1],
+          },
+          combine: {
+            program: comb,
+            group: comb.bind(`L${l}.moe-combine`, [b.ysl, b.wts, b.x]),
+            grid: [1, 1, 1],
+          },
+          sharedDown,
+          gateUpX: Math.ceil(2 * I / TILE_COLS),
+          downX: Math.ceil(H / TILE_COLS),
+        };
+      } else if (moe && options.groupedMoe && !packedFfn) {
         const sortProg = await moeSortProgram(device, ring, { experts: c.numExperts, topK: k });
         const g1 = await groupedGemmProgram(device, ring, {
           kind: "gate_up",
@@ -724,7 +838,8 @@ export class GpuDecoder implements TokenSource {
         grouped,
         attnNorm: norm(`L${l}.attn-norm`, attnNormW, b.x),
         qkv: qkv.gemv,
-        qkRope: {
+        gear,
+        qkRope: gear?.qkRope ?? {
           program: qkProg,
           group: qkProg.bind(`L${l}.qk-rope`, [b.qkv, b.rope, qkNormW, b.q, kc, vc]),
           grid: [nH + nKV, 1, 1],
@@ -782,6 +897,19 @@ export class GpuDecoder implements TokenSource {
       finalNorm,
       lmHead,
       lmHeadLast: lmLast.gemv,
+      fuse: {
+        lmW,
+        norm: {
+          program: normProg,
+          group: normProg.bind("lfd-norm", [b.xfuse, finalNormW, b.xn]),
+          grid: [1, 1, 1],
+        },
+        copy: {
+          program: copyProg,
+          group: copyProg.bind("lfd-copy", [b.x, b.xfuse]),
+          grid: [Math.ceil(H / 256), 1, 1],
+        },
+      },
       sample,
       weightBytes,
     });
@@ -794,19 +922,26 @@ export class GpuDecoder implements TokenSource {
   }
 
   /** Calls `emit` with every dispatch of the layers for `rows` rows starting at position `pos`, in order. */
-  #forEachLayerDispatch(rows: number, pos: number, emit: (d: Dispatch) => void): void {
+  #forEachLayerDispatch(
+    rows: number,
+    pos: number,
+    emit: (d: Dispatch) => void,
+    mark?: (layer: number, point: "before_ffn" | "router" | "after_ffn") => void,
+  ): void {
     const gemm = rows > 1 && this.#useGemm;
     const ry = (d: Dispatch, x = d.grid[0]): Dispatch => ({ ...d, grid: [x, rows, 1] });
     const rx = (d: Dispatch): Dispatch => ({ ...d, grid: [rows, 1, 1] });
     const lin = (l: Linear): Dispatch =>
-      gemm && !l.packed ? { ...l.gemm, grid: [Math.ceil(l.n / 64), Math.ceil(rows / 64), 1] } : l.gemv;
+      gemm ? { ...l.gemm, grid: [Math.ceil(l.n / 64), Math.ceil(rows / 64), 1] } : l.gemv;
     for (let i = 0; i < this.#layers.length; i++) {
       const L = this.#layers[i];
       const LL = this.#layerLinears[i];
       emit(rx(L.attnNorm));
       emit(lin(LL.qkv));
       emit(ry(L.qkRope));
-      if (rows === 1) {
+      if (L.gear) {
+        GearGpu.emitAttention(L.gear, rows, pos, emit);
+      } else if (rows === 1) {
         emit({
           ...L.attentionSplit,
           grid: [L.attentionSplit.grid[0], 1, Math.floor(pos / ATTENTION_SPLIT) + 1],
@@ -816,9 +951,11 @@ export class GpuDecoder implements TokenSource {
         emit(ry(L.attention));
       }
       emit(lin(LL.o));
+      mark?.(i, "before_ffn");
       emit(rx(L.ffnNorm));
       if (L.router) {
         emit(lin(L.router.logits));
+        mark?.(i, "router");
         emit(rx(L.router.topK));
       }
       const G = L.grouped;
@@ -832,12 +969,14 @@ export class GpuDecoder implements TokenSource {
           emit({ ...L.sharedGateUp, grid: [L.sharedX, rows, 1] });
           emit(ry(G.sharedDown));
         }
-        continue;
+      } else {
+        emit({ ...L.gateUp, grid: [L.gateUpX, rows * L.k, 1] });
+        if (L.sharedGateUp) emit({ ...L.sharedGateUp, grid: [L.sharedX, rows, 1] });
+        emit(ry(L.down));
+        if (L.sharedDown) emit(ry(L.sharedDown));
       }
-      emit({ ...L.gateUp, grid: [L.gateUpX, rows * L.k, 1] });
-      if (L.sharedGateUp) emit({ ...L.sharedGateUp, grid: [L.sharedX, rows, 1] });
-      emit(ry(L.down));
-      if (L.sharedDown) emit(ry(L.sharedDown));
+      mark?.(i, "after_ffn");
+      if (this.#lfd?.layer === i) emit(this.#fuse.copy);
     }
   }
 
@@ -923,12 +1062,43 @@ export class GpuDecoder implements TokenSource {
     const off = this.#ring.set(s++, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
     const pass = enc.beginComputePass({ label: "prefill-sample" });
     encodeDispatch(pass, this.#ring, this.#lmHeadLast, off);
+    this.#encodeFusedHead(pass, off);
     encodeDispatch(pass, this.#ring, this.#sample, off);
     pass.end();
     return s;
   }
 
   /** Encodes decode steps [from, to): each reads the token of the previous step and samples its own. */
+  /** With layer fused decoding on: logits row 0 += α · LM head(final norm(the fused layer's last row)). */
+  #encodeFusedHead(pass: GPUComputePassEncoder, off: number): void {
+    if (!this.#lfd) return;
+    encodeDispatch(pass, this.#ring, this.#fuse.norm, off);
+    encodeDispatch(pass, this.#ring, this.#lfd.head, off);
+  }
+
+  /** The fused-logits mat-vec for α (made once per α). */
+  async #fuseHead(alpha: number): Promise<Dispatch> {
+    const have = this.#fuseHeads.get(alpha);
+    if (have) return have;
+    const c = this.config;
+    const prog = await gemvProgram(this.#device, this.#ring, {
+      label: "lm-fuse",
+      dtype: this.dtype,
+      n: c.vocabSize,
+      k: c.hiddenSize,
+      bias: false,
+      mode: "add",
+      alpha: alpha / c.logitsScaling,
+    });
+    const d: Dispatch = {
+      program: prog,
+      group: prog.bind("lm-fuse", [this.#b.xn, this.#fuse.lmW, this.#b.logits]),
+      grid: grid2d(Math.ceil(c.vocabSize / GEMV_OUTS)),
+    };
+    this.#fuseHeads.set(alpha, d);
+    return d;
+  }
+
   #encodeSteps(enc: GPUCommandEncoder, promptLength: number, from: number, to: number, slot: number): number {
     let s = slot;
     const pass = enc.beginComputePass({ label: `decode-${from}-${to}` });
@@ -945,6 +1115,7 @@ export class GpuDecoder implements TokenSource {
       this.#encodeLayers(pass, off, 1, promptLength + step - 1);
       encodeDispatch(pass, this.#ring, this.#finalNorm, off);
       encodeDispatch(pass, this.#ring, this.#lmHead.gemv, off);
+      this.#encodeFusedHead(pass, off);
       encodeDispatch(pass, this.#ring, this.#sample, off);
     }
     pass.end();
@@ -962,7 +1133,9 @@ export class GpuDecoder implements TokenSource {
         `Cannot generate ${options.maxTokens} tokens after ${ids.length}: the context holds ${this.contextLength}`,
       );
     }
+    const head = options.lfd ? await this.#fuseHead(options.lfd.alpha) : undefined;
     const release = await this.#acquire();
+    this.#lfd = options.lfd ? { layer: options.lfd.layer, head: head! } : undefined;
     const device = this.#device;
     const total = options.maxTokens;
     const inFlight: { from: number; to: number; staging: GPUBuffer; mapped: Promise<void> }[] = [];
@@ -1006,6 +1179,140 @@ export class GpuDecoder implements TokenSource {
         await f.mapped.catch(() => {});
         f.staging.unmap();
       }
+      this.#lfd = undefined;
+      release();
+    }
+  }
+
+  /**
+   * One prefill of `ids` with what the retrieval gate and layer fused decoding read (see engine/inspect.ts for
+   * the CPU reference): the last position's logits, the router statistics of every MoE layer (from its router
+   * logits, copied out between passes), and with `iksPositions` the internal knowledge score of the candidate
+   * layers (their residual streams before and after the feed-forward block are copied out, then run through the
+   * final norm and the LM head on the GPU; the divergences are computed here).
+   */
+  async inspect(ids: readonly number[], options?: InspectOptions): Promise<PromptInspection> {
+    this.#check();
+    const c = this.config,
+      H = c.hiddenSize,
+      V = c.vocabSize,
+      L = c.numLayers,
+      T = ids.length,
+      E = c.numExperts;
+    if (T === 0) throw new RangeError("Cannot inspect an empty prompt");
+    if (T > this.contextLength) {
+      throw new RangeError(
+        `Cannot inspect the prompt: ${T} tokens exceed the context of ${this.contextLength}`,
+      );
+    }
+    const P = iksPositionsOf(options, T);
+    const candidates = P > 0 ? fusionCandidates(L) : [];
+    const slotOf = new Map(candidates.map((l, i) => [l, i]));
+    const ne = E + (c.sharedExpertIntermediateSize > 0 ? 1 : 0);
+    const release = await this.#acquire();
+    const device = this.#device, ring = this.#ring, b = this.#b;
+    const temp: GPUBuffer[] = [];
+    const scratch = (label: string, bytes: number) => {
+      const buf = device.createBuffer({
+        label,
+        size: Math.max(16, Math.ceil(bytes / 4) * 4),
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+      });
+      temp.push(buf);
+      return buf;
+    };
+    try {
+      // router [L, T, ne] f32; snapshots [candidates, 2 (before, after), P, H] f32.
+      const router = scratch("inspect-router", L * T * ne * 4);
+      const snap = scratch("inspect-residuals", candidates.length * 2 * P * H * 4);
+      device.queue.writeBuffer(b.promptIds, 0, new Uint32Array(ids));
+      const enc = device.createCommandEncoder({ label: "inspect" });
+      let s = 0;
+      for (let p0 = 0; p0 < T; p0 += this.#R) {
+        const rows = Math.min(this.#R, T - p0);
+        enc.copyBufferToBuffer(b.promptIds, p0 * 4, b.inputIds, 0, rows * 4);
+        const off = ring.set(s++, { pos: p0, rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+        let pass = enc.beginComputePass({ label: `inspect-${p0}` });
+        encodeDispatch(pass, ring, { ...this.#embed, grid: [rows, 1, 1] }, off);
+        const copy = (src: GPUBuffer, from: number, dst: GPUBuffer, to: number, bytes: number) => {
+          pass.end();
+          enc.copyBufferToBuffer(src, from, dst, to, bytes);
+          pass = enc.beginComputePass({ label: `inspect-${p0}` });
+        };
+        this.#forEachLayerDispatch(rows, p0, (d) => encodeDispatch(pass, ring, d, off), (l, point) => {
+          if (point === "router") {
+            copy(b.routerLogits, 0, router, (l * T + p0) * ne * 4, rows * ne * 4);
+            return;
+          }
+          const slot = slotOf.get(l);
+          const first = Math.max(p0, T - P), end = p0 + rows;
+          if (slot === undefined || first >= end) return;
+          const k = 2 * slot + (point === "after_ffn" ? 1 : 0);
+          copy(b.x, (first - p0) * H * 4, snap, (k * P + first - (T - P)) * H * 4, (end - first) * H * 4);
+        });
+        encodeDispatch(pass, ring, { ...this.#finalNorm, grid: [rows, 1, 1] }, off);
+        pass.end();
+        if (p0 + rows === T) enc.copyBufferToBuffer(b.xn, (rows - 1) * H * 4, b.xlast, 0, H * 4);
+      }
+      const off = ring.set(s++, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+      const pass = enc.beginComputePass({ label: "inspect-head" });
+      encodeDispatch(pass, ring, this.#lmHeadLast, off);
+      pass.end();
+      ring.flush(device);
+      device.queue.submit([enc.finish()]);
+      const lastLogits = new Float32Array(await readBuffer(device, b.logits, 0, V * 4));
+      const routerLogits = new Float32Array(await readBuffer(device, router, 0, Math.max(1, L * T * ne) * 4));
+      const routerEntropy = new Float32Array(L).fill(NaN), routerMargin = new Float32Array(L).fill(NaN);
+      for (let l = 0; l < L; l++) {
+        if (!c.layers[l].moe) continue;
+        let h = 0, m = 0;
+        for (let t = 0; t < T; t++) {
+          const st = routerRowStats(routerLogits.subarray((l * T + t) * ne, (l * T + t) * ne + E));
+          h += st.entropy;
+          m += st.margin;
+        }
+        routerEntropy[l] = h / T;
+        routerMargin[l] = m / T;
+      }
+      const out: PromptInspection = { lastLogits, routerEntropy, routerMargin };
+      if (P > 0) {
+        // Logits of every snapshot row: copy rows into x, final norm, LM head, read back; in chunks.
+        const n = candidates.length * 2 * P;
+        const logits = new Float32Array(n * V);
+        const chunk = Math.min(this.#R, this.#logitRows);
+        for (let r0 = 0; r0 < n; r0 += chunk) {
+          const rows = Math.min(chunk, n - r0);
+          const e2 = device.createCommandEncoder({ label: "inspect-iks" });
+          e2.copyBufferToBuffer(snap, r0 * H * 4, b.x, 0, rows * H * 4);
+          const o2 = ring.set(0, { pos: 0, rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+          ring.flush(device);
+          const p2 = e2.beginComputePass({ label: "inspect-iks" });
+          encodeDispatch(p2, ring, { ...this.#finalNorm, grid: [rows, 1, 1] }, o2);
+          const lm = rows > 1 && this.#useGemm
+            ? {
+              ...this.#lmHead.gemm,
+              grid: [Math.ceil(V / 64), Math.ceil(rows / 64), 1] as [number, number, number],
+            }
+            : this.#lmHead.gemv;
+          encodeDispatch(p2, ring, lm, o2);
+          p2.end();
+          device.queue.submit([e2.finish()]);
+          logits.set(new Float32Array(await readBuffer(device, b.logits, 0, rows * V * 4)), r0 * V);
+        }
+        const iks = new Float64Array(L).fill(NaN);
+        candidates.forEach((l, i) => {
+          let sum = 0;
+          for (let p = 0; p < P; p++) {
+            const a = ((2 * i) * P + p) * V, z = ((2 * i + 1) * P + p) * V;
+            sum += jensenShannon(logits.subarray(a, a + V), logits.subarray(z, z + V));
+          }
+          iks[l] = sum / P;
+        });
+        out.iks = iks;
+      }
+      return out;
+    } finally {
+      for (const t of temp) t.destroy();
       release();
     }
   }

@@ -13,3 +13,7 @@ export * from "./model.ts";
 export * from "./safetensors.ts";
 export * from "./tokenizer.ts";
 export * from "./types.ts";
+export * from "./inspect.ts";
+export * from "./lfd.ts";
+export * from "./kv/mod.ts";
+export * from "./quant/mod.ts";

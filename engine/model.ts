@@ -14,8 +14,28 @@ import { ModelDisposedError } from "./errors.ts";
 import { checkTokenIds, resolveGenerateOptions, runGeneration, type TokenSource } from "./generation.ts";
 import { GpuDecoder } from "./gpu_decoder.ts";
 import { type HubOptions, resolveModelSource } from "./hub.ts";
+import { kvBytesPerToken, plainBytesPerToken } from "./kv/accounting.ts";
+import {
+  describeKvCache,
+  isCompressed,
+  type KvCacheOptions,
+  type ResolvedKvCache,
+  resolveKvCache,
+  sameKvCache,
+} from "./kv/kv_options.ts";
 import { loadTokenizer } from "./tokenizer.ts";
-import type { Backend, DType, GenerateOptions, GenerationStats, Model, ModelTokenizer } from "./types.ts";
+import { inspectCpu } from "./inspect.ts";
+import { chooseFusionLayer, resolveLfdOptions } from "./lfd.ts";
+import type {
+  Backend,
+  DType,
+  GenerateOptions,
+  GenerationStats,
+  InspectOptions,
+  Model,
+  ModelTokenizer,
+  PromptInspection,
+} from "./types.ts";
 
 /** Options of {@linkcode loadModel}. */
 export interface LoadModelOptions {
@@ -29,6 +49,12 @@ export interface LoadModelOptions {
   prefillRows?: number;
   /** Use the tiled GEMM for prefill on WebGPU (default: on hardware adapters). */
   gemm?: boolean;
+  /**
+   * The KV cache: `{ mode: "f16" | "f32" }` plain (default: the model's dtype; f16 on the CPU rounds stored
+   * keys and values), or `quant`, `gear-l`, `gear` with `bits`, `group`, `rank`, `prefillRank`, `loops`,
+   * `outliers`, `buffer`, `seed` (see engine/kv/kv_options.ts and docs/kv_cache.md).
+   */
+  kvCache?: KvCacheOptions;
   /** Where and how to download a repo id (cache directory, revision, token, progress). */
   hub?: HubOptions;
   /** Receives warnings (default: console.warn). */
@@ -47,7 +73,10 @@ class LoadedModel implements Model {
     | (TokenSource & { logits(ids: readonly number[]): Float32Array | Promise<Float32Array> })
     | undefined;
   #gpu: GpuDecoder | undefined;
+  readonly #cpu: CpuDecoder | undefined;
   readonly #contextLength: number;
+  readonly #kv: ResolvedKvCache;
+  readonly #prefillRows: number;
   #disposed = false;
 
   constructor(
@@ -57,6 +86,7 @@ class LoadedModel implements Model {
     dtype: DType,
     decoder: TokenSource & { logits(ids: readonly number[]): Float32Array | Promise<Float32Array> },
     contextLength: number,
+    kv: { cache: ResolvedKvCache; prefillRows: number },
     gpu?: GpuDecoder,
   ) {
     this.config = config;
@@ -65,7 +95,38 @@ class LoadedModel implements Model {
     this.dtype = dtype;
     this.#decoder = decoder;
     this.#gpu = gpu;
+    this.#cpu = decoder instanceof CpuDecoder ? decoder : undefined;
     this.#contextLength = contextLength;
+    this.#kv = kv.cache;
+    this.#prefillRows = kv.prefillRows;
+  }
+
+  /** The KV cache a request runs with: the model's, or the request's when this backend can serve it. */
+  #requestKv(options: GenerateOptions | undefined): ResolvedKvCache {
+    if (options?.kvCache === undefined) return this.#kv;
+    const plain = this.backend === "webgpu" ? this.dtype : "f32";
+    const kv = resolveKvCache(options.kvCache, plain);
+    if (this.backend === "webgpu" && !sameKvCache(kv, this.#kv)) {
+      throw new RangeError(
+        `Cannot generate with kvCache ${describeKvCache(kv)}: this model runs on webgpu with ${
+          describeKvCache(this.#kv)
+        }, whose buffers and kernels were made at load (load it with that kvCache instead)`,
+      );
+    }
+    return kv;
+  }
+
+  /** Stats with the KV bytes per token of a sequence of `promptTokens + completionTokens` tokens. */
+  #withKvBytes(stats: GenerationStats, kv: ResolvedKvCache): GenerationStats {
+    const total = stats.promptTokens + stats.completionTokens;
+    const fp = this.backend === "webgpu" ? this.dtype : "f32";
+    return {
+      ...stats,
+      kvBytesPerToken: isCompressed(kv.mode)
+        ? kvBytesPerToken(this.config, kv, stats.promptTokens, total, this.#prefillRows, fp)
+        : plainBytesPerToken(this.config, kv.mode === "f16" ? "f16" : "f32"),
+      kvBytesPerTokenF16: plainBytesPerToken(this.config, "f16"),
+    };
   }
 
   #live() {
@@ -94,7 +155,44 @@ class LoadedModel implements Model {
     const d = this.#live();
     checkTokenIds(ids, this.config.vocabSize);
     const resolved = resolveGenerateOptions(options, ids.length, this.#contextLength, this.tokenizer);
-    return runGeneration(d, this.tokenizer, ids, resolved, (stats) => this.lastStats = stats);
+    const kv = this.#requestKv(options);
+    const cpu = this.#cpu;
+    let source: TokenSource = cpu && kv !== this.#kv ? { produce: (i, o) => cpu.produceWith(i, o, kv) } : d;
+    const lfd = resolveLfdOptions(options?.lfd, this.config.numLayers);
+    let lfdLayer: number | undefined;
+    if (typeof lfd.layer === "number") {
+      lfdLayer = lfd.layer;
+      resolved.lfd = { layer: lfd.layer, alpha: lfd.alpha };
+    } else if (lfd.layer === "auto") {
+      // The layer with the lowest internal knowledge score of this prompt, chosen once per request.
+      const inner = source;
+      const inspect = (i: readonly number[]) => this.inspect(i, { iksPositions: lfd.positions });
+      const L = this.config.numLayers;
+      source = {
+        async *produce(i, o) {
+          lfdLayer = chooseFusionLayer((await inspect(i)).iks!, L);
+          yield* inner.produce(
+            i,
+            lfdLayer === undefined ? o : { ...o, lfd: { layer: lfdLayer, alpha: lfd.alpha } },
+          );
+        },
+      };
+    }
+    return runGeneration(source, this.tokenizer, ids, resolved, (stats) => {
+      this.lastStats = { ...this.#withKvBytes(stats, kv), ...(lfdLayer !== undefined ? { lfdLayer } : {}) };
+    });
+  }
+
+  async inspect(ids: readonly number[], options?: InspectOptions): Promise<PromptInspection> {
+    this.#live();
+    checkTokenIds(ids, this.config.vocabSize);
+    if (ids.length > this.#contextLength) {
+      throw new RangeError(
+        `Cannot inspect the prompt: ${ids.length} tokens exceed the context of ${this.#contextLength}`,
+      );
+    }
+    if (this.#cpu) return inspectCpu(this.#cpu, ids, options);
+    return await this.#gpu!.inspect(ids, options);
   }
 
   dispose(): Promise<void> {
@@ -153,6 +251,7 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
       );
     }
     const tokenizer = await loadTokenizer(dir, { eosTokenIds: await eosIds(dir, config) });
+    const prefillRows = Math.max(1, Math.min(options.prefillRows ?? 256, contextLength));
     let backend: Backend = wanted === "auto" ? "webgpu" : wanted;
     if (wanted === "auto" && !(await hasWebGpuAdapter())) {
       warn("edgemix: no WebGPU adapter was found; running the model on the CPU (slow)");
@@ -164,18 +263,38 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
           "Cannot load the model: the cpu backend computes in f32 only (dtype f16 needs webgpu)",
         );
       }
-      const decoder = new CpuDecoder(config, await loadCpuWeights(ckpt), contextLength);
-      return new LoadedModel(config, tokenizer, "cpu", "f32", decoder, contextLength);
+      const cache = resolveKvCache(options.kvCache, "f32");
+      const decoder = new CpuDecoder(config, await loadCpuWeights(ckpt), contextLength, {
+        kvCache: cache,
+        prefillRows,
+      });
+      return new LoadedModel(config, tokenizer, "cpu", "f32", decoder, contextLength, { cache, prefillRows });
     }
     const ctx = await acquireGpu();
     const dtype = options.dtype ?? (ctx.isFallback ? "f32" : "f16");
+    const cache = resolveKvCache(options.kvCache, dtype);
+    if (!isCompressed(cache.mode) && cache.mode !== dtype) {
+      throw new RangeError(
+        `Cannot load the model: the plain KV cache on webgpu has the model's dtype (${dtype}), got kvCache mode ${cache.mode}`,
+      );
+    }
     const gpu = await GpuDecoder.create(ctx, ckpt, {
       dtype,
       contextLength,
       prefillRows: options.prefillRows,
       gemm: options.gemm,
+      kvCache: isCompressed(cache.mode) ? cache : undefined,
     });
-    return new LoadedModel(config, tokenizer, "webgpu", dtype, gpu, contextLength, gpu);
+    return new LoadedModel(
+      config,
+      tokenizer,
+      "webgpu",
+      dtype,
+      gpu,
+      contextLength,
+      { cache, prefillRows },
+      gpu,
+    );
   } finally {
     ckpt.close();
   }

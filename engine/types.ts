@@ -5,6 +5,8 @@
  */
 
 import type { ModelConfig } from "./config.ts";
+import type { LfdOptions } from "./lfd.ts";
+import type { KvCacheOptions } from "./kv/kv_options.ts";
 
 /** Where the model runs: WebGPU compute shaders, or the TypeScript reference implementation. */
 export type Backend = "webgpu" | "cpu";
@@ -73,6 +75,38 @@ export interface GenerateOptions {
   tokensPerSubmit?: number;
   /** Cancels generation; the tokens produced so far are kept. */
   signal?: AbortSignal;
+  /**
+   * The KV cache of this request (default: the model's, from `loadModel`). On the CPU any mode; on WebGPU only
+   * the configuration the model was loaded with (its buffers and kernels are made at load).
+   */
+  kvCache?: KvCacheOptions;
+  /**
+   * Layer fused decoding (engine/lfd.ts): add α × the logits read from an intermediate layer's residual stream
+   * to the final logits at every step; "auto" picks the layer with the lowest internal knowledge score of the
+   * prompt. Default off.
+   */
+  lfd?: LfdOptions;
+}
+
+/** Options of {@linkcode Model.inspect}. */
+export interface InspectOptions {
+  /** Also score the candidate layers of fused decoding over this many last positions (default 0: no). */
+  iksPositions?: number;
+}
+
+/** What one prefill of a prompt shows: used by the retrieval gate and by layer fused decoding. */
+export interface PromptInspection {
+  /** Next-token logits of the last position [V], float32. */
+  lastLogits: Float32Array;
+  /** Per layer [numLayers]: entropy (nats) of the router's softmax, mean over positions; NaN for dense layers. */
+  routerEntropy: Float32Array;
+  /** Per layer [numLayers]: top-1 minus top-2 router probability, mean over positions; NaN for dense layers. */
+  routerMargin: Float32Array;
+  /**
+   * With `iksPositions`: per layer [numLayers], the internal knowledge score (mean JSD between the next-token
+   * distributions read before and after the layer's feed-forward block); NaN outside the candidate layers.
+   */
+  iks?: Float64Array;
 }
 
 /** Why generation ended. */
@@ -90,6 +124,15 @@ export interface GenerationStats {
   timeToFirstTokenMs: number;
   /** Milliseconds of the whole call. */
   totalMs: number;
+  /**
+   * Bytes of KV cache per token held for the prompt and the new tokens (all layers, K and V; scales, mins,
+   * low-rank factors, outliers and the full-precision buffer included). Set by models from `loadModel`.
+   */
+  kvBytesPerToken?: number;
+  /** Bytes per token of a plain f16 cache of the same model, for comparison. */
+  kvBytesPerTokenF16?: number;
+  /** The layer fused into the logits by layer fused decoding, when it was on. */
+  lfdLayer?: number;
 }
 
 /** A loaded Mixture-of-Experts language model. */
@@ -110,6 +153,8 @@ export interface Model {
   generate(ids: readonly number[], options?: GenerateOptions): Promise<number[]>;
   /** The new token ids that follow `ids`, as they are produced. */
   stream(ids: readonly number[], options?: GenerateOptions): AsyncIterable<number>;
+  /** One prefill of `ids` with the statistics the retrieval gate and layer fused decoding use. */
+  inspect(ids: readonly number[], options?: InspectOptions): Promise<PromptInspection>;
   /** Frees GPU buffers; the model cannot be used afterwards. */
   dispose(): Promise<void>;
 }

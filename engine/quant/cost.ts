@@ -56,6 +56,37 @@ function randomMatrix(rows: number, cols: number, scheme: string): QuantMatrix {
   return quantizeRtn(w, rows, cols, sc.bits, sc.group);
 }
 
+/**
+ * A cost table without an adapter: milliseconds proportional to the bytes of the weights read, growing slowly
+ * with the token count (what a memory-bound kernel costs).
+ */
+export function bytesModelCosts(shapes: { rows: number; cols: number; schemes: string[] }[]): CostTable {
+  const entries: Record<string, number> = {};
+  for (const { rows, cols, schemes } of shapes) {
+    for (const scheme of schemes) {
+      const bytes = storedBitsPerWeight(parseScheme(scheme), cols) * rows * cols / 8;
+      for (const m of COST_TOKENS) entries[costKey(scheme, rows, cols, m)] = bytes * 1e-6 * (1 + m / 64);
+    }
+  }
+  return { source: "bytes-model", adapter: "none", entries };
+}
+
+/** Whether `table` has an entry for every scheme, shape and token count of `shapes`. */
+export function costTableCovers(
+  table: CostTable,
+  shapes: { rows: number; cols: number; schemes: string[] }[],
+): boolean {
+  return shapes.every(({ rows, cols, schemes }) =>
+    schemes.every((s) => COST_TOKENS.every((m) => Number.isFinite(table.entries[costKey(s, rows, cols, m)])))
+  );
+}
+
+/** The description of the adapter costs would be measured on now ("none" without one). */
+export async function costAdapter(): Promise<string> {
+  if (!(await hasWebGpuAdapter())) return "none";
+  return (await acquireGpu()).adapterName;
+}
+
 /** Measures (or models, without an adapter) the cost of each shape's schemes for COST_TOKENS. */
 export async function measureCosts(
   shapes: { rows: number; cols: number; schemes: string[] }[],
@@ -63,17 +94,7 @@ export async function measureCosts(
 ): Promise<CostTable> {
   const entries: Record<string, number> = {};
   const total = shapes.reduce((a, s) => a + s.schemes.length, 0);
-  if (!(await hasWebGpuAdapter())) {
-    let done = 0;
-    for (const { rows, cols, schemes } of shapes) {
-      for (const scheme of schemes) {
-        const bytes = storedBitsPerWeight(parseScheme(scheme), cols) * rows * cols / 8;
-        for (const m of COST_TOKENS) entries[costKey(scheme, rows, cols, m)] = bytes * 1e-6 * (1 + m / 64);
-        onProgress?.(++done, total);
-      }
-    }
-    return { source: "bytes-model", adapter: "none", entries };
-  }
+  if (!(await hasWebGpuAdapter())) return bytesModelCosts(shapes);
   const ctx = await acquireGpu();
   const device = ctx.device;
   const ring = new StepRing(device, COST_TOKENS.length);

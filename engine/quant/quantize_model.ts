@@ -10,18 +10,34 @@
  * @module
  */
 
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { Checkpoint } from "../checkpoint.ts";
+import type { ModelConfig } from "../config.ts";
+import { loadModel } from "../model.ts";
 import { CpuDecoder, loadCpuWeights } from "../cpu_decoder.ts";
 import { encodeSafetensors, type TensorData } from "../safetensors.ts";
 import { loadTokenizer } from "../tokenizer.ts";
 import { planWeights, type WeightSpec } from "../weights.ts";
 import { allocateLayer, type Block } from "./allocate.ts";
 import { calibrate, type ExpertCalibration, expertHidden } from "./calibrate.ts";
-import { type CostTable, lookupCost, measureCosts } from "./cost.ts";
+import { costAdapter, type CostTable, costTableCovers, lookupCost, measureCosts } from "./cost.ts";
 import { dequantize, type PackedMatrix } from "./pack.ts";
 import { quantizeGptq, quantizeRtn } from "./quantize.ts";
+import { compareModels } from "./quality.ts";
 import { parseScheme, type QuantScheme, schemeName, storedBitsPerWeight } from "./scheme.ts";
+
+/** The cost table at `path`, or undefined when there is none or it is not one. */
+async function readCostTable(path: string): Promise<CostTable | undefined> {
+  try {
+    const t = JSON.parse(await Deno.readTextFile(path));
+    if (t && typeof t.adapter === "string" && t.entries && typeof t.entries === "object") {
+      return t as CostTable;
+    }
+  } catch {
+    // Missing or unreadable: measure anew.
+  }
+  return undefined;
+}
 
 /** Options of {@linkcode quantizeModel}. */
 export interface QuantizeModelOptions {
@@ -47,6 +63,11 @@ export interface QuantizeModelOptions {
   batch?: number;
   /** A cost table to reuse (else measured, and written beside the output as cost_table.json). */
   costTable?: CostTable;
+  /**
+   * MxMoE only: also quantize with the best uniform scheme that fits the budget, compare both with the unquantized
+   * model on the calibration text (mean KL of next-token distributions) and keep the better one (default true).
+   */
+  uniformCheck?: boolean;
   /** Progress messages. */
   onProgress?: (message: string) => void;
 }
@@ -59,6 +80,8 @@ export interface QuantizationReport {
   layers: { layer: number; experts: [string, string][]; shared?: [string, string]; solver: string }[];
   /** Calibration tokens. */
   calibrationTokens: number;
+  /** MxMoE: the comparison with uniform at the same budget, and which was kept. */
+  uniformCheck?: { uniform: string; mxmoeKl: number; uniformKl: number; kept: "mxmoe" | "uniform" };
 }
 
 const DEFAULT_CANDIDATES = ["f16", "w8g128", "w4g128", "w3g128", "w2g128", "w4g64", "w3g64", "w2g64"];
@@ -130,15 +153,8 @@ function expertDelta(
   return Math.sqrt(sum);
 }
 
-/**
- * Quantizes the checkpoint `source` (a directory) into `out`.
- *
- * @example
- * ```ts
- * await quantizeModel("fixtures/models/olmoe", "/tmp/olmoe-w4", { uniform: "w4g64", method: "rtn" });
- * ```
- */
-export async function quantizeModel(
+/** One quantization of `source` into `out` with the options as given (no uniform check). */
+async function quantizeOnce(
   source: string,
   out: string,
   options: QuantizeModelOptions,
@@ -195,8 +211,21 @@ export async function quantizeModel(
         const schemes = [...new Set(candidates.map((s) => schemeName(effectiveScheme(s, cols))))];
         shapes.set(`${rows}x${cols}`, { rows, cols, schemes });
       }
-      say("measuring kernel costs on the local adapter");
-      cost = await measureCosts([...shapes.values()]);
+      const wanted = [...shapes.values()];
+      const adapter = await costAdapter();
+      const cached = await readCostTable(join(source, "cost_table.json"));
+      if (cached && cached.adapter === adapter && costTableCovers(cached, wanted)) {
+        say(`reusing the kernel cost table cached beside the model (${adapter})`);
+        cost = cached;
+      } else {
+        say(`measuring kernel costs on ${adapter === "none" ? "no adapter (bytes model)" : adapter}`);
+        cost = await measureCosts(wanted, (d, n) => say(`cost table ${d}/${n}`));
+        try {
+          await Deno.writeTextFile(join(source, "cost_table.json"), JSON.stringify(cost, null, 1));
+        } catch {
+          // The source may be read-only (a hub cache); the table is also written beside the output.
+        }
+      }
     }
     for (let l = 0; l < c.numLayers; l++) {
       const spec = c.layers[l];
@@ -492,11 +521,111 @@ export async function quantizeModel(
       cost_table: cost ? { source: cost.source, adapter: cost.adapter } : undefined,
     };
     await Deno.writeTextFile(join(out, "quantization.json"), JSON.stringify(quantization, null, 1));
-    if (cost && !options.costTable) {
+    if (cost) {
       await Deno.writeTextFile(join(out, "cost_table.json"), JSON.stringify(cost, null, 1));
     }
     return report;
   } finally {
     ckpt.close();
   }
+}
+
+/**
+ * Quantizes the checkpoint `source` (a directory) into `out`.
+ *
+ * @example
+ * ```ts
+ * await quantizeModel("fixtures/models/olmoe", "/tmp/olmoe-w4", { uniform: "w4g64", method: "rtn" });
+ * ```
+ */
+export async function quantizeModel(
+  source: string,
+  out: string,
+  options: QuantizeModelOptions,
+): Promise<QuantizationReport> {
+  const report = await quantizeOnce(source, out, options);
+  if (options.bits === undefined || options.uniformCheck === false) return report;
+  const say = options.onProgress ?? (() => {});
+  const ckpt = await Checkpoint.open(source);
+  let config;
+  try {
+    config = ckpt.config;
+  } finally {
+    ckpt.close();
+  }
+  const candidates = (options.candidates ?? DEFAULT_CANDIDATES).map(parseScheme);
+  const uniform = bestUniformWithin(config, candidates, options.bits);
+  if (!uniform) return report;
+  // The uniform quantization at the same budget, compared on the calibration text end to end.
+  const alt = await Deno.makeTempDir({ dir: dirname(resolve(out)), prefix: ".edgemix-uniform-check-" });
+  try {
+    say(`checking against uniform ${uniform} at the same budget`);
+    const altReport = await quantizeOnce(source, alt, {
+      ...options,
+      bits: undefined,
+      uniform,
+      costTable: undefined,
+    });
+    const ref = await loadModel(source, { backend: "cpu" });
+    const ids = ref.tokenizer.encode(options.calibText!, { addSpecialTokens: false })
+      .slice(0, options.calibTokens ?? 4096);
+    const window = Math.min(config.maxPositionEmbeddings, 512);
+    const kl = async (dir: string) => {
+      const m = await loadModel(dir, { backend: "cpu" });
+      try {
+        return (await compareModels(ref, m, ids, window)).meanKl;
+      } finally {
+        await m.dispose();
+      }
+    };
+    const mxmoeKl = await kl(out), uniformKl = await kl(alt);
+    await ref.dispose();
+    const keepUniform = uniformKl < mxmoeKl;
+    const check = { uniform, mxmoeKl, uniformKl, kept: keepUniform ? "uniform" as const : "mxmoe" as const };
+    say(`calibration KL: MxMoE ${mxmoeKl.toExponential(3)}, uniform ${uniformKl.toExponential(3)}`);
+    const qPath = join(out, "quantization.json");
+    if (keepUniform) {
+      for (const f of ["model.safetensors", "quantization.json"]) {
+        await Deno.rename(join(alt, f), join(out, f));
+      }
+    }
+    const q = JSON.parse(await Deno.readTextFile(qPath));
+    q.mode = `mxmoe ${options.bits}`;
+    q.uniform_check = {
+      uniform,
+      mxmoe_kl: mxmoeKl,
+      uniform_kl: uniformKl,
+      kept: check.kept,
+    };
+    await Deno.writeTextFile(qPath, JSON.stringify(q, null, 1));
+    return { ...(keepUniform ? altReport : report), uniformCheck: check };
+  } finally {
+    await Deno.remove(alt, { recursive: true }).catch(() => {});
+  }
+}
+
+/**
+ * The uniform expert scheme among `candidates` with the most average bits within `budget` on `config`'s expert
+ * shapes (as stored: effective groups, scales and minimums), or undefined when none fits.
+ */
+export function bestUniformWithin(
+  config: ModelConfig,
+  candidates: QuantScheme[],
+  budget: number,
+): string | undefined {
+  const H = config.hiddenSize, I = config.expertIntermediateSize, S = config.sharedExpertIntermediateSize;
+  let best: { name: string; bits: number } | undefined;
+  for (const s of candidates) {
+    let bits = 0, weights = 0;
+    for (const width of S > 0 ? [I, S] : [I]) {
+      const n = width === I ? config.numExperts : 1;
+      bits += n * width * H *
+        (2 * storedBitsPerWeight(effectiveScheme(s, H), H) +
+          storedBitsPerWeight(effectiveScheme(s, width), width));
+      weights += n * 3 * width * H;
+    }
+    const avg = bits / weights;
+    if (avg <= budget + 1e-9 && (!best || avg > best.bits)) best = { name: schemeName(s), bits: avg };
+  }
+  return best?.name;
 }

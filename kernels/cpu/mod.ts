@@ -11,3 +11,4 @@ export * from "./rms_norm.ts";
 export * from "./rope.ts";
 export * from "./router.ts";
 export * from "./sampling.ts";
+export * from "./gear.ts";

@@ -1,0 +1,78 @@
+/**
+ * Quality of expert quantization on checkpoints: mean KL divergence of next-token distributions against the
+ * unquantized model, perplexity and top-1 agreement on held-out text, for uniform RTN / GPTQ and MxMoE at
+ * average-bit budgets (the nominal 4.25 / 3.25 / 2.25, and each uniform scheme's achieved bits, so that MxMoE and
+ * uniform are compared at the same budget). Runs on the CPU backend; prints a Markdown table.
+ *
+ * ```sh
+ * deno run -A bench/quant_quality.ts fixtures/models/olmoe fixtures/models/mixtral
+ * deno run -A bench/quant_quality.ts --r 1 fixtures/models/olmoe   # accuracy-only MxMoE objective
+ * ```
+ *
+ * @module
+ */
+
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { loadModel } from "../engine/model.ts";
+import { compareModels } from "../engine/quant/quality.ts";
+import { quantizeModel, type QuantizeModelOptions } from "../engine/quant/quantize_model.ts";
+
+const text = (name: string) =>
+  Deno.readTextFile(fileURLToPath(new URL(`../fixtures/text/${name}`, import.meta.url)));
+
+const { values, positionals } = parseArgs({
+  args: Deno.args,
+  allowPositionals: true,
+  options: { r: { type: "string" }, window: { type: "string" } },
+});
+const r = values.r === undefined ? undefined : Number(values.r);
+const calibText = await text("calibration.txt");
+const heldout = await text("heldout.txt");
+
+console.log(
+  "| model | weights | method | avg bits | mean KL (nats) | perplexity (ref) | top-1 agreement |",
+);
+console.log("| --- | --- | --- | --- | --- | --- | --- |");
+for (const src of positionals) {
+  const name = src.replace(/\/$/, "").split("/").pop()!;
+  const ref = await loadModel(src, { backend: "cpu" });
+  const ids = ref.tokenizer.encode(heldout, { addSpecialTokens: false });
+  const window = Number(values.window ?? Math.min(256, ref.config.maxPositionEmbeddings));
+  const tmp = await Deno.makeTempDir({ prefix: "edgemix-qq-" });
+  const run = async (label: string, method: string, opts: QuantizeModelOptions) => {
+    const out = `${tmp}/${label.replace(/[^a-z0-9.]/gi, "_")}`;
+    let report;
+    try {
+      report = await quantizeModel(src, out, { calibText, r, ...opts });
+    } catch (e) {
+      console.log(`| ${name} | ${label} | ${method} | — | n/a: ${(e as Error).message.slice(0, 80)} | | |`);
+      return undefined;
+    }
+    const q = await loadModel(out, { backend: "cpu" });
+    const m = await compareModels(ref, q, ids, window);
+    await q.dispose();
+    console.log(
+      `| ${name} | ${label} | ${method} | ${report.averageBits.toFixed(3)} | ${
+        m.meanKl.toExponential(2)
+      } | ` +
+        `${m.perplexity.toFixed(2)} (${m.referencePerplexity.toFixed(2)}) | ${
+          (m.top1Agreement * 100).toFixed(1)
+        }% |`,
+    );
+    return report.averageBits;
+  };
+  await run("uniform w4g128", "rtn", { uniform: "w4g128", method: "rtn" });
+  const achieved: number[] = [];
+  for (const s of ["w4g128", "w3g128", "w2g128"]) {
+    const b = await run(`uniform ${s}`, "gptq", { uniform: s, method: "gptq" });
+    if (b !== undefined) achieved.push(b);
+  }
+  for (const b of [4.25, 3.25, 2.25]) await run(`MxMoE ${b}`, "gptq", { bits: b, method: "gptq" });
+  for (const b of achieved) {
+    const budget = b + 1e-9;
+    await run(`MxMoE ${b.toFixed(3)} (= uniform)`, "gptq", { bits: budget, method: "gptq" });
+  }
+  await ref.dispose();
+  await Deno.remove(tmp, { recursive: true });
+}

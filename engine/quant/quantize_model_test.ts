@@ -1,0 +1,232 @@
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { SKIP_GPU } from "../../kernels/test_util.ts";
+import { loadModel } from "../model.ts";
+import { bytesModelCosts, type CostTable } from "./cost.ts";
+import { compareModels } from "./quality.ts";
+import { effectiveScheme, quantizeModel } from "./quantize_model.ts";
+import { parseScheme, storedBitsPerWeight } from "./scheme.ts";
+
+const fixture = (name: string) => fileURLToPath(new URL(`../../fixtures/models/${name}`, import.meta.url));
+const text = (name: string) =>
+  Deno.readTextFileSync(fileURLToPath(new URL(`../../fixtures/text/${name}`, import.meta.url)));
+const calibText = text("calibration.txt");
+const heldout = text("heldout.txt");
+
+/** A cost table without measuring on a GPU: every candidate scheme of every fixture shape. */
+function costs(): CostTable {
+  const shapes = [];
+  const schemes = ["f16", "w8g128", "w4g128", "w3g128", "w2g128", "w4g64", "w3g64", "w2g64"];
+  for (let rows = 8; rows <= 256; rows += 8) {
+    for (let cols = 8; cols <= 256; cols += 8) {
+      const eff = [...new Set(schemes.map((s) => effectiveScheme(parseScheme(s), cols)))]
+        .map((s) => (s.kind === "f16" ? "f16" : `w${s.bits}g${s.group}`));
+      shapes.push({ rows, cols, schemes: eff });
+    }
+  }
+  return bytesModelCosts(shapes);
+}
+const COSTS = costs();
+
+interface QuantizationJson {
+  format: string;
+  method: string;
+  average_bits: number;
+  tensors: Record<string, { scheme: string; shape: [number, number] }>;
+  layers: { layer: number; experts: [string, string][]; shared?: [string, string]; solver: string }[];
+  calibration?: { tokens: number; frequency: number[][] };
+}
+
+Deno.test("uniform RTN w4g128 writes a checkpoint that loads, with every expert packed and its bits counted", async () => {
+  const out = await Deno.makeTempDir({ prefix: "edgemix-q-" });
+  try {
+    const src = fixture("granitemoe"); // fused expert tensors (input_linear / output_linear)
+    const report = await quantizeModel(src, out, { uniform: "w4g128", method: "rtn", costTable: COSTS });
+    const q = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as QuantizationJson;
+    assert.equal(q.format, "edgemix-packed-v1");
+    assert.equal(q.method, "rtn");
+    assert.equal(q.average_bits, report.averageBits);
+    const ref = await loadModel(src, { backend: "cpu" });
+    const c = ref.config;
+    // Expected bits: gate/up rows of H values, down rows of I values, each in its effective scheme.
+    const s = parseScheme("w4g128");
+    const H = c.hiddenSize, I = c.expertIntermediateSize;
+    const bits =
+      (2 * storedBitsPerWeight(effectiveScheme(s, H), H) + storedBitsPerWeight(effectiveScheme(s, I), I)) /
+      3;
+    assert.ok(Math.abs(report.averageBits - bits) < 1e-9, `${report.averageBits} vs ${bits}`);
+    assert.equal(q.layers.length, c.numLayers);
+    for (const layer of q.layers) assert.equal(layer.experts.length, c.numExperts);
+    assert.ok(Object.keys(q.tensors).length >= c.numLayers * 3 * c.numExperts);
+    const model = await loadModel(out, { backend: "cpu" });
+    const ids = ref.tokenizer.encode(heldout, { addSpecialTokens: false }).slice(0, 96);
+    const m = await compareModels(ref, model, ids, 96);
+    assert.ok(m.meanKl > 0 && m.meanKl < 0.05, `mean KL ${m.meanKl}`);
+    assert.ok(m.top1Agreement > 0.6, `top-1 agreement ${m.top1Agreement}`);
+    await model.dispose();
+    await ref.dispose();
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("MxMoE 3.25 respects the budget, allocates every block, and loads on the CPU and on WebGPU alike", {
+  ignore: SKIP_GPU,
+}, async () => {
+  const out = await Deno.makeTempDir({ prefix: "edgemix-q-" });
+  try {
+    const src = fixture("qwen2_moe"); // shared expert with a sigmoid gate
+    const report = await quantizeModel(src, out, { bits: 3.25, calibText, costTable: COSTS });
+    assert.ok(report.averageBits <= 3.25 + 1e-9, `average bits ${report.averageBits}`);
+    assert.ok(report.averageBits > 2.5, `average bits ${report.averageBits}`);
+    const q = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as QuantizationJson;
+    assert.ok(q.calibration && q.calibration.tokens > 100);
+    for (const layer of q.layers) {
+      assert.ok(layer.shared, "the shared expert is allocated too");
+      for (const [gu, dn] of layer.experts) {
+        parseScheme(gu);
+        parseScheme(dn);
+      }
+      assert.ok(layer.solver === "highs" || layer.solver === "greedy", layer.solver);
+    }
+    const cpu = await loadModel(out, { backend: "cpu" });
+    q.calibration.frequency.forEach((f, l) => {
+      // Every calibration token is routed to topK experts of an MoE layer (a dense layer is one "expert").
+      const sum = f.reduce((a, b) => a + b, 0);
+      const want = cpu.config.layers[l].moe ? cpu.config.topK : 1;
+      assert.ok(Math.abs(sum - want) < 1e-9, `layer ${l}: frequencies add up to ${sum}`);
+    });
+    const gpu = await loadModel(out, { backend: "webgpu", dtype: "f32" });
+    const ids = cpu.tokenizer.encode("The lighthouse keeper kept a logbook for forty years.");
+    const a = await cpu.logits(ids), b = await gpu.logits(ids);
+    let num = 0, den = 0;
+    for (let i = 0; i < a.length; i++) {
+      num += (a[i] - b[i]) ** 2;
+      den += a[i] ** 2;
+    }
+    assert.ok(Math.sqrt(num / den) < 1e-4, `relative logit error ${Math.sqrt(num / den)}`);
+    const o = { maxTokens: 12, ignoreEos: true };
+    assert.deepEqual(await gpu.generate(ids, o), await cpu.generate(ids, o));
+    // Prefill through the dequantizing GEMM for the packed attention projections too.
+    const gemm = await loadModel(out, { backend: "webgpu", dtype: "f32", gemm: true });
+    const c = await gemm.logits(ids);
+    let num2 = 0;
+    for (let i = 0; i < a.length; i++) num2 += (a[i] - c[i]) ** 2;
+    assert.ok(Math.sqrt(num2 / den) < 1e-4, `relative logit error with qgemm ${Math.sqrt(num2 / den)}`);
+    await gemm.dispose();
+    await cpu.dispose();
+    await gpu.dispose();
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("quantizeModel refuses contradictory options, missing calibration and impossible budgets", async () => {
+  const src = fixture("olmoe");
+  const out = await Deno.makeTempDir({ prefix: "edgemix-q-" });
+  try {
+    await assert.rejects(quantizeModel(src, out, { bits: 4, uniform: "w4g128" }), TypeError);
+    await assert.rejects(quantizeModel(src, out, {}), TypeError);
+    await assert.rejects(quantizeModel(src, out, { uniform: "w4g128", method: "gptq" }), /calibration/);
+    await assert.rejects(quantizeModel(src, out, { bits: 0.5, calibText }), RangeError);
+    await assert.rejects(quantizeModel(src, out, { uniform: "w5g128", method: "rtn" }), RangeError);
+    await assert.rejects(
+      quantizeModel(src, out, { bits: 1.5, calibText, costTable: COSTS }),
+      /smallest schemes need/,
+    );
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("deno task quantize: --help, bad flags exit 2, and a run prints the allocation", async () => {
+  const script = fileURLToPath(new URL("../../tools/quantize.ts", import.meta.url));
+  const run = async (...args: string[]) => {
+    const o = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", script, ...args],
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+    return { code: o.code, out: new TextDecoder().decode(o.stdout), err: new TextDecoder().decode(o.stderr) };
+  };
+  const help = await run("--help");
+  assert.equal(help.code, 0);
+  assert.match(help.out, /--bits B/);
+  const bad = await run(
+    "--model",
+    fixture("olmoe"),
+    "--out",
+    "/nonexistent/x",
+    "--bits",
+    "3",
+    "--uniform",
+    "w4",
+  );
+  assert.equal(bad.code, 2);
+  assert.match(bad.err, /exactly one of --bits and --uniform/);
+  const badR = await run("--model", fixture("olmoe"), "--out", "/tmp/x", "--bits", "3", "--r", "2");
+  assert.equal(badR.code, 2);
+  const out = await Deno.makeTempDir({ prefix: "edgemix-q-" });
+  try {
+    const ok = await run(
+      "--model",
+      fixture("mixtral"),
+      "--out",
+      out,
+      "--uniform",
+      "w8g128",
+      "--method",
+      "rtn",
+    );
+    assert.equal(ok.code, 0, ok.err);
+    assert.match(ok.out, /layer 0 \(uniform\)/);
+    assert.match(ok.out, /average bits per expert weight: 8\.\d+/);
+    await Deno.stat(`${out}/model.safetensors`);
+    const missing = await run("--model", "/nonexistent/model", "--out", out, "--uniform", "w4g128");
+    assert.equal(missing.code, 1);
+    assert.match(missing.err, /nonexistent/);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("MxMoE keeps whichever of its allocation and uniform at the same budget is closer on calibration text", async () => {
+  const out = await Deno.makeTempDir({ prefix: "edgemix-q-" });
+  try {
+    const src = fixture("olmoe");
+    const report = await quantizeModel(src, out, { bits: 4.6, calibText, costTable: COSTS, method: "rtn" });
+    const check = report.uniformCheck;
+    assert.ok(check, "a uniform scheme fits 4.6 bits, so the check runs");
+    assert.equal(check.uniform, "w4g128");
+    assert.equal(check.kept, check.uniformKl < check.mxmoeKl ? "uniform" : "mxmoe");
+    const q = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as QuantizationJson & {
+      mode: string;
+      uniform_check: { kept: string; mxmoe_kl: number; uniform_kl: number };
+    };
+    assert.equal(q.mode, "mxmoe 4.6");
+    assert.equal(q.uniform_check.kept, check.kept);
+    const solvers = new Set(q.layers.map((l) => l.solver));
+    assert.deepEqual(
+      [...solvers],
+      check.kept === "uniform" ? ["uniform"] : [...solvers].filter((s) => s !== "uniform"),
+    );
+    assert.ok(report.averageBits <= 4.6 + 1e-9);
+    // No leftovers of the comparison beside the output.
+    const parent = out.replace(/\/[^/]+$/, "");
+    for await (const e of Deno.readDir(parent)) {
+      assert.ok(!e.name.startsWith(".edgemix-uniform-check-"), e.name);
+    }
+    // The check uses the given candidates: here only w2g64 (2.556 bits on these shapes) fits under 2.6.
+    const none = await quantizeModel(src, out, {
+      bits: 2.6,
+      calibText,
+      costTable: COSTS,
+      method: "rtn",
+      candidates: ["w8g128", "w2g64"],
+    });
+    assert.equal(none.uniformCheck?.uniform, "w2g64");
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});

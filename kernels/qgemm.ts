@@ -1,0 +1,254 @@
+/**
+ * Dequantizing GEMMs for prefill over packed weight sets (the layout of `qmatvec.ts`: qw words, qp
+ * scale/minimum pairs, a meta entry per matrix):
+ *
+ * - `qgemm`: a linear layer, `y = α(x·Wᵀ + b)` stored or added, W one packed matrix [N, K];
+ * - `qGroupedGemm`: the MoE expert projections over the token–expert pairs sorted by expert
+ *   (`moe_grouped.ts` builds the tile table on the GPU from the router's ids): every tile belongs to one expert,
+ *   whose scheme (2, 3, 4, 8 bits or plain f16) is read from its meta entry, so experts of different bit-widths
+ *   run in one dispatch and the branch on the scheme is uniform across the workgroup.
+ *
+ * Weight tiles are dequantized into workgroup memory (f32) as they are loaded and shared by all rows of the
+ * tile. Activations and accumulation are f32 in both decoder precisions.
+ *
+ * @module
+ */
+
+import { type Program, Program as P, type StepRing } from "./gpu.ts";
+import { TILE_COLS, TILE_ROWS } from "./moe_grouped.ts";
+import type { QLinearParams } from "./qmatvec.ts";
+import { f32Lit, prelude } from "./wgsl.ts";
+
+/** Inputs per step of the quantized GEMMs. */
+const BK = 16;
+/** Rows × features of a `qgemm` tile. */
+export const QGEMM_BM = 64, QGEMM_BN = 64;
+
+/**
+ * WGSL of `qval(m, n, k)`: element (n, k) of the matrix with meta `m`, dequantized (`K` is the row length).
+ * Levels are asymmetric: `scale · level + minimum`; bits 16 holds f16 pairs.
+ */
+function qvalFn(): string {
+  return `
+fn qval(m: vec4<u32>, n: u32, k: u32) -> f32 {
+  let bits = m.x;
+  if (bits == 16u) {
+    let h = unpack2x16float(qw[m.z + n * (K / 2u) + k / 2u]);
+    return select(h.x, h.y, (k & 1u) == 1u);
+  }
+  let G = m.y;
+  let v = 32u / bits;
+  let wpg = (G + v - 1u) / v;
+  let groups = K / G;
+  let g = k / G;
+  let j = k - g * G;
+  let word = qw[m.z + (n * groups + g) * wpg + j / v];
+  let sm = unpack2x16float(qp[m.w + n * groups + g]);
+  return sm.x * f32(extractBits(word, (j % v) * bits, bits)) + sm.y;
+}`;
+}
+
+/** WGSL loading the weight tile [BN][BK] (rows n0…, inputs k0…) of matrix `m`, 4 values per thread. */
+function qTileLoad(): string {
+  return `{
+      let row = li / 4u; let kc = (li % 4u) * 4u;
+      let n = n0 + row;
+      for (var j = 0u; j < 4u; j++) {
+        var v = 0.0;
+        if (n < N && k0 + kc + j < K) { v = qval(m, n, k0 + kc + j); }
+        ws[row * BK + kc + j] = v;
+      }
+    }`;
+}
+
+const QBIND = `@group(0) @binding(1) var<storage, read> qw: array<u32>;
+@group(0) @binding(2) var<storage, read> qp: array<u32>;
+@group(0) @binding(3) var<storage, read> qmeta: array<vec4<u32>>;`;
+
+/**
+ * WGSL of the quantized linear GEMM. Bindings: 0 x [R, K] f32; 1 qw; 2 qp; 3 meta (entry 0); (4 bias [N]);
+ * y [R, N] f32. Grid: (ceil(N / 64), ceil(rows / 64)); 256 threads, each 4 rows × 4 features.
+ */
+export function qgemmWgsl(p: QLinearParams): string {
+  if (p.k % 2 !== 0) throw new RangeError(`Cannot build qgemm: K = ${p.k} must be even`);
+  const v = p.bias ? "(acc + bias[n])" : "acc";
+  const val = p.alpha === 1 ? v : `${f32Lit(p.alpha)} * ${v}`;
+  return `${prelude()}
+const N: u32 = ${p.n}u;
+const K: u32 = ${p.k}u;
+const BM: u32 = ${QGEMM_BM}u;
+const BN: u32 = ${QGEMM_BN}u;
+const BK: u32 = ${BK}u;
+@group(0) @binding(0) var<storage, read> xa: array<f32>;
+${QBIND}
+${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
+@group(0) @binding(${p.bias ? 5 : 4}) var<storage, read_write> y: array<f32>;
+var<workgroup> xt: array<f32, ${QGEMM_BM * BK}>;
+var<workgroup> ws: array<f32, ${QGEMM_BN * BK}>;
+${qvalFn()}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let n0 = wg.x * BN;
+  let m0 = wg.y * BM;
+  if (m0 >= st.rows) { return; }
+  let m = qmeta[0];
+  let tx = li % 16u;
+  let ty = li / 16u;
+  var acc0 = vec4<f32>(0.0);
+  var acc1 = vec4<f32>(0.0);
+  var acc2 = vec4<f32>(0.0);
+  var acc3 = vec4<f32>(0.0);
+  for (var k0 = 0u; k0 < K; k0 += BK) {
+    {
+      let row = li / 4u; let kc = (li % 4u) * 4u;
+      let r = m0 + row;
+      for (var j = 0u; j < 4u; j++) {
+        var a = 0.0;
+        if (r < st.rows && k0 + kc + j < K) { a = xa[r * K + k0 + kc + j]; }
+        xt[row * BK + kc + j] = a;
+      }
+    }
+    ${qTileLoad()}
+    workgroupBarrier();
+    for (var kk = 0u; kk < BK; kk++) {
+      let b = vec4<f32>(ws[(tx * 4u) * BK + kk], ws[(tx * 4u + 1u) * BK + kk], ws[(tx * 4u + 2u) * BK + kk],
+        ws[(tx * 4u + 3u) * BK + kk]);
+      acc0 += xt[(ty * 4u) * BK + kk] * b;
+      acc1 += xt[(ty * 4u + 1u) * BK + kk] * b;
+      acc2 += xt[(ty * 4u + 2u) * BK + kk] * b;
+      acc3 += xt[(ty * 4u + 3u) * BK + kk] * b;
+    }
+    workgroupBarrier();
+  }
+  let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+  for (var i = 0u; i < 4u; i++) {
+    let r = m0 + ty * 4u + i;
+    if (r >= st.rows) { continue; }
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + tx * 4u + j;
+      if (n < N) {
+        let acc = accs[i][j];
+        ${p.mode === "add" ? `y[r * N + n] = y[r * N + n] + ${val};` : `y[r * N + n] = ${val};`}
+      }
+    }
+  }
+}`;
+}
+
+/** Shapes of a quantized grouped expert GEMM. */
+export interface QGroupedGemmParams {
+  /** "gate_up": A = x rows of the pairs' tokens, N = 2I; "down": A = silu(gate) ⊙ up from gu, N = H. */
+  kind: "gate_up" | "down";
+  /** Hidden size H. */
+  hidden: number;
+  /** Expert width I. */
+  inter: number;
+  /** Experts per token k. */
+  topK: number;
+}
+
+/**
+ * WGSL of the quantized grouped GEMM. Bindings: 0 A source (x [R, H] for gate_up, gu [R k, 2I] for down) f32;
+ * 1 qw; 2 qp; 3 meta [E] (expert e's matrix: [2I, H] or [H, I]); 4 perm; 5 tiles; 6 tile count; 7 out
+ * (gu [R k, 2I] or y [R k, H]) f32. Grid: (ceil(N / 64), maxTiles). 256 threads, each 2 rows × 4 features.
+ */
+export function qGroupedGemmWgsl(p: QGroupedGemmParams): string {
+  const up = p.kind === "gate_up";
+  const K = up ? p.hidden : p.inter;
+  const N = up ? 2 * p.inter : p.hidden;
+  if (K % 2 !== 0) throw new RangeError(`Cannot build the grouped ${p.kind} GEMM: K = ${K} must be even`);
+  const aLoad = up ? `a = src[tok * K + kk];` : `let gb = slot * 2u * K + kk;
+          let g = src[gb];
+          a = g / (1.0 + exp(-g)) * src[gb + K];`;
+  return `${prelude()}
+const K: u32 = ${K}u;
+const N: u32 = ${N}u;
+const TOPK: u32 = ${p.topK}u;
+const TM: u32 = ${TILE_ROWS}u;
+const BN: u32 = ${TILE_COLS}u;
+const BK: u32 = ${BK}u;
+@group(0) @binding(0) var<storage, read> src: array<f32>;
+${QBIND}
+@group(0) @binding(4) var<storage, read> perm: array<u32>;
+@group(0) @binding(5) var<storage, read> tiles: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> ntiles: array<u32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+var<workgroup> xt: array<f32, ${TILE_ROWS * BK}>;
+var<workgroup> ws: array<f32, ${TILE_COLS * BK}>;
+var<workgroup> rowSlot: array<u32, ${TILE_ROWS}>;
+${qvalFn()}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  if (wg.y >= ntiles[0]) { return; }
+  let tile = tiles[wg.y];
+  let rows = tile.z;
+  let n0 = wg.x * BN;
+  let m = qmeta[tile.x];
+  if (li < TM) { rowSlot[li] = select(0xffffffffu, perm[tile.y + li], li < rows); }
+  workgroupBarrier();
+  let tx = li % 16u;
+  let ty = li / 16u;
+  var acc0 = vec4<f32>(0.0);
+  var acc1 = vec4<f32>(0.0);
+  for (var k0 = 0u; k0 < K; k0 += BK) {
+    {
+      // A tile [TM][BK]: 256 threads, 2 values each.
+      let row = li / 8u; let kc = (li % 8u) * 2u;
+      let slot = rowSlot[row];
+      for (var j = 0u; j < 2u; j++) {
+        var a = 0.0;
+        let kk = k0 + kc + j;
+        if (slot != 0xffffffffu && kk < K) {
+          let tok = slot / TOPK;
+          ${aLoad}
+        }
+        xt[row * BK + kc + j] = a;
+      }
+    }
+    ${qTileLoad()}
+    workgroupBarrier();
+    for (var kk = 0u; kk < BK; kk++) {
+      let b = vec4<f32>(ws[(tx * 4u) * BK + kk], ws[(tx * 4u + 1u) * BK + kk], ws[(tx * 4u + 2u) * BK + kk],
+        ws[(tx * 4u + 3u) * BK + kk]);
+      acc0 += xt[(ty * 2u) * BK + kk] * b;
+      acc1 += xt[(ty * 2u + 1u) * BK + kk] * b;
+    }
+    workgroupBarrier();
+  }
+  let accs = array<vec4<f32>, 2>(acc0, acc1);
+  for (var i = 0u; i < 2u; i++) {
+    let slot = rowSlot[ty * 2u + i];
+    if (slot == 0xffffffffu) { continue; }
+    for (var j = 0u; j < 4u; j++) {
+      let n = n0 + tx * 4u + j;
+      if (n < N) { out[slot * N + n] = accs[i][j]; }
+    }
+  }
+}`;
+}
+
+/** The quantized linear GEMM program. */
+export function qgemmProgram(device: GPUDevice, ring: StepRing, p: QLinearParams): Promise<Program> {
+  const b: ("read" | "write")[] = ["read", "read", "read", "read"];
+  if (p.bias) b.push("read");
+  b.push("write");
+  return P.get(device, ring, "qgemm", qgemmWgsl(p), b);
+}
+
+/** The quantized grouped GEMM program. */
+export function qGroupedGemmProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: QGroupedGemmParams,
+): Promise<Program> {
+  return P.get(device, ring, `q-moe-${p.kind}`, qGroupedGemmWgsl(p), [
+    "read",
+    "read",
+    "read",
+    "read",
+    "read",
+    "read",
+    "read",
+    "write",
+  ]);
+}
