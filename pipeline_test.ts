@@ -136,14 +136,23 @@ Deno.test(
       const store = new MemoryRetriever(DOCS);
       const skip = new FixedGate(0.2);
       const p = createPipeline({ model, store, gate: skip, defaults: { maxTokens: 2 } });
+      // In auto mode the gate reads one cheap full-text probe of the store (its best score is a feature).
       const r1 = await p.ask({ question });
-      assert.deepEqual([r1.gate, r1.retrieved, store.queries.length], [{ p: 0.2, decision: "skip" }, [], 0]);
+      assert.deepEqual(
+        [r1.gate, r1.retrieved, store.queries.length],
+        [{ p: 0.2, decision: "skip", features: { fixed: 0.2 } }, [], 1],
+      );
       const r2 = await p.ask({ question, retrieval: "always" });
-      assert.deepEqual([r2.gate.decision, store.queries.length], ["retrieve", 1]);
+      assert.deepEqual([r2.gate.decision, store.queries.length], ["retrieve", 2]);
       const p2 = createPipeline({ model, store, gate: new FixedGate(0.9), defaults: { maxTokens: 2 } });
-      assert.deepEqual((await p2.ask({ question })).gate, { p: 0.9, decision: "retrieve" });
+      assert.deepEqual((await p2.ask({ question })).gate, {
+        p: 0.9,
+        decision: "retrieve",
+        features: { fixed: 0.9 },
+      });
+      assert.equal(store.queries.length, 4);
       const r3 = await p2.ask({ question, retrieval: "never" });
-      assert.deepEqual([r3.gate, store.queries.length], [{ p: null, decision: "skip" }, 2]);
+      assert.deepEqual([r3.gate, store.queries.length], [{ p: null, decision: "skip" }, 4]);
     });
     await t.step("request documents come first; no store means no retrieval", async () => {
       const rec = recordingModel(model);

@@ -48,16 +48,41 @@ fn qval(m: vec4<u32>, n: u32, k: u32) -> f32 {
 }`;
 }
 
-/** WGSL loading the weight tile [BN][BK] (rows n0…, inputs k0…) of matrix `m`, 4 values per thread. */
+/**
+ * WGSL loading the weight tile [BN][BK] (rows n0…, inputs k0…) of matrix `m`, 4 consecutive inputs per thread.
+ * For 2, 4 and 8 bits the 4 levels sit in one word (groups are multiples of 8, so k is a multiple of 4 within its
+ * group, and 4 divides the levels per word): one word and one (scale, min) load unpack all four.
+ */
 function qTileLoad(): string {
   return `{
       let row = li / 4u; let kc = (li % 4u) * 4u;
       let n = n0 + row;
-      for (var j = 0u; j < 4u; j++) {
-        var v = 0.0;
-        if (n < N && k0 + kc + j < K) { v = qval(m, n, k0 + kc + j); }
-        ws[row * BK + kc + j] = v;
+      let k = k0 + kc;
+      var v4 = vec4<f32>(0.0);
+      if (n < N && k < K) {
+        let bits = m.x;
+        if (bits == 2u || bits == 4u || bits == 8u) {
+          let G = m.y;
+          let per = 32u / bits;
+          let wpg = (G + per - 1u) / per;
+          let groups = K / G;
+          let g = k / G;
+          let j = k - g * G;
+          let word = qw[m.z + (n * groups + g) * wpg + j / per];
+          let sm = unpack2x16float(qp[m.w + n * groups + g]);
+          let sh = (j % per) * bits;
+          let mask = (1u << bits) - 1u;
+          let lv = vec4<u32>(word >> sh, word >> (sh + bits), word >> (sh + 2u * bits), word >> (sh + 3u * bits)) &
+            vec4<u32>(mask);
+          v4 = sm.x * vec4<f32>(lv) + vec4<f32>(sm.y);
+        } else {
+          for (var j = 0u; j < 4u; j++) {
+            if (k + j < K) { v4[j] = qval(m, n, k + j); }
+          }
+        }
       }
+      let o = row * BK + kc;
+      ws[o] = v4.x; ws[o + 1u] = v4.y; ws[o + 2u] = v4.z; ws[o + 3u] = v4.w;
     }`;
 }
 
@@ -70,7 +95,7 @@ const QBIND = `@group(0) @binding(1) var<storage, read> qw: array<u32>;
  * y [R, N] f32. Grid: (ceil(N / 64), ceil(rows / 64)); 256 threads, each 4 rows × 4 features.
  */
 export function qgemmWgsl(p: QLinearParams): string {
-  if (p.k % 2 !== 0) throw new RangeError(`Cannot build qgemm: K = ${p.k} must be even`);
+  if (p.k % 4 !== 0) throw new RangeError(`Cannot build qgemm: K = ${p.k} must be a multiple of 4`);
   const v = p.bias ? "(acc + bias[n])" : "acc";
   const val = p.alpha === 1 ? v : `${f32Lit(p.alpha)} * ${v}`;
   return `${prelude()}
@@ -156,7 +181,9 @@ export function qGroupedGemmWgsl(p: QGroupedGemmParams): string {
   const up = p.kind === "gate_up";
   const K = up ? p.hidden : p.inter;
   const N = up ? 2 * p.inter : p.hidden;
-  if (K % 2 !== 0) throw new RangeError(`Cannot build the grouped ${p.kind} GEMM: K = ${K} must be even`);
+  if (K % 4 !== 0) {
+    throw new RangeError(`Cannot build the grouped ${p.kind} GEMM: K = ${K} must be a multiple of 4`);
+  }
   const aLoad = up ? `a = src[tok * K + kk];` : `let gb = slot * 2u * K + kk;
           let g = src[gb];
           a = g / (1.0 + exp(-g)) * src[gb + K];`;

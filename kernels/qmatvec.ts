@@ -52,6 +52,13 @@ export function wordsPerRow(bits: number, group: number, cols: number): number {
  */
 function qdotFn(): string {
   return `
+fn xs(i: u32) -> f32 {
+  return xa[i >> 2u][i & 3u];
+}
+fn nib4(w: u32, shift: u32, bits: u32) -> vec4<f32> {
+  let m = (1u << bits) - 1u;
+  return vec4<f32>(vec4<u32>(w >> shift, w >> (shift + bits), w >> (shift + 2u * bits), w >> (shift + 3u * bits)) & vec4<u32>(m));
+}
 fn qdot(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
   let bits = m.x;
   let G = m.y;
@@ -65,26 +72,45 @@ fn qdot(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
   for (var c = t; c < wpr; c += TPO) {
     let g = c / wpg;
     let j0 = (c % wpg) * v;
-    let n = min(v, G - j0);
     let word = qw[wrow + c];
     let xb = xo + g * G + j0;
     if (bits == 16u) {
       let h = unpack2x16float(word);
-      acc += h.x * xa[xb] + h.y * xa[xb + 1u];
-    } else {
-      let sm = unpack2x16float(qp[prow + g]);
-      var s = 0.0;
-      var sx = 0.0;
+      acc += h.x * xs(xb) + h.y * xs(xb + 1u);
+      continue;
+    }
+    let sm = unpack2x16float(qp[prow + g]);
+    var s = 0.0;
+    var sx = 0.0;
+    if (bits == 3u || G - j0 < v) {
+      // 10 levels per word (or a partial last word): one level at a time.
+      let n = min(v, G - j0);
       for (var j = 0u; j < n; j++) {
-        let xv = xa[xb + j];
+        let xv = xs(xb + j);
         s += f32(extractBits(word, j * bits, bits)) * xv;
         sx += xv;
       }
-      acc += sm.x * s + sm.y * sx;
+    } else {
+      // 2, 4 or 8 bits: 16, 8 or 4 levels per word, four at a time against aligned vec4 activations
+      // (xb is a multiple of 4: rows, groups and word starts all are).
+      let one = vec4<f32>(1.0);
+      for (var q = 0u; q < v; q += 4u) {
+        let xv = xa[(xb + q) >> 2u];
+        s += dot(nib4(word, q * bits, bits), xv);
+        sx += dot(xv, one);
+      }
     }
+    acc += sm.x * s + sm.y * sx;
   }
   return acc;
 }`;
+}
+
+/** The activations are read as vec4: rows of K values must start 16-byte aligned. */
+function checkK(label: string, k: number): void {
+  if (!Number.isInteger(k) || k <= 0 || k % 4 !== 0) {
+    throw new RangeError(`Cannot build ${label}: the row length ${k} must be a positive multiple of 4`);
+  }
 }
 
 function reduce(wg: number): string {
@@ -125,6 +151,7 @@ export interface QLinearParams {
  * Grid: ceil(N / QMV_OUTS) workgroups (2-D above the limit); rows: `st.rows`.
  */
 export function qgemvWgsl(p: QLinearParams): string {
+  checkK("the quantized mat-vec", p.k);
   const wg = QMV_OUTS * QMV_TPO;
   const v = p.bias ? "(d + bias[n])" : "d";
   const val = p.alpha === 1 ? v : `${f32Lit(p.alpha)} * ${v}`;
@@ -132,7 +159,7 @@ export function qgemvWgsl(p: QLinearParams): string {
 const N: u32 = ${p.n}u;
 const K: u32 = ${p.k}u;
 const TPO: u32 = ${QMV_TPO}u;
-@group(0) @binding(0) var<storage, read> xa: array<f32>;
+@group(0) @binding(0) var<storage, read> xa: array<vec4<f32>>;
 ${QBINDINGS}
 ${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 @group(0) @binding(${p.bias ? 5 : 4}) var<storage, read_write> y: array<f32>;
@@ -169,13 +196,14 @@ export interface QGateUpParams {
  * Grid: (ceil(I / QMV_OUTS), rows · k).
  */
 export function qGateUpWgsl(p: QGateUpParams): string {
+  checkK("the quantized gate/up", p.hidden);
   const wg = QMV_OUTS * QMV_TPO;
   return `${prelude()}
 const K: u32 = ${p.hidden}u;
 const I: u32 = ${p.inter}u;
 const TOPK: u32 = ${p.topK}u;
 const TPO: u32 = ${QMV_TPO}u;
-@group(0) @binding(0) var<storage, read> xa: array<f32>;
+@group(0) @binding(0) var<storage, read> xa: array<vec4<f32>>;
 ${QBINDINGS}
 @group(0) @binding(4) var<storage, read> ids: array<u32>;
 @group(0) @binding(5) var<storage, read_write> h: array<f32>;
@@ -218,13 +246,14 @@ export interface QDownParams {
  * 1 qw; 2 qp; 3 meta [E]; 4 ids [R, k]; 5 weights [R, k]; 6 x [R, H]. Grid: (ceil(H / QMV_OUTS), rows).
  */
 export function qDownWgsl(p: QDownParams): string {
+  checkK("the quantized down projection", p.inter);
   const wg = QMV_OUTS * QMV_TPO;
   return `${prelude()}
 const H: u32 = ${p.hidden}u;
 const K: u32 = ${p.inter}u;
 const TOPK: u32 = ${p.topK}u;
 const TPO: u32 = ${QMV_TPO}u;
-@group(0) @binding(0) var<storage, read> xa: array<f32>;
+@group(0) @binding(0) var<storage, read> xa: array<vec4<f32>>;
 ${QBINDINGS}
 @group(0) @binding(4) var<storage, read> ids: array<u32>;
 @group(0) @binding(5) var<storage, read> wts: array<f32>;

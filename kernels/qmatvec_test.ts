@@ -35,8 +35,18 @@ Deno.test({
   fn: async () => {
     const { device, ring } = await testGpu();
     const r = rng(71);
-    for (const s of [[2, 64], [3, 128], [4, 128], [8, 64], [4, 32], "f16"] as ("f16" | [number, number])[]) {
-      for (const [rows, n, k] of [[1, 37, 128], [3, 64, 256], [2, 128, 64]]) {
+    for (
+      const s of [
+        [2, 64],
+        [2, 24],
+        [3, 128],
+        [4, 128],
+        [8, 64],
+        [4, 32],
+        "f16",
+      ] as ("f16" | [number, number])[]
+    ) {
+      for (const [rows, n, k] of [[1, 37, 128], [3, 64, 256], [2, 128, 64], [2, 40, 96]]) {
         if (s !== "f16" && k % s[1] !== 0) continue;
         const { m, w } = makeMatrix(r, n, k, s);
         const set = buildQuantSet([m]);

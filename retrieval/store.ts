@@ -486,6 +486,10 @@ class LanceStore implements KnowledgeStore {
     const rows = await this.#read("run a vector search on", () =>
       this.#table.vectorSearch(vector)
         .distanceType("cosine")
+        // The index's SQ codes are approximate: rerank 4× the candidates on the full vectors, and search wider
+        // in the HNSW graph, so that an exact match is never lost to quantization ties.
+        .refineFactor(4)
+        .ef(Math.max(64, 4 * limit))
         .select([...COLUMNS, "_distance"])
         .limit(limit)
         .toArray());

@@ -229,7 +229,8 @@ Deno.test("store: vector search finds paraphrases; hybrid is the RRF of the two 
 });
 
 Deno.test("store: builds a vector index past vectorIndexMinRows and still ranks exact matches first", async () => {
-  const embedder = new ConceptEmbedder(16);
+  // 256 dimensions: with fewer, the hashed words of two documents can collide into the same vector (a tie).
+  const embedder = new ConceptEmbedder(256);
   await withStore(async (store, dir) => {
     const docs = Array.from(
       { length: 60 },
