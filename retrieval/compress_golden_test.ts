@@ -1,13 +1,18 @@
 /**
  * Parity with the Python reference on the fixtures of `tools/make_compressor_fixtures.py` (tiny XLM-R and BERT
  * token classifiers exported to ONNX, and the outputs of a Python port of LLMLingua-2's
- * `compress_prompt_llmlingua2`). These tests are skipped, with a note, until the fixtures exist.
+ * `compress_prompt_llmlingua2`). These tests are skipped, with a note, when the fixtures are missing. The default
+ * (trained) compressor is tested in `compress_default_test.ts`.
+ *
+ * Measured with the fixtures of transformers 5.17 / tokenizers 0.23 / onnxruntime 1.30: tokenization identical
+ * (every tokenize case and all 48 chunks), keep probabilities within 4.2e-7 of torch's (native 3.6e-7, wasm
+ * 4.2e-7; f32 summation order), every compression identical.
  */
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { compress, DEFAULT_COMPRESSOR_MODEL, loadCompressor } from "./compress.ts";
+import { loadCompressor } from "./compress.ts";
 import {
   compressPromptLlmlingua2,
   encodeChunk,
@@ -192,19 +197,3 @@ for (const backend of ["native", "wasm"] as const) {
     },
   });
 }
-
-Deno.test({
-  name: "compress() loads the default compressor offline and keeps about `rate` of the cl100k tokens",
-  ignore,
-  fn: async () => {
-    assert.equal(DEFAULT_COMPRESSOR_MODEL, join(FIXTURES, "xlmr"));
-    // Every distinct context of the goldens (English, numbers, a long list, Chinese, Russian, Arabic).
-    const texts = [...new Set(golden!.families.xlmr.cases.flatMap((c) => c.contexts))];
-    for (const rate of [0.33, 0.5, 0.8]) {
-      const out = await compress(texts, { rate });
-      assert.equal(out.keptContexts.length, texts.length);
-      assert.ok(Math.abs(out.ratio - rate) < 0.07, `rate ${rate}: kept ${out.ratio}`);
-      assert.equal(out.rate, rate);
-    }
-  },
-});

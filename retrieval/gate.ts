@@ -83,6 +83,8 @@ export function gateFeatures(inspection: PromptInspection, probeScore: number): 
 }
 
 const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
+/** log(1 + e^z) without overflow. */
+const softplus = (z: number) => (z > 0 ? z + Math.log1p(Math.exp(-z)) : Math.log1p(Math.exp(z)));
 
 /** π(x) of `gate` for features `f` (a feature the gate does not know is an error). */
 export function gateProbability(gate: GateModel, f: GateFeatures): number {
@@ -155,20 +157,55 @@ export function fitGate(
   const names = options.features ??
     Object.keys(examples[0].features).filter((k) => examples.every((e) => Number.isFinite(e.features[k])));
   const d = names.length, n = examples.length;
+  // X: [n, d] row-major, float64, the standardised features.
   const X = new Float64Array(n * d);
   const mean = new Array(d).fill(0), std = new Array(d).fill(0);
-  examples.forEach((e, i) => names.forEach((k, j) => X[i * d + j] = e.features[k]));
+  examples.forEach((e, i) =>
+    names.forEach((k, j) => {
+      const v = e.features[k];
+      if (!Number.isFinite(v)) {
+        throw new RangeError(
+          `Cannot fit the gate: feature ${k} of example ${i} is ${v}, not a finite number`,
+        );
+      }
+      X[i * d + j] = v;
+    })
+  );
   for (let j = 0; j < d; j++) {
-    for (let i = 0; i < n; i++) mean[j] += X[i * d + j] / n;
-    for (let i = 0; i < n; i++) std[j] += (X[i * d + j] - mean[j]) ** 2 / n;
-    std[j] = Math.sqrt(std[j]) || 1;
-    for (let i = 0; i < n; i++) X[i * d + j] = (X[i * d + j] - mean[j]) / std[j];
+    let sum = 0, lo = Infinity, hi = -Infinity;
+    for (let i = 0; i < n; i++) {
+      const v = X[i * d + j];
+      sum += v;
+      lo = Math.min(lo, v);
+      hi = Math.max(hi, v);
+    }
+    mean[j] = sum / n;
+    let ss = 0;
+    for (let i = 0; i < n; i++) ss += (X[i * d + j] - mean[j]) ** 2;
+    std[j] = Math.sqrt(ss / n);
+    // A constant feature carries nothing: its column is exactly 0 (rounding in the mean would otherwise leave
+    // ~1e-16 noise that an unpenalised fit could blow up into a large weight).
+    const constant = lo === hi || !(std[j] > 1e-12 * Math.max(1, Math.abs(mean[j])));
+    if (constant) std[j] = 1;
+    for (let i = 0; i < n; i++) X[i * d + j] = constant ? 0 : (X[i * d + j] - mean[j]) / std[j];
   }
   const y = examples.map((e) => (e.needsRetrieval ? 1 : 0));
-  // Parameters θ = [w (d), b]; Newton steps on the penalised negative log-likelihood.
+  // Parameters θ = [w (d), b]; Newton steps on the penalised negative log-likelihood
+  // J(θ) = Σ_i [log(1 + e^{z_i}) − y_i z_i] + (λ/2)‖w‖², z_i = w·x_i + b, halved until J decreases.
   const D = d + 1;
   const theta = new Float64Array(D);
   theta[d] = Math.log(pos / (n - pos));
+  const objective = (t: Float64Array): number => {
+    let J = 0;
+    for (let i = 0; i < n; i++) {
+      let z = t[d];
+      for (let j = 0; j < d; j++) z += t[j] * X[i * d + j];
+      J += softplus(z) - y[i] * z;
+    }
+    for (let j = 0; j < d; j++) J += 0.5 * lambda * t[j] * t[j];
+    return J;
+  };
+  let J = objective(theta);
   for (let iter = 0; iter < 100; iter++) {
     const g = new Float64Array(D), hess = new Float64Array(D * D);
     for (let i = 0; i < n; i++) {
@@ -186,13 +223,21 @@ export function fitGate(
       g[j] += lambda * theta[j];
       hess[j * D + j] += lambda;
     }
-    hess[d * D + d] += 1e-9;
+    for (let j = 0; j < D; j++) hess[j * D + j] += 1e-9;
     const step = solveSpd(hess, g, D);
-    let moved = 0;
-    for (let j = 0; j < D; j++) {
-      theta[j] -= step[j];
-      moved = Math.max(moved, Math.abs(step[j]));
+    // Near the optimum the decrease is below the rounding of J: accept steps that do not increase J beyond it.
+    const slack = 1e-12 * (1 + Math.abs(J));
+    let scale = 1, next = theta, Jnext = J;
+    for (let half = 0; half < 40; half++, scale /= 2) {
+      next = theta.map((v, j) => v - scale * step[j]);
+      Jnext = objective(next);
+      if (Jnext <= J + slack) break;
     }
+    if (!(Jnext <= J + slack)) break; // no descent along the Newton direction: at the optimum
+    let moved = 0;
+    for (let j = 0; j < D; j++) moved = Math.max(moved, Math.abs(next[j] - theta[j]));
+    theta.set(next);
+    J = Jnext;
     if (moved < 1e-10) break;
   }
   let correct = 0, logLoss = 0;
@@ -215,14 +260,46 @@ export function fitGate(
   };
 }
 
-/** Reads a gate.json; throws a TypeError naming the file when it is not a gate. */
+/**
+ * Reads a gate.json. A missing file throws `Deno.errors.NotFound` (callers fall back to "no gate"); a file that
+ * is not JSON or not a gate of version 1 throws a TypeError naming the file and what is wrong.
+ */
 export async function readGate(path: string): Promise<GateModel> {
-  const g = JSON.parse(await Deno.readTextFile(path)) as GateModel;
-  const ok = g && g.version === 1 && Array.isArray(g.features) && Array.isArray(g.w) &&
-    g.w.length === g.features.length && Array.isArray(g.mean) && Array.isArray(g.std) &&
-    typeof g.b === "number" && typeof g.threshold === "number";
-  if (!ok) throw new TypeError(`Cannot read the gate ${path}: not a gate.json of version 1`);
-  return g;
+  const text = await Deno.readTextFile(path);
+  let g: unknown;
+  try {
+    g = JSON.parse(text);
+  } catch (cause) {
+    throw new TypeError(`Cannot read the gate ${path}: not valid JSON (${(cause as Error).message})`, {
+      cause,
+    });
+  }
+  const problem = gateProblem(g);
+  if (problem) throw new TypeError(`Cannot read the gate ${path}: ${problem}`);
+  return g as GateModel;
+}
+
+/** What makes `g` not a gate of version 1, or undefined when it is one. */
+function gateProblem(g: unknown): string | undefined {
+  if (typeof g !== "object" || g === null || Array.isArray(g)) return "expected a JSON object";
+  const o = g as Record<string, unknown>;
+  if (o.version !== 1) return `not a gate.json of version 1 (version ${JSON.stringify(o.version)})`;
+  const f = o.features;
+  if (!Array.isArray(f) || !f.every((x) => typeof x === "string") || new Set(f).size !== f.length) {
+    return '"features" must be an array of distinct names';
+  }
+  const finite = (v: unknown) => typeof v === "number" && Number.isFinite(v);
+  for (const key of ["mean", "std", "w"]) {
+    const v = o[key];
+    if (!Array.isArray(v) || v.length !== f.length || !v.every(finite)) {
+      return `"${key}" must hold ${f.length} finite numbers, one per feature`;
+    }
+  }
+  if (!(o.std as number[]).every((v) => v > 0)) return '"std" must be positive';
+  if (!finite(o.b)) return '"b" must be a finite number';
+  const t = o.threshold;
+  if (typeof t !== "number" || !(t > 0 && t < 1)) return '"threshold" must be a number in (0, 1)';
+  return undefined;
 }
 
 /** The retrieval gate of a model: decides per question whether to consult the store. */
@@ -251,7 +328,8 @@ export class RetrievalGate {
     const prompt = model.tokenizer.hasChatTemplate
       ? model.tokenizer.applyChatTemplate([{ role: "user", content: question }])
       : question;
-    const ids = model.tokenizer.encode(prompt);
+    // The template writes the special tokens (BOS included) itself, as in the pipeline's prompts.
+    const ids = model.tokenizer.encode(prompt, { addSpecialTokens: !model.tokenizer.hasChatTemplate });
     const features = gateFeatures(await model.inspect(ids), options.probe ?? 0);
     if (mode !== "auto") {
       return { p: NaN, retrieve: mode === "always", reason: `mode ${mode}`, features };

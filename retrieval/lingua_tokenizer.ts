@@ -82,7 +82,7 @@ export class HfLinguaTokenizer implements LinguaTokenizer {
     options: LinguaTokenizerOptions = {},
   ) {
     try {
-      this.#tok = new Tokenizer(tokenizerJson, config);
+      this.#tok = new Tokenizer(alignWithRustTokenizers(tokenizerJson), config);
     } catch (e) {
       throw new ModelLoadError(
         `Cannot build the classifier's tokenizer: ${e instanceof Error ? e.message : e}`,
@@ -218,6 +218,61 @@ export function detectFamily(tokenizerJson: Record<string, unknown>): TokenizerF
     } tokenizer for LLMLingua-2: it supports WordPiece (BERT) and SentencePiece ` +
       "(XLM-R) vocabularies; pass family to choose one",
   );
+}
+
+/**
+ * A copy of a `tokenizer.json` whose pre-tokenizer behaves as the Rust `tokenizers` library (which transformers
+ * uses) behaves, where the JavaScript port differs:
+ *
+ * - **Metaspace `split`.** Rust splits the text before every `▁` (`split: true`, the default also when the field
+ *   is absent), so a Unigram model runs its Viterbi search word by word. The JavaScript Metaspace ignores `split`
+ *   and searches the whole text at once: the path scores then add up over hundreds of pieces, and where two
+ *   segmentations of a word score the same (e.g. `0`+`00` and `00`+`0` in `10,000`), rounding of the long sums
+ *   picks either one depending on the text before the word. Here such a Metaspace becomes a Sequence of a
+ *   non-splitting Metaspace and a Split that cuts before every `▁` (Rust's `MergedWithNext`).
+ * - **Legacy `add_prefix_space: false`** (no `prepend_scheme`) means "never" in Rust; the JavaScript port
+ *   would prepend `▁` ("always").
+ *
+ * @param tokenizerJson contents of `tokenizer.json` (not modified)
+ * @returns the same object when nothing needs changing, else a copy with a rewritten `pre_tokenizer`
+ *
+ * @example
+ * ```ts
+ * import { alignWithRustTokenizers } from "./lingua_tokenizer.ts";
+ * const json = alignWithRustTokenizers({ pre_tokenizer: { type: "Metaspace", replacement: "▁", split: true } });
+ * (json.pre_tokenizer as { type: string }).type; // "Sequence"
+ * ```
+ */
+export function alignWithRustTokenizers(tokenizerJson: Record<string, unknown>): Record<string, unknown> {
+  const pre = tokenizerJson.pre_tokenizer;
+  if (typeof pre !== "object" || pre === null) return tokenizerJson;
+  const aligned = alignPreTokenizer(pre as Record<string, unknown>);
+  return aligned === pre ? tokenizerJson : { ...tokenizerJson, pre_tokenizer: aligned };
+}
+
+function alignPreTokenizer(pre: Record<string, unknown>): Record<string, unknown> {
+  if (pre.type === "Sequence" && Array.isArray(pre.pretokenizers)) {
+    const parts = pre.pretokenizers as Record<string, unknown>[];
+    const aligned = parts.map((p) => (typeof p === "object" && p !== null ? alignPreTokenizer(p) : p));
+    return aligned.every((p, i) => p === parts[i]) ? pre : { ...pre, pretokenizers: aligned };
+  }
+  if (pre.type !== "Metaspace") return pre;
+  const replacement = typeof pre.replacement === "string" ? pre.replacement : "\u2581";
+  const metaspace: Record<string, unknown> = { ...pre, split: false };
+  if (pre.prepend_scheme === undefined && pre.add_prefix_space === false) metaspace.prepend_scheme = "never";
+  if (pre.split === false) return metaspace.prepend_scheme === pre.prepend_scheme ? pre : metaspace;
+  const r = escapeRegExp(replacement);
+  // A piece starting at a replacement char and running to the next one, or a first piece before any.
+  const split = {
+    type: "Split",
+    pattern: { Regex: `${r}(?:(?!${r})[\\s\\S])*|(?:(?!${r})[\\s\\S])+` },
+    invert: true,
+  };
+  return { type: "Sequence", pretokenizers: [metaspace, split] };
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
 /** Cuts a long text into segments of about {@linkcode SEGMENT_CHARS} characters (see `tokenize`). */

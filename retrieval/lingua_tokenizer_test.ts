@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { ModelLoadError } from "../engine/errors.ts";
 import { writeTinyClassifier } from "./_tiny_classifier.ts";
-import { detectFamily, HfLinguaTokenizer } from "./lingua_tokenizer.ts";
+import { alignWithRustTokenizers, detectFamily, HfLinguaTokenizer } from "./lingua_tokenizer.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "lingua_tokenizer_test_" });
 const models = {
@@ -79,6 +80,65 @@ Deno.test("HfLinguaTokenizer tokenizes long texts in segments that give the same
   const tokens = x.tokenize(huge);
   assert.ok(tokens.length >= 80000);
   assert.equal(tokens.filter((t) => t === "世").length, 40000);
+});
+
+Deno.test("HfLinguaTokenizer runs a Metaspace split: a word's pieces do not depend on the text before it", async () => {
+  // fixtures/compressor/xlmr (trained by tools/make_compressor_fixtures.py): "0"+"00" and "00"+"0" score the same.
+  // Rust tokenizes "▁$10,000" alone and gives "0", "00"; searching the whole text at once, as the JavaScript
+  // Metaspace does, rounds the long sums so that this text gives "00", "0" (what failed the golden test).
+  const fixture = fileURLToPath(new URL("../fixtures/compressor/xlmr", import.meta.url));
+  const tok = await HfLinguaTokenizer.load(fixture);
+  const text =
+    "Recommendation to increase appropriation in the special advertising and promotion fund group " +
+    "and the city manager department by $10,000 to";
+  assert.deepEqual(tok.tokenize(text), text.split(" ").flatMap((w) => tok.tokenize(w)));
+  assert.deepEqual(tok.tokenize(text).slice(-6), ["▁$", "10", ",", "0", "00", "▁to"]);
+  // Added tokens split the text into sections; each starts a word again ("always" prepends ▁ to each).
+  assert.deepEqual(tok.tokenize("is[NEW6] 42"), ["▁is", "[NEW6]", "▁4", "2"]);
+});
+
+Deno.test("alignWithRustTokenizers() rewrites Metaspace pre-tokenizers as Rust runs them", () => {
+  const meta = { type: "Metaspace", replacement: "▁", prepend_scheme: "always", split: true };
+  const split = alignWithRustTokenizers({ model: {}, pre_tokenizer: meta });
+  const seq = split.pre_tokenizer as { type: string; pretokenizers: Record<string, unknown>[] };
+  assert.equal(seq.type, "Sequence");
+  assert.deepEqual(seq.pretokenizers[0], { ...meta, split: false });
+  assert.equal(seq.pretokenizers[1].type, "Split");
+  assert.equal(meta.split, true, "the input is not modified");
+  // split defaults to true; nested in a Sequence; legacy add_prefix_space: false means "never".
+  const legacy = alignWithRustTokenizers({
+    pre_tokenizer: {
+      type: "Sequence",
+      pretokenizers: [{ type: "WhitespaceSplit" }, { type: "Metaspace", add_prefix_space: false }],
+    },
+  });
+  const parts = (legacy.pre_tokenizer as { pretokenizers: { type: string; pretokenizers?: unknown[] }[] })
+    .pretokenizers;
+  assert.equal(parts[0].type, "WhitespaceSplit");
+  assert.deepEqual(parts[1].pretokenizers![0], {
+    type: "Metaspace",
+    add_prefix_space: false,
+    split: false,
+    prepend_scheme: "never",
+  });
+  // Nothing to change: the same object.
+  const bert = { pre_tokenizer: { type: "BertPreTokenizer" } };
+  assert.equal(alignWithRustTokenizers(bert), bert);
+  const noSplit = { pre_tokenizer: { type: "Metaspace", split: false, prepend_scheme: "first" } };
+  assert.equal(alignWithRustTokenizers(noSplit), noSplit);
+  // The rewritten tokenizer splits before every ▁, keeping a first piece without one.
+  const lib = new Tokenizer(
+    alignWithRustTokenizers({
+      model: { type: "WordLevel", vocab: { "[UNK]": 0 }, unk_token: "[UNK]" },
+      normalizer: null,
+      pre_tokenizer: { type: "Metaspace", replacement: "▁", prepend_scheme: "never", split: true },
+      post_processor: null,
+      decoder: null,
+      added_tokens: [],
+    }),
+    {},
+  );
+  assert.deepEqual(lib.pre_tokenizer!.pre_tokenize_text("ab cd  e", {}), ["ab", "▁cd", "▁", "▁e"]);
 });
 
 Deno.test("detectFamily() recognises WordPiece and SentencePiece tokenizers and rejects others", () => {

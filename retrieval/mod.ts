@@ -58,6 +58,7 @@ export {
 } from "./compress.ts";
 export {
   type ClassifierBackend,
+  type ChunkLogits,
   type ClassifierDtype,
   CompressorLoadError,
   loadTokenClassifier,

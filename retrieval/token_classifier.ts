@@ -63,6 +63,14 @@ export interface TokenClassifierOptions {
   progress?: boolean;
 }
 
+/** The classifier's raw output for one chunk. */
+export interface ChunkLogits {
+  /** Logits, row-major; a float16 model's are widened. */
+  data: Float32Array; // (seq, labels) float32
+  /** Number of labels per position (2 for LLMLingua-2: 0 drop, 1 keep). */
+  labels: number;
+}
+
 /** A loaded classifier: tokenizer, model, and the keep-probability function the algorithm calls. */
 export interface TokenClassifier {
   /** The local directory the model was loaded from. */
@@ -75,6 +83,8 @@ export interface TokenClassifier {
   readonly tokenizer: LinguaTokenizer;
   /** `softmax(logits)[..., 1]` at every position of every chunk, batched through the model. */
   keepProbabilities(chunks: readonly EncodedChunk[]): Promise<Float32Array[]>;
+  /** The model's raw logits at every position of every chunk, batched like {@linkcode keepProbabilities}. */
+  logits(chunks: readonly EncodedChunk[]): Promise<ChunkLogits[]>;
   /** Releases the ONNX Runtime session. */
   dispose(): Promise<void>;
 }
@@ -259,10 +269,32 @@ class OnnxTokenClassifier implements TokenClassifier {
     this.tokenizer = parts.tokenizer;
   }
 
-  async keepProbabilities(chunks: readonly EncodedChunk[]): Promise<Float32Array[]> {
+  keepProbabilities(chunks: readonly EncodedChunk[]): Promise<Float32Array[]> {
+    return this.#batched(chunks, (data, row, len, labels) => {
+      const p = new Float32Array(len); // (seq,) float32: softmax(logits)[..., 1]
+      for (let t = 0; t < len; t++) p[t] = softmaxAt(data, (row + t) * labels, labels, 1);
+      return p;
+    });
+  }
+
+  logits(chunks: readonly EncodedChunk[]): Promise<ChunkLogits[]> {
+    return this.#batched(chunks, (data, row, len, labels) => ({
+      data: data.slice(row * labels, (row + len) * labels),
+      labels,
+    }));
+  }
+
+  /**
+   * Runs the chunks through the model in batches of similar length and reads each chunk's result with `read`
+   * (its logits start at row `row` of `data`, `len` rows of `labels`), in the chunks' order.
+   */
+  async #batched<T>(
+    chunks: readonly EncodedChunk[],
+    read: (data: Float32Array, row: number, len: number, labels: number) => T,
+  ): Promise<T[]> {
     if (this.#disposed) throw new ModelDisposedError();
     const { maxBatchSize, maxBatchTokens } = this.#p;
-    const out = new Array<Float32Array>(chunks.length);
+    const out = new Array<T>(chunks.length);
     // Longest first, so that each batch pads little; results go back to their chunk's place.
     const order = chunks.map((_, i) => i).sort((a, b) => chunks[b].ids.length - chunks[a].ids.length);
     const progress = this.#p.progress ? chunkProgress(chunks.length) : undefined;
@@ -271,8 +303,9 @@ class OnnxTokenClassifier implements TokenClassifier {
       const seq = chunks[order[at]].ids.length;
       const size = Math.max(1, Math.min(maxBatchSize, Math.floor(maxBatchTokens / Math.max(seq, 1))));
       const batch = order.slice(at, at + size);
-      const probs = await this.#run(batch.map((i) => chunks[i]), seq);
-      batch.forEach((i, b) => (out[i] = probs[b]));
+      await this.#run(batch.map((i) => chunks[i]), seq, (data, labels) => {
+        batch.forEach((i, b) => (out[i] = read(data, b * seq, chunks[i].ids.length, labels)));
+      });
       at += batch.length;
       done += batch.length;
       progress?.(done);
@@ -280,8 +313,15 @@ class OnnxTokenClassifier implements TokenClassifier {
     return out;
   }
 
-  /** One model call on chunks padded to `seq` tokens. */
-  async #run(batch: readonly EncodedChunk[], seq: number): Promise<Float32Array[]> {
+  /**
+   * One model call on chunks padded to `seq` tokens (right padding with the pad id, attention mask 0 there);
+   * `read` gets the logits, (batch, seq, labels) float32, before their tensor is released.
+   */
+  async #run(
+    batch: readonly EncodedChunk[],
+    seq: number,
+    read: (data: Float32Array, labels: number) => void,
+  ): Promise<void> {
     const { tf, padId, tokenizer } = this.#p;
     const n = batch.length;
     const ids = new BigInt64Array(n * seq); // (batch, seq) int64
@@ -312,24 +352,19 @@ class OnnxTokenClassifier implements TokenClassifier {
     const logits = result.logits.type === "float32" || !result.logits.to
       ? result.logits
       : result.logits.to("float32");
-    if (logits.type !== "float32") throw new Error(`Cannot read the classifier's ${logits.type} logits`);
-    const labels = logits.dims[2];
-    if (logits.dims[0] !== n || logits.dims[1] !== seq || labels < 2) {
-      throw new Error(
-        `Cannot read the classifier output: logits of shape [${logits.dims}] for a batch [${n}, ${seq}]`,
-      );
+    try {
+      if (logits.type !== "float32") throw new Error(`Cannot read the classifier's ${logits.type} logits`);
+      const labels = logits.dims[2];
+      if (logits.dims.length !== 3 || logits.dims[0] !== n || logits.dims[1] !== seq || labels < 2) {
+        throw new Error(
+          `Cannot read the classifier output: logits of shape [${logits.dims}] for a batch [${n}, ${seq}]`,
+        );
+      }
+      read(logits.data, labels);
+    } finally {
+      if (logits !== result.logits) result.logits.dispose?.();
+      logits.dispose?.();
     }
-    const data = logits.data;
-    const out: Float32Array[] = [];
-    for (let b = 0; b < n; b++) {
-      const len = batch[b].ids.length;
-      const p = new Float32Array(len); // (seq,) float32: softmax(logits)[..., 1]
-      for (let t = 0; t < len; t++) p[t] = softmaxAt(data, (b * seq + t) * labels, labels, 1);
-      out.push(p);
-    }
-    if (logits !== result.logits) result.logits.dispose?.();
-    logits.dispose?.();
-    return out;
   }
 
   async dispose(): Promise<void> {

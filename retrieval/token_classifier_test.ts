@@ -24,7 +24,7 @@ const TEXTS = [
 for (const backend of ["native", "wasm"] as const) {
   Deno.test({
     name:
-      `loadTokenClassifier() with backend ${backend} gives the model's keep probabilities at every position`,
+      `loadTokenClassifier() with backend ${backend} gives the model's keep probabilities and logits at every position`,
     ignore: backend === "native" && !hasFfi,
     fn: async () => {
       for (const model of [xlmr, bert]) {
@@ -42,7 +42,18 @@ for (const backend of ["native", "wasm"] as const) {
           );
           assert.deepEqual([...probs[i]], expected, `${model.dir} text ${i}`);
         });
+        // The raw logits, (seq, 2) per chunk: the table's row of each (unknown-mapped) id.
+        const logits = await clf.logits(chunks);
+        chunks.forEach((c, i) => {
+          assert.equal(logits[i].labels, 2);
+          const expected = [...c.ids].flatMap((id) => {
+            const row = id >= model.vocabSize ? clf.tokenizer.unkTokenId : id;
+            return [model.table[2 * row], model.table[2 * row + 1]];
+          });
+          assert.deepEqual([...logits[i].data], expected, `${model.dir} logits of text ${i}`);
+        });
         await clf.dispose();
+        await assert.rejects(clf.logits(chunks), ModelDisposedError);
         await assert.rejects(clf.keepProbabilities(chunks), ModelDisposedError);
       }
     },

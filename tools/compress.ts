@@ -27,7 +27,8 @@ one; prints the compressed text on stdout and statistics on stderr. Token counts
   --rate R               keep this share of the tokens, in (0, 1] (default 0.5)
   --target-token N       keep about N tokens instead (overrides --rate)
   --model SRC            ONNX model directory or Hugging Face repo id in transformers.js layout
-                         (default: the bundled tiny fixture model, which only demonstrates the mechanics)
+                         (default: fixtures/compressor/default, a small classifier trained on the synthetic
+                         world; use a published LLMLingua-2 model for general text)
   --backend B            auto, native (onnxruntime-node) or wasm (onnxruntime-web) (default auto)
   --device D             cpu, cuda or webgpu, for the native backend (default cpu)
   --dtype D              weights file: fp32, fp16, q8, int8, uint8, q4, q4f16 or bnb4 (default fp32)

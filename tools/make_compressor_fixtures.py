@@ -15,6 +15,9 @@ Both models get LLMLingua-2's [NEW0]..[NEW99] tokens (seed 42, resized embedding
 PromptCompressor does at init. Tokenizers are trained offline on the text embedded below; weights are random
 (seeded) with a classifier scaled so that keep probabilities spread over (0, 1).
 
+Tokenizer parity is checked on TOKENIZE_CASES (long texts included) and on every classified chunk; the goldens
+record what the Rust `tokenizers` library gives, which is what transformers runs.
+
 Two deliberate differences from the Python package, both mirrored by edgemix's port:
   * token counts: the package counts with tiktoken cl100k_base, which is not available offline here; the port takes
     the counting function as a parameter and the goldens use count(s) = ceil(utf8_bytes(s) / 4). edgemix checks its
@@ -118,6 +121,11 @@ TOKENIZE_CASES = [
     ARABIC,
     "emoji 🚀 and unknown ☃ symbols",
     "",
+    # Long texts: Rust's Metaspace (split=True) runs the Unigram search word by word; a port that searches the
+    # whole text at once breaks ties between equal-score segmentations by rounding ("$10,000" in TRANSCRIPT: "0",
+    # "00" vs "00", "0"). LONG also passes edgemix's 4096-character tokenisation segments.
+    TRANSCRIPT,
+    LONG,
 ]
 
 FORCE_MEETING = ["\n", ".", "!", "?"]
