@@ -57,8 +57,8 @@ export {
   type LoadCompressorOptions,
 } from "./compress.ts";
 export {
-  type ClassifierBackend,
   type ChunkLogits,
+  type ClassifierBackend,
   type ClassifierDtype,
   CompressorLoadError,
   loadTokenClassifier,
