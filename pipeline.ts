@@ -20,6 +20,7 @@
  * @module
  */
 
+import type { LfdOptions } from "./engine/lfd.ts";
 import { ChatTemplateError } from "./engine/chat_template.ts";
 import { ContextOverflowError } from "./engine/errors.ts";
 import {
@@ -204,6 +205,11 @@ export interface AskRequest extends SamplingOptions {
   retrieval?: RetrievalMode;
   /** Compress the context to about `rate` of its tokens, or not at all (default: the pipeline's). */
   compression?: { rate: number } | false;
+  /**
+   * Layer fused decoding when the answer has context passages (default: the pipeline's, off): the layer ("auto":
+   * the lowest internal knowledge score of the prompt) and α. See engine/lfd.ts.
+   */
+  lfd?: LfdOptions;
 }
 
 /** A conversation for {@linkcode Pipeline.chat}. */
@@ -402,6 +408,8 @@ export interface PipelineDefaults {
   timeoutMs?: number;
   /** The system prompt of `ask`; the context passages follow it. */
   systemPrompt?: string;
+  /** Layer fused decoding of answers with context passages (default off). */
+  lfd?: LfdOptions;
 }
 
 /** Options of {@linkcode createPipeline}. */
@@ -435,7 +443,10 @@ export interface Pipeline {
   /** The gate, if any. */
   readonly gate: RetrievalGate | undefined;
   /** The defaults, resolved. */
-  readonly defaults: Readonly<Required<Omit<PipelineDefaults, "searchMode">>> & { searchMode?: SearchMode };
+  readonly defaults: Readonly<Required<Omit<PipelineDefaults, "searchMode" | "lfd">>> & {
+    searchMode?: SearchMode;
+    lfd?: LfdOptions;
+  };
   /** Admission control. */
   readonly scheduler: Scheduler;
   /** Positions the model's context holds. */
@@ -522,6 +533,7 @@ class QaPipeline implements Pipeline {
       topP: d.topP ?? 1,
       timeoutMs: d.timeoutMs ?? 300_000,
       systemPrompt: d.systemPrompt ?? DEFAULT_SYSTEM_PROMPT,
+      lfd: d.lfd,
     };
     if (!["auto", "always", "never"].includes(defaults.retrieval)) {
       throw new TypeError(`Cannot create the pipeline: retrieval must be auto, always or never`);
@@ -639,7 +651,15 @@ class QaPipeline implements Pipeline {
 
     const run = this.#begin(options);
     return run.stream(() =>
-      this.#askEvents(run, { question, safeQuestion, documents, mode, rate, sampling })
+      this.#askEvents(run, {
+        question,
+        safeQuestion,
+        documents,
+        mode,
+        rate,
+        sampling,
+        lfd: request.lfd ?? this.defaults.lfd,
+      })
     );
   }
 
@@ -653,6 +673,7 @@ class QaPipeline implements Pipeline {
       mode: RetrievalMode;
       rate: number | false;
       sampling: ResolvedSampling;
+      lfd: LfdOptions | undefined;
     },
   ): AsyncGenerator<AskEvent> {
     const { question, safeQuestion, documents, mode, rate, sampling } = q;
@@ -721,8 +742,8 @@ class QaPipeline implements Pipeline {
       return r;
     });
     yield { type: "meta", retrieved, gate, compression: compression!, prompt_tokens: ids.length };
-    // 4. generation
-    yield* this.#generate(run, ids, sampling, t);
+    // 4. generation (layer fused decoding applies to answers read from context passages)
+    yield* this.#generate(run, ids, sampling, t, chosen.length > 0 ? q.lfd : undefined);
   }
 
   // --- chat ---------------------------------------------------------------------------------------------
@@ -927,6 +948,7 @@ class QaPipeline implements Pipeline {
     ids: number[],
     s: ResolvedSampling,
     t: { gate: number; retrieval: number; compression: number },
+    lfd?: LfdOptions,
   ): AsyncGenerator<TokenEvent | DoneEvent> {
     const model = this.model;
     const effectiveMax = Math.min(s.maxTokens, this.contextLength - ids.length);
@@ -937,6 +959,7 @@ class QaPipeline implements Pipeline {
       topK: s.topK,
       seed: s.seed,
       signal: run.signal,
+      ...(lfd && lfd.layer !== "off" ? { lfd } : {}),
     });
     const text = new TextDeltaDecoder(model.tokenizer, s.stop);
     let n = 0;

@@ -338,3 +338,33 @@ Deno.test(
     assert.throws(() => p.askStream({ question: "x" }), SchedulerClosedError);
   },
 );
+
+Deno.test("layer fused decoding reaches the model only for answers with context passages", async () => {
+  const seen: (GenerateOptions | undefined)[] = [];
+  const spy = new Proxy(model, {
+    get(target, key) {
+      if (key === "stream") {
+        return (ids: readonly number[], o?: GenerateOptions) => {
+          seen.push(o);
+          return target.stream(ids, o);
+        };
+      }
+      const v = Reflect.get(target, key, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  }) as Model;
+  const p = createPipeline({ model: spy, defaults: { maxTokens: 3, lfd: { layer: "auto", alpha: 0.5 } } });
+  await p.ask({ question: "Where does the router send each token?", documents: [DOCS[0].text] });
+  assert.deepEqual(seen[0]?.lfd, { layer: "auto", alpha: 0.5 });
+  await p.ask({ question: "Where does the router send each token?" });
+  assert.equal(seen[1]?.lfd, undefined, "no passages, no fusion");
+  await p.ask({ question: "Where?", documents: ["x"], lfd: { layer: 1, alpha: 2 } });
+  assert.deepEqual(seen[2]?.lfd, { layer: 1, alpha: 2 });
+  await p.ask({ question: "Where?", documents: ["x"], lfd: { layer: "off" } });
+  assert.equal(seen[3]?.lfd, undefined);
+  // α = 0 answers exactly as plain decoding.
+  const plain = await p.ask({ question: "Where?", documents: ["x"], lfd: { layer: "off" } });
+  const zero = await p.ask({ question: "Where?", documents: ["x"], lfd: { layer: 1, alpha: 0 } });
+  assert.equal(zero.answer, plain.answer);
+  await p.close();
+});

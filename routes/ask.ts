@@ -19,6 +19,7 @@ function askRequest(body: AskBody): AskRequest {
     documents: body.documents,
     retrieval: body.retrieval,
     compression: body.compression,
+    lfd: body.lfd,
     maxTokens: body.max_tokens ?? undefined,
     temperature: body.temperature ?? undefined,
     topP: body.top_p ?? undefined,

@@ -33,6 +33,10 @@ export const AskBody = z.object({
     .max(MAX_REQUEST_DOCUMENTS).optional(),
   retrieval: z.enum(["auto", "always", "never"]).optional(),
   compression: z.union([z.object({ rate: z.number().gt(0).max(1) }), z.literal(false)]).optional(),
+  lfd: z.object({
+    layer: z.union([z.enum(["off", "auto"]), z.number().int().min(0)]),
+    alpha: z.number().finite().optional(),
+  }).strict().optional(),
   ...sampling,
 });
 
