@@ -718,23 +718,22 @@ export class GpuDecoder implements TokenSource {
         downBufs.push(b.hs, sdW, b.sg);
       }
       let grouped: LayerDispatches["grouped"];
-      if (moe && packedFfn && (options.groupedMoe ?? true)) {
+      // Prefill of MoE layers as grouped GEMMs: packed experts by default, plain ones when asked.
+      if (moe && (packedFfn ? (options.groupedMoe ?? true) : options.groupedMoe)) {
         const sortProg = await moeSortProgram(device, ring, { experts: c.numExperts, topK: k });
-        const g1 = await qGroupedGemmProgram(device, ring, { kind: "gate_up", hidden: H, inter: I, topK: k });
-        const g2 = await qGroupedGemmProgram(device, ring, { kind: "down", hidden: H, inter: I, topK: k });
         const comb = await moeCombineProgram(device, ring, {
           hidden: H,
           topK: k,
           alpha: c.residualMultiplier,
         });
-        const gu = guPacked!, dn = dnPacked!;
-        grouped = {
-          sort: {
-            program: sortProg,
-            group: sortProg.bind(`L${l}.moe-sort`, [b.ids, b.perm, b.tiles, b.ntiles]),
-            grid: [1, 1, 1],
-          },
-          gateUp: {
+        const shapes = { hidden: H, inter: I, topK: k };
+        let gateUp: Dispatch, down: Dispatch;
+        let groupedSharedDown = sharedDown;
+        if (packedFfn) {
+          const gu = guPacked!, dn = dnPacked!;
+          const g1 = await qGroupedGemmProgram(device, ring, { kind: "gate_up", ...shapes });
+          const g2 = await qGroupedGemmProgram(device, ring, { kind: "down", ...shapes });
+          gateUp = {
             program: g1,
             group: g1.bind(`L${l}.q-moe-gate-up`, [
               b.xn,
@@ -747,8 +746,8 @@ export class GpuDecoder implements TokenSource {
               b.gu,
             ]),
             grid: [1, 1, 1],
-          },
-          down: {
+          };
+          down = {
             program: g2,
             group: g2.bind(`L${l}.q-moe-down`, [
               b.gu,
@@ -761,52 +760,36 @@ export class GpuDecoder implements TokenSource {
               b.ysl,
             ]),
             grid: [1, 1, 1],
-          },
-          combine: {
-            program: comb,
-            group: comb.bind(`L${l}.moe-combine`, [b.ysl, b.wts, b.x]),
-            grid: [1, 1, 1],
-          },
-          sharedDown,
-          gateUpX: Math.ceil(2 * I / TILE_COLS),
-          downX: Math.ceil(H / TILE_COLS),
-        };
-      } else if (moe && options.groupedMoe && !packedFfn) {
-        const sortProg = await moeSortProgram(device, ring, { experts: c.numExperts, topK: k });
-        const g1 = await groupedGemmProgram(device, ring, {
-          kind: "gate_up",
-          hidden: H,
-          inter: I,
-          topK: k,
-          dtype,
-        });
-        const g2 = await groupedGemmProgram(device, ring, {
-          kind: "down",
-          hidden: H,
-          inter: I,
-          topK: k,
-          dtype,
-        });
-        const comb = await moeCombineProgram(device, ring, {
-          hidden: H,
-          topK: k,
-          alpha: c.residualMultiplier,
-        });
-        let sharedDown: Dispatch | undefined;
-        if (shared) {
-          const sdProg = await downProgram(device, ring, {
-            hidden: H,
-            inter: S,
-            topK: 1,
-            shared: 0,
-            dtype,
-            alpha: c.residualMultiplier,
-          });
-          sharedDown = {
-            program: sdProg,
-            group: sdProg.bind(`L${l}.shared-down`, [b.hs, downBufs[6], b.zeros, b.sg, b.x]),
-            grid: [Math.ceil(H / EXPERT_OUTS), 1, 1],
           };
+        } else {
+          const g1 = await groupedGemmProgram(device, ring, { kind: "gate_up", dtype, ...shapes });
+          const g2 = await groupedGemmProgram(device, ring, { kind: "down", dtype, ...shapes });
+          gateUp = {
+            program: g1,
+            group: g1.bind(`L${l}.moe-gate-up`, [b.xn, gateUpW, b.perm, b.tiles, b.ntiles, b.gu]),
+            grid: [1, 1, 1],
+          };
+          down = {
+            program: g2,
+            group: g2.bind(`L${l}.moe-down`, [b.gu, downW, b.perm, b.tiles, b.ntiles, b.ysl]),
+            grid: [1, 1, 1],
+          };
+          if (shared) {
+            // The fused down kernel adds the shared expert; grouped prefill runs it as its own dispatch.
+            const sdProg = await downProgram(device, ring, {
+              hidden: H,
+              inter: S,
+              topK: 1,
+              shared: 0,
+              dtype,
+              alpha: c.residualMultiplier,
+            });
+            groupedSharedDown = {
+              program: sdProg,
+              group: sdProg.bind(`L${l}.shared-down`, [b.hs, downBufs[6], b.zeros, b.sg, b.x]),
+              grid: [Math.ceil(H / EXPERT_OUTS), 1, 1],
+            };
+          }
         }
         grouped = {
           sort: {
@@ -814,22 +797,14 @@ export class GpuDecoder implements TokenSource {
             group: sortProg.bind(`L${l}.moe-sort`, [b.ids, b.perm, b.tiles, b.ntiles]),
             grid: [1, 1, 1],
           },
-          gateUp: {
-            program: g1,
-            group: g1.bind(`L${l}.moe-gate-up`, [b.xn, gateUpW, b.perm, b.tiles, b.ntiles, b.gu]),
-            grid: [1, 1, 1],
-          },
-          down: {
-            program: g2,
-            group: g2.bind(`L${l}.moe-down`, [b.gu, downW, b.perm, b.tiles, b.ntiles, b.ysl]),
-            grid: [1, 1, 1],
-          },
+          gateUp,
+          down,
           combine: {
             program: comb,
             group: comb.bind(`L${l}.moe-combine`, [b.ysl, b.wts, b.x]),
             grid: [1, 1, 1],
           },
-          sharedDown,
+          sharedDown: groupedSharedDown,
           gateUpX: Math.ceil(2 * I / TILE_COLS),
           downX: Math.ceil(H / TILE_COLS),
         };

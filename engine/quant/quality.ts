@@ -6,6 +6,7 @@
  * @module
  */
 
+import { logSoftmax } from "../lfd.ts";
 import type { Model } from "../types.ts";
 
 /** The comparison of two models on one token sequence. */
@@ -20,18 +21,6 @@ export interface QualityReport {
   top1Agreement: number;
   /** Positions compared. */
   positions: number;
-}
-
-/** Log-softmax of one row of logits (`vocab` values), in float64. */
-function logSoftmax(row: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (let i = 0; i < row.length; i++) if (row[i] > max) max = row[i];
-  let sum = 0;
-  for (let i = 0; i < row.length; i++) sum += Math.exp(row[i] - max);
-  const lse = max + Math.log(sum);
-  const out = new Float64Array(row.length);
-  for (let i = 0; i < row.length; i++) out[i] = row[i] - lse;
-  return out;
 }
 
 function argmax(a: Float64Array): number {
