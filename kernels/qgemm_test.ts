@@ -1,29 +1,20 @@
 import assert from "node:assert/strict";
-import { dequantize } from "../engine/quant/pack.ts";
-import { quantizeRtn } from "../engine/quant/quantize.ts";
 import { expertsRef } from "./cpu/experts.ts";
 import { matmulRef } from "./cpu/matmul.ts";
 import { maxTiles, moeCombineProgram, moeSortProgram, TILE_COLS } from "./moe_grouped.ts";
 import { QGEMM_BM, QGEMM_BN, qgemmProgram, qGroupedGemmProgram } from "./qgemm.ts";
-import { buildQuantSet, type QuantMatrix } from "./qmatvec.ts";
-import { buf, randomArray, relError, rng, roundF16, runAndRead, SKIP_GPU, testGpu } from "./test_util.ts";
-
-type Scheme = "f16" | [number, number];
-
-/** A random matrix in scheme `s` and its dequantized values (what the kernels must compute with). */
-function makeMatrix(
-  r: () => number,
-  rows: number,
-  cols: number,
-  s: Scheme,
-): { m: QuantMatrix; w: Float32Array } {
-  const raw = randomArray(r, rows * cols, -0.5, 0.5);
-  if (s === "f16") {
-    return { m: { rows, cols, f16: new Uint16Array(new Float16Array(raw).buffer) }, w: roundF16(raw) };
-  }
-  const p = quantizeRtn(raw, rows, cols, s[0], s[1]);
-  return { m: p, w: dequantize(p) };
-}
+import { buildQuantSet } from "./qmatvec.ts";
+import {
+  buf,
+  makeQuantMatrix,
+  randomArray,
+  relError,
+  rng,
+  runAndRead,
+  SKIP_GPU,
+  testGpu,
+  type TestScheme,
+} from "./test_util.ts";
 
 // Tolerance: f32 accumulation in a different order than the reference; 1e-5 relative (RMS) error.
 Deno.test({
@@ -35,12 +26,12 @@ Deno.test({
     // One program (the scheme is read from the meta table at run time); rows span one to three row tiles.
     const n = 72, k = 96;
     const prog = await qgemmProgram(device, ring, { n, k, mode: "add", bias: true, alpha: 0.5 });
-    const cases: [Scheme, number][] = [[[4, 32], 70], [[2, 16], 5], [[3, 48], 64], [[8, 96], 129], [
+    const cases: [TestScheme, number][] = [[[4, 32], 70], [[2, 16], 5], [[3, 48], 64], [[8, 96], 129], [
       "f16",
       33,
     ]];
     for (const [s, rows] of cases) {
-      const { m, w } = makeMatrix(r, n, k, s);
+      const { m, w } = makeQuantMatrix(r, n, k, s);
       const set = buildQuantSet([m]);
       const x = randomArray(r, rows * k), b = randomArray(r, n), y0 = randomArray(r, rows * n);
       const yb = buf(device, "y", y0);
@@ -71,10 +62,11 @@ Deno.test({
     const r = rng(82);
     const H = 64, I = 48, k = 2, rows = 45;
     // Per expert: gate/up scheme (rows of H) and down scheme (rows of I); expert 5 gets no tokens.
-    const guS: Scheme[] = [[2, 32], [3, 64], [4, 32], [8, 64], "f16", [4, 64]];
-    const dnS: Scheme[] = [[2, 16], [3, 48], [4, 24], [8, 48], "f16", [4, 48]];
+    const guS: TestScheme[] = [[2, 32], [3, 64], [4, 32], [8, 64], "f16", [4, 64]];
+    const dnS: TestScheme[] = [[2, 16], [3, 48], [4, 24], [8, 48], "f16", [4, 48]];
     const E = guS.length;
-    const gu = guS.map((s) => makeMatrix(r, 2 * I, H, s)), dn = dnS.map((s) => makeMatrix(r, H, I, s));
+    const gu = guS.map((s) => makeQuantMatrix(r, 2 * I, H, s)),
+      dn = dnS.map((s) => makeQuantMatrix(r, H, I, s));
     const guRef = new Float32Array(E * 2 * I * H), dnRef = new Float32Array(E * H * I);
     gu.forEach((g, e) => guRef.set(g.w, e * 2 * I * H));
     dn.forEach((d, e) => dnRef.set(d.w, e * H * I));

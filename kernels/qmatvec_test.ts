@@ -1,33 +1,19 @@
 import assert from "node:assert/strict";
-import { dequantize } from "../engine/quant/pack.ts";
-import { quantizeRtn } from "../engine/quant/quantize.ts";
 import { expertsRef } from "./cpu/experts.ts";
 import { matmulRef } from "./cpu/matmul.ts";
 import { grid2d } from "./gpu.ts";
+import { buildQuantSet, qDownProgram, qGateUpProgram, qgemvProgram, QMV_OUTS } from "./qmatvec.ts";
 import {
-  buildQuantSet,
-  qDownProgram,
-  qGateUpProgram,
-  qgemvProgram,
-  QMV_OUTS,
-  type QuantMatrix,
-} from "./qmatvec.ts";
-import { buf, randomArray, relError, rng, roundF16, runAndRead, SKIP_GPU, testGpu } from "./test_util.ts";
-
-/** A random matrix in scheme `s` ("f16" or [bits, group]) and its dequantized values. */
-function makeMatrix(
-  r: () => number,
-  rows: number,
-  cols: number,
-  s: "f16" | [number, number],
-): { m: QuantMatrix; w: Float32Array } {
-  const raw = randomArray(r, rows * cols, -0.5, 0.5);
-  if (s === "f16") {
-    return { m: { rows, cols, f16: new Uint16Array(new Float16Array(raw).buffer) }, w: roundF16(raw) };
-  }
-  const p = quantizeRtn(raw, rows, cols, s[0], s[1]);
-  return { m: p, w: dequantize(p) };
-}
+  buf,
+  makeQuantMatrix,
+  randomArray,
+  relError,
+  rng,
+  runAndRead,
+  SKIP_GPU,
+  testGpu,
+  type TestScheme,
+} from "./test_util.ts";
 
 Deno.test({
   name: "qgemv matches matmulRef on dequantized weights for 2, 3, 4, 8 bits and f16",
@@ -44,11 +30,11 @@ Deno.test({
         [8, 64],
         [4, 32],
         "f16",
-      ] as ("f16" | [number, number])[]
+      ] as TestScheme[]
     ) {
       for (const [rows, n, k] of [[1, 37, 128], [3, 64, 256], [2, 128, 64], [2, 40, 96]]) {
         if (s !== "f16" && k % s[1] !== 0) continue;
-        const { m, w } = makeMatrix(r, n, k, s);
+        const { m, w } = makeQuantMatrix(r, n, k, s);
         const set = buildQuantSet([m]);
         const x = randomArray(r, rows * k), b = randomArray(r, n), y0 = randomArray(r, rows * n);
         const prog = await qgemvProgram(device, ring, { n, k, mode: "add", bias: true, alpha: 0.5 });
@@ -86,10 +72,10 @@ Deno.test({
     const { device, ring } = await testGpu();
     const r = rng(72);
     const H = 128, I = 64, k = 3, rows = 4;
-    const schemes: ("f16" | [number, number])[] = [[2, 64], [3, 64], [4, 128], [8, 64], "f16"];
+    const schemes: TestScheme[] = [[2, 64], [3, 64], [4, 128], [8, 64], "f16"];
     const E = schemes.length;
-    const gu = schemes.map((s) => makeMatrix(r, 2 * I, H, s));
-    const dn = schemes.map((s) => makeMatrix(r, H, I, s === "f16" ? s : [s[0], Math.min(s[1], I)]));
+    const gu = schemes.map((s) => makeQuantMatrix(r, 2 * I, H, s));
+    const dn = schemes.map((s) => makeQuantMatrix(r, H, I, s === "f16" ? s : [s[0], Math.min(s[1], I)]));
     const guRef = new Float32Array(E * 2 * I * H), dnRef = new Float32Array(E * H * I);
     gu.forEach((g, e) => guRef.set(g.w, e * 2 * I * H));
     dn.forEach((d, e) => dnRef.set(d.w, e * H * I));

@@ -6,7 +6,10 @@
  * @module
  */
 
+import { dequantize } from "../engine/quant/pack.ts";
+import { quantizeRtn } from "../engine/quant/quantize.ts";
 import type { DType } from "../engine/types.ts";
+import type { QuantMatrix } from "./qmatvec.ts";
 import {
   acquireGpu,
   type Dispatch,
@@ -97,4 +100,22 @@ export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
     m = Math.max(m, Math.abs(b[i]));
   }
   return m === 0 ? d : d / m;
+}
+
+/** A quantization scheme of a test matrix: "f16", or [bits, group]. */
+export type TestScheme = "f16" | [number, number];
+
+/** A random matrix [rows, cols] in scheme `s` and the values the kernels must compute with (dequantized). */
+export function makeQuantMatrix(
+  r: () => number,
+  rows: number,
+  cols: number,
+  s: TestScheme,
+): { m: QuantMatrix; w: Float32Array } {
+  const raw = randomArray(r, rows * cols, -0.5, 0.5);
+  if (s === "f16") {
+    return { m: { rows, cols, f16: new Uint16Array(new Float16Array(raw).buffer) }, w: roundF16(raw) };
+  }
+  const p = quantizeRtn(raw, rows, cols, s[0], s[1]);
+  return { m: p, w: dequantize(p) };
 }
