@@ -743,7 +743,7 @@ class QaPipeline implements Pipeline {
     });
     yield { type: "meta", retrieved, gate, compression: compression!, prompt_tokens: ids.length };
     // 4. generation (layer fused decoding applies to answers read from context passages)
-    yield* this.#generate(run, ids, sampling, t, chosen.length > 0 ? q.lfd : undefined);
+    yield* this.#generate(run, ids, sampling, t, chosen.length > 0 ? q.lfd : undefined, true);
   }
 
   // --- chat ---------------------------------------------------------------------------------------------
@@ -949,8 +949,17 @@ class QaPipeline implements Pipeline {
     s: ResolvedSampling,
     t: { gate: number; retrieval: number; compression: number },
     lfd?: LfdOptions,
+    trimStart = false,
   ): AsyncGenerator<TokenEvent | DoneEvent> {
     const model = this.model;
+    // An answer to /ask starts at its first visible character (byte-level BPE models emit " word" first).
+    let leading = trimStart;
+    const trim = (d: string) => {
+      if (!leading || !d) return d;
+      const t = d.trimStart();
+      if (t) leading = false;
+      return t;
+    };
     const effectiveMax = Math.min(s.maxTokens, this.contextLength - ids.length);
     const tokens = model.stream(ids, {
       maxTokens: effectiveMax,
@@ -979,14 +988,14 @@ class QaPipeline implements Pipeline {
           ttft = tFirst - run.t0;
           this.#emit("onFirstToken", ttft);
         }
-        const delta = text.push(id);
+        const delta = trim(text.push(id));
         if (delta) {
           answer += delta;
           yield { type: "token", text: delta };
         }
         if (text.stopped) break;
       }
-      const rest = text.finish();
+      const rest = trim(text.finish());
       if (rest) {
         answer += rest;
         yield { type: "token", text: rest };

@@ -368,3 +368,26 @@ Deno.test("layer fused decoding reaches the model only for answers with context 
   assert.equal(zero.answer, plain.answer);
   await p.close();
 });
+
+Deno.test("an answer to ask() starts at its first visible character; chat keeps the text as produced", async () => {
+  const ids = tok.encode("  the answer", { addSpecialTokens: false });
+  assert.ok(tok.decode(ids).startsWith(" "), "the fixture tokenizer keeps the leading spaces");
+  const scripted = new Proxy(model, {
+    get(target, key) {
+      if (key === "stream") {
+        return async function* () {
+          yield* ids;
+        };
+      }
+      const v = Reflect.get(target, key, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  }) as Model;
+  const p = createPipeline({ model: scripted, defaults: { maxTokens: ids.length } });
+  assert.equal((await p.ask({ question: "Which?" })).answer, tok.decode(ids).trimStart());
+  const chat = p.chat({ messages: [{ role: "user", content: "Which?" }] });
+  let text = "";
+  for await (const e of chat) if (e.type === "token") text += e.text;
+  assert.equal(text, tok.decode(ids));
+  await p.close();
+});
