@@ -117,6 +117,8 @@ export class CpuDecoder implements TokenSource {
   readonly kvCache: ResolvedKvCache;
   /** Rows of one prompt chunk with a compressed cache. */
   readonly prefillRows: number;
+  /** Tokens routed to each expert of each layer since construction: [numLayers] arrays of E (dense: zeros). */
+  readonly expertCounts: Uint32Array[];
 
   /** Makes a decoder over `weights` for up to `contextLength` positions. */
   constructor(
@@ -130,6 +132,7 @@ export class CpuDecoder implements TokenSource {
     this.contextLength = contextLength;
     this.kvCache = options.kvCache ?? PLAIN_F32;
     this.prefillRows = Math.max(1, Math.min(options.prefillRows ?? 256, contextLength));
+    this.expertCounts = config.layers.map(() => new Uint32Array(config.numExperts));
     const { cos, sin } = ropeTables(config.rope, config.headDim, contextLength);
     this.#cos = cos;
     this.#sin = sin;
@@ -271,6 +274,8 @@ export class CpuDecoder implements TokenSource {
         const logits = matmulRef(fn, w.get("router")!, T, E, H);
         observer?.router?.(l, logits);
         const { ids: sel, weights } = routeRef(logits, T, E, K, c.routerMode, c.normTopkProb);
+        const counts = this.expertCounts[l];
+        for (let i = 0; i < sel.length; i++) counts[sel[i]]++;
         observer?.feedForward?.(l, fn, sel, weights, K);
         expertsRef(fn, T, sel, weights, K, w.get("gate_up")!, w.get("down")!, H, I, out);
         if (c.sharedExpertIntermediateSize > 0) {

@@ -61,7 +61,7 @@ import {
   type QuantMatrix,
 } from "../kernels/qmatvec.ts";
 import { rmsNormProgram } from "../kernels/rms_norm.ts";
-import { topKProgram } from "../kernels/router.ts";
+import { countsStride, topKProgram } from "../kernels/router.ts";
 import { sampleProgram, SAMPLER_UNIFORM_BYTES, samplerUniform } from "../kernels/sample.ts";
 import type { Checkpoint } from "./checkpoint.ts";
 import { type ModelConfig, ropeTables } from "./config.ts";
@@ -388,6 +388,8 @@ export class GpuDecoder implements TokenSource {
       xn: act("xn", R * H),
       xlast: act("xlast", H),
       xfuse: act("lfd-row", H),
+      // Tokens routed to each expert since load: [layers] blocks of countsStride(E) bytes, u32 [E] each.
+      expertCounts: track(storageBuffer(device, "expert-counts", c.numLayers * countsStride(c.numExperts))),
       qkv: act("qkv", R * qkvDim),
       q: act("q", R * qDim),
       attn: act("attn", R * qDim),
@@ -659,7 +661,11 @@ export class GpuDecoder implements TokenSource {
           logits: routerLin,
           topK: {
             program: tProg,
-            group: tProg.bind(`L${l}.router-topk`, [b.routerLogits, b.ids, b.wts, b.sg]),
+            group: tProg.bind(`L${l}.router-topk`, [b.routerLogits, b.ids, b.wts, b.sg, {
+              buffer: b.expertCounts,
+              offset: l * countsStride(c.numExperts),
+              size: c.numExperts * 4,
+            }]),
             grid: [1, 1, 1],
           },
         };
@@ -1290,6 +1296,16 @@ export class GpuDecoder implements TokenSource {
       for (const t of temp) t.destroy();
       release();
     }
+  }
+
+  /** Tokens routed to each expert of each layer since load: [numLayers] u32 arrays of E (dense layers: zeros). */
+  async expertActivations(): Promise<Uint32Array[]> {
+    this.#check();
+    const E = this.config.numExperts, stride = countsStride(E);
+    const all = new Uint32Array(
+      await readBuffer(this.#device, this.#b.expertCounts, 0, this.config.numLayers * stride),
+    );
+    return this.config.layers.map((_, l) => all.slice(l * stride / 4, l * stride / 4 + E));
   }
 
   /**

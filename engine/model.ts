@@ -78,6 +78,7 @@ class LoadedModel implements Model {
   readonly #kv: ResolvedKvCache;
   readonly #prefillRows: number;
   #disposed = false;
+  #gpuCounts: Uint32Array[];
 
   constructor(
     config: ModelConfig,
@@ -97,6 +98,7 @@ class LoadedModel implements Model {
     this.#gpu = gpu;
     this.#cpu = decoder instanceof CpuDecoder ? decoder : undefined;
     this.#contextLength = contextLength;
+    this.#gpuCounts = config.layers.map(() => new Uint32Array(config.numExperts));
     this.#kv = kv.cache;
     this.#prefillRows = kv.prefillRows;
   }
@@ -142,7 +144,9 @@ class LoadedModel implements Model {
         `Cannot compute logits: ${ids.length} tokens exceed the context of ${this.#contextLength}`,
       );
     }
-    return await d.logits(ids);
+    const out = await d.logits(ids);
+    this.#refreshCounts();
+    return out;
   }
 
   async generate(ids: readonly number[], options?: GenerateOptions): Promise<number[]> {
@@ -180,7 +184,20 @@ class LoadedModel implements Model {
     }
     return runGeneration(source, this.tokenizer, ids, resolved, (stats) => {
       this.lastStats = { ...this.#withKvBytes(stats, kv), ...(lfdLayer !== undefined ? { lfdLayer } : {}) };
+      this.#refreshCounts();
     });
+  }
+
+  expertActivations(): readonly Uint32Array[] {
+    if (this.#cpu) return this.#cpu.expertCounts.map((a) => a.slice());
+    return this.#gpuCounts;
+  }
+
+  /** Reads the GPU's expert counters into the snapshot `expertActivations` returns (after each call). */
+  #refreshCounts(): void {
+    const gpu = this.#gpu;
+    if (!gpu || this.#disposed) return;
+    gpu.expertActivations().then((c) => this.#gpuCounts = c, () => {});
   }
 
   async inspect(ids: readonly number[], options?: InspectOptions): Promise<PromptInspection> {
@@ -192,7 +209,9 @@ class LoadedModel implements Model {
       );
     }
     if (this.#cpu) return inspectCpu(this.#cpu, ids, options);
-    return await this.#gpu!.inspect(ids, options);
+    const out = await this.#gpu!.inspect(ids, options);
+    this.#refreshCounts();
+    return out;
   }
 
   dispose(): Promise<void> {

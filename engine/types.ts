@@ -153,6 +153,11 @@ export interface Model {
   generate(ids: readonly number[], options?: GenerateOptions): Promise<number[]>;
   /** The new token ids that follow `ids`, as they are produced. */
   stream(ids: readonly number[], options?: GenerateOptions): AsyncIterable<number>;
+  /**
+   * Tokens the router sent to each expert of each layer since load, [numLayers] arrays of numExperts (dense layers
+   * zeros). On WebGPU the counters live on the GPU and this is their value after the last completed call.
+   */
+  expertActivations(): readonly Uint32Array[];
   /** One prefill of `ids` with the statistics the retrieval gate and layer fused decoding use. */
   inspect(ids: readonly number[], options?: InspectOptions): Promise<PromptInspection>;
   /** Frees GPU buffers; the model cannot be used afterwards. */

@@ -11,6 +11,11 @@ import type { RouterMode } from "../engine/config.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
 import { prelude } from "./wgsl.ts";
 
+/** Bytes between the activation counters of two layers in one buffer (bind offsets are 256-byte aligned). */
+export function countsStride(experts: number): number {
+  return Math.ceil((experts * 4) / 256) * 256;
+}
+
 /** Shapes and rule of the top-k step. */
 export interface TopKParams {
   /** Experts E. */
@@ -29,7 +34,8 @@ const WG = 256;
 
 /**
  * WGSL of the top-k step. Bindings: 0 logits [R, E (+1)] f32; 1 ids [R, k] u32; 2 weights [R, k] f32;
- * 3 shared gate [R] f32. Grid: (rows). Ties keep the lower expert id first.
+ * 3 shared gate [R] f32; 4 activation counts [E] atomic u32 (each kept expert of each row adds 1: the tokens
+ * routed to it, accumulated across calls). Grid: (rows). Ties keep the lower expert id first.
  * - `softmax_topk`: p = softmax over all E; keep the k largest; divide by their sum iff `normalize`;
  * - `topk_softmax`: keep the k largest logits; weights = softmax over those k.
  */
@@ -49,6 +55,7 @@ const TOPK: u32 = ${p.topK}u;
 @group(0) @binding(1) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(2) var<storage, read_write> wts: array<f32>;
 @group(0) @binding(3) var<storage, read_write> sg: array<f32>;
+@group(0) @binding(4) var<storage, read_write> counts: array<atomic<u32>>;
 var<workgroup> lg: array<f32, ${p.experts}>;
 var<workgroup> pw: array<f32, ${p.topK}>;
 @compute @workgroup_size(${WG})
@@ -70,6 +77,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     }
     if (rank < TOPK) {
       ids[r * TOPK + rank] = e;
+      atomicAdd(&counts[e], 1u);
       pw[rank] = ${p.mode === "softmax_topk" ? "exp(v - mx) / z" : "v"};
     }
   }
@@ -86,5 +94,5 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 
 /** The top-k program. */
 export function topKProgram(device: GPUDevice, ring: StepRing, p: TopKParams): Promise<Program> {
-  return P.get(device, ring, "router-topk", topKWgsl(p), ["read", "write", "write", "write"]);
+  return P.get(device, ring, "router-topk", topKWgsl(p), ["read", "write", "write", "write", "write"]);
 }

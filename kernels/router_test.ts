@@ -52,6 +52,7 @@ Deno.test({
       const ib = buf(device, "ids", new Uint32Array(c.rows * c.k)),
         wb = buf(device, "w", new Float32Array(c.rows * c.k));
       const sb = buf(device, "sg", new Float32Array(c.rows));
+      const cb = buf(device, "counts", new Uint32Array(c.E).fill(5));
       await runAndRead(
         device,
         ring,
@@ -61,7 +62,7 @@ Deno.test({
             group: lin.bind("lin", [buf(device, "x", x), buf(device, "wr", w), lb]),
             grid: grid2d(Math.ceil(ne / GEMV_OUTS)),
           },
-          { program: top, group: top.bind("top", [lb, ib, wb, sb]), grid: [c.rows, 1, 1] },
+          { program: top, group: top.bind("top", [lb, ib, wb, sb, cb]), grid: [c.rows, 1, 1] },
         ],
         { rows: c.rows },
         ib,
@@ -74,6 +75,11 @@ Deno.test({
       for (let t = 0; t < c.rows; t++) logits.set(all.subarray(t * ne, t * ne + c.E), t * c.E);
       const ref = routeRef(logits, c.rows, c.E, c.k, c.mode, c.normalize);
       assert.deepEqual(Array.from(ids), Array.from(ref.ids), JSON.stringify(c));
+      // The counters add each row's kept experts to what they held (5 here).
+      const counts = new Uint32Array(await readBuffer(device, cb, 0, c.E * 4));
+      const want = new Array(c.E).fill(5);
+      for (const e of ref.ids) want[e]++;
+      assert.deepEqual(Array.from(counts), want, `${JSON.stringify(c)} counts`);
       for (let i = 0; i < wts.length; i++) {
         assert.ok(Math.abs(wts[i] - ref.weights[i]) < 1e-5, `${JSON.stringify(c)} weight ${i}`);
       }
@@ -111,6 +117,7 @@ Deno.test({
             ib,
             buf(device, "w", new Float32Array(3)),
             buf(device, "s", new Float32Array(1)),
+            buf(device, "c", new Uint32Array(6)),
           ]),
           grid: [1, 1, 1],
         }],
