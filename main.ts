@@ -32,10 +32,25 @@ import {
 } from "./pipeline.ts";
 import { loadCompressor } from "./retrieval/compress.ts";
 import { readGate, RetrievalGate as Gate } from "./retrieval/gate.ts";
-import { openStore } from "./retrieval/store.ts";
+import {
+  DEFAULT_DOCUMENTS,
+  defaultDbDir,
+  ensureIngested,
+  ingestedMarker,
+} from "./retrieval/knowledge_base.ts";
+import { type KnowledgeStore, openStore } from "./retrieval/store.ts";
 import { createApp } from "./routes/app.ts";
 
-const DEFAULT_MODEL = fileURLToPath(new URL("./fixtures/models/olmoe", import.meta.url));
+/**
+ * The model `serve` (and `deno task eval`) uses without `--model`: the tiny random-weight OLMoE fixture, until
+ * the reader trained by `tools/train_reader.py` lands: then this becomes `./fixtures/models/reader`.
+ */
+export const DEFAULT_MODEL: string = fileURLToPath(new URL("./fixtures/models/olmoe", import.meta.url));
+
+/** The prompt compressor `serve` loads: the LLMLingua-2 classifier trained by `tools/train_compressor.py`. */
+export const DEFAULT_COMPRESSOR: string = fileURLToPath(
+  new URL("./fixtures/compressor/default", import.meta.url),
+);
 
 const USAGE = `Usage: main.ts serve [options]
 
@@ -60,10 +75,13 @@ Model:
   --context N             positions the KV cache holds (default: the model's, at most 4096)
   --kv-cache K            f16, f32 (plain), quant, gear-l or gear (default: plain in the model's dtype)
 Pipeline defaults (requests may override them):
-  --db URI                document store (a LanceDB directory or object-store URI); none by default
-  --retrieval M           auto, always or never (default auto: as the gate says, or always with --db)
+  --db URI                document store (a LanceDB directory or object-store URI), or none (default: the
+                          default knowledge base $EDGEMIX_HOME/db, else ~/.cache/edgemix/db, which the
+                          first start fills with the bundled world's documents; needs --allow-ffi)
+  --retrieval M           auto, always or never (default auto: as the gate says, or always with a store)
   --top-k N               passages to retrieve (default 4)
-  --compression-rate R    compress the context to this share of its tokens, in (0, 1], or off (default off)
+  --compression-rate R    compress the context to this share of its tokens, in (0, 1], or off (default off;
+                          the compressor is loaded anyway, so a request may ask for compression)
   --max-tokens N          most tokens of an answer (default 256)
   --temperature T         sampling temperature, 0 is greedy (default 0)
   -h, --help              print this help
@@ -80,7 +98,10 @@ interface ServeCommand {
   dtype: DType | undefined;
   context: number | undefined;
   kvCache: KvCacheMode | undefined;
+  /** The store given with --db; undefined for the default knowledge base or with `--db none`. */
   db: string | undefined;
+  /** `--db none`: no store at all. */
+  noDb: boolean;
   apiKeyEnv: string;
   apiKeyEnvGiven: boolean;
   maxConcurrency: number;
@@ -211,7 +232,8 @@ function parseCommand(args: string[], env: (name: string) => string | undefined)
     dtype: dtype?.value as DType | undefined,
     context: get("context") ? integer("context", 2, 2 ** 24, 0) : undefined,
     kvCache: get("kv-cache") ? choice("kv-cache", KV_CACHE_MODES, "f32") : undefined,
-    db: get("db")?.value,
+    db: get("db")?.value === "none" ? undefined : get("db")?.value,
+    noDb: get("db")?.value === "none",
     apiKeyEnv: apiKeyEnv?.value ?? "EDGEMIX_API_KEY",
     apiKeyEnvGiven: apiKeyEnv !== undefined,
     maxConcurrency: integer("max-concurrency", 1, 4096, 4),
@@ -238,27 +260,111 @@ function urlOf(addr: Deno.NetAddr): string {
 
 /** Factories of the optional stages (the store, the gate beside the model, the compressor). */
 interface StageFactories {
-  openStore?: (uri: string) => Promise<Retriever> | Retriever;
+  /** Opens the store: the one of `--db`, or the default knowledge base (filled on first start). */
+  openStore?: () => Promise<Retriever> | Retriever;
+  /** The store is the default knowledge base: when it fails, serve without retrieval (with a warning). */
+  storeOptional?: boolean;
   loadGate?: (model: Model) => Promise<RetrievalGate> | RetrievalGate;
   loadCompressor?: () => Promise<PromptCompressor> | PromptCompressor;
+  /** No `--compression-rate` asked for the compressor: when it fails, serve without it (with a warning). */
+  compressorOptional?: boolean;
+}
+
+/** The default knowledge base of a command without `--db`: its directory and load marker, or why there is none. */
+type DefaultKnowledgeBase = { dir: string; marker: string } | { unavailable: string };
+
+/** The default knowledge base, or undefined when the command names a store (`--db URI`) or none (`--db none`). */
+function defaultKnowledgeBase(cmd: ServeCommand): DefaultKnowledgeBase | undefined {
+  if (cmd.db !== undefined || cmd.noDb) return undefined;
+  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") {
+    return {
+      unavailable: "the document store (LanceDB) is a native addon and Deno runs without --allow-ffi " +
+        "(deno task serve grants it)",
+    };
+  }
+  try {
+    const dir = defaultDbDir();
+    return { dir, marker: ingestedMarker(dir) };
+  } catch (e) {
+    return { unavailable: e instanceof Error ? e.message : String(e) };
+  }
 }
 
 /**
- * The stages the command asks for: `--db` opens the LanceDB store and the retrieval gate (fitted by
- * `deno task gate-fit` as gate.json beside the model; without one, `auto` retrieves), `--compression-rate` loads
- * the LLMLingua-2 compressor.
+ * Opens the default knowledge base at `dir` and, on first start (no marker of a complete load, or an empty
+ * store), ingests the bundled world documents into it, with progress on stderr.
+ */
+async function openDefaultStore(dir: string, marker: string): Promise<KnowledgeStore> {
+  await Deno.mkdir(dir, { recursive: true });
+  const store = await openStore(dir);
+  try {
+    try {
+      await Deno.stat(DEFAULT_DOCUMENTS);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      console.error(`edgemix: ${DEFAULT_DOCUMENTS} is missing: the knowledge base ${dir} is used as it is`);
+      return store;
+    }
+    const t0 = performance.now();
+    const terminal = Deno.stderr.isTerminal();
+    const draw = (line: string) => Deno.stderr.writeSync(new TextEncoder().encode(`\r\x1b[K${line}`));
+    const result = await ensureIngested(store, DEFAULT_DOCUMENTS, marker, {
+      onStart: (total) =>
+        console.error(
+          `edgemix: first start: ingesting ${total} documents of ${DEFAULT_DOCUMENTS} into ${dir}`,
+        ),
+      onProgress: (done, total) => terminal && draw(`edgemix: ingested ${done}/${total} documents`),
+      onIndexing: () => terminal && draw("edgemix: indexing…"),
+    });
+    if (result.ingested) {
+      if (terminal) draw("");
+      console.error(
+        `edgemix: ingested ${result.documents} documents (${result.chunks} chunks) in ` +
+          `${((performance.now() - t0) / 1000).toFixed(1)} s`,
+      );
+    }
+    console.log(`edgemix: knowledge base ${dir} (${result.documents} documents)`);
+    return store;
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
+}
+
+/** The compressor `serve` loads: {@linkcode DEFAULT_COMPRESSOR}, or the library's default when it is absent. */
+async function loadDefaultCompressor(): Promise<PromptCompressor> {
+  try {
+    await Deno.stat(DEFAULT_COMPRESSOR);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return await loadCompressor();
+    throw e;
+  }
+  return await loadCompressor(DEFAULT_COMPRESSOR);
+}
+
+/**
+ * The stages the command asks for: the store of `--db` (by default the default knowledge base, filled with the
+ * bundled world's documents on first start; none with `--db none`) and the retrieval gate (fitted by
+ * `deno task gate-fit` as gate.json beside the model; without one, `auto` retrieves), and the LLMLingua-2
+ * compressor (always loaded; required when `--compression-rate` sets a default rate).
  *
  * @throws {FeatureUnavailableError} for a combination that cannot work.
  */
-function findStages(cmd: ServeCommand): StageFactories {
-  if (cmd.retrieval === "always" && cmd.db === undefined) {
+function findStages(cmd: ServeCommand, kb: DefaultKnowledgeBase | undefined): StageFactories {
+  const defaultDir = kb && "dir" in kb ? kb : undefined;
+  if (cmd.retrieval === "always" && cmd.db === undefined && !defaultDir) {
     throw new FeatureUnavailableError(
-      "Cannot use --retrieval always without --db: there is nothing to search",
+      "Cannot use --retrieval always without --db: there is nothing to search" +
+        (kb && "unavailable" in kb ? ` (no default knowledge base: ${kb.unavailable})` : ""),
     );
   }
   const found: StageFactories = {};
-  if (cmd.db !== undefined) {
-    found.openStore = (uri) => openStore(uri);
+  if (cmd.db !== undefined || defaultDir) {
+    const uri = cmd.db;
+    found.openStore = uri !== undefined
+      ? () => openStore(uri)
+      : () => openDefaultStore(defaultDir!.dir, defaultDir!.marker);
+    found.storeOptional = uri === undefined && cmd.retrieval !== "always";
     found.loadGate = async () => {
       const path = join(await resolveModelSource(cmd.model), "gate.json");
       try {
@@ -269,8 +375,24 @@ function findStages(cmd: ServeCommand): StageFactories {
       }
     };
   }
-  if (cmd.compressionRate !== false) found.loadCompressor = () => loadCompressor();
+  found.loadCompressor = loadDefaultCompressor;
+  found.compressorOptional = cmd.compressionRate === false;
   return found;
+}
+
+/** Runs an optional stage's factory: its failure becomes a warning and the stage is left out. */
+async function optional<T>(
+  what: string,
+  optional: boolean,
+  make: () => Promise<T> | T,
+): Promise<T | undefined> {
+  try {
+    return await make();
+  } catch (e) {
+    if (!optional) throw e;
+    console.error(`edgemix: serving without ${what}: ${e instanceof Error ? e.message : String(e)}`);
+    return undefined;
+  }
 }
 
 /** Loads the model and the stages, and composes the pipeline. */
@@ -282,9 +404,13 @@ async function buildPipeline(cmd: ServeCommand, factories: StageFactories): Prom
     kvCache: cmd.kvCache === undefined ? undefined : { mode: cmd.kvCache },
   });
   try {
-    const store = cmd.db === undefined ? undefined : await factories.openStore!(cmd.db);
+    const store = factories.openStore
+      ? await optional("a knowledge base", factories.storeOptional === true, factories.openStore)
+      : undefined;
     const gate = store && factories.loadGate ? await factories.loadGate(model) : undefined;
-    const compressor = factories.loadCompressor ? await factories.loadCompressor() : undefined;
+    const compressor = factories.loadCompressor
+      ? await optional("a prompt compressor", factories.compressorOptional === true, factories.loadCompressor)
+      : undefined;
     return createPipeline({
       model,
       store,
@@ -317,7 +443,11 @@ async function serve(cmd: ServeCommand): Promise<number> {
       `Cannot protect the API: --api-key-env names ${cmd.apiKeyEnv}, which is not set or empty`,
     );
   }
-  const factories = findStages(cmd);
+  const kb = defaultKnowledgeBase(cmd);
+  const factories = findStages(cmd, kb);
+  if (kb && "unavailable" in kb) {
+    console.error(`edgemix: no default knowledge base: ${kb.unavailable}; serving without retrieval`);
+  }
 
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   const stop = Promise.withResolvers<Deno.Signal>();

@@ -65,3 +65,15 @@ export {
   type NativeDevice,
   type TokenClassifier,
 } from "./token_classifier.ts";
+export {
+  DEFAULT_DOCUMENTS,
+  DEFAULT_INGEST_BATCH,
+  defaultDbDir,
+  edgemixHome,
+  ensureIngested,
+  type EnsureIngestedResult,
+  ingestedMarker,
+  ingestFile,
+  type IngestFileOptions,
+  type IngestFileResult,
+} from "./knowledge_base.ts";
