@@ -79,6 +79,7 @@ class LoadedModel implements Model {
   readonly #prefillRows: number;
   #disposed = false;
   #gpuCounts: Uint32Array[];
+  #countsRead: Promise<void> | undefined;
 
   constructor(
     config: ModelConfig,
@@ -197,7 +198,11 @@ class LoadedModel implements Model {
   #refreshCounts(): void {
     const gpu = this.#gpu;
     if (!gpu || this.#disposed) return;
-    gpu.expertActivations().then((c) => this.#gpuCounts = c, () => {});
+    // One readback at a time, tracked so that dispose() waits for it.
+    this.#countsRead = (this.#countsRead ?? Promise.resolve()).then(async () => {
+      if (this.#disposed) return;
+      this.#gpuCounts = await gpu.expertActivations();
+    }).catch(() => {});
   }
 
   async inspect(ids: readonly number[], options?: InspectOptions): Promise<PromptInspection> {
@@ -214,11 +219,11 @@ class LoadedModel implements Model {
     return out;
   }
 
-  dispose(): Promise<void> {
+  async dispose(): Promise<void> {
     this.#disposed = true;
+    await this.#countsRead;
     this.#gpu?.dispose();
     this.#gpu = undefined;
-    return Promise.resolve();
   }
 }
 
