@@ -13,6 +13,8 @@ import {
   checkRowLength,
   f32Lit,
   prelude,
+  tileAccumulate,
+  tileAccumulators,
   weightChunk,
   weightDecl,
   weightDotFn,
@@ -127,10 +129,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   if (m0 >= st.rows) { return; }
   let tx = li % 16u;
   let ty = li / 16u;
-  var acc0 = vec4<f32>(0.0);
-  var acc1 = vec4<f32>(0.0);
-  var acc2 = vec4<f32>(0.0);
-  var acc3 = vec4<f32>(0.0);
+  ${tileAccumulators(4)}
   for (var k0 = 0u; k0 < K; k0 += BK) {
     {
       let row = li / 4u; let kc = (li % 4u) * 4u;
@@ -141,14 +140,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     }
     ${loadW}
     workgroupBarrier();
-    for (var kk = 0u; kk < BK; kk++) {
-      let b = vec4<f32>(ws[(tx * 4u) * BK + kk], ws[(tx * 4u + 1u) * BK + kk], ws[(tx * 4u + 2u) * BK + kk],
-        ws[(tx * 4u + 3u) * BK + kk]);
-      acc0 += xt[(ty * 4u) * BK + kk] * b;
-      acc1 += xt[(ty * 4u + 1u) * BK + kk] * b;
-      acc2 += xt[(ty * 4u + 2u) * BK + kk] * b;
-      acc3 += xt[(ty * 4u + 3u) * BK + kk] * b;
-    }
+    ${tileAccumulate(4)}
     workgroupBarrier();
   }
   let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);

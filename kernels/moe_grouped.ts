@@ -15,7 +15,7 @@
 
 import type { DType } from "../engine/types.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
-import { checkRowLength, f32Lit, prelude, weightTileLoad } from "./wgsl.ts";
+import { checkRowLength, f32Lit, prelude, tileAccumulate, tileAccumulators, weightTileLoad } from "./wgsl.ts";
 
 /** Rows (token-expert pairs) per tile. */
 export const TILE_ROWS = 32;
@@ -141,8 +141,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   workgroupBarrier();
   let tx = li % 16u;
   let ty = li / 16u;
-  var acc0 = vec4<f32>(0.0);
-  var acc1 = vec4<f32>(0.0);
+  ${tileAccumulators(2)}
   for (var k0 = 0u; k0 < K; k0 += BK) {
     if (li < 128u) {
       let row = li / 4u; let kc = (li % 4u) * 4u;
@@ -157,12 +156,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     }
     ${wLoad}
     workgroupBarrier();
-    for (var kk = 0u; kk < BK; kk++) {
-      let b = vec4<f32>(ws[(tx * 4u) * BK + kk], ws[(tx * 4u + 1u) * BK + kk], ws[(tx * 4u + 2u) * BK + kk],
-        ws[(tx * 4u + 3u) * BK + kk]);
-      acc0 += xt[(ty * 2u) * BK + kk] * b;
-      acc1 += xt[(ty * 2u + 1u) * BK + kk] * b;
-    }
+    ${tileAccumulate(2)}
     workgroupBarrier();
   }
   let accs = array<vec4<f32>, 2>(acc0, acc1);

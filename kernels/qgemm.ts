@@ -17,7 +17,7 @@
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
 import { TILE_COLS, TILE_ROWS } from "./moe_grouped.ts";
 import type { QLinearParams } from "./qmatvec.ts";
-import { f32Lit, prelude } from "./wgsl.ts";
+import { f32Lit, prelude, tileAccumulate, tileAccumulators } from "./wgsl.ts";
 
 /** Inputs per step of the quantized GEMMs. */
 const BK = 16;
@@ -119,10 +119,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let m = qmeta[0];
   let tx = li % 16u;
   let ty = li / 16u;
-  var acc0 = vec4<f32>(0.0);
-  var acc1 = vec4<f32>(0.0);
-  var acc2 = vec4<f32>(0.0);
-  var acc3 = vec4<f32>(0.0);
+  ${tileAccumulators(4)}
   for (var k0 = 0u; k0 < K; k0 += BK) {
     {
       let row = li / 4u; let kc = (li % 4u) * 4u;
@@ -135,14 +132,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     }
     ${qTileLoad()}
     workgroupBarrier();
-    for (var kk = 0u; kk < BK; kk++) {
-      let b = vec4<f32>(ws[(tx * 4u) * BK + kk], ws[(tx * 4u + 1u) * BK + kk], ws[(tx * 4u + 2u) * BK + kk],
-        ws[(tx * 4u + 3u) * BK + kk]);
-      acc0 += xt[(ty * 4u) * BK + kk] * b;
-      acc1 += xt[(ty * 4u + 1u) * BK + kk] * b;
-      acc2 += xt[(ty * 4u + 2u) * BK + kk] * b;
-      acc3 += xt[(ty * 4u + 3u) * BK + kk] * b;
-    }
+    ${tileAccumulate(4)}
     workgroupBarrier();
   }
   let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
@@ -215,8 +205,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   workgroupBarrier();
   let tx = li % 16u;
   let ty = li / 16u;
-  var acc0 = vec4<f32>(0.0);
-  var acc1 = vec4<f32>(0.0);
+  ${tileAccumulators(2)}
   for (var k0 = 0u; k0 < K; k0 += BK) {
     {
       // A tile [TM][BK]: 256 threads, 2 values each.
@@ -234,12 +223,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     }
     ${qTileLoad()}
     workgroupBarrier();
-    for (var kk = 0u; kk < BK; kk++) {
-      let b = vec4<f32>(ws[(tx * 4u) * BK + kk], ws[(tx * 4u + 1u) * BK + kk], ws[(tx * 4u + 2u) * BK + kk],
-        ws[(tx * 4u + 3u) * BK + kk]);
-      acc0 += xt[(ty * 2u) * BK + kk] * b;
-      acc1 += xt[(ty * 2u + 1u) * BK + kk] * b;
-    }
+    ${tileAccumulate(2)}
     workgroupBarrier();
   }
   let accs = array<vec4<f32>, 2>(acc0, acc1);

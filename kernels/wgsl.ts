@@ -113,3 +113,27 @@ export function weightTileLoad(dtype: DType, base = "0u"): string {
       ws[o] = a.x; ws[o + 1u] = a.y; ws[o + 2u] = a.z; ws[o + 3u] = a.w;
     }`;
 }
+
+/**
+ * WGSL declaring `acc0 … acc{rows−1}` (vec4<f32>, zero): the outputs of a thread of the tiled GEMMs, `rows` rows
+ * × 4 features.
+ */
+export function tileAccumulators(rows: number): string {
+  return Array.from({ length: rows }, (_, i) => `var acc${i} = vec4<f32>(0.0);`).join("\n  ");
+}
+
+/**
+ * WGSL of one BK step of the tiled GEMMs: thread (tx, ty) multiplies rows ty·rows … of the activation tile `xt`
+ * [rows of the tile][BK] by features tx·4 … tx·4+3 of the weight tile `ws` [BN][BK] into its accumulators.
+ */
+export function tileAccumulate(rows: number): string {
+  const lines = Array.from(
+    { length: rows },
+    (_, i) => `      acc${i} += xt[(ty * ${rows}u${i ? ` + ${i}u` : ""}) * BK + kk] * b;`,
+  );
+  return `for (var kk = 0u; kk < BK; kk++) {
+      let b = vec4<f32>(ws[(tx * 4u) * BK + kk], ws[(tx * 4u + 1u) * BK + kk], ws[(tx * 4u + 2u) * BK + kk],
+        ws[(tx * 4u + 3u) * BK + kk]);
+${lines.join("\n")}
+    }`;
+}
