@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU-host work of one session, in two device calls of at most 10 minutes each, returning at most 8 files
+# (16 MiB each) under $OUT, as the device tool allows.
+#
+# Prepare here (a registry is reachable):
+#   bash ../shared/gpu/pack.sh
+#   for b in gpu_decode gpu_gear http_load; do npx -y deno@2.9.6 bundle --platform deno bench/$b.ts -o dist/$b.js; done
+# Then call the device with carry [".gpu-pack", "dist"] and the command
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh train     # ~9 min: the default reader
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh bench     # ~8 min: speed benchmarks
+# and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
+set -uo pipefail
+what=${1:?train or bench}
+out=${OUT:?OUT must be set}
+logs=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+
+case "$what" in
+train)
+  # The default reader (tools/train_reader.py): a dry run first (seconds), then the real run (~7.5 min).
+  timeout 90 python3 tools/train_reader.py --dry-run >"$logs/reader_dry.log" 2>&1
+  timeout 480 python3 tools/train_reader.py --out /tmp/reader >"$logs/reader.log" 2>&1
+  echo "train_reader rc=$?" >>"$logs/reader.log"
+  if [ -d /tmp/reader ]; then
+    tar czf /tmp/reader.tgz -C /tmp reader
+    split -b 15M -d /tmp/reader.tgz "$out/reader.tgz.part"
+  fi
+  ;;
+bench)
+  # Quantized experts: packed OLMoE-shape checkpoints, prefill 512 / decode 128.
+  for spec in "w4 w4g128" "mx325 w4g128,w2g128" "w2 w2g128"; do
+    set -- $spec
+    timeout 100 python3 bench/make_packed_olmoe.py --out "/tmp/$1" --experts "$2" >>"$logs/quant.log" 2>&1
+    du -sb "/tmp/$1" >>"$logs/quant.log"
+    timeout 120 deno run -A dist/gpu_decode.js --model "/tmp/$1" --dtype f16 >>"$logs/quant.log" 2>&1
+    rm -rf "/tmp/$1"
+  done
+  # f16 checkpoint: the engine-core decode and the KV cache modes at long contexts.
+  timeout 150 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  timeout 60 deno run -A dist/gpu_decode.js --model /tmp/olmoe --dtype f16 >>"$logs/olmoe.log" 2>&1
+  timeout 200 deno run -A dist/gpu_gear.js --model /tmp/olmoe --contexts 1024,8192,32768 --decode 225 \
+    >"$logs/gear.log" 2>&1
+  # The service under load on the GPU (the fixture model; then the reader when it exists).
+  timeout 60 deno run -A --unstable-no-legacy-abort dist/http_load.js --backend webgpu --requests 4 \
+    >"$logs/http.log" 2>&1
+  # LLMLingua-2 at XLM-RoBERTa-large shape in PyTorch and onnxruntime.
+  timeout 120 python3 bench/compress_torch.py --out /tmp/lingua-bench >"$logs/compress.log" 2>&1
+  ;;
+*)
+  echo "usage: bench/gpu_session.sh train|bench" >&2
+  exit 2
+  ;;
+esac
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >"$logs/device.txt" 2>&1
+tar czf "$out/logs.tgz" -C "$logs" .
+ls -la "$out"
