@@ -18,8 +18,8 @@ export PYTHONUNBUFFERED=1
 case "$what" in
 train)
   # The default reader (tools/train_reader.py): a dry run first (seconds), then the real run (~7.5 min).
-  timeout 90 python3 tools/train_reader.py --dry-run >"$logs/reader_dry.log" 2>&1
-  timeout 480 python3 tools/train_reader.py --out /tmp/reader >"$logs/reader.log" 2>&1
+  timeout 60 python3 tools/train_reader.py --dry-run >"$logs/reader_dry.log" 2>&1
+  timeout 470 python3 tools/train_reader.py --minutes 6 --out /tmp/reader >"$logs/reader.log" 2>&1
   echo "train_reader rc=$?" >>"$logs/reader.log"
   if [ -d /tmp/reader ]; then
     tar czf /tmp/reader.tgz -C /tmp reader
