@@ -19,6 +19,7 @@ import { parseArgs } from "node:util";
 import { GpuError, ModelLoadError } from "./engine/errors.ts";
 import { KV_CACHE_MODES, type KvCacheMode } from "./engine/kv/kv_options.ts";
 import { resolveModelSource } from "./engine/hub.ts";
+import { DEFAULT_LFD_ALPHA, type LfdOptions, resolveLfdOptions } from "./engine/lfd.ts";
 import { loadModel } from "./engine/model.ts";
 import type { Backend, DType, Model } from "./engine/types.ts";
 import {
@@ -82,6 +83,9 @@ Pipeline defaults (requests may override them):
   --top-k N               passages to retrieve (default 4)
   --compression-rate R    compress the context to this share of its tokens, in (0, 1], or off (default off;
                           the compressor is loaded anyway, so a request may ask for compression)
+  --lfd L                 layer fused decoding of answers read from context: off, auto or a layer index
+                          (default off)
+  --lfd-alpha A           weight of the fused layer's logits (default 0.5)
   --max-tokens N          most tokens of an answer (default 256)
   --temperature T         sampling temperature, 0 is greedy (default 0)
   -h, --help              print this help
@@ -111,6 +115,7 @@ interface ServeCommand {
   retrieval: RetrievalMode;
   topK: number;
   compressionRate: number | false;
+  lfd: LfdOptions | undefined;
   maxTokens: number;
   temperature: number;
 }
@@ -140,6 +145,8 @@ const FLAGS = [
   "retrieval",
   "top-k",
   "compression-rate",
+  "lfd",
+  "lfd-alpha",
   "max-tokens",
   "temperature",
 ] as const;
@@ -224,7 +231,14 @@ function parseCommand(args: string[], env: (name: string) => string | undefined)
   if (rate && rate.value !== "off") {
     compressionRate = number("compression-rate", (n) => n > 0 && n <= 1, "a number in (0, 1] or off", 1);
   }
+  const lfdFlag = get("lfd");
+  let lfd: LfdOptions | undefined;
+  if (lfdFlag && lfdFlag.value !== "off") {
+    const layer = lfdFlag.value === "auto" ? "auto" : integer("lfd", 0, 4096, 0);
+    lfd = { layer, alpha: number("lfd-alpha", Number.isFinite, "a number", DEFAULT_LFD_ALPHA) };
+  }
   return {
+    lfd,
     model: get("model")?.value ?? DEFAULT_MODEL,
     host: get("host")?.value ?? "127.0.0.1",
     port: integer("port", 0, 65535, 8080),
@@ -403,6 +417,15 @@ async function buildPipeline(cmd: ServeCommand, factories: StageFactories): Prom
     contextLength: cmd.context,
     kvCache: cmd.kvCache === undefined ? undefined : { mode: cmd.kvCache },
   });
+  // A fixed --lfd layer must exist in this model: fail at start, not on every answer.
+  if (cmd.lfd) {
+    try {
+      resolveLfdOptions(cmd.lfd, model.config.numLayers);
+    } catch (e) {
+      await model.dispose();
+      throw new RangeError(`Invalid --lfd: ${(e as Error).message}`);
+    }
+  }
   try {
     const store = factories.openStore
       ? await optional("a knowledge base", factories.storeOptional === true, factories.openStore)
@@ -423,6 +446,7 @@ async function buildPipeline(cmd: ServeCommand, factories: StageFactories): Prom
         retrieval: cmd.retrieval,
         topK: cmd.topK,
         compressionRate: cmd.compressionRate,
+        lfd: cmd.lfd,
         maxTokens: cmd.maxTokens,
         temperature: cmd.temperature,
         timeoutMs: Math.round(cmd.timeoutSeconds * 1000),

@@ -906,6 +906,8 @@ Deno.test(
       [["serve", "--retrieval", "sometimes"], {}],
       [["serve"], { EDGEMIX_QUEUE: "-3" }],
       [["serve"], { EDGEMIX_KV_CACHE: "fancy" }],
+      [["serve", "--lfd", "deep"], {}],
+      [["serve", "--lfd", "auto", "--lfd-alpha", "much"], {}],
     ];
     for (const [args, env] of cases) {
       const { code, stdout, stderr } = await mainCommand(args, env).output();
@@ -996,5 +998,18 @@ Deno.test(
       await stderr;
       await child.status;
     }
+  },
+);
+
+Deno.test(
+  "main.ts refuses an --lfd layer the model does not have, with one line, exit 1",
+  SANITIZE,
+  async () => {
+    const { code, stderr } = await mainCommand(
+      ["serve", "--lfd", "7", "--db", "none", "--backend", "cpu", "--port", "0"],
+    ).output();
+    const err = new TextDecoder().decode(stderr);
+    assert.equal(code, 1, err);
+    assert.match(err, /edgemix: Invalid --lfd: Cannot use layer fused decoding: layer must be .* got 7\n/);
   },
 );
