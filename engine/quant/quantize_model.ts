@@ -17,7 +17,7 @@ import { loadModel } from "../model.ts";
 import { CpuDecoder, loadCpuWeights } from "../cpu_decoder.ts";
 import { encodeSafetensors, type TensorData } from "../safetensors.ts";
 import { loadTokenizer } from "../tokenizer.ts";
-import { planWeights, type WeightSpec } from "../weights.ts";
+import { planWeights, readWeightF32, type WeightSpec } from "../weights.ts";
 import { allocateLayer, type Block } from "./allocate.ts";
 import { calibrate, type ExpertCalibration, expertHidden } from "./calibrate.ts";
 import { costAdapter, type CostTable, costTableCovers, lookupCost, measureCosts } from "./cost.ts";
@@ -68,6 +68,8 @@ export interface QuantizeModelOptions {
    * model on the calibration text (mean KL of next-token distributions) and keep the better one (default true).
    */
   uniformCheck?: boolean;
+  /** Largest safetensors shard written, in bytes (default 2 GiB; larger outputs are sharded with an index). */
+  shardBytes?: number;
   /** Progress messages. */
   onProgress?: (message: string) => void;
 }
@@ -153,6 +155,86 @@ function expertDelta(
   return Math.sqrt(sum);
 }
 
+/** The weight files of a checkpoint directory: safetensors files and their index. */
+const WEIGHT_FILE = /^model.*\.safetensors(\.index\.json)?$/;
+
+/** Removes the weight files a previous quantization left in `dir`, so that old shards cannot mix in. */
+async function removeWeights(dir: string): Promise<void> {
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isFile && WEIGHT_FILE.test(e.name)) await Deno.remove(join(dir, e.name));
+  }
+}
+
+/** Float32 weights of one layer (the keys of engine/weights.ts), read from the checkpoint. */
+async function readLayer(
+  ckpt: Checkpoint,
+  specs: Map<string, WeightSpec>,
+): Promise<Map<string, Float32Array>> {
+  const m = new Map<string, Float32Array>();
+  for (const [key, spec] of specs) m.set(key, await readWeightF32(ckpt, spec));
+  return m;
+}
+
+/**
+ * Writes the tensors put into `pending` as safetensors shards: `flushOver(n)` writes them out once they exceed n
+ * bytes; `finish` writes the rest, naming a single file model.safetensors, or shards model-0000k.safetensors with
+ * model.safetensors.index.json.
+ */
+class ShardWriter {
+  readonly #dir: string;
+  readonly #pending: Record<string, TensorData>;
+  readonly #written = new Map<string, string>();
+  #files = 0;
+
+  constructor(dir: string, pending: Record<string, TensorData>) {
+    this.#dir = dir;
+    this.#pending = pending;
+  }
+
+  /** Whether `name` was written or is pending. */
+  has(name: string): boolean {
+    return this.#written.has(name) || name in this.#pending;
+  }
+
+  #bytes(): number {
+    let n = 0;
+    for (const t of Object.values(this.#pending)) n += t.data.byteLength;
+    return n;
+  }
+
+  async #write(file: string): Promise<void> {
+    await Deno.writeFile(
+      join(this.#dir, file),
+      encodeSafetensors(this.#pending, { format: "pt", quantized_by: "edgemix" }),
+    );
+    for (const name of Object.keys(this.#pending)) {
+      this.#written.set(name, file);
+      delete this.#pending[name];
+    }
+  }
+
+  async flushOver(limit: number): Promise<void> {
+    if (this.#bytes() > limit) {
+      await this.#write(`model-${String(++this.#files).padStart(5, "0")}.safetensors`);
+    }
+  }
+
+  async finish(): Promise<void> {
+    if (this.#files === 0) {
+      await this.#write("model.safetensors");
+      return;
+    }
+    if (Object.keys(this.#pending).length > 0) {
+      await this.#write(`model-${String(++this.#files).padStart(5, "0")}.safetensors`);
+    }
+    const weightMap = Object.fromEntries(this.#written);
+    await Deno.writeTextFile(
+      join(this.#dir, "model.safetensors.index.json"),
+      JSON.stringify({ metadata: { format: "pt", quantized_by: "edgemix" }, weight_map: weightMap }, null, 1),
+    );
+  }
+}
+
 /** One quantization of `source` into `out` with the options as given (no uniform check). */
 async function quantizeOnce(
   source: string,
@@ -177,9 +259,10 @@ async function quantizeOnce(
     const c = ckpt.config;
     const H = c.hiddenSize;
     const plan = planWeights(ckpt);
-    const weights = await loadCpuWeights(ckpt);
+    // The whole model in f32 only where calibration runs it; otherwise one layer at a time (uniform RTN of a
+    // large checkpoint needs the memory of one layer, not of the model).
+    const weights = needCalib ? await loadCpuWeights(ckpt) : undefined;
     const contextLength = Math.min(c.maxPositionEmbeddings, 512);
-    const decoder = new CpuDecoder(c, weights, contextLength);
 
     // 1. Calibration.
     let calib: ReturnType<typeof calibrate> | undefined;
@@ -195,7 +278,8 @@ async function quantizeOnce(
       const seqs: number[][] = [];
       for (let i = 0; i < ids.length; i += contextLength) seqs.push(ids.slice(i, i + contextLength));
       say(`calibrating on ${ids.length} tokens in ${seqs.length} sequences`);
-      calib = calibrate(decoder, weights, seqs, (d, n) => say(`calibration ${d}/${n}`));
+      const decoder = new CpuDecoder(c, weights!, contextLength);
+      calib = calibrate(decoder, weights!, seqs, (d, n) => say(`calibration ${d}/${n}`));
     }
 
     // 2. Expert block schemes per layer.
@@ -229,14 +313,12 @@ async function quantizeOnce(
     }
     for (let l = 0; l < c.numLayers; l++) {
       const spec = c.layers[l];
-      const w = weights.layers[l];
       if (!spec.moe) {
         expertChoice.push([]);
         sharedChoice.push(undefined);
         continue;
       }
       const I = c.expertIntermediateSize, E = c.numExperts;
-      const gu = w.get("gate_up")!, dn = w.get("down")!;
       if (options.uniform !== undefined) {
         const s = parseScheme(options.uniform);
         const pick = { gu: effectiveScheme(s, H), down: effectiveScheme(s, I) };
@@ -251,6 +333,8 @@ async function quantizeOnce(
         continue;
       }
       // MxMoE: sensitivities and costs of every candidate for every block.
+      const w = weights!.layers[l];
+      const gu = w.get("gate_up")!, dn = w.get("down")!;
       say(`layer ${l}: measuring sensitivities`);
       const L = calib!.layers[l];
       const blocks: Block[] = [];
@@ -325,8 +409,12 @@ async function quantizeOnce(
       say(`layer ${l}: ${alloc.averageBits.toFixed(3)} bits (${alloc.solver})`);
     }
 
-    // 3. Quantize and write.
+    // 3. Quantize and write, in safetensors shards of about shardBytes (one model.safetensors when it fits).
+    await Deno.mkdir(out, { recursive: true });
+    await removeWeights(out);
+    const shardBytes = options.shardBytes ?? 2 ** 31;
     const tensors: Record<string, TensorData> = {};
+    const shards = new ShardWriter(out, tensors);
     const quantTensors: Record<string, { scheme: string; shape: [number, number] }> = {};
     const used = new Set<string>();
     const writeDense = (name: string, values: Float32Array, shape: number[], dtype: "F16" | "F32") => {
@@ -385,7 +473,7 @@ async function quantizeOnce(
     for (let l = 0; l < c.numLayers; l++) {
       say(`layer ${l}: quantizing`);
       const specs = plan.layers[l];
-      const w = weights.layers[l];
+      const w = weights?.layers[l] ?? await readLayer(ckpt, specs);
       const L = calib?.layers[l];
       quantParts(specs.get("qkv")!, w.get("qkv")!, attention, L?.hQkv);
       quantParts(specs.get("o")!, w.get("o")!, attention, L?.hO);
@@ -471,20 +559,17 @@ async function quantizeOnce(
         expertBits += storedBitsPerWeight(sh.gu, H) * 2 * S * H + storedBitsPerWeight(sh.down, S) * H * S;
         expertWeights += 3 * S * H;
       }
+      await shards.flushOver(shardBytes);
     }
     // Everything else (embeddings, norms, biases, LM head, shared-expert gate) as it was.
     for (const [name, info] of ckpt.plainTensors()) {
-      if (used.has(name) || tensors[name]) continue;
+      if (used.has(name) || shards.has(name)) continue;
       tensors[name] = { dtype: info.dtype, shape: info.shape, data: await ckpt.readRaw(name) };
+      await shards.flushOver(shardBytes);
     }
     report.averageBits = expertWeights > 0 ? expertBits / expertWeights : 16;
-
-    await Deno.mkdir(out, { recursive: true });
     say(`writing ${out}`);
-    await Deno.writeFile(
-      join(out, "model.safetensors"),
-      encodeSafetensors(tensors, { format: "pt", quantized_by: "edgemix" }),
-    );
+    await shards.finish();
     for (
       const f of [
         "config.json",
@@ -585,8 +670,11 @@ export async function quantizeModel(
     say(`calibration KL: MxMoE ${mxmoeKl.toExponential(3)}, uniform ${uniformKl.toExponential(3)}`);
     const qPath = join(out, "quantization.json");
     if (keepUniform) {
-      for (const f of ["model.safetensors", "quantization.json"]) {
-        await Deno.rename(join(alt, f), join(out, f));
+      await removeWeights(out);
+      for await (const e of Deno.readDir(alt)) {
+        if (WEIGHT_FILE.test(e.name) || e.name === "quantization.json") {
+          await Deno.rename(join(alt, e.name), join(out, e.name));
+        }
       }
     }
     const q = JSON.parse(await Deno.readTextFile(qPath));

@@ -230,3 +230,31 @@ Deno.test("MxMoE keeps whichever of its allocation and uniform at the same budge
     await Deno.remove(out, { recursive: true });
   }
 });
+
+Deno.test("a quantization larger than shardBytes is written as shards with an index, and loads the same", async () => {
+  const one = await Deno.makeTempDir({ prefix: "edgemix-q-" });
+  const many = await Deno.makeTempDir({ prefix: "edgemix-q-" });
+  try {
+    const src = fixture("mixtral");
+    await quantizeModel(src, one, { uniform: "w4g128", method: "rtn" });
+    // A stale shard from an earlier run must not mix in.
+    await Deno.writeFile(`${many}/model-99999.safetensors`, new Uint8Array(16));
+    await quantizeModel(src, many, { uniform: "w4g128", method: "rtn", shardBytes: 20_000 });
+    const files = [...Deno.readDirSync(many)].map((e) => e.name).filter((n) => n.startsWith("model"));
+    assert.ok(
+      !files.includes("model-00009.safetensors") ||
+        files.filter((n) => n.endsWith(".safetensors")).length > 9,
+    );
+    assert.ok(files.includes("model.safetensors.index.json"), files.join(", "));
+    assert.ok(files.filter((n) => /^model-\d{5}\.safetensors$/.test(n)).length > 2, files.join(", "));
+    assert.ok(!files.includes("model.safetensors"));
+    const a = await loadModel(one, { backend: "cpu" }), b = await loadModel(many, { backend: "cpu" });
+    const ids = a.tokenizer.encode("The canal was dug by hand in the 1790s.");
+    assert.deepEqual(await b.logits(ids), await a.logits(ids));
+    await a.dispose();
+    await b.dispose();
+  } finally {
+    await Deno.remove(one, { recursive: true });
+    await Deno.remove(many, { recursive: true });
+  }
+});
