@@ -29,6 +29,9 @@ import { isAbsolute, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { DEFAULT_LFD_ALPHA } from "../engine/lfd.ts";
+
+/** The values of α the evaluation compares for layer fused decoding (the default is chosen from them). */
+export const LFD_ALPHA_SWEEP: readonly number[] = [0.25, 0.5, 1];
 import { resolveModelSource } from "../engine/hub.ts";
 import { loadModel } from "../engine/model.ts";
 import { quantizeModel } from "../engine/quant/quantize_model.ts";
@@ -488,14 +491,17 @@ export async function runEval(options: EvalOptions): Promise<EvalReport> {
         ? row("LFD", "off", lfdReference, lfdNote)
         : unavailable("LFD", "off", "retrieval always failed"),
     );
-    const lfd = { layer: "auto" as const };
-    await run(
-      "LFD",
-      `on (auto layer, α ${DEFAULT_LFD_ALPHA})`,
-      questions.conflicting,
-      () => ({ model: withGenerateOptions(model, { lfd }), store, retrieval: always }),
-      lfdNote,
-    );
+    // The default α first (the headline metric reads it), then the sweep that chooses the default.
+    for (const alpha of [DEFAULT_LFD_ALPHA, ...LFD_ALPHA_SWEEP.filter((a) => a !== DEFAULT_LFD_ALPHA)]) {
+      const lfd = { layer: "auto" as const, alpha };
+      await run(
+        "LFD",
+        `on (auto layer, α ${alpha})`,
+        questions.conflicting,
+        () => ({ model: withGenerateOptions(model, { lfd }), store, retrieval: always }),
+        lfdNote,
+      );
+    }
 
     // Compression.
     pushReference("compression", "off", reference);
@@ -785,7 +791,11 @@ ${
   retrieved passages answer); the "off" / "plain" row is the same questions of the "retrieval always" row. The
   KV rows load the model once per cache mode.
 - **LFD**: retrieval always, on the conflicting questions, where the retrieved value must win over the trained
-  one; it fuses the logits of the layer with the lowest internal knowledge score (α ${DEFAULT_LFD_ALPHA}).
+  one; it fuses the logits of the layer with the lowest internal knowledge score, at the default α
+  (${DEFAULT_LFD_ALPHA}) and at the other values of the sweep (${
+    LFD_ALPHA_SWEEP.join(", ")
+  }): the default is the α
+  with the best EM on a trained reader.
 - **weights**: parametric questions closed-book, fresh and conflicting ones with retrieval; the MxMoE rows
   quantize the model (when its checkpoint is at most ${
     MAX_QUANTIZE_BYTES / 2 ** 20
