@@ -69,6 +69,29 @@ fn qdot(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
   let wrow = m.z + row * wpr;
   let prow = m.w + row * groups;
   var acc = 0.0;
+  if ((bits == 2u || bits == 4u || bits == 8u) && TPO % wpg == 0u && G % v == 0u) {
+    // The common case (e.g. w4g128: 16 words per group, 64 threads per row): a thread's words all sit at the
+    // same place in their groups, so no division runs in the loop; groups advance by TPO / wpg.
+    let j0 = (t % wpg) * v;
+    let gstep = TPO / wpg;
+    var g = t / wpg;
+    let one = vec4<f32>(1.0);
+    for (var c = t; c < wpr; c += TPO) {
+      let word = qw[wrow + c];
+      let sm = unpack2x16float(qp[prow + g]);
+      let xb = (xo + g * G + j0) >> 2u;
+      var s = 0.0;
+      var sx = 0.0;
+      for (var q = 0u; q < v / 4u; q++) {
+        let xv = xa[xb + q];
+        s += dot(nib4(word, 4u * q * bits, bits), xv);
+        sx += dot(xv, one);
+      }
+      acc += sm.x * s + sm.y * sx;
+      g += gstep;
+    }
+    return acc;
+  }
   for (var c = t; c < wpr; c += TPO) {
     let g = c / wpg;
     let j0 = (c % wpg) * v;
@@ -115,6 +138,22 @@ function checkK(label: string, k: number): void {
 
 function reduce(wg: number): string {
   return `var<workgroup> part: array<f32, ${wg}>;
+var<workgroup> part2: array<f32, ${wg}>;
+fn reduce_seg2(li: u32, t: u32, a: f32, b: f32) -> vec2<f32> {
+  part[li] = a;
+  part2[li] = b;
+  workgroupBarrier();
+  for (var s = TPO / 2u; s > 0u; s >>= 1u) {
+    if (t < s) {
+      part[li] += part[li + s];
+      part2[li] += part2[li + s];
+    }
+    workgroupBarrier();
+  }
+  let r = vec2<f32>(part[li - t], part2[li - t]);
+  workgroupBarrier();
+  return r;
+}
 fn reduce_seg(li: u32, t: u32, v: f32) -> f32 {
   part[li] = v;
   workgroupBarrier();
@@ -223,8 +262,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     g = qdot(m, i, r * K, t);
     u = qdot(m, I + i, r * K, t);
   }
-  let gs = reduce_seg(li, t, g);
-  let us = reduce_seg(li, t, u);
+  let gu = reduce_seg2(li, t, g, u);
+  let gs = gu.x;
+  let us = gu.y;
   if (t == 0u && i < I) { h[slot * I + i] = gs / (1.0 + exp(-gs)) * us; }
 }`;
 }
