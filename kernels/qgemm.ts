@@ -15,7 +15,7 @@
  */
 
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
-import { TILE_COLS, TILE_ROWS } from "./moe_grouped.ts";
+import { type GroupedGemmParams, TILE_COLS, TILE_ROWS } from "./moe_grouped.ts";
 import type { QLinearParams } from "./qmatvec.ts";
 import { f32Lit, prelude, tileAccumulate, tileAccumulators } from "./wgsl.ts";
 
@@ -150,17 +150,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 }`;
 }
 
-/** Shapes of a quantized grouped expert GEMM. */
-export interface QGroupedGemmParams {
-  /** "gate_up": A = x rows of the pairs' tokens, N = 2I; "down": A = silu(gate) ⊙ up from gu, N = H. */
-  kind: "gate_up" | "down";
-  /** Hidden size H. */
-  hidden: number;
-  /** Expert width I. */
-  inter: number;
-  /** Experts per token k. */
-  topK: number;
-}
+/** Shapes of a quantized grouped expert GEMM: those of the plain one, without a weight dtype (schemes are per expert). */
+export type QGroupedGemmParams = Omit<GroupedGemmParams, "dtype">;
 
 /**
  * WGSL of the quantized grouped GEMM. Bindings: 0 A source (x [R, H] for gate_up, gu [R k, 2I] for down) f32;
