@@ -150,7 +150,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 }`;
 }
 
-/** Shapes of a quantized grouped expert GEMM: those of the plain one, without a weight dtype (schemes are per expert). */
+/** Shapes of a quantized grouped expert GEMM: the plain one's, without a dtype (each expert has its scheme). */
 export type QGroupedGemmParams = Omit<GroupedGemmParams, "dtype">;
 
 /**
