@@ -20,6 +20,11 @@ export interface QkRopeParams {
   hd: number;
   /** Positions the KV cache holds. */
   capacity: number;
+  /**
+   * The cache is a ring of `capacity` slots: position p is written to slot p mod capacity (the full-precision
+   * buffer of a compressed cache). Default false: slot = position.
+   */
+  ring?: boolean;
   /** Where q/k norms apply. */
   qkNorm: QkNorm;
   /** RMSNorm epsilon. */
@@ -35,7 +40,8 @@ const WG = 64;
 /**
  * WGSL of the q/k stage. Bindings: 0 qkv [R, (nH + 2 nKV) hd] f32; 1 rope [positions, hd] f32 (cos of the hd/2
  * frequencies, then their sin); 2 norm weights f32 (q weights then k weights; unused without q/k norm);
- * 3 q out [R, nH, hd] f32; 4 K cache, 5 V cache [nKV, capacity, hd] (f32, or f16 packed in u32).
+ * 3 q out [R, nH, hd] f32; 4 K cache, 5 V cache [nKV, capacity, hd] (f32, or f16 packed in u32; with `ring`,
+ * position p in slot p mod capacity).
  * Grid: (nH + nKV, rows). Row r is at position `st.pos + r`.
  */
 export function qkRopeWgsl(p: QkRopeParams): string {
@@ -110,7 +116,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
       qout[qo + i0] = o0;
       qout[qo + i1] = o1;
     } else {
-      let co = (head * CAP + pos) * HD + i0;
+      let co = (head * CAP + ${p.ring ? "pos % CAP" : "pos"}) * HD + i0;
       ${store("kc", "co", "o0", "o1")}
       let vb = r * QKV + QDIM + KVDIM + head * HD;
       var v0 = qkv[vb + i0];

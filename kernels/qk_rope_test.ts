@@ -15,11 +15,14 @@ const cases: {
   clip: number;
   rows: number;
   pos: number;
+  /** A ring cache of this many slots (positions past it wrap). */
+  ring?: number;
 }[] = [
   { nH: 4, nKV: 2, hd: 16, norm: "none", clip: 0, rows: 3, pos: 0 },
   { nH: 4, nKV: 2, hd: 24, norm: "per_head", clip: 0, rows: 2, pos: 5 },
   { nH: 6, nKV: 6, hd: 8, norm: "full", clip: 0.7, rows: 4, pos: 2 },
   { nH: 2, nKV: 1, hd: 130, norm: "per_head", clip: 0, rows: 1, pos: 9 },
+  { nH: 4, nKV: 2, hd: 16, norm: "per_head", clip: 0, rows: 4, pos: 13, ring: 8 },
 ];
 
 for (const kvDtype of ["f32", "f16"] as const) {
@@ -31,7 +34,8 @@ for (const kvDtype of ["f32", "f16"] as const) {
       const r = rng(11);
       for (const c of cases) {
         const { nH, nKV, hd, rows, pos } = c;
-        const qDim = nH * hd, kvDim = nKV * hd, qkvDim = qDim + 2 * kvDim, cap = pos + rows + 3;
+        const qDim = nH * hd, kvDim = nKV * hd, qkvDim = qDim + 2 * kvDim;
+        const positionsTable = pos + rows + 3, cap = c.ring ?? positionsTable;
         const qkv = randomArray(r, rows * qkvDim, -2, 2);
         const qn = randomArray(r, c.norm === "full" ? qDim : hd, 0.5, 1.5);
         const kn = randomArray(r, c.norm === "full" ? kvDim : hd, 0.5, 1.5);
@@ -45,11 +49,11 @@ for (const kvDtype of ["f32", "f16"] as const) {
             originalMaxPositionEmbeddings: 1,
           },
           hd,
-          cap,
+          positionsTable,
         );
         const half = hd / 2;
-        const table = new Float32Array(cap * hd);
-        for (let p = 0; p < cap; p++) {
+        const table = new Float32Array(positionsTable * hd);
+        for (let p = 0; p < positionsTable; p++) {
           table.set(cos.subarray(p * half, (p + 1) * half), p * hd);
           table.set(sin.subarray(p * half, (p + 1) * half), p * hd + half);
         }
@@ -58,6 +62,7 @@ for (const kvDtype of ["f32", "f16"] as const) {
           nKV,
           hd,
           capacity: cap,
+          ring: c.ring !== undefined,
           qkNorm: c.norm,
           eps: 1e-6,
           clip: c.clip,
@@ -121,7 +126,7 @@ for (const kvDtype of ["f32", "f16"] as const) {
         for (let t = 0; t < rows; t++) {
           for (let h = 0; h < nKV; h++) {
             for (let i = 0; i < hd; i++) {
-              const at = (h * cap + pos + t) * hd + i, src = (t * nKV + h) * hd + i;
+              const at = (h * cap + (pos + t) % cap) * hd + i, src = (t * nKV + h) * hd + i;
               assert.ok(
                 Math.abs(kc[at] - kr[src]) <= 2e-3 * Math.abs(kr[src]) + 1e-5,
                 `k cache ${JSON.stringify(c)} at ${at}`,

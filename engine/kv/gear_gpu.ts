@@ -23,8 +23,8 @@ import {
   gearLayout,
   ringWords,
 } from "../../kernels/gear_layout.ts";
-import { type Dispatch, Program, type StepRing, storageBuffer } from "../../kernels/gpu.ts";
-import { qkRopeWgsl } from "../../kernels/qk_rope.ts";
+import { type Dispatch, type Program, type StepRing, storageBuffer } from "../../kernels/gpu.ts";
+import { qkRopeProgram } from "../../kernels/qk_rope.ts";
 import type { DType } from "../types.ts";
 import type { ResolvedKvCache } from "./kv_options.ts";
 
@@ -74,21 +74,6 @@ export interface GearGpuLayer {
   compressPrefill: Dispatch;
   /** Compression of the block a single-row call completed (decode rank). */
   compressDecode: Dispatch;
-}
-
-/**
- * The q/k stage writing into a ring of `capacity` slots (slot = position mod capacity) instead of a cache
- * indexed by position: the WGSL of `qk_rope.ts` with its cache index taken modulo the capacity.
- */
-function qkRopeRingWgsl(p: Parameters<typeof qkRopeWgsl>[0]): string {
-  const src = qkRopeWgsl(p);
-  const from = "let co = (head * CAP + pos) * HD + i0;";
-  if (!src.includes(from)) {
-    throw new Error(
-      "Cannot build the GEAR q/k stage: kernels/qk_rope.ts no longer writes the cache as expected",
-    );
-  }
-  return src.replace(from, "let co = (head * CAP + pos % CAP) * HD + i0;");
 }
 
 /** Programs shared by every layer (attention per sliding window). */
@@ -156,22 +141,18 @@ export class GearGpu {
       outliers: kv.outliers,
       maxRows: shape.maxRows,
     });
-    const qkRope = await Program.get(
-      device,
-      ring,
-      "qk-rope-ring",
-      qkRopeRingWgsl({
-        nH: shape.nH,
-        nKV: shape.nKV,
-        hd: shape.hd,
-        capacity: layout.bufCap,
-        qkNorm: shape.qkNorm,
-        eps: shape.eps,
-        clip: shape.clip,
-        kvDtype: shape.dtype,
-      }),
-      ["read", "read", "read", "write", "write", "write"],
-    );
+    // The full-precision buffer is a ring: the q/k stage writes position p into slot p mod its capacity.
+    const qkRope = await qkRopeProgram(device, ring, {
+      nH: shape.nH,
+      nKV: shape.nKV,
+      hd: shape.hd,
+      capacity: layout.bufCap,
+      ring: true,
+      qkNorm: shape.qkNorm,
+      eps: shape.eps,
+      clip: shape.clip,
+      kvDtype: shape.dtype,
+    });
     const compress = (rank: number) =>
       gearCompressProgram(device, ring, {
         layout,
