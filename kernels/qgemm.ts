@@ -16,7 +16,7 @@
 
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
 import { type GroupedGemmParams, TILE_COLS, TILE_ROWS } from "./moe_grouped.ts";
-import type { QLinearParams } from "./qmatvec.ts";
+import { qLinearBindings, type QLinearParams } from "./qmatvec.ts";
 import { f32Lit, prelude, tileAccumulate, tileAccumulators } from "./wgsl.ts";
 
 /** Inputs per step of the quantized GEMMs. */
@@ -231,10 +231,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 
 /** The quantized linear GEMM program. */
 export function qgemmProgram(device: GPUDevice, ring: StepRing, p: QLinearParams): Promise<Program> {
-  const b: ("read" | "write")[] = ["read", "read", "read", "read"];
-  if (p.bias) b.push("read");
-  b.push("write");
-  return P.get(device, ring, "qgemm", qgemmWgsl(p), b);
+  return P.get(device, ring, "qgemm", qgemmWgsl(p), qLinearBindings(p));
 }
 
 /** The quantized grouped GEMM program. */

@@ -320,10 +320,14 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 
 /** The quantized mat-vec program. */
 export function qgemvProgram(device: GPUDevice, ring: StepRing, p: QLinearParams): Promise<Program> {
-  const b: ("read" | "write")[] = ["read", "read", "read", "read"];
-  if (p.bias) b.push("read");
-  b.push("write");
-  return P.get(device, ring, "qgemv", qgemvWgsl(p), b);
+  return P.get(device, ring, "qgemv", qgemvWgsl(p), qLinearBindings(p));
+}
+
+/** Access of the bindings of a quantized linear layer (mat-vec or GEMM): x, qw, qp, meta, (bias), y. */
+export function qLinearBindings(p: QLinearParams): ("read" | "write")[] {
+  return p.bias
+    ? ["read", "read", "read", "read", "read", "write"]
+    : ["read", "read", "read", "read", "write"];
 }
 
 /** The quantized gate/up program. */
