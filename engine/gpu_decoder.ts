@@ -899,7 +899,15 @@ export class GpuDecoder implements TokenSource {
   /** Encodes the layers for `rows` rows at the step slot `off`. */
   #encodeLayers(pass: GPUComputePassEncoder, off: number, rows: number, pos: number): void {
     const ring = this.#ring;
-    this.#forEachLayerDispatch(rows, pos, (d) => encodeDispatch(pass, ring, d, off));
+    const emit = (d: Dispatch) => encodeDispatch(pass, ring, d, off);
+    // Layer fused decoding keeps the fused layer's last row (its logits are added after the LM head).
+    const lfd = this.#lfd, copy = this.#fuse.copy;
+    const mark = lfd
+      ? (layer: number, point: string) => {
+        if (layer === lfd.layer && point === "after_ffn") emit(copy);
+      }
+      : undefined;
+    this.#forEachLayerDispatch(rows, pos, emit, mark);
   }
 
   /** Calls `emit` with every dispatch of the layers for `rows` rows starting at position `pos`, in order. */
@@ -957,7 +965,6 @@ export class GpuDecoder implements TokenSource {
         if (L.sharedDown) emit(ry(L.sharedDown));
       }
       mark?.(i, "after_ffn");
-      if (this.#lfd?.layer === i) emit(this.#fuse.copy);
     }
   }
 
