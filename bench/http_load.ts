@@ -14,6 +14,7 @@
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { loadModel } from "../engine/model.ts";
+import { MAX_BATCH_ROWS } from "../kernels/gpu.ts";
 import { createPipeline } from "../pipeline.ts";
 import { createApp } from "../routes/mod.ts";
 
@@ -24,7 +25,9 @@ const USAGE = `Usage: bench/http_load.ts [options]
   --clients LIST         concurrent clients per round (default 1,8,32)
   --requests N           requests per client per round (default 2)
   --max-tokens N         tokens per answer (default 64; the answer may stop earlier at an end token)
-  --max-concurrency N    sequences the server runs at once (default: the largest client count)`;
+  --max-concurrency N    sequences the server runs at once (default: the largest client count); on webgpu
+                         up to 32 of them decode together (continuous batching)
+  --context N            positions of each sequence's KV cache (default: the model's, at most 4096)`;
 
 interface Sample {
   ttftMs: number;
@@ -81,6 +84,7 @@ async function main(): Promise<void> {
       requests: { type: "string" },
       "max-tokens": { type: "string" },
       "max-concurrency": { type: "string" },
+      context: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -100,6 +104,8 @@ async function main(): Promise<void> {
   const model = await loadModel(source, {
     backend,
     dtype: values.dtype as "f32" | "f16" | undefined,
+    contextLength: values.context === undefined ? undefined : Number(values.context),
+    batch: Math.min(maxConcurrency, MAX_BATCH_ROWS),
   });
   const pipeline = createPipeline({
     model,

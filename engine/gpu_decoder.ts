@@ -8,7 +8,11 @@
  *   per layer RMSNorm → qkv → q/k norm + rope + KV append → attention → o-proj (+residual) → RMSNorm →
  *   router → expert gate/up → (shared expert) → expert down (+residual), then final norm → LM head → sampler;
  * - several steps are encoded into one submission, up to three submissions are in flight, and each one's
- *   tokens come back through its own staging buffer; the caller discards what follows a stop.
+ *   tokens come back through its own staging buffer; the caller discards what follows a stop;
+ * - continuous batching: the KV cache, the token ring, the prompt ids and the sampler parameters have one lane
+ *   per sequence that may generate at once; a decode step has one row per running sequence (its position,
+ *   lane and step come from the step slot, see STEP_WGSL), new sequences' prefills go into the next submission
+ *   and finished ones drop out of the next, so sequences join and leave while others decode.
  *
  * Buffers (R = rows of the largest prefill chunk, k = experts per token):
  * | name | shape | dtype |
@@ -21,8 +25,10 @@
  * | h | [R·k, max(I, D)] | f32 (expert hidden) |
  * | hs | [R, S] | f32 (shared-expert hidden) |
  * | logits | [L, V] | f32 (L = rows the LM head may produce at once) |
- * | K, V cache per layer | [nKV, capacity, hd] | f32 or f16 packed in u32 |
- * | ring | [capacity] | u32 (token of each generation step) |
+ * | K, V cache per layer | [lanes, nKV, capacity, hd] | f32 or f16 packed in u32 |
+ * | tokens (ring) | [lanes, capacity + 1] | u32 (token of each generation step) |
+ * | prompt ids | [lanes, capacity] | u32 |
+ * | sampler | [lanes] × 16 B | temperature f32, top-k u32, top-p f32, seed u32 |
  *
  * @module
  */
@@ -35,8 +41,10 @@ import {
   encodeDispatch,
   type GpuContext,
   grid2d,
+  MAX_BATCH_ROWS,
   readBuffer,
   StepRing,
+  type StepValues,
   storageBuffer,
   uploadBuffer,
   writeAligned,
@@ -91,6 +99,12 @@ export interface GpuDecoderOptions {
   groupedMoe?: boolean;
   /** A compressed KV cache (quant, gear-l, gear; engine/kv); default: the plain cache in `dtype`. */
   kvCache?: ResolvedKvCache;
+  /**
+   * Sequences decoded together (continuous batching, default 1, at most MAX_BATCH_ROWS): the KV cache and the
+   * token ring hold this many lanes, and the decode steps of the sequences generating at once share GPU
+   * passes. A compressed KV cache holds one lane.
+   */
+  lanes?: number;
 }
 
 /** Steps of the adaptive submission schedule: small first (early first tokens), then large (throughput). */
@@ -146,6 +160,128 @@ interface Linear {
   packed: boolean;
 }
 
+/** A sequence of the batch (continuous batching; see GpuDecoder.produce). */
+interface Member {
+  /** Its lane of the KV cache, the token ring and the sampler parameters. */
+  lane: number;
+  ids: readonly number[];
+  options: ResolvedGenerateOptions;
+  /** Steps to produce. */
+  total: number;
+  /** First step not yet submitted (0: the prefill is to come). */
+  next: number;
+  /** Steps read back. */
+  delivered: number;
+  /** Token batches read back, not yet taken by the consumer. */
+  ready: Uint32Array[];
+  /** Wakes the consumer waiting for tokens. */
+  wake: (() => void) | undefined;
+  error: unknown;
+  /** The consumer stopped: no more steps are submitted, read-back tokens are dropped. */
+  closed: boolean;
+}
+
+/** A batch submission in flight: each member's new tokens at `offset` (u32s) of `staging`. */
+interface Flight {
+  parts: { member: Member; offset: number; count: number }[];
+  staging: GPUBuffer;
+  bytes: number;
+  mapped: Promise<void>;
+}
+
+/**
+ * The lanes of a decoder: `acquire` takes one (a generation, a logits or inspection call), `acquireAll` takes
+ * every lane (runs that need the GPU state to themselves). Waiters are served in arrival order, so a waiting
+ * `acquireAll` is not starved by later single requests.
+ */
+export class LanePool {
+  readonly #free: number[];
+  readonly #size: number;
+  readonly #waiters: { all: boolean; resolve: (lane: number) => void }[] = [];
+
+  /** A pool of lanes 0..size-1, all free. */
+  constructor(size: number) {
+    this.#size = size;
+    this.#free = Array.from({ length: size }, (_, i) => i);
+  }
+
+  /** Lanes free now. */
+  get free(): number {
+    return this.#free.length;
+  }
+
+  /** Resolves with a lane once one is free (and every earlier waiter was served). */
+  acquire(): Promise<number> {
+    return new Promise((resolve) => {
+      this.#waiters.push({ all: false, resolve });
+      this.#serve();
+    });
+  }
+
+  /** Resolves once every lane is ours; returns the function that gives them back. */
+  async acquireAll(): Promise<() => void> {
+    await new Promise<number>((resolve) => {
+      this.#waiters.push({ all: true, resolve });
+      this.#serve();
+    });
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      for (let i = 0; i < this.#size; i++) this.#free.push(i);
+      this.#serve();
+    };
+  }
+
+  /** Gives `lane` back. */
+  release(lane: number): void {
+    this.#free.push(lane);
+    this.#serve();
+  }
+
+  #serve(): void {
+    while (this.#waiters.length > 0) {
+      const w = this.#waiters[0];
+      if (w.all ? this.#free.length < this.#size : this.#free.length === 0) return;
+      this.#waiters.shift();
+      if (w.all) {
+        this.#free.length = 0;
+        w.resolve(-1);
+      } else {
+        this.#free.sort((a, b) => a - b);
+        w.resolve(this.#free.shift()!);
+      }
+    }
+  }
+}
+
+/**
+ * Encodes a copy of `bytes` of `src` into a new readback buffer at the end of `enc`; after the submission,
+ * the returned function maps it and yields the bytes (and frees the buffer).
+ */
+function copyOut(
+  device: GPUDevice,
+  enc: GPUCommandEncoder,
+  src: GPUBuffer,
+  bytes: number,
+): () => Promise<ArrayBuffer> {
+  const size = Math.ceil(bytes / 4) * 4;
+  const staging = device.createBuffer({
+    label: "readback",
+    size,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  enc.copyBufferToBuffer(src, 0, staging, 0, size);
+  return async () => {
+    try {
+      await staging.mapAsync(GPUMapMode.READ);
+      return staging.getMappedRange().slice(0, bytes);
+    } finally {
+      staging.destroy();
+    }
+  };
+}
+
 /** The WebGPU decoder of one model. */
 export class GpuDecoder implements TokenSource {
   /** The architecture. */
@@ -178,13 +314,26 @@ export class GpuDecoder implements TokenSource {
   #lfd: { layer: number; head: Dispatch } | undefined;
   readonly #sample: Dispatch;
   readonly #staging: GPUBuffer[];
-  #lock: Promise<void> = Promise.resolve();
+  /** Sequences decoded together (lanes of the KV cache and the token ring). */
+  readonly lanes: number;
+  readonly #lanes: LanePool;
+  readonly #hasGear: boolean;
+  /** The sequences of the batch. */
+  readonly #members = new Set<Member>();
+  /** Readback buffers of batch submissions not in flight. */
+  readonly #stagingPool: GPUBuffer[] = [];
+  #pumping = false;
+  /** A sequence joined since the last batch submission (the next ones start small again). */
+  #joined = false;
+  /** Index into ADAPTIVE_BATCHES of the next batch submission's size. */
+  #schedule = 0;
   #disposed = false;
 
   private constructor(init: {
     config: ModelConfig;
     dtype: DType;
     contextLength: number;
+    lanes: number;
     ctx: GpuContext;
     ring: StepRing;
     R: number;
@@ -205,6 +354,9 @@ export class GpuDecoder implements TokenSource {
     this.config = init.config;
     this.dtype = init.dtype;
     this.contextLength = init.contextLength;
+    this.lanes = init.lanes;
+    this.#lanes = new LanePool(init.lanes);
+    this.#hasGear = init.layers.some((l) => l.gear !== undefined);
     this.#ctx = init.ctx;
     this.#device = init.ctx.device;
     this.#ring = init.ring;
@@ -241,7 +393,26 @@ export class GpuDecoder implements TokenSource {
       Math.min(R, Math.floor(device.limits.maxStorageBufferBindingSize / (c.vocabSize * 4))),
     );
     const useGemm = options.gemm ?? !ctx.isFallback;
-    const ring = new StepRing(device, MAX_BATCH + Math.ceil(cap / R) + 2);
+    const lanes = options.lanes ?? 1;
+    if (!Number.isInteger(lanes) || lanes < 1 || lanes > Math.min(MAX_BATCH_ROWS, R)) {
+      throw new RangeError(
+        `Cannot load the model: lanes must be an integer in [1, ${
+          Math.min(MAX_BATCH_ROWS, R)
+        }], got ${lanes}`,
+      );
+    }
+    if (lanes > 1 && options.kvCache) {
+      throw new RangeError(
+        "Cannot load the model: a compressed KV cache holds one sequence (lanes must be 1)",
+      );
+    }
+    if (logitRows < lanes) {
+      throw new GpuError(
+        `Cannot load the model: the logits of ${lanes} lanes exceed the adapter's maxStorageBufferBindingSize`,
+      );
+    }
+    // Slots of one submission: the prefill chunks of every lane, a sampling step each, and the decode steps.
+    const ring = new StepRing(device, MAX_BATCH + lanes * (Math.ceil(cap / R) + 1) + 2);
     const buffers: GPUBuffer[] = [];
     const track = (b: GPUBuffer) => (buffers.push(b), b);
     const plan = planWeights(ckpt);
@@ -380,7 +551,14 @@ export class GpuDecoder implements TokenSource {
     };
 
     // --- activations, cache and small state ---
-    const kvBytes = nKV * cap * hd * (dtype === "f16" ? 2 : 4);
+    const lanes = options.lanes ?? 1;
+    // One lane per sequence decoded at once: K and V caches [lanes, nKV, cap, hd] per layer.
+    const kvBytes = lanes * nKV * cap * hd * (dtype === "f16" ? 2 : 4);
+    if (kvBytes > maxBinding) {
+      throw new GpuError(
+        `Cannot load the model: a layer's KV cache of ${lanes} lanes × ${cap} positions (${kvBytes} bytes) exceeds the adapter's maxStorageBufferBindingSize of ${maxBinding}; lower lanes or contextLength`,
+      );
+    }
     // Packed experts run prefill as grouped GEMMs unless disabled; plain ones only when asked.
     const groupedAny = options.groupedMoe ?? ckpt.quantization !== undefined;
     const b: Record<string, GPUBuffer> = {
@@ -394,7 +572,10 @@ export class GpuDecoder implements TokenSource {
       q: act("q", R * qDim),
       attn: act("attn", R * qDim),
       routerLogits: act("router-logits", R * (c.numExperts + 1)),
-      attnPartials: act("attention-partials", nH * Math.ceil(cap / ATTENTION_SPLIT) * partialFloats(hd)),
+      attnPartials: act(
+        "attention-partials",
+        lanes * nH * Math.ceil(cap / ATTENTION_SPLIT) * partialFloats(hd),
+      ),
       ids: act("router-ids", R * k),
       wts: act("router-weights", R * k),
       sg: act("shared-gate", R),
@@ -409,13 +590,12 @@ export class GpuDecoder implements TokenSource {
       ysl: act("moe-expert-out", groupedAny ? R * k * H : 1),
       logits: act("logits", logitRows * V),
       inputIds: track(storageBuffer(device, "input-ids", R * 4)),
-      promptIds: track(storageBuffer(device, "prompt-ids", cap * 4)),
-      tokens: track(storageBuffer(device, "token-ring", (cap + 1) * 4)),
-      sampler: track(device.createBuffer({
-        label: "sampler-params",
-        size: SAMPLER_UNIFORM_BYTES,
-        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-      })),
+      // Prompt ids [lanes, cap] u32: each lane's prompt, written before its prefill.
+      promptIds: track(storageBuffer(device, "prompt-ids", lanes * cap * 4)),
+      // Token ring [lanes, cap + 1] u32: the token of each generation step of each lane's sequence.
+      tokens: track(storageBuffer(device, "token-ring", lanes * (cap + 1) * 4)),
+      // Sampler parameters [lanes] × SAMPLER_UNIFORM_BYTES.
+      sampler: track(storageBuffer(device, "sampler-params", lanes * SAMPLER_UNIFORM_BYTES)),
     };
     const { cos, sin } = ropeTables(c.rope, hd, cap);
     const ropeTable = new Float32Array(cap * hd);
@@ -529,7 +709,7 @@ export class GpuDecoder implements TokenSource {
     const sampleProg = await sampleProgram(device, ring, V);
     const sample: Dispatch = {
       program: sampleProg,
-      group: sampleProg.bind("sample", [b.logits, { buffer: b.sampler }, b.tokens]),
+      group: sampleProg.bind("sample", [b.logits, b.sampler, b.tokens]),
       grid: [1, 1, 1],
     };
 
@@ -865,6 +1045,7 @@ export class GpuDecoder implements TokenSource {
       config: c,
       dtype,
       contextLength: cap,
+      lanes,
       ctx,
       ring,
       R,
@@ -896,8 +1077,11 @@ export class GpuDecoder implements TokenSource {
     });
   }
 
-  /** Encodes the layers for `rows` rows at the step slot `off`. */
-  #encodeLayers(pass: GPUComputePassEncoder, off: number, rows: number, pos: number): void {
+  /**
+   * Encodes the layers for `rows` rows at the step slot `off`; `pos` is the position of row 0, or with `batched`
+   * the largest position of the rows (decode steps of several sequences).
+   */
+  #encodeLayers(pass: GPUComputePassEncoder, off: number, rows: number, pos: number, batched = false): void {
     const ring = this.#ring;
     const emit = (d: Dispatch) => encodeDispatch(pass, ring, d, off);
     // Layer fused decoding keeps the fused layer's last row (its logits are added after the LM head).
@@ -907,17 +1091,24 @@ export class GpuDecoder implements TokenSource {
         if (layer === lfd.layer && point === "after_ffn") emit(copy);
       }
       : undefined;
-    this.#forEachLayerDispatch(rows, pos, emit, mark);
+    this.#forEachLayerDispatch(rows, pos, emit, mark, batched);
   }
 
-  /** Calls `emit` with every dispatch of the layers for `rows` rows starting at position `pos`, in order. */
+  /**
+   * Calls `emit` with every dispatch of the layers for `rows` rows starting at position `pos`, in order. With
+   * `batched` the rows are decode steps of different sequences (`pos` is their largest position): mat-vecs,
+   * per-pair expert kernels and split-K attention, as for one row, so every row computes exactly what it would
+   * alone.
+   */
   #forEachLayerDispatch(
     rows: number,
     pos: number,
     emit: (d: Dispatch) => void,
     mark?: (layer: number, point: "before_ffn" | "router" | "after_ffn") => void,
+    batched = false,
   ): void {
-    const gemm = rows > 1 && this.#useGemm;
+    const decode = rows === 1 || batched;
+    const gemm = !decode && this.#useGemm;
     const ry = (d: Dispatch, x = d.grid[0]): Dispatch => ({ ...d, grid: [x, rows, 1] });
     const rx = (d: Dispatch): Dispatch => ({ ...d, grid: [rows, 1, 1] });
     const lin = (l: Linear): Dispatch =>
@@ -930,12 +1121,12 @@ export class GpuDecoder implements TokenSource {
       emit(ry(L.qkRope));
       if (L.gear) {
         GearGpu.emitAttention(L.gear, rows, pos, emit);
-      } else if (rows === 1) {
+      } else if (decode) {
         emit({
           ...L.attentionSplit,
-          grid: [L.attentionSplit.grid[0], 1, Math.floor(pos / ATTENTION_SPLIT) + 1],
+          grid: [L.attentionSplit.grid[0], rows, Math.floor(pos / ATTENTION_SPLIT) + 1],
         });
-        emit(L.attentionMerge);
+        emit(ry(L.attentionMerge));
       } else {
         emit(ry(L.attention));
       }
@@ -948,7 +1139,7 @@ export class GpuDecoder implements TokenSource {
         emit(rx(L.router.topK));
       }
       const G = L.grouped;
-      if (G && rows > 1) {
+      if (G && !decode) {
         const tiles = maxTiles(rows * L.k, this.config.numExperts);
         emit(G.sort);
         emit({ ...G.gateUp, grid: [G.gateUpX, tiles, 1] });
@@ -972,6 +1163,11 @@ export class GpuDecoder implements TokenSource {
     if (this.#disposed) throw new GpuError("Cannot run the model: its GPU resources have been disposed");
   }
 
+  /** Step-slot values with this decoder's token-ring stride (`lane` defaults to 0). */
+  #slot(i: number, v: StepValues): number {
+    return this.#ring.set(i, { ringStride: this.contextLength + 1, ...v });
+  }
+
   /** Logits of every position of `ids`, [ids.length, V]. */
   async logits(ids: readonly number[]): Promise<Float32Array> {
     this.#check();
@@ -981,14 +1177,15 @@ export class GpuDecoder implements TokenSource {
         `Cannot compute logits: ${ids.length} tokens exceed the context of ${this.contextLength}`,
       );
     }
-    const release = await this.#acquire();
+    const lane = await this.#lanes.acquire();
     try {
+      this.#check();
       const out = new Float32Array(ids.length * V);
       const chunk = Math.min(this.#R, this.#logitRows);
       for (let p0 = 0; p0 < ids.length; p0 += chunk) {
         const rows = Math.min(chunk, ids.length - p0);
         this.#device.queue.writeBuffer(this.#b.inputIds, 0, new Uint32Array(ids.slice(p0, p0 + rows)));
-        const off = this.#ring.set(0, { pos: p0, rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+        const off = this.#slot(0, { pos: p0, rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0, lane });
         this.#ring.flush(this.#device);
         const enc = this.#device.createCommandEncoder({ label: "logits" });
         const pass = enc.beginComputePass({ label: "logits" });
@@ -1003,42 +1200,28 @@ export class GpuDecoder implements TokenSource {
           : this.#lmHead.gemv;
         encodeDispatch(pass, this.#ring, lm, off);
         pass.end();
+        // Other sequences' submissions may follow on the queue: the logits are copied out in this one.
+        const read = copyOut(this.#device, enc, this.#b.logits, rows * V * 4);
         this.#device.queue.submit([enc.finish()]);
-        out.set(new Float32Array(await readBuffer(this.#device, this.#b.logits, 0, rows * V * 4)), p0 * V);
+        out.set(new Float32Array(await read()), p0 * V);
       }
       return out;
     } finally {
-      release();
+      this.#lanes.release(lane);
     }
   }
 
-  /** Waits until no other call uses the cache and the token ring; returns the function that releases them. */
-  async #acquire(): Promise<() => void> {
-    let release!: () => void;
-    const mine = new Promise<void>((r) => release = r);
-    const before = this.#lock;
-    this.#lock = before.then(() => mine);
-    await before;
-    try {
-      this.#check();
-    } catch (e) {
-      release();
-      throw e;
-    }
-    return release;
-  }
-
-  /** Encodes the prompt's prefill (in chunks) and the sampling of step 0. */
-  #encodePrefill(enc: GPUCommandEncoder, ids: readonly number[], slot: number): number {
-    const H = this.config.hiddenSize;
+  /** Encodes the prompt's prefill (in chunks) in `lane` and the sampling of its step 0. */
+  #encodePrefill(enc: GPUCommandEncoder, ids: readonly number[], slot: number, lane: number): number {
+    const H = this.config.hiddenSize, cap = this.contextLength;
     let s = slot;
-    this.#device.queue.writeBuffer(this.#b.promptIds, 0, new Uint32Array(ids));
+    this.#device.queue.writeBuffer(this.#b.promptIds, lane * cap * 4, new Uint32Array(ids));
     for (let p0 = 0; p0 < ids.length; p0 += this.#R) {
       const rows = Math.min(this.#R, ids.length - p0);
       // The whole prompt was written to prompt-ids before the submission; each chunk copies its slice.
-      enc.copyBufferToBuffer(this.#b.promptIds, p0 * 4, this.#b.inputIds, 0, rows * 4);
-      const off = this.#ring.set(s++, { pos: p0, rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
-      const pass = enc.beginComputePass({ label: `prefill-${p0}` });
+      enc.copyBufferToBuffer(this.#b.promptIds, (lane * cap + p0) * 4, this.#b.inputIds, 0, rows * 4);
+      const off = this.#slot(s++, { pos: p0, rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0, lane });
+      const pass = enc.beginComputePass({ label: `prefill-${lane}-${p0}` });
       encodeDispatch(pass, this.#ring, { ...this.#embed, grid: [rows, 1, 1] }, off);
       this.#encodeLayers(pass, off, rows, p0);
       encodeDispatch(pass, this.#ring, { ...this.#finalNorm, grid: [rows, 1, 1] }, off);
@@ -1047,7 +1230,7 @@ export class GpuDecoder implements TokenSource {
         enc.copyBufferToBuffer(this.#b.xn, (rows - 1) * H * 4, this.#b.xlast, 0, H * 4);
       }
     }
-    const off = this.#ring.set(s++, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+    const off = this.#slot(s++, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0, lane });
     const pass = enc.beginComputePass({ label: "prefill-sample" });
     encodeDispatch(pass, this.#ring, this.#lmHeadLast, off);
     this.#encodeFusedHead(pass, off);
@@ -1056,7 +1239,6 @@ export class GpuDecoder implements TokenSource {
     return s;
   }
 
-  /** Encodes decode steps [from, to): each reads the token of the previous step and samples its own. */
   /** With layer fused decoding on: logits row 0 += α · LM head(final norm(the fused layer's last row)). */
   #encodeFusedHead(pass: GPUComputePassEncoder, off: number): void {
     if (!this.#lfd) return;
@@ -1087,11 +1269,12 @@ export class GpuDecoder implements TokenSource {
     return d;
   }
 
+  /** Encodes decode steps [from, to) of the sequence in lane 0 alone (the exclusive path). */
   #encodeSteps(enc: GPUCommandEncoder, promptLength: number, from: number, to: number, slot: number): number {
     let s = slot;
     const pass = enc.beginComputePass({ label: `decode-${from}-${to}` });
     for (let step = from; step < to; step++) {
-      const off = this.#ring.set(s++, {
+      const off = this.#slot(s++, {
         pos: promptLength + step - 1,
         rows: 1,
         step,
@@ -1111,18 +1294,228 @@ export class GpuDecoder implements TokenSource {
   }
 
   /**
-   * Produces up to `options.maxTokens` new tokens in batches: the first batch is the prefill and step 0, then
-   * decode submissions of growing size (or `tokensPerSubmit`), up to three in flight.
+   * Produces up to `options.maxTokens` new tokens in batches. A plain generation joins the batch: it gets a lane,
+   * its prefill runs in the next submission, and its decode steps share GPU passes with every other sequence
+   * generating (continuous batching). Layer fused decoding and compressed KV caches run one sequence at a time.
    */
-  async *produce(ids: readonly number[], options: ResolvedGenerateOptions): AsyncGenerator<Uint32Array> {
+  produce(ids: readonly number[], options: ResolvedGenerateOptions): AsyncGenerator<Uint32Array> {
     this.#check();
     if (ids.length + options.maxTokens > this.contextLength + 1) {
       throw new RangeError(
         `Cannot generate ${options.maxTokens} tokens after ${ids.length}: the context holds ${this.contextLength}`,
       );
     }
+    return options.lfd || this.#hasGear
+      ? this.#produceAlone(ids, options)
+      : this.#produceBatched(ids, options);
+  }
+
+  /** One sequence in the batch (see {@linkcode produce}). */
+  async *#produceBatched(
+    ids: readonly number[],
+    options: ResolvedGenerateOptions,
+  ): AsyncGenerator<Uint32Array> {
+    const lane = await this.#lanes.acquire();
+    const m: Member = {
+      lane,
+      ids,
+      options,
+      total: options.maxTokens,
+      next: 0,
+      delivered: 0,
+      ready: [],
+      wake: undefined,
+      error: undefined,
+      closed: false,
+    };
+    try {
+      this.#check();
+      this.#members.add(m);
+      this.#joined = true;
+      this.#pump();
+      while (true) {
+        if (m.ready.length > 0) {
+          yield m.ready.shift()!;
+          continue;
+        }
+        if (m.error !== undefined) throw m.error;
+        if (m.delivered >= m.total) return;
+        await new Promise<void>((resolve) => m.wake = resolve);
+      }
+    } finally {
+      // Submissions still in flight may write this lane: they run before any later user's prefill.
+      m.closed = true;
+      this.#members.delete(m);
+      this.#lanes.release(lane);
+    }
+  }
+
+  /** Runs submissions while any sequence of the batch has steps to go; one loop at a time. */
+  #pump(): void {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    const inFlight: Flight[] = [];
+    const loop = async () => {
+      try {
+        while (true) {
+          while (inFlight.length < DEPTH) {
+            const f = this.#submitBatch();
+            if (!f) break;
+            inFlight.push(f);
+          }
+          const head = inFlight.shift();
+          if (!head) return;
+          await head.mapped;
+          const tokens = new Uint32Array(head.staging.getMappedRange(0, head.bytes).slice(0));
+          head.staging.unmap();
+          this.#stagingPool.push(head.staging);
+          for (const part of head.parts) {
+            const m = part.member;
+            if (m.closed) continue;
+            m.ready.push(tokens.slice(part.offset, part.offset + part.count));
+            m.delivered += part.count;
+            m.wake?.();
+          }
+        }
+      } catch (e) {
+        for (const m of this.#members) {
+          m.error = e instanceof GpuError
+            ? e
+            : new GpuError(`Cannot generate: ${(e as Error)?.message ?? e}`);
+          m.wake?.();
+        }
+      } finally {
+        for (const f of inFlight) {
+          await f.mapped.catch(() => {});
+          f.staging.unmap();
+          this.#stagingPool.push(f.staging);
+        }
+        this.#pumping = false;
+        // A sequence that joined while the loop was ending.
+        if ([...this.#members].some((m) => !m.closed && m.next < m.total && m.error === undefined)) {
+          this.#pump();
+        }
+      }
+    };
+    loop();
+  }
+
+  /**
+   * Encodes and submits the next submission of the batch: the prefill of every sequence that joined since the
+   * last one, then decode steps whose rows are the sequences still running (each at its own position, in its
+   * own lane), and the copies of every sequence's new tokens to one staging buffer. Undefined when no
+   * sequence has steps to go.
+   */
+  #submitBatch(): Flight | undefined {
+    if (this.#disposed) return undefined;
+    const running = [...this.#members].filter((m) => !m.closed && m.next < m.total);
+    if (running.length === 0) return undefined;
+    const device = this.#device;
+    if (this.#joined) this.#schedule = 0;
+    this.#joined = false;
+    const fixed = running.map((m) => m.options.tokensPerSubmit).filter((n) => n > 0);
+    const size = Math.min(
+      MAX_BATCH,
+      fixed.length === running.length
+        ? Math.min(...fixed)
+        : ADAPTIVE_BATCHES[Math.min(this.#schedule++, ADAPTIVE_BATCHES.length - 1)],
+    );
+    const enc = device.createCommandEncoder({ label: "generate-batch" });
+    let slot = 0;
+    const first = new Map<Member, number>();
+    for (const m of running) {
+      first.set(m, m.next);
+      if (m.next > 0) continue;
+      // Sampler parameters are written before the submission that reads them.
+      device.queue.writeBuffer(
+        this.#b.sampler,
+        m.lane * SAMPLER_UNIFORM_BYTES,
+        samplerUniform(m.options.sampling),
+      );
+      slot = this.#encodePrefill(enc, m.ids, slot, m.lane);
+      m.next = 1;
+    }
+    // This submission takes steps [first, end) of each sequence: step 0 is its prefill's, and decode step t
+    // holds a row for every sequence with step next + t before its end.
+    const end = new Map(running.map((m) => [m, Math.min(m.total, first.get(m)! + size)]));
+    const pass = enc.beginComputePass({ label: "decode-batch" });
+    for (let t = 0;; t++) {
+      const rows = running.filter((m) => m.next + t < end.get(m)!);
+      if (rows.length === 0) break;
+      const batch = rows.map((m) => {
+        const step = m.next + t;
+        return { pos: m.ids.length + step - 1, lane: m.lane, ringIn: step - 1, step };
+      });
+      const maxPos = Math.max(...batch.map((r) => r.pos));
+      const off = this.#slot(slot++, {
+        pos: 0,
+        rows: rows.length,
+        step: 0,
+        srcRing: true,
+        ringIn: 0,
+        logitsRow: 0,
+        batch,
+      });
+      const n: [number, number, number] = [rows.length, 1, 1];
+      encodeDispatch(pass, this.#ring, { ...this.#embed, grid: n }, off);
+      this.#encodeLayers(pass, off, rows.length, maxPos, true);
+      encodeDispatch(pass, this.#ring, { ...this.#finalNorm, grid: n }, off);
+      encodeDispatch(pass, this.#ring, this.#lmHead.gemv, off);
+      encodeDispatch(pass, this.#ring, { ...this.#sample, grid: n }, off);
+    }
+    pass.end();
+    // Each sequence's new tokens [first, end) go to the staging buffer, one after the other.
+    const parts: Flight["parts"] = [];
+    let offset = 0;
+    const bytes = running.reduce((a, m) => a + (end.get(m)! - first.get(m)!) * 4, 0);
+    const staging = this.#takeStaging(bytes);
+    const stride = this.contextLength + 1;
+    for (const m of running) {
+      const from = first.get(m)!, to = end.get(m)!;
+      enc.copyBufferToBuffer(
+        this.#b.tokens,
+        (m.lane * stride + from) * 4,
+        staging,
+        offset * 4,
+        (to - from) * 4,
+      );
+      parts.push({ member: m, offset, count: to - from });
+      offset += to - from;
+      m.next = to;
+    }
+    this.#ring.flush(device);
+    device.queue.submit([enc.finish()]);
+    return { parts, staging, bytes, mapped: staging.mapAsync(GPUMapMode.READ, 0, bytes) };
+  }
+
+  /** A staging buffer of at least `bytes` for token readback (reused across submissions). */
+  #takeStaging(bytes: number): GPUBuffer {
+    const i = this.#stagingPool.findIndex((b) => b.size >= bytes);
+    if (i >= 0) return this.#stagingPool.splice(i, 1)[0];
+    return this.#device.createBuffer({
+      label: "batch-token-staging",
+      size: Math.max(bytes, this.lanes * (MAX_BATCH + 1) * 4),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+  }
+
+  /**
+   * The sequence alone in lane 0, every other lane held (layer fused decoding, compressed KV caches): the
+   * prefill and step 0 first, then decode submissions of growing size (or `tokensPerSubmit`), up to three in
+   * flight.
+   */
+  async *#produceAlone(
+    ids: readonly number[],
+    options: ResolvedGenerateOptions,
+  ): AsyncGenerator<Uint32Array> {
     const head = options.lfd ? await this.#fuseHead(options.lfd.alpha) : undefined;
-    const release = await this.#acquire();
+    const releaseAll = await this.#lanes.acquireAll();
+    try {
+      this.#check();
+    } catch (e) {
+      releaseAll();
+      throw e;
+    }
     this.#lfd = options.lfd ? { layer: options.lfd.layer, head: head! } : undefined;
     const device = this.#device;
     const total = options.maxTokens;
@@ -1142,7 +1535,7 @@ export class GpuDecoder implements TokenSource {
         const to = Math.min(total, from + Math.min(size, MAX_BATCH));
         const enc = device.createCommandEncoder({ label: `generate-${from}-${to}` });
         let slot = 0;
-        if (from === 0) slot = this.#encodePrefill(enc, ids, slot);
+        if (from === 0) slot = this.#encodePrefill(enc, ids, slot, 0);
         if (to > Math.max(from, 1)) this.#encodeSteps(enc, ids.length, Math.max(from, 1), to, slot);
         const staging = this.#staging[stagingIndex++ % DEPTH];
         enc.copyBufferToBuffer(this.#b.tokens, from * 4, staging, 0, (to - from) * 4);
@@ -1168,7 +1561,7 @@ export class GpuDecoder implements TokenSource {
         f.staging.unmap();
       }
       this.#lfd = undefined;
-      release();
+      releaseAll();
     }
   }
 
@@ -1197,7 +1590,7 @@ export class GpuDecoder implements TokenSource {
     const candidates = P > 0 ? fusionCandidates(L) : [];
     const slotOf = new Map(candidates.map((l, i) => [l, i]));
     const ne = E + (c.sharedExpertIntermediateSize > 0 ? 1 : 0);
-    const release = await this.#acquire();
+    const lane = await this.#lanes.acquire();
     const device = this.#device, ring = this.#ring, b = this.#b;
     const temp: GPUBuffer[] = [];
     const scratch = (label: string, bytes: number) => {
@@ -1210,16 +1603,26 @@ export class GpuDecoder implements TokenSource {
       return buf;
     };
     try {
+      this.#check();
       // router [L, T, ne] f32; snapshots [candidates, 2 (before, after), P, H] f32.
       const router = scratch("inspect-router", L * T * ne * 4);
       const snap = scratch("inspect-residuals", candidates.length * 2 * P * H * 4);
-      device.queue.writeBuffer(b.promptIds, 0, new Uint32Array(ids));
+      const cap = this.contextLength;
+      device.queue.writeBuffer(b.promptIds, lane * cap * 4, new Uint32Array(ids));
       const enc = device.createCommandEncoder({ label: "inspect" });
       let s = 0;
       for (let p0 = 0; p0 < T; p0 += this.#R) {
         const rows = Math.min(this.#R, T - p0);
-        enc.copyBufferToBuffer(b.promptIds, p0 * 4, b.inputIds, 0, rows * 4);
-        const off = ring.set(s++, { pos: p0, rows, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+        enc.copyBufferToBuffer(b.promptIds, (lane * cap + p0) * 4, b.inputIds, 0, rows * 4);
+        const off = this.#slot(s++, {
+          pos: p0,
+          rows,
+          step: 0,
+          srcRing: false,
+          ringIn: 0,
+          logitsRow: 0,
+          lane,
+        });
         let pass = enc.beginComputePass({ label: `inspect-${p0}` });
         encodeDispatch(pass, ring, { ...this.#embed, grid: [rows, 1, 1] }, off);
         const copy = (src: GPUBuffer, from: number, dst: GPUBuffer, to: number, bytes: number) => {
@@ -1242,13 +1645,23 @@ export class GpuDecoder implements TokenSource {
         pass.end();
         if (p0 + rows === T) enc.copyBufferToBuffer(b.xn, (rows - 1) * H * 4, b.xlast, 0, H * 4);
       }
-      const off = ring.set(s++, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+      const off = this.#slot(s++, {
+        pos: 0,
+        rows: 1,
+        step: 0,
+        srcRing: false,
+        ringIn: 0,
+        logitsRow: 0,
+        lane,
+      });
       const pass = enc.beginComputePass({ label: "inspect-head" });
       encodeDispatch(pass, ring, this.#lmHeadLast, off);
       pass.end();
+      // Other sequences' submissions may follow on the queue: shared buffers are copied out in this one.
+      const readLast = copyOut(device, enc, b.logits, V * 4);
       ring.flush(device);
       device.queue.submit([enc.finish()]);
-      const lastLogits = new Float32Array(await readBuffer(device, b.logits, 0, V * 4));
+      const lastLogits = new Float32Array(await readLast());
       const routerLogits = new Float32Array(await readBuffer(device, router, 0, Math.max(1, L * T * ne) * 4));
       const routerEntropy = new Float32Array(L).fill(NaN), routerMargin = new Float32Array(L).fill(NaN);
       for (let l = 0; l < L; l++) {
@@ -1284,8 +1697,9 @@ export class GpuDecoder implements TokenSource {
             : this.#lmHead.gemv;
           encodeDispatch(p2, ring, lm, o2);
           p2.end();
+          const read = copyOut(device, e2, b.logits, rows * V * 4);
           device.queue.submit([e2.finish()]);
-          logits.set(new Float32Array(await readBuffer(device, b.logits, 0, rows * V * 4)), r0 * V);
+          logits.set(new Float32Array(await read()), r0 * V);
         }
         const iks = new Float64Array(L).fill(NaN);
         candidates.forEach((l, i) => {
@@ -1301,7 +1715,7 @@ export class GpuDecoder implements TokenSource {
       return out;
     } finally {
       for (const t of temp) t.destroy();
-      release();
+      this.#lanes.release(lane);
     }
   }
 
@@ -1324,8 +1738,9 @@ export class GpuDecoder implements TokenSource {
     if (!this.#ctx.hasTimestamps) {
       throw new GpuError("Cannot profile: the adapter has no timestamp-query feature");
     }
-    const release = await this.#acquire();
+    const release = await this.#lanes.acquireAll();
     try {
+      this.#check();
       const device = this.#device;
       const list: Dispatch[] = [this.#embed];
       this.#forEachLayerDispatch(1, pos, (d) => list.push(d));
@@ -1336,7 +1751,7 @@ export class GpuDecoder implements TokenSource {
         size: 16 * list.length,
         usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
       });
-      const off = this.#ring.set(0, { pos, rows: 1, step: 1, srcRing: true, ringIn: 0, logitsRow: 0 });
+      const off = this.#slot(0, { pos, rows: 1, step: 1, srcRing: true, ringIn: 0, logitsRow: 0 });
       this.#ring.flush(device);
       const enc = device.createCommandEncoder({ label: "profile" });
       list.forEach((d, i) => {
@@ -1369,8 +1784,13 @@ export class GpuDecoder implements TokenSource {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    for (const m of this.#members) {
+      m.error = new GpuError("Cannot generate: the model's GPU resources were disposed");
+      m.wake?.();
+    }
     for (const b of this.#buffers) b.destroy();
     for (const s of this.#staging) s.destroy();
+    for (const s of this.#stagingPool) s.destroy();
     this.#ring.buffer.destroy();
   }
 

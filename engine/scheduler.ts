@@ -3,8 +3,9 @@
  * for a slot, and anything beyond is refused at once (the HTTP layer answers 429 with `Retry-After`).
  *
  * The scheduler does not run the model itself: a holder of a slot calls `model.stream()` and the engine
- * decides how concurrent sequences share GPU passes. Waiting requests leave the queue when their deadline
- * passes or their signal aborts, so they never reach the model afterwards.
+ * decides how concurrent sequences share GPU passes (on WebGPU: continuous batching, engine/gpu_decoder.ts).
+ * Waiting requests leave the queue when their deadline passes or their signal aborts, so they never reach the
+ * model afterwards.
  *
  * @example
  * ```ts

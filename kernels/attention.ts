@@ -41,9 +41,10 @@ export function partialFloats(hd: number): number {
 }
 
 /**
- * WGSL of attention. Bindings: 0 q [R, nH, hd] f32; 1 K cache, 2 V cache [nKV, capacity, hd] (f32, or f16
+ * WGSL of attention. Bindings: 0 q [R, nH, hd] f32; 1 K cache, 2 V cache [lanes, nKV, capacity, hd] (f32, or f16
  * packed in u32); 3 out [R, nH hd] f32, or with `split` the partials [R, nH, ceil(capacity / split), hd + 2].
- * Grid: (nH, rows, splits); row r is at position `st.pos + r` and sees positions up to its own.
+ * Grid: (nH, rows, splits); row r is at position `row_pos(r)` of lane
+ * `row_lane(r)` (STEP_WGSL) and sees that lane's positions up to its own.
  */
 export function attentionWgsl(p: AttentionParams): string {
   if (p.hd % 4 !== 0) {
@@ -60,6 +61,7 @@ export function attentionWgsl(p: AttentionParams): string {
   return `${prelude()}
 const NH: u32 = ${p.nH}u;
 const GROUP: u32 = ${p.nH / p.nKV}u;
+const NKV: u32 = ${p.nKV}u;
 const HD: u32 = ${p.hd}u;
 const D4: u32 = ${p.hd / 4}u;
 const CAP: u32 = ${p.capacity}u;
@@ -78,8 +80,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let h = wg.x;
   let r = wg.y;
   if (r >= st.rows) { return; }
-  let kvh = h / GROUP;
-  let pos = st.pos + r;
+  let kvh = (row_lane(r) * NKV) + h / GROUP;
+  let pos = row_pos(r);
   var start = 0u;
   if (WINDOW > 0u && pos + 1u > WINDOW) { start = pos + 1u - WINDOW; }
   for (var i = li; i < D4; i += TK) { qs[i] = q[(r * NH + h) * D4 + i] * ${f32Lit(p.scale)}; }
@@ -148,7 +150,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 
 /**
  * WGSL of the split-K merge. Bindings: 0 partials [R, nH, NS, hd + 2] f32; 1 out [R, nH hd] f32.
- * Grid: (nH, rows). Row r merges the splits that cover positions 0..st.pos + r.
+ * Grid: (nH, rows). Row r merges the splits that cover positions 0..row_pos(r).
  */
 export function attentionCombineWgsl(p: AttentionParams): string {
   const split = p.split ?? 0;
@@ -165,7 +167,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let h = wg.x;
   let r = wg.y;
   if (r >= st.rows) { return; }
-  let used = (st.pos + r) / SPLIT + 1u;
+  let used = row_pos(r) / SPLIT + 1u;
   let base = (r * NH + h) * NS;
   var mx = -3.0e38;
   for (var z = 0u; z < used; z++) { mx = max(mx, part[(base + z) * (HD + 2u) + HD]); }

@@ -127,3 +127,56 @@ for (const kvDtype of ["f32", "f16"] as const) {
     },
   });
 }
+
+Deno.test({
+  name: "split-K attention + merge, batched: each row attends over its own lane of the cache (attentionRef)",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device, ring } = await testGpu();
+    const r = rng(23);
+    const nH = 4, nKV = 2, hd = 16, cap = 200, split = 64, lanes = 3, window = 0;
+    // Rows (sequences) at different positions, lanes out of order: split counts differ per row.
+    const batch = [{ lane: 2, pos: 150 }, { lane: 0, pos: 3 }, { lane: 1, pos: 64 }];
+    const rows = batch.length;
+    const q = randomArray(r, rows * nH * hd, -1, 1);
+    const k = randomArray(r, lanes * nKV * cap * hd, -1, 1),
+      v = randomArray(r, lanes * nKV * cap * hd, -1, 1);
+    const params = { nH, nKV, hd, capacity: cap, scale: 0.3, window, kvDtype: "f32" as const, split };
+    const prog = await attentionProgram(device, ring, params);
+    const comb = await attentionCombineProgram(device, ring, params);
+    const ns = Math.ceil(cap / split);
+    const pb = buf(device, "partials", new Float32Array(rows * nH * ns * partialFloats(hd)));
+    const ob = buf(device, "o", new Float32Array(rows * nH * hd));
+    const splits = Math.max(...batch.map((b) => Math.floor(b.pos / split) + 1));
+    const got = new Float32Array(
+      await runAndRead(
+        device,
+        ring,
+        [
+          {
+            program: prog,
+            group: prog.bind("t", [buf(device, "q", q), buf(device, "k", k), buf(device, "v", v), pb]),
+            grid: [nH, rows, splits],
+          },
+          { program: comb, group: comb.bind("c", [pb, ob]), grid: [nH, rows, 1] },
+        ],
+        { rows, batch: batch.map((b) => ({ pos: b.pos, lane: b.lane, ringIn: 0, step: 0 })) },
+        ob,
+        rows * nH * hd * 4,
+      ),
+    );
+    const laneSize = nKV * cap * hd;
+    batch.forEach((b, i) => {
+      const ref = attentionRef(
+        q.subarray(i * nH * hd, (i + 1) * nH * hd),
+        k.subarray(b.lane * laneSize, (b.lane + 1) * laneSize),
+        v.subarray(b.lane * laneSize, (b.lane + 1) * laneSize),
+        1,
+        [b.pos],
+        { nH, nKV, hd, capacity: cap, scale: 0.3, window },
+      );
+      const err = relError(got.subarray(i * nH * hd, (i + 1) * nH * hd), ref);
+      assert.ok(err < 1e-5, `row ${i} (lane ${b.lane}, pos ${b.pos}): ${err}`);
+    });
+  },
+});

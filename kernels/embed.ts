@@ -1,6 +1,7 @@
 /**
  * Embedding lookup: `x[r] = table[token_r] · multiplier`, where token_r is the r-th prompt id or, in decode
- * steps, the token the sampler wrote into the ring at the previous step (no CPU round trip).
+ * steps, the token the sampler wrote into the ring at the previous step (no CPU round trip); in a batched
+ * step each row reads its own sequence's ring region.
  *
  * @module
  */
@@ -21,7 +22,7 @@ export interface EmbedParams {
   multiplier: number;
 }
 
-/** WGSL of the embedding lookup. Bindings: 0 table [V, H], 1 ids [R] u32, 2 ring [*] u32, 3 x [R, H] f32. */
+/** WGSL of the embedding lookup. Bindings: 0 table [V, H], 1 ids [R] u32, 2 ring [lanes, ring_stride] u32, 3 x [R, H] f32. */
 export function embedWgsl(p: EmbedParams): string {
   return `${prelude()}
 const H: u32 = ${p.hidden}u;
@@ -36,7 +37,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let r = wg.x;
   if (r >= st.rows) { return; }
   var tok = ids[r];
-  if (st.src_ring == 1u) { tok = ring[st.ring_in]; }
+  if (st.src_ring == 1u) { tok = ring[row_ring_in(r)]; }
   tok = min(tok, V - 1u);
   for (var i = li; i < H; i += 64u) {
     x[r * H + i] = scalar_table(tok * H + i) * ${f32Lit(p.multiplier)};

@@ -134,26 +134,70 @@ export function writeAligned(device: GPUDevice, buf: GPUBuffer, offset: number, 
   }
 }
 
-/** Bytes of one slot of the step-uniform ring (the largest minUniformBufferOffsetAlignment WebGPU allows). */
-export const STEP_SLOT_BYTES = 256;
+/** Most rows of one batched dispatch: sequences whose decode steps share a GPU pass (continuous batching). */
+export const MAX_BATCH_ROWS = 32;
+
+/** Bytes of the step uniform: a 48-byte header and one 16-byte row record per batched row. */
+export const STEP_UNIFORM_BYTES = 48 + 16 * MAX_BATCH_ROWS;
+
+/** Bytes of one slot of the step-uniform ring (the uniform rounded up to a 256-byte dynamic-offset boundary). */
+export const STEP_SLOT_BYTES: number = Math.ceil(STEP_UNIFORM_BYTES / 256) * 256;
 
 /**
- * WGSL of the per-dispatch parameters every kernel reads at `@group(1) @binding(0)`, from one 256-byte slot
- * of the step ring selected by a dynamic offset.
+ * WGSL of the per-dispatch parameters every kernel reads at `@group(1) @binding(0)`, from one slot of the step
+ * ring selected by a dynamic offset, and the accessors of a row's position, sequence lane and steps.
+ *
+ * Unbatched (`batched` 0): row r is at position `pos + r` of lane `lane`, its input token is ring slot
+ * `ring_in` and it samples step `step`. Batched (`batched` 1, continuous batching): every row is its own
+ * sequence, described by `row_info[r]` = (position, lane, input ring slot, step). A lane is one sequence's
+ * region of the KV cache and of the token ring (`ring_stride` slots per lane).
  */
 export const STEP_WGSL = /* wgsl */ `
 struct Step {
-  pos: u32,        // position of row 0
+  pos: u32,        // position of row 0 (unbatched)
   rows: u32,       // token rows in this dispatch
-  step: u32,       // generation step (sampler's random stream and token-ring slot)
-  src_ring: u32,   // 1: the input token is ring[ring_in]; 0: input ids come from the ids buffer
-  ring_in: u32,    // token-ring slot the input token is read from
-  logits_row: u32, // which logits row the sampler reads
+  step: u32,       // generation step (sampler's random stream and token-ring slot; unbatched)
+  src_ring: u32,   // 1: the input token is read from the token ring; 0: input ids come from the ids buffer
+  ring_in: u32,    // token-ring slot the input token is read from (unbatched)
+  logits_row: u32, // first logits row the sampler reads
+  batched: u32,    // 1: rows are sequences described by row_info
+  lane: u32,       // the sequence lane of every row (unbatched)
+  ring_stride: u32,// token-ring slots per lane
   pad0: u32,
   pad1: u32,
+  pad2: u32,
+  row_info: array<vec4<u32>, ${MAX_BATCH_ROWS}>, // batched rows: (position, lane, ring slot in, step)
 }
 @group(1) @binding(0) var<uniform> st: Step;
+fn row_pos(r: u32) -> u32 {
+  if (st.batched != 0u) { return st.row_info[r].x; }
+  return st.pos + r;
+}
+fn row_lane(r: u32) -> u32 {
+  if (st.batched != 0u) { return st.row_info[r].y; }
+  return st.lane;
+}
+fn row_ring_in(r: u32) -> u32 {
+  if (st.batched != 0u) { return st.row_info[r].y * st.ring_stride + st.row_info[r].z; }
+  return st.lane * st.ring_stride + st.ring_in;
+}
+fn row_step(r: u32) -> u32 {
+  if (st.batched != 0u) { return st.row_info[r].w; }
+  return st.step;
+}
 `;
+
+/** One row of a batched step: a sequence's position, lane, input ring slot and generation step. */
+export interface StepRow {
+  /** Position of the row's token. */
+  pos: number;
+  /** The sequence's lane (its KV-cache and token-ring region). */
+  lane: number;
+  /** Ring slot (within the lane) of the input token. */
+  ringIn: number;
+  /** Generation step (ring slot written by the sampler, and its random stream). */
+  step: number;
+}
 
 /** Values of one step slot (see {@linkcode STEP_WGSL}). */
 export interface StepValues {
@@ -167,8 +211,14 @@ export interface StepValues {
   srcRing: boolean;
   /** Ring slot of the input token. */
   ringIn: number;
-  /** Logits row the sampler reads. */
+  /** First logits row the sampler reads. */
   logitsRow: number;
+  /** The lane of every row (default 0; unbatched). */
+  lane?: number;
+  /** Token-ring slots per lane (default 0). */
+  ringStride?: number;
+  /** Batched rows (continuous batching): row r is `batch[r]`; `rows` must equal its length. */
+  batch?: readonly StepRow[];
 }
 
 /**
@@ -201,13 +251,13 @@ export class StepRing {
       entries: [{
         binding: 0,
         visibility: GPUShaderStage.COMPUTE,
-        buffer: { type: "uniform", hasDynamicOffset: true, minBindingSize: 32 },
+        buffer: { type: "uniform", hasDynamicOffset: true, minBindingSize: STEP_UNIFORM_BYTES },
       }],
     });
     this.bindGroup = device.createBindGroup({
       label: "step-ring-group",
       layout: this.layout,
-      entries: [{ binding: 0, resource: { buffer: this.buffer, offset: 0, size: 32 } }],
+      entries: [{ binding: 0, resource: { buffer: this.buffer, offset: 0, size: STEP_UNIFORM_BYTES } }],
     });
     this.#staging = new Uint32Array((slots * STEP_SLOT_BYTES) / 4);
   }
@@ -225,6 +275,23 @@ export class StepRing {
     s[o + 3] = v.srcRing ? 1 : 0;
     s[o + 4] = v.ringIn;
     s[o + 5] = v.logitsRow;
+    s[o + 6] = v.batch ? 1 : 0;
+    s[o + 7] = v.lane ?? 0;
+    s[o + 8] = v.ringStride ?? 0;
+    if (v.batch) {
+      if (v.batch.length !== v.rows || v.batch.length > MAX_BATCH_ROWS) {
+        throw new RangeError(
+          `Cannot set step slot ${i}: ${v.batch.length} batched rows for ${v.rows} rows (at most ${MAX_BATCH_ROWS})`,
+        );
+      }
+      v.batch.forEach((row, r) => {
+        const at = o + 12 + 4 * r;
+        s[at] = row.pos;
+        s[at + 1] = row.lane;
+        s[at + 2] = row.ringIn;
+        s[at + 3] = row.step;
+      });
+    }
     this.#dirtyFrom = Math.min(this.#dirtyFrom, i);
     this.#dirtyTo = Math.max(this.#dirtyTo, i);
     return i * STEP_SLOT_BYTES;

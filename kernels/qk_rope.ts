@@ -40,9 +40,9 @@ const WG = 64;
 /**
  * WGSL of the q/k stage. Bindings: 0 qkv [R, (nH + 2 nKV) hd] f32; 1 rope [positions, hd] f32 (cos of the hd/2
  * frequencies, then their sin); 2 norm weights f32 (q weights then k weights; unused without q/k norm);
- * 3 q out [R, nH, hd] f32; 4 K cache, 5 V cache [nKV, capacity, hd] (f32, or f16 packed in u32; with `ring`,
- * position p in slot p mod capacity).
- * Grid: (nH + nKV, rows). Row r is at position `st.pos + r`.
+ * 3 q out [R, nH, hd] f32; 4 K cache, 5 V cache [lanes, nKV, capacity, hd] (f32, or f16 packed in u32; with
+ * `ring`, position p in slot p mod capacity).
+ * Grid: (nH + nKV, rows). Row r is at position `row_pos(r)` of lane `row_lane(r)` (see STEP_WGSL).
  */
 export function qkRopeWgsl(p: QkRopeParams): string {
   const qDim = p.nH * p.hd, kvDim = p.nKV * p.hd;
@@ -55,6 +55,7 @@ export function qkRopeWgsl(p: QkRopeParams): string {
       : `${cache}[${idx}] = ${a}; ${cache}[${idx} + 1u] = ${b};`;
   return `${prelude()}
 const NH: u32 = ${p.nH}u;
+const NKV: u32 = ${p.nKV}u;
 const HD: u32 = ${p.hd}u;
 const HALF: u32 = ${p.hd / 2}u;
 const QDIM: u32 = ${qDim}u;
@@ -74,7 +75,8 @@ var<workgroup> part: array<f32, ${WG}>;
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.y;
   if (r >= st.rows) { return; }
-  let pos = st.pos + r;
+  let pos = row_pos(r);
+  let lane = row_lane(r);
   let slot = wg.x;
   let isQ = slot < NH;
   let head = select(slot - NH, slot, isQ);
@@ -116,7 +118,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
       qout[qo + i0] = o0;
       qout[qo + i1] = o1;
     } else {
-      let co = (head * CAP + ${p.ring ? "pos % CAP" : "pos"}) * HD + i0;
+      let co = ((lane * NKV + head) * CAP + ${p.ring ? "pos % CAP" : "pos"}) * HD + i0;
       ${store("kc", "co", "o0", "o1")}
       let vb = r * QKV + QDIM + KVDIM + head * HD;
       var v0 = qkv[vb + i0];

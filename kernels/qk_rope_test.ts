@@ -139,3 +139,85 @@ for (const kvDtype of ["f32", "f16"] as const) {
     },
   });
 }
+
+Deno.test({
+  name: "qkRope, batched: each row is roped at its own position and appended to its own lane of the cache",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device, ring } = await testGpu();
+    const r = rng(12);
+    const nH = 4, nKV = 2, hd = 16, cap = 12, lanes = 3;
+    const qDim = nH * hd, kvDim = nKV * hd, qkvDim = qDim + 2 * kvDim;
+    const batch = [{ lane: 1, pos: 7 }, { lane: 2, pos: 0 }, { lane: 0, pos: 11 }];
+    const rows = batch.length;
+    const qkv = randomArray(r, rows * qkvDim, -2, 2);
+    const rope = {
+      theta: 1e4,
+      type: "default" as const,
+      factor: 1,
+      lowFreqFactor: 1,
+      highFreqFactor: 4,
+      originalMaxPositionEmbeddings: 1,
+    };
+    const { cos, sin } = ropeTables(rope, hd, cap);
+    const half = hd / 2;
+    const table = new Float32Array(cap * hd);
+    for (let p = 0; p < cap; p++) {
+      table.set(cos.subarray(p * half, (p + 1) * half), p * hd);
+      table.set(sin.subarray(p * half, (p + 1) * half), p * hd + half);
+    }
+    const prog = await qkRopeProgram(device, ring, {
+      nH,
+      nKV,
+      hd,
+      capacity: cap,
+      qkNorm: "none",
+      eps: 1e-6,
+      clip: 0,
+      kvDtype: "f32",
+    });
+    const cacheFloats = lanes * nKV * cap * hd;
+    const qb = buf(device, "q", new Float32Array(rows * qDim));
+    const kb = buf(device, "k", new Float32Array(cacheFloats)),
+      vb = buf(device, "v", new Float32Array(cacheFloats));
+    const group = prog.bind("t", [
+      buf(device, "qkv", qkv),
+      buf(device, "rope", table),
+      buf(device, "nw", new Float32Array(4)),
+      qb,
+      kb,
+      vb,
+    ]);
+    const gotQ = new Float32Array(
+      await runAndRead(
+        device,
+        ring,
+        [{ program: prog, group, grid: [nH + nKV, rows, 1] }],
+        { rows, batch: batch.map((b) => ({ pos: b.pos, lane: b.lane, ringIn: 0, step: 0 })) },
+        qb,
+        rows * qDim * 4,
+      ),
+    );
+    const kc = new Float32Array(await readBuffer(device, kb, 0, cacheFloats * 4));
+    const vc = new Float32Array(await readBuffer(device, vb, 0, cacheFloats * 4));
+    const written = new Set<number>();
+    batch.forEach((b, t) => {
+      const q = qkv.slice(t * qkvDim, t * qkvDim + qDim);
+      const k = qkv.slice(t * qkvDim + qDim, t * qkvDim + qDim + kvDim);
+      const v = qkv.subarray(t * qkvDim + qDim + kvDim, (t + 1) * qkvDim);
+      ropeRef(q, 1, nH, hd, [b.pos], cos, sin);
+      ropeRef(k, 1, nKV, hd, [b.pos], cos, sin);
+      assert.ok(relError(gotQ.subarray(t * qDim, (t + 1) * qDim), q) < 1e-5, `q of row ${t}`);
+      for (let h = 0; h < nKV; h++) {
+        for (let i = 0; i < hd; i++) {
+          const at = ((b.lane * nKV + h) * cap + b.pos) * hd + i;
+          written.add(at);
+          assert.ok(Math.abs(kc[at] - k[h * hd + i]) <= 1e-5, `k of row ${t} at ${at}`);
+          assert.equal(vc[at], v[h * hd + i], `v of row ${t} at ${at}`);
+        }
+      }
+    });
+    // No other cache entry was touched.
+    kc.forEach((x, i) => written.has(i) || assert.equal(x, 0, `k cache entry ${i}`));
+  },
+});

@@ -2,7 +2,8 @@
  * Token sampling on the GPU, one workgroup: arg-max for greedy decoding, otherwise temperature, top-k and
  * top-p by value thresholds found with a bisection over the bit patterns of the logits, and a draw from the
  * seeded counter-based generator of kernels/cpu/sampling.ts. The chosen id is written into the token ring,
- * where the next step's embedding lookup reads it: sampling never waits for the CPU.
+ * where the next step's embedding lookup reads it: sampling never waits for the CPU. In a batched step each
+ * row (one workgroup each) samples its own sequence with its lane's parameters.
  *
  * @module
  */
@@ -10,10 +11,10 @@
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
 import { prelude } from "./wgsl.ts";
 
-/** Bytes of the sampler's uniform block. */
+/** Bytes of one lane's sampler parameters. */
 export const SAMPLER_UNIFORM_BYTES = 16;
 
-/** The uniform block values: temperature f32, topK u32, topP f32, seed u32. */
+/** One lane's sampler parameters: temperature f32, topK u32, topP f32, seed u32. */
 export function samplerUniform(
   p: { temperature: number; topK: number; topP: number; seed: number },
 ): ArrayBuffer {
@@ -29,8 +30,9 @@ export function samplerUniform(
 const WG = 256;
 
 /**
- * WGSL of the sampler. Bindings: 0 logits [rows, V] f32 (row `st.logits_row` is read); 1 sampler uniform;
- * 2 token ring u32 (slot `st.step` is written). Grid: 1 workgroup.
+ * WGSL of the sampler. Bindings: 0 logits [rows, V] f32 (row r reads row `st.logits_row + r`); 1 sampler
+ * parameters [lanes] (SAMPLER_UNIFORM_BYTES each; row r uses lane `row_lane(r)`'s); 2 token ring
+ * [lanes, ring_stride] u32 (row r writes slot `row_step(r)` of its lane). Grid: rows workgroups.
  */
 export function sampleWgsl(vocab: number): string {
   const chunk = Math.ceil(vocab / WG);
@@ -40,7 +42,7 @@ const WG: u32 = ${WG}u;
 const CHUNK: u32 = ${chunk}u;
 struct Sampler { temperature: f32, top_k: u32, top_p: f32, seed: u32 }
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<uniform> sp: Sampler;
+@group(0) @binding(1) var<storage, read> sps: array<Sampler>;
 @group(0) @binding(2) var<storage, read_write> ring: array<u32>;
 var<workgroup> rv: array<f32, ${WG}>;
 var<workgroup> ri: array<u32, ${WG}>;
@@ -79,8 +81,12 @@ fn sum_u(li: u32, v: u32) -> u32 {
 }
 
 @compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) li: u32) {
-  let row = st.logits_row * V;
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let r = wg.x;
+  if (r >= st.rows) { return; }
+  let sp = sps[row_lane(r)];
+  let out = row_lane(r) * st.ring_stride + row_step(r);
+  let row = (st.logits_row + r) * V;
   // Arg-max over the row, lowest id on ties.
   var bv = -3.4e38;
   var bi = 0xffffffffu;
@@ -103,7 +109,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
   let lmax = rv[0];
   workgroupBarrier();
   if (sp.temperature <= 0.0 || sp.top_k == 1u) {
-    if (li == 0u) { ring[st.step] = best; }
+    if (li == 0u) { ring[out] = best; }
     return;
   }
   let tinv = 1.0 / sp.temperature;
@@ -152,7 +158,7 @@ fn main(@builtin(local_invocation_index) li: u32) {
   if (li == 0u) {
     var total = 0.0;
     for (var j = 0u; j < WG; j++) { total += rv[j]; }
-    let u = f32(pcg(pcg(sp.seed) ^ st.step) >> 8u) / 16777216.0;
+    let u = f32(pcg(pcg(sp.seed) ^ row_step(r)) >> 8u) / 16777216.0;
     let goal = u * total;
     var acc = 0.0;
     var chosen = best;
@@ -172,12 +178,12 @@ fn main(@builtin(local_invocation_index) li: u32) {
         acc += rv[j];
       }
     }
-    ring[st.step] = chosen;
+    ring[out] = chosen;
   }
 }`;
 }
 
 /** The sampler program. */
 export function sampleProgram(device: GPUDevice, ring: StepRing, vocab: number): Promise<Program> {
-  return P.get(device, ring, "sample", sampleWgsl(vocab), ["read", "uniform", "write"]);
+  return P.get(device, ring, "sample", sampleWgsl(vocab), ["read", "read", "write"]);
 }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { argmaxRef, sampleRef, type SamplingParams } from "./cpu/sampling.ts";
 import { readBuffer } from "./gpu.ts";
-import { sampleProgram, samplerUniform } from "./sample.ts";
+import { sampleProgram, SAMPLER_UNIFORM_BYTES, samplerUniform } from "./sample.ts";
 import { buf, randomArray, rng, runAndRead, SKIP_GPU, testGpu } from "./test_util.ts";
 
 async function gpuSample(
@@ -13,14 +13,9 @@ async function gpuSample(
 ): Promise<number[]> {
   const { device, ring } = await testGpu();
   const prog = await sampleProgram(device, ring, V);
-  const uni = device.createBuffer({
-    label: "sampler",
-    size: 16,
-    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-  });
-  device.queue.writeBuffer(uni, 0, samplerUniform(p));
+  const params = buf(device, "sampler", new Uint8Array(samplerUniform(p)));
   const rb = buf(device, "ring", new Uint32Array(Math.max(...steps) + 1).fill(0xffffffff));
-  const group = prog.bind("t", [buf(device, "logits", logits), { buffer: uni }, rb]);
+  const group = prog.bind("t", [buf(device, "logits", logits), params, rb]);
   const out: number[] = [];
   for (const step of steps) {
     await runAndRead(
@@ -81,5 +76,49 @@ Deno.test({
       // Same seed, same tokens.
       assert.deepEqual(await gpuSample(logits, V, 0, p, steps.slice(0, 4)), got.slice(0, 4));
     }
+  },
+});
+
+Deno.test({
+  name: "sample kernel: a batched step samples each row with its lane's parameters into its lane's ring",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device, ring } = await testGpu();
+    const r = rng(53);
+    const V = 300, stride = 40;
+    const lanes: SamplingParams[] = [
+      { temperature: 0, topK: 0, topP: 1, seed: 0 },
+      { temperature: 1, topK: 0, topP: 1, seed: 7 },
+      { temperature: 0.8, topK: 20, topP: 0.9, seed: 9 },
+    ];
+    // Rows name lanes out of order, at different steps.
+    const rows = [{ lane: 2, step: 5 }, { lane: 0, step: 11 }, { lane: 1, step: 3 }];
+    const logits = randomArray(r, rows.length * V, -3, 3);
+    const prog = await sampleProgram(device, ring, V);
+    const params = new Uint8Array(lanes.length * SAMPLER_UNIFORM_BYTES);
+    lanes.forEach((p, i) => params.set(new Uint8Array(samplerUniform(p)), i * SAMPLER_UNIFORM_BYTES));
+    const rb = buf(device, "ring", new Uint32Array(lanes.length * stride).fill(0xffffffff));
+    const group = prog.bind("t", [buf(device, "logits", logits), buf(device, "sampler", params), rb]);
+    const got = new Uint32Array(
+      await runAndRead(
+        device,
+        ring,
+        [{ program: prog, group, grid: [rows.length, 1, 1] }],
+        {
+          rows: rows.length,
+          ringStride: stride,
+          batch: rows.map((x) => ({ pos: 0, lane: x.lane, ringIn: 0, step: x.step })),
+        },
+        rb,
+        lanes.length * stride * 4,
+      ),
+    );
+    rows.forEach((x, i) => {
+      const want = sampleRef(logits.subarray(i * V, (i + 1) * V), lanes[x.lane], x.step);
+      assert.equal(got[x.lane * stride + x.step], want, `row ${i} (lane ${x.lane}, step ${x.step})`);
+    });
+    // Nothing else was written.
+    const written = new Set(rows.map((x) => x.lane * stride + x.step));
+    got.forEach((t, i) => written.has(i) || assert.equal(t, 0xffffffff, `slot ${i}`));
   },
 });
