@@ -8,12 +8,13 @@
 # Then call the device with carry [".gpu-pack", "dist"] and the command
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh train     # ~9 min: the default reader
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh serve     # ~9 min: HTTP load, LLMLingua-2, gear-2
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh http      # ~4 min: HTTP load only
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh bench     # ~5 min: quantized experts
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, serve or bench}
+what=${1:?train, serve, http or bench}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -29,19 +30,24 @@ train)
     split -b 15M -d /tmp/reader.tgz "$out/reader.tgz.part"
   fi
   ;;
-serve)
-  # The service under load on the GPU: an OLMoE-1B-7B-shape f16 checkpoint (random weights, with the fixture
-  # tokenizer, whose ids are all in its vocabulary), 1/8/32 streaming clients with continuous batching.
-  timeout 150 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+serve | http)
+  # The service under load on the GPU: an OLMoE-1B-7B-shape f16 checkpoint (random weights) with the 384-id
+  # vocabulary of the fixture tokenizer, so that every sampled id decodes to text and the time to first token
+  # is seen; 1/8/32 streaming clients with continuous batching.
+  timeout 150 python3 bench/olmoe_torch.py --out /tmp/olmoe384 --vocab 384 --skip-torch >"$logs/olmoe384.log" 2>&1
   cp fixtures/models/olmoe/tokenizer.json fixtures/models/olmoe/tokenizer_config.json \
-    fixtures/models/olmoe/chat_template.jinja /tmp/olmoe/
-  timeout 170 deno run -A --unstable-no-legacy-abort dist/http_load.js --model /tmp/olmoe --backend webgpu \
+    fixtures/models/olmoe/chat_template.jinja /tmp/olmoe384/
+  timeout 200 deno run -A --unstable-no-legacy-abort dist/http_load.js --model /tmp/olmoe384 --backend webgpu \
     --dtype f16 --context 1024 --clients 1,8,32 --requests 2 --max-tokens 64 >"$logs/http_olmoe.log" 2>&1
-  # LLMLingua-2 at XLM-RoBERTa-large shape in PyTorch and onnxruntime.
-  timeout 150 python3 bench/compress_torch.py --out /tmp/lingua-bench >"$logs/compress.log" 2>&1
-  # gear-2 at long contexts (its outlier path was rewritten since its last measurement).
-  timeout 200 deno run -A dist/gpu_gear.js --model /tmp/olmoe --modes gear-2 --contexts 1024,8192,32768 \
-    --decode 225 >"$logs/gear.log" 2>&1
+  rm -rf /tmp/olmoe384
+  if [ "$what" = serve ]; then
+    # LLMLingua-2 at XLM-RoBERTa-large shape in PyTorch and onnxruntime.
+    timeout 150 python3 bench/compress_torch.py --out /tmp/lingua-bench >"$logs/compress.log" 2>&1
+    # gear-2 at long contexts, on the full OLMoE-1B-7B shape.
+    timeout 150 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+    timeout 200 deno run -A dist/gpu_gear.js --model /tmp/olmoe --modes gear-2 --contexts 1024,8192,32768 \
+      --decode 225 >"$logs/gear.log" 2>&1
+  fi
   ;;
 bench)
   # Quantized experts: packed OLMoE-shape checkpoints, prefill 512 / decode 128.
@@ -54,7 +60,7 @@ bench)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|serve|bench" >&2
+  echo "usage: bench/gpu_session.sh train|serve|http|bench" >&2
   exit 2
   ;;
 esac

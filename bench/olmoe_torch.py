@@ -35,9 +35,12 @@ def main():
     ap.add_argument("--decode-prompt", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-torch", action="store_true")
+    # A smaller vocabulary (e.g. the 384 ids of fixtures/models/olmoe's tokenizer, so that every sampled id
+    # decodes to text for the HTTP benchmark's time to first token); the end token stays 50279, never sampled.
+    ap.add_argument("--vocab", type=int, default=50304)
     args = ap.parse_args()
     cfg = OlmoeConfig(
-        vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_hidden_layers=args.layers,
+        vocab_size=args.vocab, hidden_size=2048, intermediate_size=1024, num_hidden_layers=args.layers,
         num_attention_heads=16, num_key_value_heads=16, num_experts=64, num_experts_per_tok=8,
         max_position_embeddings=4096, norm_topk_prob=False, rope_theta=10000.0, eos_token_id=50279,
         pad_token_id=1,

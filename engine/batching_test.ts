@@ -161,3 +161,30 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "continuous batching (webgpu): the first token streams out before the rest are generated",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const model = await loadModel(fixture("olmoe"), {
+      backend: "webgpu",
+      dtype: "f32",
+      contextLength: 96,
+      batch: 2,
+    });
+    try {
+      await model.generate([1, 2], { maxTokens: 2, ignoreEos: true }); // pipelines compiled
+      const t0 = performance.now();
+      const at: number[] = [];
+      for await (const _ of model.stream([1, 2, 3, 4, 5], { maxTokens: 64, ignoreEos: true })) {
+        at.push(performance.now() - t0);
+      }
+      assert.equal(at.length, 64);
+      // Submissions of 1, 4, 8, 16, 32 steps: the first token comes back with the first one, while later ones
+      // are still being encoded and run (before the fix that yields to consumers, it came with the last).
+      assert.ok(at[0] < 0.5 * at[63], `first token at ${at[0].toFixed(0)} ms of ${at[63].toFixed(0)} ms`);
+    } finally {
+      await model.dispose();
+    }
+  },
+});

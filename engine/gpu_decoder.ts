@@ -1376,6 +1376,10 @@ export class GpuDecoder implements TokenSource {
             m.delivered += part.count;
             m.wake?.();
           }
+          // Let the consumers take their tokens (stream them to clients) before the next submission is
+          // encoded: encoding many steps is synchronous CPU work, and the submissions still in flight keep
+          // the GPU busy meanwhile.
+          await new Promise((resolve) => setTimeout(resolve, 0));
         }
       } catch (e) {
         for (const m of this.#members) {
