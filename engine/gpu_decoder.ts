@@ -115,6 +115,11 @@ const DEPTH = 3;
 const ATTENTION_SPLIT = 64;
 /** Most decode steps in one submission. */
 const MAX_BATCH = 256;
+/**
+ * Most decode rows (steps × sequences) in one batch submission with adaptive sizing: with many sequences a
+ * submission has few steps, so a new sequence's prefill waits behind little work already in flight.
+ */
+const ROWS_PER_SUBMIT = 32;
 
 interface LayerDispatches {
   /** The compressed KV cache's buffers and dispatches (replacing the plain cache and attention). */
@@ -1420,9 +1425,10 @@ export class GpuDecoder implements TokenSource {
     const fixed = running.map((m) => m.options.tokensPerSubmit).filter((n) => n > 0);
     const size = Math.min(
       MAX_BATCH,
-      fixed.length === running.length
-        ? Math.min(...fixed)
-        : ADAPTIVE_BATCHES[Math.min(this.#schedule++, ADAPTIVE_BATCHES.length - 1)],
+      fixed.length === running.length ? Math.min(...fixed) : Math.min(
+        ADAPTIVE_BATCHES[Math.min(this.#schedule++, ADAPTIVE_BATCHES.length - 1)],
+        Math.max(1, Math.floor(ROWS_PER_SUBMIT / running.length)),
+      ),
     );
     const enc = device.createCommandEncoder({ label: "generate-batch" });
     let slot = 0;
