@@ -107,7 +107,7 @@ export interface GateDecision {
 /** Decides per question whether retrieval is worth it (ExpertRAG in edgemix). */
 export interface RetrievalGate {
   /** The decision for `question`, which may run the model. */
-  decide(model: Model, question: string, o: { probe?: number }): Promise<GateDecision>;
+  decide(model: Model, question: string, o: { probe?: number; probeText?: string }): Promise<GateDecision>;
 }
 
 /** A model that counts how often the router picked each expert. */
@@ -686,8 +686,11 @@ class QaPipeline implements Pipeline {
     else if (mode === "always" || !this.gate) gate = { p: null, decision: "retrieve" };
     else {
       // The cheap probe: the best full-text score of the question in the store.
-      const probe = (await this.store!.search(question, { k: 1, mode: "fts" }))[0]?.score ?? 0;
-      const d = await this.gate.decide(this.model, question, { probe });
+      const best = (await this.store!.search(question, { k: 1, mode: "fts" }))[0];
+      const d = await this.gate.decide(this.model, question, {
+        probe: best?.score ?? 0,
+        probeText: best?.text,
+      });
       gate = {
         p: Number.isFinite(d.p) ? d.p : null,
         decision: d.retrieve ? "retrieve" : "skip",

@@ -4,8 +4,10 @@
  * A latent decision r ∈ {0, 1} — consult the knowledge base or answer from the model's parameters — has the prior
  * π(x) = P(r = 1 | x) = σ(w·φ(x) + b), with φ(x) read from one prefill of the bare question: the entropy of the
  * next-token distribution, the router's statistics per MoE layer (entropy of the expert distribution and the
- * top-1 margin, averaged over the question's positions), and the best score of a cheap full-text probe of the
- * store. Retrieval happens iff π(x) > θ. Against always retrieving, the expected saving per query is
+ * top-1 margin, averaged over the question's positions), the best score of a cheap full-text probe of the
+ * store, and the probe's support: the probability mass the model's next token puts on tokens of the probe's best
+ * passage (high when the model is about to say what the store says, low when it would answer something the
+ * store does not hold, or something else than the store). Retrieval happens iff π(x) > θ. Against always retrieving, the expected saving per query is
  * (1 − π̄)·(C_retrieve + C_LM(context)), π̄ the rate at which the gate opens.
  *
  * `fitGate` fits w and b by L2-regularised logistic regression (Newton's method) on standardised features of
@@ -63,8 +65,27 @@ export function entropyOfLogits(logits: ArrayLike<number>): number {
   return h;
 }
 
-/** φ(x) from an inspection of the question's prefill and the probe's best full-text score. */
-export function gateFeatures(inspection: PromptInspection, probeScore: number): GateFeatures {
+/**
+ * The probe's support: Σ softmax(lastLogits)[t] over the distinct token ids t of the probe's best passage
+ * (`passageIds`, the passage tokenized by the model's tokenizer without special tokens); 0 without a passage.
+ */
+export function probeSupport(lastLogits: ArrayLike<number>, passageIds: readonly number[]): number {
+  if (passageIds.length === 0) return 0;
+  const lp = logSoftmax(lastLogits);
+  let mass = 0;
+  for (const t of new Set(passageIds)) if (t >= 0 && t < lp.length) mass += Math.exp(lp[t]);
+  return Math.min(1, mass);
+}
+
+/**
+ * φ(x) from an inspection of the question's prefill, the probe's best full-text score and the token ids of the
+ * probe's best passage (empty without one).
+ */
+export function gateFeatures(
+  inspection: PromptInspection,
+  probeScore: number,
+  probeIds: readonly number[] = [],
+): GateFeatures {
   const f: GateFeatures = { next_entropy: entropyOfLogits(inspection.lastLogits) };
   const L = inspection.routerEntropy.length;
   let e = 0, m = 0, n = 0;
@@ -79,6 +100,7 @@ export function gateFeatures(inspection: PromptInspection, probeScore: number): 
   f.router_entropy_mean = n > 0 ? e / n : 0;
   f.router_margin_mean = n > 0 ? m / n : 0;
   f.probe_score = Number.isFinite(probeScore) ? probeScore : 0;
+  f.probe_support = probeSupport(inspection.lastLogits, probeIds);
   return f;
 }
 
@@ -314,12 +336,13 @@ export class RetrievalGate {
 
   /**
    * Decides for `question`: one prefill of the bare question (chat template when the model has one) gives the
-   * features; `probe` is the best full-text score of the store for the question (0 without a store).
+   * features; `probe` is the best full-text score of the store for the question (0 without a store) and
+   * `probeText` the text of that best passage.
    */
   async decide(
     model: Model,
     question: string,
-    options: { mode?: GateMode; probe?: number } = {},
+    options: { mode?: GateMode; probe?: number; probeText?: string } = {},
   ): Promise<GateDecision> {
     const mode = options.mode ?? "auto";
     if (mode !== "auto" && mode !== "always" && mode !== "never") {
@@ -330,7 +353,10 @@ export class RetrievalGate {
       : question;
     // The template writes the special tokens (BOS included) itself, as in the pipeline's prompts.
     const ids = model.tokenizer.encode(prompt, { addSpecialTokens: !model.tokenizer.hasChatTemplate });
-    const features = gateFeatures(await model.inspect(ids), options.probe ?? 0);
+    const probeIds = options.probeText
+      ? model.tokenizer.encode(options.probeText, { addSpecialTokens: false })
+      : [];
+    const features = gateFeatures(await model.inspect(ids), options.probe ?? 0, probeIds);
     if (mode !== "auto") {
       return { p: NaN, retrieve: mode === "always", reason: `mode ${mode}`, features };
     }

@@ -9,6 +9,7 @@ import {
   gateFeatures,
   type GateModel,
   gateProbability,
+  probeSupport,
   readGate,
   RetrievalGate,
 } from "./gate.ts";
@@ -224,7 +225,8 @@ Deno.test("gateFeatures: the entropy of the last logits and the router statistic
     assert.ok(Math.abs(f.router_entropy_mean - se / L) < 1e-12);
     assert.ok(Math.abs(f.router_margin_mean - sm / L) < 1e-12);
     assert.equal(f.probe_score, 3.25);
-    assert.equal(Object.keys(f).length, 2 * L + 4);
+    assert.equal(f.probe_support, 0);
+    assert.equal(Object.keys(f).length, 2 * L + 5);
   } finally {
     await model.dispose();
   }
@@ -240,6 +242,7 @@ Deno.test("gateFeatures: dense layers are skipped, a non-finite probe counts 0",
   assert.deepEqual(Object.keys(f).sort(), [
     "next_entropy",
     "probe_score",
+    "probe_support",
     "router_entropy_1",
     "router_entropy_2",
     "router_entropy_mean",
@@ -330,6 +333,41 @@ Deno.test("RetrievalGate.decide: a template that writes BOS itself gets no secon
     const d = await new RetrievalGate().decide(model, q, { mode: "always" });
     assert.deepEqual(d.features, gateFeatures(await model.inspect(plain), 0));
     assert.notDeepEqual(d.features, gateFeatures(await model.inspect(doubled), 0));
+  } finally {
+    await model.dispose();
+  }
+});
+
+Deno.test("probeSupport: the next-token mass on the passage's distinct tokens; 0 without a passage", () => {
+  // softmax(ln 1, ln 2, ln 3, ln 4) = (0.1, 0.2, 0.3, 0.4).
+  const logits = new Float32Array([0, Math.log(2), Math.log(3), Math.log(4)]);
+  assert.ok(Math.abs(probeSupport(logits, [1, 3, 3, 1]) - 0.6) < 1e-6, "repeated ids count once");
+  assert.ok(Math.abs(probeSupport(logits, [0, 1, 2, 3]) - 1) < 1e-6);
+  assert.equal(probeSupport(logits, []), 0);
+  assert.ok(
+    Math.abs(probeSupport(logits, [2, 99, -1]) - 0.3) < 1e-6,
+    "ids outside the vocabulary are ignored",
+  );
+  const insp: PromptInspection = {
+    lastLogits: logits,
+    routerEntropy: new Float32Array([1]),
+    routerMargin: new Float32Array([0.5]),
+  };
+  assert.ok(Math.abs(gateFeatures(insp, 3, [3]).probe_support - 0.4) < 1e-6);
+});
+
+Deno.test("RetrievalGate.decide: probeText gives the support of the passage, tokenized by the model", async () => {
+  const model = await loadModel(MIXTRAL, { backend: "cpu" });
+  try {
+    const q = "Where is the office?";
+    const passage = "The office is in Thavin, by the river.";
+    const d = await new RetrievalGate().decide(model, q, { mode: "always", probe: 4, probeText: passage });
+    const prompt = model.tokenizer.applyChatTemplate([{ role: "user", content: q }]);
+    const insp = await model.inspect(model.tokenizer.encode(prompt, { addSpecialTokens: false }));
+    const ids = model.tokenizer.encode(passage, { addSpecialTokens: false });
+    assert.deepEqual(d.features, gateFeatures(insp, 4, ids));
+    assert.ok(d.features.probe_support > 0 && d.features.probe_support < 1);
+    assert.equal((await new RetrievalGate().decide(model, q, { mode: "always" })).features.probe_support, 0);
   } finally {
     await model.dispose();
   }

@@ -52,6 +52,11 @@ Options:
   --out PATH             where to write the gate (default: <model dir>/gate.json)
   --lambda L             L2 penalty on the weights of the standardised features (default 1)
   --threshold T          retrieve iff p > T, in (0, 1) (default 0.5)
+  --max-miss R           instead of --threshold: the largest threshold at which at most a share R of the
+                         training questions need retrieval but would skip it (e.g. 0.02, the EM it may cost)
+  --scores FILE          also write every question's features and label (JSONL), to refit without the model
+  --from-scores FILE     fit from such a file instead of running the model (--model still names the gate's
+                         default location)
   --limit N              use only the first N questions of the file
   --max-tokens N         longest closed-book answer when labels are computed (default 32)
   --backend B            cpu, webgpu or auto (default auto)
@@ -206,13 +211,17 @@ export async function scoreQuestions(
   const out: ScoredQuestion[] = [];
   try {
     for (const q of questions) {
-      const probe = options.store
-        ? (await options.store.search(q.question, { k: 1, mode: "fts" }))[0]?.score ?? 0
-        : 0;
+      const best = options.store
+        ? (await options.store.search(q.question, { k: 1, mode: "fts" }))[0]
+        : undefined;
       let s: ScoredQuestion;
       try {
         // Mode "always" skips the fitted model but reads the features exactly as the server does.
-        const { features } = await gate.decide(model, q.question, { mode: "always", probe });
+        const { features } = await gate.decide(model, q.question, {
+          mode: "always",
+          probe: best?.score ?? 0,
+          probeText: best?.text,
+        });
         s = { ...q, features, label: q.needsRetrieval ?? true };
         if (q.needsRetrieval === undefined) {
           const r = await pipeline!.ask({
@@ -253,12 +262,14 @@ export interface HeldoutReport {
   accuracy: number;
   /** Those that need retrieval by their label. */
   positives: number;
+  /** Those that need retrieval but would skip it. */
+  missed: number;
 }
 
 /** Fits the gate on the questions that are not held out and scores it on those that are. */
 export function fitScoredQuestions(
   scored: readonly ScoredQuestion[],
-  options: { lambda?: number; threshold?: number } = {},
+  options: { lambda?: number; threshold?: number; maxMiss?: number } = {},
 ): { gate: GateModel; heldout: HeldoutReport } {
   const train: GateExample[] = scored.filter((s) => !s.heldout).map((s) => ({
     features: s.features,
@@ -272,19 +283,46 @@ export function fitScoredQuestions(
         "closed-book needs no gate)";
     throw new RangeError(`Cannot fit the gate: of the ${train.length} training questions ${why}`);
   }
-  const gate = fitGate(train, options);
+  let gate = fitGate(train, { lambda: options.lambda, threshold: options.threshold });
+  if (options.maxMiss !== undefined) {
+    gate = { ...gate, threshold: missThreshold(gate, train, options.maxMiss) };
+  }
   const held = scored.filter((s) => s.heldout);
-  let skip = 0, right = 0, pos = 0;
+  let skip = 0, right = 0, pos = 0, missed = 0;
   for (const s of held) {
     const retrieve = gateProbability(gate, s.features) > gate.threshold;
     if (!retrieve) skip++;
     if (retrieve === s.label) right++;
     if (s.label) pos++;
+    if (s.label && !retrieve) missed++;
   }
   return {
     gate,
-    heldout: { count: held.length, skip, accuracy: held.length ? right / held.length : NaN, positives: pos },
+    heldout: {
+      count: held.length,
+      skip,
+      accuracy: held.length ? right / held.length : NaN,
+      positives: pos,
+      missed,
+    },
   };
+}
+
+/**
+ * The largest threshold T (retrieve iff p > T) at which at most a share `maxMiss` of `examples` need retrieval
+ * but have p ≤ T: the gate skips as much as it can while costing at most that share of answers on them. Clamped
+ * to [1e-6, 1 − 1e-6].
+ */
+export function missThreshold(gate: GateModel, examples: readonly GateExample[], maxMiss: number): number {
+  if (!(maxMiss >= 0 && maxMiss < 1)) {
+    throw new RangeError(`Cannot choose the threshold: maxMiss must be in [0, 1), got ${maxMiss}`);
+  }
+  const ps = examples.filter((e) => e.needsRetrieval).map((e) => gateProbability(gate, e.features))
+    .sort((a, b) => a - b);
+  const allowed = Math.floor(maxMiss * examples.length);
+  // Misses are the positives with p <= T: T just below the (allowed + 1)-th smallest positive p.
+  const t = allowed >= ps.length ? 1 : ps[allowed] * (1 - 1e-9);
+  return Math.min(1 - 1e-6, Math.max(1e-6, t));
 }
 
 /** What the command line asks for. */
@@ -295,6 +333,9 @@ interface Command {
   out: string | undefined;
   lambda: number;
   threshold: number;
+  maxMiss: number | undefined;
+  scores: string | undefined;
+  fromScores: string | undefined;
   limit: number | undefined;
   maxTokens: number;
   backend: Backend | "auto";
@@ -313,6 +354,9 @@ function parseCommand(args: string[]): Command | { usage: string } | { help: tru
         out: { type: "string" },
         lambda: { type: "string" },
         threshold: { type: "string" },
+        "max-miss": { type: "string" },
+        scores: { type: "string" },
+        "from-scores": { type: "string" },
         limit: { type: "string" },
         "max-tokens": { type: "string" },
         backend: { type: "string" },
@@ -324,7 +368,7 @@ function parseCommand(args: string[]): Command | { usage: string } | { help: tru
   }
   if (values.help) return { help: true };
   if (!values.model) return { usage: "--model is required" };
-  if (!values.questions) return { usage: "--questions is required" };
+  if (!values.questions && !values["from-scores"]) return { usage: "--questions is required" };
   const lambda = Number(values.lambda ?? "1");
   if (values.lambda?.trim() === "" || !(lambda >= 0) || !Number.isFinite(lambda)) {
     return { usage: `--lambda must be a number >= 0, got ${values.lambda}` };
@@ -332,6 +376,14 @@ function parseCommand(args: string[]): Command | { usage: string } | { help: tru
   const threshold = Number(values.threshold ?? "0.5");
   if (values.threshold?.trim() === "" || !(threshold > 0 && threshold < 1)) {
     return { usage: `--threshold must be a number in (0, 1), got ${values.threshold}` };
+  }
+  let maxMiss: number | undefined;
+  if (values["max-miss"] !== undefined) {
+    if (values.threshold !== undefined) return { usage: "--max-miss and --threshold exclude each other" };
+    maxMiss = Number(values["max-miss"]);
+    if (values["max-miss"].trim() === "" || !(maxMiss >= 0 && maxMiss < 1)) {
+      return { usage: `--max-miss must be a number in [0, 1), got ${values["max-miss"]}` };
+    }
   }
   const ints: Record<string, number | undefined> = {};
   for (const name of ["limit", "max-tokens"] as const) {
@@ -346,11 +398,14 @@ function parseCommand(args: string[]): Command | { usage: string } | { help: tru
   }
   return {
     model: values.model,
-    questions: values.questions,
+    questions: values.questions ?? values["from-scores"]!,
     db: values.db,
     out: values.out,
     lambda,
     threshold,
+    maxMiss,
+    scores: values.scores,
+    fromScores: values["from-scores"],
     limit: ints.limit,
     maxTokens: ints["max-tokens"] ?? 32,
     backend,
@@ -372,7 +427,7 @@ export async function gateFit(args: string[]): Promise<number> {
   let model: Model | undefined;
   let store: KnowledgeStore | undefined;
   try {
-    const questions = await readGateQuestions(cmd.questions, cmd.limit);
+    const questions = cmd.fromScores ? [] : await readGateQuestions(cmd.questions, cmd.limit);
     if (cmd.db !== undefined && !cmd.db.includes("://")) {
       // openStore would create an empty store; a typo must not silently give every question the score 0.
       try {
@@ -383,17 +438,34 @@ export async function gateFit(args: string[]): Promise<number> {
     }
     if (cmd.db !== undefined) store = await openStore(cmd.db);
     const modelDir = await resolveModelSource(cmd.model);
-    model = await loadModel(modelDir, { backend: cmd.backend });
-    const computed = questions.filter((q) => q.needsRetrieval === undefined).length;
-    const progress = new FitProgress(computed > 0);
-    const scored = await scoreQuestions(model, questions, {
-      store,
-      maxTokens: cmd.maxTokens,
-      source: cmd.questions,
-      onProgress: (done, total) => progress.update(done, total),
+    let scored: ScoredQuestion[];
+    let computed = 0;
+    if (cmd.fromScores) {
+      scored = (await Deno.readTextFile(cmd.fromScores)).split("\n").filter((l) => l.trim() !== "")
+        .map((l) => JSON.parse(l) as ScoredQuestion);
+    } else {
+      model = await loadModel(modelDir, { backend: cmd.backend });
+      computed = questions.filter((q) => q.needsRetrieval === undefined).length;
+      const progress = new FitProgress(computed > 0);
+      scored = await scoreQuestions(model, questions, {
+        store,
+        maxTokens: cmd.maxTokens,
+        source: cmd.questions,
+        onProgress: (done, total) => progress.update(done, total),
+      });
+      progress.finish();
+    }
+    if (cmd.scores) {
+      await Deno.writeTextFile(
+        cmd.scores,
+        scored.map((q) => JSON.stringify(q)).join("\n") + "\n",
+      );
+    }
+    const { gate, heldout } = fitScoredQuestions(scored, {
+      lambda: cmd.lambda,
+      threshold: cmd.maxMiss === undefined ? cmd.threshold : undefined,
+      maxMiss: cmd.maxMiss,
     });
-    progress.finish();
-    const { gate, heldout } = fitScoredQuestions(scored, { lambda: cmd.lambda, threshold: cmd.threshold });
     const out = cmd.out ?? join(modelDir, "gate.json");
     await Deno.mkdir(dirname(out), { recursive: true });
     await Deno.writeTextFile(out, JSON.stringify(gate, null, 2) + "\n");
@@ -401,8 +473,10 @@ export async function gateFit(args: string[]): Promise<number> {
     const f = gate.fit;
     const pct = (a: number, b: number) => (b > 0 ? `${(100 * a / b).toFixed(1)}%` : "-");
     const lines = [
-      `gate-fit: ${questions.length} questions from ${cmd.questions} (${model.backend}, ` +
-      `probe ${store ? `full-text score in ${cmd.db}` : "none (0)"})`,
+      cmd.fromScores
+        ? `gate-fit: ${scored.length} scored questions from ${cmd.fromScores}`
+        : `gate-fit: ${questions.length} questions from ${cmd.questions} (${model!.backend}, ` +
+          `probe ${store ? `full-text score in ${cmd.db}` : "none (0)"})`,
     ];
     if (computed > 0) {
       const answered = scored.filter((s) => s.closedBookAnswer !== undefined);
@@ -411,14 +485,17 @@ export async function gateFit(args: string[]): Promise<number> {
     }
     lines.push(
       `  fit: ${f.examples} examples, ${f.positives} need retrieval (${pct(f.positives, f.examples)}), ` +
-        `${gate.features.length} features, lambda ${f.lambda}, threshold ${gate.threshold}`,
+        `${gate.features.length} features, lambda ${f.lambda}, threshold ${
+          Number(gate.threshold.toPrecision(4))
+        }` +
+        (cmd.maxMiss !== undefined ? ` (at most ${cmd.maxMiss} of the training questions missed)` : ""),
       `  train accuracy ${f.accuracy.toFixed(3)}, log-loss ${f.logLoss.toFixed(4)} (a constant gate: ` +
         `accuracy ${(Math.max(f.positives, f.examples - f.positives) / f.examples).toFixed(3)}, ` +
         `log-loss ${baseLogLoss(f.positives, f.examples).toFixed(4)})`,
       heldout.count > 0
         ? `  held-out: ${heldout.count} questions, would skip retrieval for ${heldout.skip} ` +
           `(${pct(heldout.skip, heldout.count)}), accuracy ${heldout.accuracy.toFixed(3)} ` +
-          `(${heldout.positives} need retrieval)`
+          `(${heldout.positives} need retrieval, ${heldout.missed} of them skipped)`
         : "  held-out: none in the file",
       `  wrote ${out} in ${seconds.toFixed(1)} s`,
     );
