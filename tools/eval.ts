@@ -74,6 +74,8 @@ to docs/eval.md.
 
 Options:
   --limit N          held-out questions per split: parametric, fresh, conflicting (default ${DEFAULT_LIMIT})
+  --stages LIST      stages besides retrieval, comma-separated: lfd, compression, kv, weights (default all);
+                     the others show as n/a
   --model SRC        checkpoint directory or Hugging Face repo id (default: serve's default model)
   --backend B        auto, webgpu or cpu (default auto)
   --db URI           the knowledge store to search (default: a temporary store loaded with the world's
@@ -106,9 +108,16 @@ export interface EvalOptions {
   compressor: string;
   /** Calibration tokens of the MxMoE quantization. */
   calibTokens: number;
+  /** Stages to run besides retrieval (always run: the others compare against it); default all. */
+  stages?: readonly EvalStage[];
   /** Progress messages (a row started, a question done, a row done). */
   onProgress?: (event: ProgressEvent) => void;
 }
+
+/** The stages `--stages` selects (retrieval always runs). */
+export const EVAL_STAGES = ["lfd", "compression", "kv", "weights"] as const;
+/** One of {@linkcode EVAL_STAGES}. */
+export type EvalStage = typeof EVAL_STAGES[number];
 
 /** What {@linkcode EvalOptions.onProgress} receives. */
 export type ProgressEvent =
@@ -486,13 +495,18 @@ export async function runEval(options: EvalOptions): Promise<EvalReport> {
     const lfdNote = "retrieval always; conflicting questions";
     const conflictIds = new Set(questions.conflicting.map((q) => q.id));
     const lfdReference = withRetrieval?.filter((o) => conflictIds.has(o.id));
+    const stages = new Set<EvalStage>(options.stages ?? EVAL_STAGES);
+    const skipped = (stage: string, setting: string) =>
+      rows.push(unavailable(stage, setting, "not run (--stages)"));
     rows.push(
       lfdReference
         ? row("LFD", "off", lfdReference, lfdNote)
         : unavailable("LFD", "off", "retrieval always failed"),
     );
     // The default α first (the headline metric reads it), then the sweep that chooses the default.
-    for (const alpha of [DEFAULT_LFD_ALPHA, ...LFD_ALPHA_SWEEP.filter((a) => a !== DEFAULT_LFD_ALPHA)]) {
+    const alphas = [DEFAULT_LFD_ALPHA, ...LFD_ALPHA_SWEEP.filter((a) => a !== DEFAULT_LFD_ALPHA)];
+    if (!stages.has("lfd")) { for (const alpha of alphas) skipped("LFD", `on (auto layer, α ${alpha})`); }
+    for (const alpha of stages.has("lfd") ? alphas : []) {
       const lfd = { layer: "auto" as const, alpha };
       await run(
         "LFD",
@@ -505,14 +519,18 @@ export async function runEval(options: EvalOptions): Promise<EvalReport> {
 
     // Compression.
     pushReference("compression", "off", reference);
-    try {
-      await Deno.stat(options.compressor);
-      compressor = await loadCompressor(options.compressor);
-    } catch (e) {
-      const reason = e instanceof Deno.errors.NotFound
-        ? `no compressor at ${options.compressor}`
-        : message(e);
-      for (const rate of ["0.5", "0.33"]) rows.push(unavailable("compression", `rate ${rate}`, reason));
+    if (!stages.has("compression")) {
+      for (const rate of ["0.5", "0.33"]) skipped("compression", `rate ${rate}`);
+    } else {
+      try {
+        await Deno.stat(options.compressor);
+        compressor = await loadCompressor(options.compressor);
+      } catch (e) {
+        const reason = e instanceof Deno.errors.NotFound
+          ? `no compressor at ${options.compressor}`
+          : message(e);
+        for (const rate of ["0.5", "0.33"]) rows.push(unavailable("compression", `rate ${rate}`, reason));
+      }
     }
     if (compressor) {
       for (const rate of [0.5, 0.33]) {
@@ -536,6 +554,10 @@ export async function runEval(options: EvalOptions): Promise<EvalReport> {
       ["GEAR 2-bit", { mode: "gear", bits: 2 }],
     ];
     for (const [setting, kvCache] of kvModes) {
+      if (!stages.has("kv")) {
+        skipped("KV cache", setting);
+        continue;
+      }
       if (setting === "f16" && dtype === "f16") {
         if (reference) rows.push(row("KV cache", setting, reference, "the plain cache of this model is f16"));
         continue;
@@ -567,6 +589,10 @@ export async function runEval(options: EvalOptions): Promise<EvalReport> {
       undefined;
     for (const bits of [3.25, 2.25]) {
       const setting = `MxMoE ${bits} bits`;
+      if (!stages.has("weights")) {
+        skipped("weights", setting);
+        continue;
+      }
       if (bytes > MAX_QUANTIZE_BYTES) {
         rows.push(
           unavailable(
@@ -876,6 +902,7 @@ export async function evalMain(args: string[]): Promise<number> {
       allowPositionals: false,
       options: {
         limit: { type: "string" },
+        stages: { type: "string" },
         model: { type: "string" },
         backend: { type: "string" },
         db: { type: "string" },
@@ -908,6 +935,11 @@ export async function evalMain(args: string[]): Promise<number> {
   if (backend !== "auto" && backend !== "webgpu" && backend !== "cpu") {
     return usage(`--backend must be auto, webgpu or cpu, got ${backend}`);
   }
+  const stages = values.stages === undefined
+    ? undefined
+    : values.stages.split(",").map((x) => x.trim()).filter((x) => x !== "");
+  const unknown = stages?.find((x) => !(EVAL_STAGES as readonly string[]).includes(x));
+  if (unknown !== undefined) return usage(`--stages: unknown stage ${unknown} (${EVAL_STAGES.join(", ")})`);
   const out = values.out ?? DEFAULT_OUT;
   try {
     const report = await runEval({
@@ -919,6 +951,7 @@ export async function evalMain(args: string[]): Promise<number> {
       topK: topK as number,
       compressor: values.compressor ?? DEFAULT_COMPRESSOR,
       calibTokens: calibTokens as number,
+      stages: stages as EvalStage[] | undefined,
       onProgress: stderrProgress(),
     });
     if (out !== "none") {

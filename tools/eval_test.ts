@@ -6,8 +6,10 @@ import { fitGate, RetrievalGate } from "../retrieval/gate.ts";
 import {
   ANSWER_SLACK_TOKENS,
   answerBudget,
+  evalMain,
   type EvalRow,
   metricsOf,
+  runEval,
   selectQuestions,
   withGenerateOptions,
 } from "./eval.ts";
@@ -187,6 +189,31 @@ Deno.test("deno task eval --json prints one line with the headline numbers and w
     const fmt = await new Deno.Command(Deno.execPath(), { args: ["fmt", "--check", report], cwd: ROOT })
       .output();
     assert.equal(fmt.code, 0, "the report is formatted as deno fmt formats it");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("runEval with stages []: retrieval rows only, every other stage n/a as not run", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "edgemix-eval-test-" });
+  try {
+    const report = await runEval({
+      model: await modelWithGate(dir),
+      backend: "cpu",
+      world: join(ROOT, "fixtures/world"),
+      limit: 1,
+      topK: 1,
+      compressor: join(ROOT, "fixtures/compressor/default"),
+      calibTokens: 256,
+      stages: [],
+    });
+    const ran = report.rows.filter((r) => r.status === "ok").map((r) => `${r.stage} ${r.setting}`);
+    assert.ok(ran.includes("retrieval never") && ran.includes("retrieval always"), ran.join("; "));
+    for (const stage of ["LFD", "compression", "KV cache", "weights"]) {
+      const skipped = report.rows.filter((r) => r.stage === stage && r.status === "n/a");
+      assert.ok(skipped.length > 0 && skipped.every((r) => r.reason === "not run (--stages)"), stage);
+    }
+    assert.equal(await evalMain(["--stages", "lfd,bogus"]), 2);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
