@@ -6,7 +6,9 @@
  *   deno run -A bench/gear_quality.ts [--models fixtures/models/olmoe,...] [--contexts 512,1024,2048,4096]
  *     [--modes quant-2,quant-4,gear-l-2,gear-l-4,gear-2,gear-4] [--backend cpu|webgpu] [--prefill-rows 64]
  *
- * The text is this repository's README repeated to the context length and tokenized by each model's tokenizer.
+ * The text is this repository's README repeated to the context length and tokenized by each model's tokenizer;
+ * with `--world DIR`, the documents of the world's fresh entities instead (text the reader of
+ * fixtures/models/reader never saw in training, in the style it was trained on).
  * On the CPU (default) the first half of the context is read as a prompt (in chunks of `prefill-rows`) and the
  * second half is fed one token at a time, as generation does (teacher forcing); the distributions of that second
  * half are compared. On WebGPU the whole context goes through `model.logits` in chunks of `prefill-rows` rows
@@ -17,6 +19,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { readWorldDocuments } from "../tools/world/mod.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { CpuDecoder, loadCpuWeights } from "../engine/cpu_decoder.ts";
 import { kvBytesPerToken, plainBytesPerToken } from "../engine/kv/accounting.ts";
@@ -36,6 +39,7 @@ const { values } = parseArgs({
     modes: { type: "string", default: "quant-2,quant-4,gear-l-2,gear-l-4,gear-2,gear-4" },
     backend: { type: "string", default: "cpu" },
     "prefill-rows": { type: "string", default: "64" },
+    world: { type: "string" },
   },
 });
 const contexts = values.contexts.split(",").map(Number);
@@ -78,7 +82,10 @@ function compare(ref: Float32Array, got: Float32Array, V: number): { kl: number;
   return { kl: kl / rows, agree: agree / rows };
 }
 
-const text = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+const text = values.world
+  ? (await readWorldDocuments(values.world)).filter((d) => d.metadata.split === "fresh").map((d) => d.text)
+    .join("\n")
+  : await Deno.readTextFile(new URL("../README.md", import.meta.url));
 const progress = Deno.stderr.isTerminal()
   ? (s: string) => Deno.stderr.writeSync(new TextEncoder().encode(s))
   : () => {};

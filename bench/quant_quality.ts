@@ -7,7 +7,12 @@
  * ```sh
  * deno run -A bench/quant_quality.ts fixtures/models/olmoe fixtures/models/mixtral
  * deno run -A bench/quant_quality.ts --r 1 fixtures/models/olmoe   # accuracy-only MxMoE objective
+ * deno run -A bench/quant_quality.ts --world fixtures/world fixtures/models/reader   # the trained reader
  * ```
+ *
+ * Text: fixtures/text/calibration.txt and heldout.txt by default; `--calib FILE` / `--heldout FILE` replace them;
+ * `--world DIR` calibrates on the first 16,000 characters of DIR/train_text.txt (the reader's training text) and
+ * holds out the documents of the world's fresh entities (never in training), their first 16,000 characters.
  *
  * @module
  */
@@ -24,11 +29,31 @@ const text = (name: string) =>
 const { values, positionals } = parseArgs({
   args: Deno.args,
   allowPositionals: true,
-  options: { r: { type: "string" }, window: { type: "string" } },
+  options: {
+    r: { type: "string" },
+    window: { type: "string" },
+    calib: { type: "string" },
+    heldout: { type: "string" },
+    world: { type: "string" },
+  },
 });
 const r = values.r === undefined ? undefined : Number(values.r);
-const calibText = await text("calibration.txt");
-const heldout = await text("heldout.txt");
+const WORLD_CHARS = 16_000;
+let calibText: string, heldout: string;
+if (values.world) {
+  const dir = values.world;
+  calibText = (await Deno.readTextFile(`${dir}/train_text.txt`)).slice(0, WORLD_CHARS);
+  const world = JSON.parse(await Deno.readTextFile(`${dir}/world.json`));
+  const fresh = new Set(
+    (world.entities as { id: string; split: string }[]).filter((e) => e.split === "fresh").map((e) => e.id),
+  );
+  heldout = (await Deno.readTextFile(`${dir}/documents.jsonl`)).split("\n").filter((l) => l.trim())
+    .map((l) => JSON.parse(l)).filter((d) => fresh.has(d.metadata.entity)).map((d) => d.text).join("\n")
+    .slice(0, WORLD_CHARS);
+} else {
+  calibText = values.calib ? await Deno.readTextFile(values.calib) : await text("calibration.txt");
+  heldout = values.heldout ? await Deno.readTextFile(values.heldout) : await text("heldout.txt");
+}
 
 console.log(
   "| model | weights | method | avg bits | mean KL (nats) | perplexity (ref) | top-1 agreement |",
