@@ -21,6 +21,7 @@ import { KV_CACHE_MODES, type KvCacheMode } from "./engine/kv/kv_options.ts";
 import { resolveModelSource } from "./engine/hub.ts";
 import { DEFAULT_LFD_ALPHA, type LfdOptions, resolveLfdOptions } from "./engine/lfd.ts";
 import { loadModel } from "./engine/model.ts";
+import { MAX_BATCH_ROWS } from "./kernels/gpu.ts";
 import type { Backend, DType, Model } from "./engine/types.ts";
 import {
   createPipeline,
@@ -43,10 +44,10 @@ import { type KnowledgeStore, openStore } from "./retrieval/store.ts";
 import { createApp } from "./routes/app.ts";
 
 /**
- * The model `serve` (and `deno task eval`) uses without `--model`: the tiny random-weight OLMoE fixture, until
- * the reader trained by `tools/train_reader.py` lands: then this becomes `./fixtures/models/reader`.
+ * The model `serve` (and `deno task eval`) uses without `--model`: the reader trained by
+ * `tools/train_reader.py` on the synthetic world of fixtures/world (a 12.6M-parameter Mixtral, f16).
  */
-export const DEFAULT_MODEL: string = fileURLToPath(new URL("./fixtures/models/olmoe", import.meta.url));
+export const DEFAULT_MODEL: string = fileURLToPath(new URL("./fixtures/models/reader", import.meta.url));
 
 /** The prompt compressor `serve` loads: the LLMLingua-2 classifier trained by `tools/train_compressor.py`. */
 export const DEFAULT_COMPRESSOR: string = fileURLToPath(
@@ -70,7 +71,8 @@ Server:
   --cors-origin LIST      comma-separated origins allowed to call the API from a browser
 Model:
   --model SRC             checkpoint directory or Hugging Face repo id (owner/name[@revision])
-                          (default: the bundled fixtures/models/olmoe, a tiny random-weight model)
+                          (default: the bundled fixtures/models/reader, a 12.6M-parameter Mixtral
+                          trained on the synthetic world of fixtures/world)
   --backend B             auto, webgpu or cpu (default auto: WebGPU when an adapter exists)
   --dtype D               f32 or f16 on WebGPU (default: f16 on hardware GPUs, f32 otherwise)
   --context N             positions the KV cache holds (default: the model's, at most 4096)
@@ -416,6 +418,8 @@ async function buildPipeline(cmd: ServeCommand, factories: StageFactories): Prom
     dtype: cmd.dtype,
     contextLength: cmd.context,
     kvCache: cmd.kvCache === undefined ? undefined : { mode: cmd.kvCache },
+    // The concurrent sequences decode together on the GPU (continuous batching), up to the kernels' row limit.
+    batch: Math.min(cmd.maxConcurrency, MAX_BATCH_ROWS),
   });
   // A fixed --lfd layer must exist in this model: fail at start, not on every answer.
   if (cmd.lfd) {

@@ -970,11 +970,11 @@ Deno.test(
         stdout += value;
         base = /listening on (http:\/\/127\.0\.0\.1:\d+\/)/.exec(stdout)?.[1];
       }
-      assert.match(stdout, /ready \(model olmoe, backend cpu, dtype f32, API key from EDGEMIX_API_KEY\)/);
+      assert.match(stdout, /ready \(model reader, backend cpu, dtype f32, API key from EDGEMIX_API_KEY\)/);
 
       const health = await fetch(new URL("health", base));
       assert.equal(health.status, 200);
-      assert.deepEqual(await health.json(), { status: "ok", model: "olmoe", backend: "cpu", dtype: "f32" });
+      assert.deepEqual(await health.json(), { status: "ok", model: "reader", backend: "cpu", dtype: "f32" });
       const denied = await fetch(new URL("v1/models", base));
       assert.equal(denied.status, 401);
       await denied.body?.cancel();
@@ -994,6 +994,12 @@ Deno.test(
       assert.match(stdout, /received SIGTERM, shutting down\nedgemix: stopped\n$/);
     } finally {
       clearTimeout(killer);
+      // A failed assertion must not leave the server running (awaiting its status would hang).
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // It has exited.
+      }
       await reader.cancel().catch(() => {});
       await stderr;
       await child.status;
