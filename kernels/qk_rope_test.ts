@@ -7,6 +7,26 @@ import { qkRopeProgram } from "./qk_rope.ts";
 import { buf, randomArray, relError, rng, roundF16, runAndRead, SKIP_GPU, testGpu } from "./test_util.ts";
 import { readBuffer } from "./gpu.ts";
 
+/** The default rope's cos/sin for `positions` positions and the kernel's table [positions, hd] (cos, then sin). */
+function ropeTable(hd: number, positions: number) {
+  const rope = {
+    theta: 1e4,
+    type: "default" as const,
+    factor: 1,
+    lowFreqFactor: 1,
+    highFreqFactor: 4,
+    originalMaxPositionEmbeddings: 1,
+  };
+  const { cos, sin } = ropeTables(rope, hd, positions);
+  const half = hd / 2;
+  const table = new Float32Array(positions * hd);
+  for (let p = 0; p < positions; p++) {
+    table.set(cos.subarray(p * half, (p + 1) * half), p * hd);
+    table.set(sin.subarray(p * half, (p + 1) * half), p * hd + half);
+  }
+  return { cos, sin, table };
+}
+
 const cases: {
   nH: number;
   nKV: number;
@@ -39,24 +59,7 @@ for (const kvDtype of ["f32", "f16"] as const) {
         const qkv = randomArray(r, rows * qkvDim, -2, 2);
         const qn = randomArray(r, c.norm === "full" ? qDim : hd, 0.5, 1.5);
         const kn = randomArray(r, c.norm === "full" ? kvDim : hd, 0.5, 1.5);
-        const { cos, sin } = ropeTables(
-          {
-            theta: 1e4,
-            type: "default",
-            factor: 1,
-            lowFreqFactor: 1,
-            highFreqFactor: 4,
-            originalMaxPositionEmbeddings: 1,
-          },
-          hd,
-          positionsTable,
-        );
-        const half = hd / 2;
-        const table = new Float32Array(positionsTable * hd);
-        for (let p = 0; p < positionsTable; p++) {
-          table.set(cos.subarray(p * half, (p + 1) * half), p * hd);
-          table.set(sin.subarray(p * half, (p + 1) * half), p * hd + half);
-        }
+        const { cos, sin, table } = ropeTable(hd, positionsTable);
         const prog = await qkRopeProgram(device, ring, {
           nH,
           nKV,
@@ -151,21 +154,7 @@ Deno.test({
     const batch = [{ lane: 1, pos: 7 }, { lane: 2, pos: 0 }, { lane: 0, pos: 11 }];
     const rows = batch.length;
     const qkv = randomArray(r, rows * qkvDim, -2, 2);
-    const rope = {
-      theta: 1e4,
-      type: "default" as const,
-      factor: 1,
-      lowFreqFactor: 1,
-      highFreqFactor: 4,
-      originalMaxPositionEmbeddings: 1,
-    };
-    const { cos, sin } = ropeTables(rope, hd, cap);
-    const half = hd / 2;
-    const table = new Float32Array(cap * hd);
-    for (let p = 0; p < cap; p++) {
-      table.set(cos.subarray(p * half, (p + 1) * half), p * hd);
-      table.set(sin.subarray(p * half, (p + 1) * half), p * hd + half);
-    }
+    const { cos, sin, table } = ropeTable(hd, cap);
     const prog = await qkRopeProgram(device, ring, {
       nH,
       nKV,
