@@ -87,7 +87,7 @@ Pipeline defaults (requests may override them):
                           the compressor is loaded anyway, so a request may ask for compression)
   --lfd L                 layer fused decoding of answers read from context: off, auto or a layer index
                           (default off)
-  --lfd-alpha A           weight of the fused layer's logits (default 0.5)
+  --lfd-alpha A           weight of the fused layer's logits (default 0.25)
   --max-tokens N          most tokens of an answer (default 256)
   --temperature T         sampling temperature, 0 is greedy (default 0)
   -h, --help              print this help

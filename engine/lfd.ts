@@ -25,7 +25,7 @@ export interface LfdOptions {
 }
 
 /** Default α of the fused layer's logits (chosen by `deno task eval`; see docs/eval.md). */
-export const DEFAULT_LFD_ALPHA = 0.5;
+export const DEFAULT_LFD_ALPHA = 0.25;
 
 /** Log-softmax of `row`, in float64. */
 export function logSoftmax(row: ArrayLike<number>): Float64Array {

@@ -4,6 +4,7 @@ import { SKIP_GPU } from "../kernels/test_util.ts";
 import { inspectCpu, routerRowStats } from "./inspect.ts";
 import {
   chooseFusionLayer,
+  DEFAULT_LFD_ALPHA,
   fuseLogits,
   fusionCandidates,
   internalKnowledgeScores,
@@ -49,7 +50,7 @@ Deno.test("IKS averages the divergence over positions; the fused layer is the lo
   );
   assert.throws(() => resolveLfdOptions({ layer: 3 }, 3), RangeError);
   assert.throws(() => resolveLfdOptions({ layer: "auto", alpha: NaN }, 3), RangeError);
-  assert.deepEqual(resolveLfdOptions(undefined, 3), { layer: "off", alpha: 0.5, positions: 4 });
+  assert.deepEqual(resolveLfdOptions(undefined, 3), { layer: "off", alpha: DEFAULT_LFD_ALPHA, positions: 4 });
 });
 
 Deno.test("routerRowStats: entropy and top-1 margin of a softmax", () => {

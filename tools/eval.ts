@@ -31,7 +31,7 @@ import { parseArgs } from "node:util";
 import { DEFAULT_LFD_ALPHA } from "../engine/lfd.ts";
 
 /** The values of α the evaluation compares for layer fused decoding (the default is chosen from them). */
-export const LFD_ALPHA_SWEEP: readonly number[] = [0.25, 0.5, 1];
+export const LFD_ALPHA_SWEEP: readonly number[] = [0.1, 0.25, 0.5, 1];
 import { resolveModelSource } from "../engine/hub.ts";
 import { loadModel } from "../engine/model.ts";
 import { quantizeModel } from "../engine/quant/quantize_model.ts";
