@@ -318,7 +318,6 @@ export class GpuDecoder implements TokenSource {
   /** During a generation with layer fused decoding: the layer and the head dispatch of its α. */
   #lfd: { layer: number; head: Dispatch } | undefined;
   readonly #sample: Dispatch;
-  readonly #staging: GPUBuffer[];
   /** Sequences decoded together (lanes of the KV cache and the token ring). */
   readonly lanes: number;
   readonly #lanes: LanePool;
@@ -379,12 +378,6 @@ export class GpuDecoder implements TokenSource {
     this.#fuse = init.fuse;
     this.#sample = init.sample;
     this.weightBytes = init.weightBytes;
-    this.#staging = Array.from({ length: DEPTH }, (_, i) =>
-      this.#device.createBuffer({
-        label: `token-staging-${i}`,
-        size: MAX_BATCH * 4 + 16,
-        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      }));
   }
 
   /** Uploads the weights of `ckpt` and builds every pipeline and bind group. */
@@ -1274,30 +1267,6 @@ export class GpuDecoder implements TokenSource {
     return d;
   }
 
-  /** Encodes decode steps [from, to) of the sequence in lane 0 alone (the exclusive path). */
-  #encodeSteps(enc: GPUCommandEncoder, promptLength: number, from: number, to: number, slot: number): number {
-    let s = slot;
-    const pass = enc.beginComputePass({ label: `decode-${from}-${to}` });
-    for (let step = from; step < to; step++) {
-      const off = this.#slot(s++, {
-        pos: promptLength + step - 1,
-        rows: 1,
-        step,
-        srcRing: true,
-        ringIn: step - 1,
-        logitsRow: 0,
-      });
-      encodeDispatch(pass, this.#ring, this.#embed, off);
-      this.#encodeLayers(pass, off, 1, promptLength + step - 1);
-      encodeDispatch(pass, this.#ring, this.#finalNorm, off);
-      encodeDispatch(pass, this.#ring, this.#lmHead.gemv, off);
-      this.#encodeFusedHead(pass, off);
-      encodeDispatch(pass, this.#ring, this.#sample, off);
-    }
-    pass.end();
-    return s;
-  }
-
   /**
    * Produces up to `options.maxTokens` new tokens in batches. A plain generation joins the batch: it gets a lane,
    * its prefill runs in the next submission, and its decode steps share GPU passes with every other sequence
@@ -1310,17 +1279,19 @@ export class GpuDecoder implements TokenSource {
         `Cannot generate ${options.maxTokens} tokens after ${ids.length}: the context holds ${this.contextLength}`,
       );
     }
-    return options.lfd || this.#hasGear
-      ? this.#produceAlone(ids, options)
-      : this.#produceBatched(ids, options);
+    return this.#produce(ids, options);
   }
 
-  /** One sequence in the batch (see {@linkcode produce}). */
-  async *#produceBatched(
-    ids: readonly number[],
-    options: ResolvedGenerateOptions,
-  ): AsyncGenerator<Uint32Array> {
-    const lane = await this.#lanes.acquire();
+  /**
+   * One sequence of the batch (see {@linkcode produce}). Layer fused decoding and a compressed KV cache need
+   * the decoder to themselves: such a sequence holds every lane and runs in lane 0 as the batch's only member.
+   */
+  async *#produce(ids: readonly number[], options: ResolvedGenerateOptions): AsyncGenerator<Uint32Array> {
+    const alone = options.lfd !== undefined || this.#hasGear;
+    const head = options.lfd ? await this.#fuseHead(options.lfd.alpha) : undefined;
+    const releaseAll = alone ? await this.#lanes.acquireAll() : undefined;
+    const lane = alone ? 0 : await this.#lanes.acquire();
+    if (options.lfd) this.#lfd = { layer: options.lfd.layer, head: head! };
     const m: Member = {
       lane,
       ids,
@@ -1351,7 +1322,12 @@ export class GpuDecoder implements TokenSource {
       // Submissions still in flight may write this lane: they run before any later user's prefill.
       m.closed = true;
       this.#members.delete(m);
-      this.#lanes.release(lane);
+      if (releaseAll) {
+        this.#lfd = undefined;
+        releaseAll();
+      } else {
+        this.#lanes.release(lane);
+      }
     }
   }
 
@@ -1457,20 +1433,29 @@ export class GpuDecoder implements TokenSource {
         return { pos: m.ids.length + step - 1, lane: m.lane, ringIn: step - 1, step };
       });
       const maxPos = Math.max(...batch.map((r) => r.pos));
-      const off = this.#slot(slot++, {
-        pos: 0,
-        rows: rows.length,
-        step: 0,
-        srcRing: true,
-        ringIn: 0,
-        logitsRow: 0,
-        batch,
-      });
+      // One row is a plain step (the compressed cache's kernels read its position from the slot header).
+      const one = batch.length === 1 ? batch[0] : undefined;
+      const off = this.#slot(
+        slot++,
+        one
+          ? {
+            pos: one.pos,
+            rows: 1,
+            step: one.step,
+            srcRing: true,
+            ringIn: one.ringIn,
+            logitsRow: 0,
+            lane: one.lane,
+          }
+          : { pos: 0, rows: rows.length, step: 0, srcRing: true, ringIn: 0, logitsRow: 0, batch },
+      );
       const n: [number, number, number] = [rows.length, 1, 1];
       encodeDispatch(pass, this.#ring, { ...this.#embed, grid: n }, off);
-      this.#encodeLayers(pass, off, rows.length, maxPos, true);
+      this.#encodeLayers(pass, off, rows.length, maxPos, !one);
       encodeDispatch(pass, this.#ring, { ...this.#finalNorm, grid: n }, off);
       encodeDispatch(pass, this.#ring, this.#lmHead.gemv, off);
+      // Layer fused decoding runs only alone, so its one row is row 0.
+      this.#encodeFusedHead(pass, off);
       encodeDispatch(pass, this.#ring, { ...this.#sample, grid: n }, off);
     }
     pass.end();
@@ -1507,72 +1492,6 @@ export class GpuDecoder implements TokenSource {
       size: Math.max(bytes, this.lanes * (MAX_BATCH + 1) * 4),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
-  }
-
-  /**
-   * The sequence alone in lane 0, every other lane held (layer fused decoding, compressed KV caches): the
-   * prefill and step 0 first, then decode submissions of growing size (or `tokensPerSubmit`), up to three in
-   * flight.
-   */
-  async *#produceAlone(
-    ids: readonly number[],
-    options: ResolvedGenerateOptions,
-  ): AsyncGenerator<Uint32Array> {
-    const head = options.lfd ? await this.#fuseHead(options.lfd.alpha) : undefined;
-    const releaseAll = await this.#lanes.acquireAll();
-    try {
-      this.#check();
-    } catch (e) {
-      releaseAll();
-      throw e;
-    }
-    this.#lfd = options.lfd ? { layer: options.lfd.layer, head: head! } : undefined;
-    const device = this.#device;
-    const total = options.maxTokens;
-    const inFlight: { from: number; to: number; staging: GPUBuffer; mapped: Promise<void> }[] = [];
-    let next = 0; // first step not yet submitted
-    let batchIndex = 0;
-    let stagingIndex = 0;
-    try {
-      device.queue.writeBuffer(this.#b.sampler, 0, samplerUniform(options.sampling));
-      const submit = () => {
-        const from = next;
-        const size = from === 0
-          ? 1
-          : options.tokensPerSubmit > 0
-          ? options.tokensPerSubmit
-          : ADAPTIVE_BATCHES[Math.min(batchIndex, ADAPTIVE_BATCHES.length - 1)];
-        const to = Math.min(total, from + Math.min(size, MAX_BATCH));
-        const enc = device.createCommandEncoder({ label: `generate-${from}-${to}` });
-        let slot = 0;
-        if (from === 0) slot = this.#encodePrefill(enc, ids, slot, 0);
-        if (to > Math.max(from, 1)) this.#encodeSteps(enc, ids.length, Math.max(from, 1), to, slot);
-        const staging = this.#staging[stagingIndex++ % DEPTH];
-        enc.copyBufferToBuffer(this.#b.tokens, from * 4, staging, 0, (to - from) * 4);
-        this.#ring.flush(device);
-        device.queue.submit([enc.finish()]);
-        inFlight.push({ from, to, staging, mapped: staging.mapAsync(GPUMapMode.READ, 0, (to - from) * 4) });
-        next = to;
-        batchIndex++;
-      };
-      while (next < total || inFlight.length > 0) {
-        // Submissions reuse the step-ring slots: each one's writeBuffer is ordered on the queue after the
-        // submissions before it, so every submission reads its own values.
-        while (next < total && inFlight.length < DEPTH) submit();
-        const head = inFlight.shift()!;
-        await head.mapped;
-        const tokens = new Uint32Array(head.staging.getMappedRange(0, (head.to - head.from) * 4).slice(0));
-        head.staging.unmap();
-        yield tokens;
-      }
-    } finally {
-      for (const f of inFlight) {
-        await f.mapped.catch(() => {});
-        f.staging.unmap();
-      }
-      this.#lfd = undefined;
-      releaseAll();
-    }
   }
 
   /**
@@ -1799,7 +1718,6 @@ export class GpuDecoder implements TokenSource {
       m.wake?.();
     }
     for (const b of this.#buffers) b.destroy();
-    for (const s of this.#staging) s.destroy();
     for (const s of this.#stagingPool) s.destroy();
     this.#ring.buffer.destroy();
   }
