@@ -7,6 +7,8 @@
 #   for b in gpu_decode gpu_gear http_load; do npx -y deno@2.9.6 bundle --platform deno bench/$b.ts -o dist/$b.js; done
 # Then call the device with carry [".gpu-pack", "dist"] and the command
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh train     # ~9 min: the default reader
+#   bash bench/gpu_session.sh continue     # ~9.5 min, no carry: continue training the reader in the tree
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh lingua    # ~6 min: LLMLingua-2, XLM-R-large
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh serve     # ~9 min: HTTP load, LLMLingua-2, gear-2
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh http      # ~4 min: HTTP load only
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh bench     # ~5 min: quantized experts
@@ -14,20 +16,57 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, serve, http or bench}
+what=${1:?train, continue, lingua, serve, http or bench}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 
 case "$what" in
 train)
-  # The default reader (tools/train_reader.py): a dry run first (seconds), then the real run (~7.5 min).
-  timeout 60 python3 tools/train_reader.py --dry-run >"$logs/reader_dry.log" 2>&1
-  timeout 470 python3 tools/train_reader.py --minutes 6 --out /tmp/reader >"$logs/reader.log" 2>&1
+  # The default reader (tools/train_reader.py): a dry run first (seconds), then the real run (~9 min).
+  timeout 40 python3 tools/train_reader.py --dry-run >"$logs/reader_dry.log" 2>&1
+  timeout 555 python3 tools/train_reader.py --minutes 7.8 --out /tmp/reader >"$logs/reader.log" 2>&1
   echo "train_reader rc=$?" >>"$logs/reader.log"
   if [ -d /tmp/reader ]; then
     tar czf /tmp/reader.tgz -C /tmp reader
     split -b 15M -d /tmp/reader.tgz "$out/reader.tgz.part"
+  fi
+  ;;
+continue)
+  # Continued training of the reader in the tree (tools/train_reader.py --init): a dry run, then ~8.5 min.
+  # Carry nothing: the tree with the reader is 48 MB, and this needs only Python.
+  timeout 40 python3 tools/train_reader.py --dry-run --init fixtures/models/reader >"$logs/reader_dry.log" 2>&1
+  timeout 540 python3 tools/train_reader.py --init fixtures/models/reader --minutes 7.5 --lr 5e-4 --warmup 0.02 \
+    --out /tmp/reader >"$logs/reader.log" 2>&1
+  echo "train_reader rc=$?" >>"$logs/reader.log"
+  if [ -d /tmp/reader ]; then
+    tar czf /tmp/reader.tgz -C /tmp reader
+    split -b 15M -d /tmp/reader.tgz "$out/reader.tgz.part"
+  fi
+  ;;
+lingua)
+  # LLMLingua-2 at XLM-RoBERTa-large shape: PyTorch and onnxruntime (Python) on the model that
+  # bench/compress_torch.py exports, then edgemix's compressor on it (bench/compress_bench.ts) on the GPU through
+  # onnxruntime-web's WebGPU provider, and on the CPU (WebAssembly). Carry [".gpu-pack", "dist/compress_denodir.tgz"]
+  # (made by bash bench/vendor_compress.sh,
+  # or with --native for the CPU run of the native backend) and leave fixtures/models, fixtures/world and
+  # fixtures/compressor/default out of the tree: 64 MiB in all.
+  if [ ! -f /tmp/lingua-bench/onnx/model.onnx ]; then
+    timeout 200 python3 bench/compress_torch.py --out /tmp/lingua-bench >"$logs/compress.log" 2>&1
+  fi
+  mkdir -p /tmp/dd && tar xJf dist/compress_denodir.tar.xz -C /tmp/dd
+  bench=(env DENO_DIR=/tmp/dd/deno deno run -A --cached-only --config bench/compress_device_config.json
+    --node-modules-dir=none bench/compress_bench.ts --model /tmp/lingua-bench)
+  if [ -n "$(find /tmp/dd -name libonnxruntime.so.1 -print -quit)" ]; then
+    # The native backend (onnxruntime-node) on the host's CPU, on the input length PyTorch's CPU rows use.
+    timeout 150 "${bench[@]}" --words 1500 --backend native --device cpu --repeat 3 >"$logs/compress_edgemix.log" 2>&1
+    echo "native rc=$?" >>"$logs/compress_edgemix.log"
+  else
+    timeout 240 "${bench[@]}" --input /tmp/lingua-bench/input.txt --backend wasm --device webgpu --repeat 3 \
+      >"$logs/compress_edgemix.log" 2>&1
+    echo "webgpu rc=$?" >>"$logs/compress_edgemix.log"
+    timeout 120 "${bench[@]}" --words 1500 --backend wasm --device cpu --repeat 1 >>"$logs/compress_edgemix.log" 2>&1
+    echo "wasm rc=$?" >>"$logs/compress_edgemix.log"
   fi
   ;;
 serve | http)
@@ -60,7 +99,7 @@ bench)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|serve|http|bench" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench" >&2
   exit 2
   ;;
 esac

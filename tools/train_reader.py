@@ -6,7 +6,7 @@ questions about the synthetic world of tools/world, from memory (parametric fact
 Run from the repository root on a GPU host (torch 2.11, transformers 5.17, tokenizers 0.23; no network):
 
     python3 tools/train_reader.py --dry-run          # tiny sizes, under a minute: runs every step once
-    python3 tools/train_reader.py                    # the real run (6.5 min of training, ~7.5 min in all)
+    python3 tools/train_reader.py                    # the real run (7.8 min of training, ~9 min in all)
 
 What it does:
  1. reads fixtures/world (generate it with `python3 tools/world/generate.py --seed 0 --out fixtures/world`);
@@ -108,6 +108,11 @@ DEFAULT_MIX = {
     "synthetic_known": 500,  # known entities with some values re-drawn: the context wins
     "entity_share": 1.0,  # share of the known entities and facts used for paraphrases and no-context QA
 }
+# The mixture of a continued run (--init): the model already knows the world and copies from contexts; most of the
+# time goes to reading the right passage among distractors, while fewer paraphrases keep the memorised facts.
+CONTINUE_MIX = {**DEFAULT_MIX, "bios_per_entity": 2, "fresh_context": 900, "conflicting_context": 300,
+                "parametric_context": 200, "memory_with_context": 200, "synthetic_new": 1400,
+                "synthetic_known": 1000}
 DRY_RUN_MIX = {**DEFAULT_MIX, "bios_per_entity": 1, "fresh_context": 20, "conflicting_context": 10,
                "parametric_context": 10, "memory_with_context": 10, "synthetic_new": 30, "synthetic_known": 20,
                "entity_share": 0.05}
@@ -839,6 +844,18 @@ def build_model(args, vocab_size: int, tok, tie: bool):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def load_init(args):
+    """The model of a previous run (--init), in float32, with router logits on for the load-balancing loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+    assert model.config.model_type == "mixtral", f"{args.init} holds a {model.config.model_type} model"
+    model.config.output_router_logits = True
+    model.config.router_aux_loss_coef = float(args.aux_coef)
+    model.config.dtype = "float32"
+    return model
+
+
 def set_experts_impl(model, impl: str) -> None:
     try:
         model.set_experts_implementation(impl)
@@ -1038,12 +1055,20 @@ def train(args) -> None:
     log(f"world: {len(world.documents)} documents, {len(world.questions)} questions, {len(world.known)} known "
         f"entities, {len(world.trained_facts)} trained facts, {len(world.heldout)} held-out facts")
     check_pipeline_prompt()
-    tok = train_tokenizer(world, args.vocab)
-    vocab_size = int(math.ceil(len(tok) / 64) * 64)
+    if args.init:
+        from transformers import PreTrainedTokenizerFast
+        tok = PreTrainedTokenizerFast.from_pretrained(args.init)
+        tok.chat_template = CHATML_TEMPLATE
+        with open(os.path.join(args.init, "config.json"), encoding="utf-8") as f:
+            vocab_size = int(json.load(f)["vocab_size"])
+        log(f"continuing the training of {args.init}: its tokenizer and weights")
+    else:
+        tok = train_tokenizer(world, args.vocab)
+        vocab_size = int(math.ceil(len(tok) / 64) * 64)
     log(f"tokenizer: {len(tok)} tokens (model vocabulary {vocab_size}); "
         f"sample: {tok.tokenize(GEN.render_bio(random.Random(0), world.known[0]))[:16]}")
     check_chat_template(tok)
-    mix = DRY_RUN_MIX if args.dry_run else DEFAULT_MIX
+    mix = DRY_RUN_MIX if args.dry_run else CONTINUE_MIX if args.init else DEFAULT_MIX
     source = VariantSource(world, args.world, tok, args.seq_len, mix, args.seed, args.workers)
 
     import torch
@@ -1054,14 +1079,15 @@ def train(args) -> None:
         torch.backends.cudnn.allow_tf32 = True
     log(f"device {device}" + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""))
 
-    model = build_model(args, vocab_size, tok, tie=True)
+    model = load_init(args) if args.init else build_model(args, vocab_size, tok, tie=True)
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    if not tied:
+    if not tied and not args.init:
         log("tie_word_embeddings did not tie the LM head to the embedding; building an untied model instead")
         model = build_model(args, vocab_size, tok, tie=False)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: Mixtral, {args.layers} layers, hidden {args.hidden}, {args.experts} experts of width "
-        f"{args.expert_size}, top-{args.top_k}, {n_params / 1e6:.2f}M parameters (tied: {tied})")
+    c = model.config
+    log(f"model: Mixtral, {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_local_experts} experts of "
+        f"width {c.intermediate_size}, top-{c.num_experts_per_tok}, {n_params / 1e6:.2f}M parameters (tied: {tied})")
     assert n_params <= MAX_PARAMETERS, f"{n_params} parameters exceed {MAX_PARAMETERS}"
     model.to(device)
     model.train()
@@ -1191,6 +1217,7 @@ def train(args) -> None:
         "train_seconds": round(train_s, 1),
         "tokens_seen": seen,
         "variant_0": stats,
+        "continued_from": previous_run(args.init) if args.init else None,
         "loss_history": history,
         "probe_history": probe_history,
         **report,
@@ -1221,6 +1248,8 @@ def save(args, model, tok, report: dict, device) -> None:
     with open(cfg_path, encoding="utf-8") as f:
         tcfg = json.load(f)
     tcfg["chat_template"] = CHATML_TEMPLATE
+    for key in ("is_local", "local_files_only"):  # loading state that from_pretrained (--init) leaves behind
+        tcfg.pop(key, None)
     with open(cfg_path, "w", encoding="utf-8") as f:
         json.dump(tcfg, f, indent=2, ensure_ascii=False)
         f.write("\n")
@@ -1264,10 +1293,35 @@ def save(args, model, tok, report: dict, device) -> None:
     assert size < MAX_BYTES, f"{out} holds {size} bytes, more than {MAX_BYTES}"
 
 
+def previous_run(init: str) -> dict:
+    """What the run that made `init` did (from its train_report.json): the history of a continued model."""
+    try:
+        with open(os.path.join(init, "train_report.json"), encoding="utf-8") as f:
+            r = json.load(f)
+    except (OSError, ValueError):
+        return {"dir": init}
+    keep = ["args", "mix", "steps", "variants", "train_seconds", "tokens_seen", "em", "continued_from"]
+    return {"dir": init, **{k: r[k] for k in keep if k in r}}
+
+
+def runs_of(report: dict) -> list:
+    """The training runs behind a model, oldest first."""
+    prev = report.get("continued_from")
+    return (runs_of(prev) if prev else []) + [report]
+
+
 def write_model_card(out: str, report: dict) -> None:
     em = report.get("em", {})
     rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in em.items())
-    a = report["args"]
+    a = dict(report["args"])
+    with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    a.update(experts=cfg["num_local_experts"], top_k=cfg["num_experts_per_tok"], layers=cfg["num_hidden_layers"],
+             hidden=cfg["hidden_size"])
+    runs = runs_of(report)
+    trained = " then ".join(
+        f"{r['steps']} steps ({r['variants']} freshly rendered data variants, {r['tokens_seen'] / 1e6:.0f}M tokens, "
+        f"peak learning rate {r['args']['lr']:g}) in {r['train_seconds']:.0f} s" for r in runs)
     text = f"""# edgemix default reader
 
 A {report['parameters'] / 1e6:.1f}M-parameter Mixtral (Mixture of Experts: {a['experts']} experts, top-{a['top_k']},
@@ -1293,9 +1347,8 @@ Contexts hold the gold document among three other documents of the world.
 | --- | --- |
 {rows}
 
-Trained {report['steps']} steps ({report['variants']} freshly rendered data variants,
-{report['tokens_seen'] / 1e6:.0f}M tokens) in {report['train_seconds']:.0f} s with torch {report['torch']} and
-transformers {report['transformers']}; details in `train_report.json`.
+Trained {trained}, with torch {report['torch']} and transformers {report['transformers']}; details in
+`train_report.json`.
 """
     with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
         f.write(text)
@@ -1305,7 +1358,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="Trains edgemix's default reader (see the module docstring).")
     ap.add_argument("--world", default="fixtures/world")
     ap.add_argument("--out", default=None, help="default fixtures/models/reader (dry run: a temp directory)")
-    ap.add_argument("--minutes", type=float, default=6.5, help="wall-clock training budget (default 6.5)")
+    ap.add_argument("--minutes", type=float, default=7.8, help="wall-clock training budget (default 7.8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=6144)
     ap.add_argument("--hidden", type=int, default=256)
@@ -1330,6 +1383,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time only)")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes, seconds, writes to a temp dir")
+    ap.add_argument("--init", default=None,
+                    help="continue training this saved reader (its tokenizer and weights; the CONTINUE_MIX mixture)")
     args = ap.parse_args()
     if args.dry_run:
         args.vocab, args.hidden, args.layers, args.heads, args.kv_heads = 2048, 64, 2, 4, 2

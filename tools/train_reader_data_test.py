@@ -140,7 +140,7 @@ class PromptFormat(unittest.TestCase):
             context = x.prompt.split("<context>\n", 1)[1].split("\n</context>", 1)[0]
             self.assertEqual(x.prompt, tr.render_prompt(tr.pipeline_messages(x.question, context)))
         bare = [x for x in examples if x.prompt == tr.render_prompt(tr.pipeline_messages(x.question, ""))]
-        self.assertGreater(len(bare) / len(examples), 0.3)
+        self.assertGreater(len(bare) / len(examples), 0.2)
 
 
 class Examples(unittest.TestCase):
@@ -167,7 +167,7 @@ class Examples(unittest.TestCase):
         for n in fresh:
             by_first.setdefault(n.split(" ")[0], []).append(n)
         memory = [x for x in variant(0) if x.source in ("bio", "qa")]
-        self.assertGreater(len(memory), 10000)
+        self.assertGreater(len(memory), 5000)
         for x in memory:
             text = padded_words(x.prompt + " " + x.target)
             for word in set(text.split()):
