@@ -6,6 +6,7 @@
  * ```sh
  * deno run -A bench/compress_bench.ts --model /tmp/lingua-bench --input /tmp/lingua-bench/input.txt
  * deno run -A bench/compress_bench.ts --model /tmp/lingua-bench --backend native --device cuda
+ * deno run -A bench/compress_bench.ts --model /tmp/lingua-bench --backend wasm --device webgpu   # on the GPU
  * deno run -A bench/compress_bench.ts --model fixtures/compressor/xlmr --words 50000   # pipeline overhead
  * ```
  *
@@ -98,7 +99,7 @@ await compressor.dispose();
 
 runs.sort((a, b) => a.seconds - b.seconds);
 const median = runs[Math.floor(runs.length / 2)];
-const device = compressor.backend === "native" ? clf.device : "wasm";
+const device = clf.device;
 const result = {
   system: "edgemix",
   backend: compressor.backend,

@@ -33,13 +33,17 @@ function encodeWithSpecials(text: string, tok: LinguaTokenizer): EncodedChunk {
   return { ids, mask: new Uint8Array(ids.length).fill(1), tokens };
 }
 
-for (const backend of ["native", "wasm"] as const) {
+const hasGpu = "gpu" in navigator && (await navigator.gpu.requestAdapter()) !== null;
+
+for (
+  const [backend, device] of [["native", "cpu"], ["wasm", "cpu"], ["wasm", "webgpu"]] as const
+) {
   Deno.test({
     name:
-      `default compressor on backend ${backend}: tokenizer ids and ONNX logits equal torch's (golden.json)`,
-    ignore: backend === "native" && !hasFfi,
+      `default compressor on backend ${backend}/${device}: tokenizer ids and ONNX logits equal torch's (golden.json)`,
+    ignore: (backend === "native" && !hasFfi) || (device === "webgpu" && !hasGpu),
     fn: async () => {
-      const compressor = await loadCompressor(MODEL, { backend, progress: false });
+      const compressor = await loadCompressor(MODEL, { backend, device, progress: false });
       const clf = compressor.classifier;
       const chunks = golden.cases.map((c) => encodeWithSpecials(c.text, clf.tokenizer));
       chunks.forEach((c, i) => assert.deepEqual([...c.ids], golden.cases[i].input_ids, `case ${i} ids`));

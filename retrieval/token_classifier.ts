@@ -6,7 +6,9 @@
  * `onnxruntime-node` (a Node-API addon: Deno needs `--allow-ffi` and a `node_modules` directory); "wasm" is its
  * web build with `onnxruntime-web`'s WebAssembly backend, loaded from the files in `node_modules` (no CDN), which
  * runs where native addons cannot (single-threaded: Deno cannot start ORT's blob-URL workers). "auto" takes the
- * native one when it loads and the WebAssembly one otherwise. Both can be used in one process.
+ * native one when it loads and the WebAssembly one otherwise. Both can be used in one process. The web build can
+ * also run the model on the GPU: device "webgpu" selects `onnxruntime-web`'s WebGPU execution provider, on
+ * Deno's `navigator.gpu` (the adapter the engine uses).
  *
  * A model is a directory in transformers.js layout (`config.json`, `tokenizer.json`, `tokenizer_config.json`,
  * `onnx/model.onnx` and, past 2 GB, `onnx/model.onnx_data`) or a Hugging Face repo id with that layout,
@@ -26,7 +28,11 @@ import { HfLinguaTokenizer } from "./lingua_tokenizer.ts";
 /** Which ONNX Runtime build runs the model. */
 export type ClassifierBackend = "native" | "wasm" | "auto";
 
-/** Execution provider of the native build; "cuda" needs ORT's CUDA provider library installed next to the addon. */
+/**
+ * Execution provider. Native build: "cpu", "cuda" (needs ORT's CUDA provider library installed next to the addon)
+ * or "webgpu" (where the addon was built with it). WebAssembly build: "cpu" (WebAssembly) or "webgpu"
+ * (`onnxruntime-web`'s WebGPU provider on `navigator.gpu`).
+ */
 export type NativeDevice = "cpu" | "cuda" | "webgpu";
 
 /** Weights variant, as transformers.js names them: the file is `onnx/model{suffix}.onnx`. */
@@ -45,7 +51,10 @@ export class CompressorLoadError extends ModelLoadError {
 export interface TokenClassifierOptions {
   /** ONNX Runtime build; default "auto" (native when it loads, else WebAssembly). */
   backend?: ClassifierBackend;
-  /** Execution provider of the native build; default "cpu". The WebAssembly build always runs on the CPU. */
+  /**
+   * Execution provider; default "cpu". The WebAssembly build runs "cpu" as WebAssembly and "webgpu" on
+   * `navigator.gpu`; it cannot run "cuda" (a CompressorLoadError).
+   */
   device?: NativeDevice;
   /** Weights variant; default "fp32". */
   dtype?: ClassifierDtype;
@@ -77,7 +86,7 @@ export interface TokenClassifier {
   readonly dir: string;
   /** The ONNX Runtime build in use. */
   readonly backend: "native" | "wasm";
-  /** The execution provider in use. */
+  /** The execution provider in use: the native build's, "wasm" (WebAssembly) or "webgpu" (web build on the GPU). */
   readonly device: NativeDevice | "wasm";
   /** The tokenizer, in the form the algorithm uses. */
   readonly tokenizer: LinguaTokenizer;
@@ -183,14 +192,30 @@ export async function loadTokenClassifier(
   }
   const externalChunks = await countExternalData(onnxFile);
 
+  if (!["cpu", "cuda", "webgpu"].includes(device)) {
+    throw new TypeError(`Cannot use device "${device}": use "cpu", "cuda" or "webgpu"`);
+  }
   const { tf, backend } = await loadBuild(backendChoice);
+  // The web build's provider: WebAssembly on the CPU, or WebGPU.
+  const runOn = backend === "native" ? device : device === "webgpu" ? "webgpu" : "wasm";
+  if (backend === "wasm" && device === "cuda") {
+    throw new CompressorLoadError(
+      'Cannot run the classifier on device "cuda" with the WebAssembly ONNX Runtime: it runs "cpu" or "webgpu" ' +
+        "(the native build, onnxruntime-node, did not load or was not chosen)",
+    );
+  }
+  if (runOn === "webgpu" && backend === "wasm" && !("gpu" in navigator)) {
+    throw new CompressorLoadError(
+      'Cannot run the classifier on device "webgpu": this runtime has no navigator.gpu (WebGPU)',
+    );
+  }
   let model: TfModel;
   try {
     const sessionOptions: Record<string, unknown> = { graphOptimizationLevel: "all" };
     if (threads !== undefined && backend === "native") sessionOptions.intraOpNumThreads = threads;
     model = await tf.AutoModelForTokenClassification.from_pretrained(dir, {
       local_files_only: true,
-      device: backend === "native" ? device : "wasm",
+      device: runOn,
       dtype,
       session_options: sessionOptions,
       ...(externalChunks > 0 ? { use_external_data_format: externalChunks } : {}),
@@ -206,7 +231,7 @@ export async function loadTokenClassifier(
   return new OnnxTokenClassifier({
     dir,
     backend,
-    device: backend === "native" ? device : "wasm",
+    device: runOn,
     tokenizer,
     model,
     tf,

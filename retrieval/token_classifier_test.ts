@@ -109,6 +109,46 @@ console.log(JSON.stringify(out));
   assert.match(out.native, /^CompressorLoadError: Cannot load the native ONNX Runtime: .*--allow-ffi/);
 });
 
+Deno.test({
+  name:
+    "loadTokenClassifier() with the wasm build on device webgpu runs the model on the GPU: the same logits",
+  ignore: !("gpu" in navigator) || (await navigator.gpu.requestAdapter()) === null,
+  fn: async () => {
+    for (const model of [xlmr, bert]) {
+      const clf = await loadTokenClassifier(model.dir, {
+        backend: "wasm",
+        device: "webgpu",
+        progress: false,
+      });
+      assert.equal(clf.backend, "wasm");
+      assert.equal(clf.device, "webgpu");
+      const chunks = TEXTS.map((t) => encodeChunk(t, clf.tokenizer, 512));
+      const logits = await clf.logits(chunks);
+      chunks.forEach((c, i) => {
+        const expected = [...c.ids].flatMap((id) => {
+          const row = id >= model.vocabSize ? clf.tokenizer.unkTokenId : id;
+          return [model.table[2 * row], model.table[2 * row + 1]];
+        });
+        assert.equal(logits[i].data.length, expected.length);
+        // The tiny model is a lookup table: exact on any provider up to f32 rounding.
+        logits[i].data.forEach((x, j) =>
+          assert.ok(Math.abs(x - expected[j]) < 1e-5, `${model.dir} ${i}/${j}`)
+        );
+      });
+      await clf.dispose();
+    }
+  },
+});
+
+Deno.test("loadTokenClassifier() refuses a device its ONNX Runtime build cannot run", async () => {
+  await assert.rejects(loadTokenClassifier(xlmr.dir, { backend: "wasm", device: "cuda" }), (e) => {
+    assert.ok(e instanceof CompressorLoadError);
+    assert.match(e.message, /device "cuda" with the WebAssembly ONNX Runtime/);
+    return true;
+  });
+  await assert.rejects(loadTokenClassifier(xlmr.dir, { device: "tpu" as "cpu" }), TypeError);
+});
+
 Deno.test("loadTokenClassifier() reports a missing ONNX file, tokenizer or model source clearly", async () => {
   const empty = join(dir, "no_onnx");
   await Deno.mkdir(empty, { recursive: true });

@@ -30,7 +30,7 @@ one; prints the compressed text on stdout and statistics on stderr. Token counts
                          (default: fixtures/compressor/default, a small classifier trained on the synthetic
                          world; use a published LLMLingua-2 model for general text)
   --backend B            auto, native (onnxruntime-node) or wasm (onnxruntime-web) (default auto)
-  --device D             cpu, cuda or webgpu, for the native backend (default cpu)
+  --device D             cpu, cuda or webgpu (default cpu; the wasm backend runs cpu or webgpu)
   --dtype D              weights file: fp32, fp16, q8, int8, uint8, q4, q4f16 or bnb4 (default fp32)
   --threads N            operator threads of the native backend (default: all cores)
   --force-tokens LIST    comma-separated strings always kept; \\n, \\t and \\, stand for newline, tab and comma
@@ -214,7 +214,7 @@ async function main(args: string[]): Promise<number> {
         new TextEncoder().encode(result.text.endsWith("\n") ? result.text : `${result.text}\n`),
       );
     }
-    const where = compressor.backend === "native" ? `native/${compressor.classifier.device}` : "wasm";
+    const where = `${compressor.backend}/${compressor.classifier.device}`;
     console.error(report(result, where, seconds));
   } finally {
     await compressor.dispose();
