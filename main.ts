@@ -85,6 +85,10 @@ Pipeline defaults (requests may override them):
   --top-k N               passages to retrieve (default 4)
   --compression-rate R    compress the context to this share of its tokens, in (0, 1], or off (default off;
                           the compressor is loaded anyway, so a request may ask for compression)
+  --compressor SRC        LLMLingua-2 token classifier: an ONNX model directory or Hugging Face repo id
+                          (default: the bundled fixtures/compressor/default, trained on the world)
+  --compressor-device D   cpu or webgpu: run the classifier on the CPU (ONNX Runtime, native or WebAssembly)
+                          or on the GPU (onnxruntime-web's WebGPU provider) (default cpu)
   --lfd L                 layer fused decoding of answers read from context: off, auto or a layer index
                           (default off)
   --lfd-alpha A           weight of the fused layer's logits (default 0.25)
@@ -117,6 +121,9 @@ interface ServeCommand {
   retrieval: RetrievalMode;
   topK: number;
   compressionRate: number | false;
+  /** The compressor of --compressor; undefined for the bundled one. */
+  compressor: string | undefined;
+  compressorDevice: "cpu" | "webgpu";
   lfd: LfdOptions | undefined;
   maxTokens: number;
   temperature: number;
@@ -147,6 +154,8 @@ const FLAGS = [
   "retrieval",
   "top-k",
   "compression-rate",
+  "compressor",
+  "compressor-device",
   "lfd",
   "lfd-alpha",
   "max-tokens",
@@ -259,6 +268,8 @@ function parseCommand(args: string[], env: (name: string) => string | undefined)
     retrieval: choice("retrieval", ["auto", "always", "never"] as const, "auto"),
     topK: integer("top-k", 1, 1000, 4),
     compressionRate,
+    compressor: get("compressor")?.value,
+    compressorDevice: choice("compressor-device", ["cpu", "webgpu"] as const, "cpu"),
     maxTokens: integer("max-tokens", 1, 2 ** 24, 256),
     temperature: number("temperature", (n) => n >= 0 && n <= 2, "a number in [0, 2]", 0),
   };
@@ -347,22 +358,30 @@ async function openDefaultStore(dir: string, marker: string): Promise<KnowledgeS
   }
 }
 
-/** The compressor `serve` loads: {@linkcode DEFAULT_COMPRESSOR}, or the library's default when it is absent. */
-async function loadDefaultCompressor(): Promise<PromptCompressor> {
+/**
+ * The compressor `serve` loads: `--compressor`, else {@linkcode DEFAULT_COMPRESSOR}, or the library's default
+ * when that is absent; on the GPU with `--compressor-device webgpu`.
+ */
+async function loadServeCompressor(cmd: ServeCommand): Promise<PromptCompressor> {
+  const options = cmd.compressorDevice === "webgpu"
+    ? { backend: "wasm" as const, device: "webgpu" as const }
+    : {};
+  if (cmd.compressor !== undefined) return await loadCompressor(cmd.compressor, options);
   try {
     await Deno.stat(DEFAULT_COMPRESSOR);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return await loadCompressor();
+    if (e instanceof Deno.errors.NotFound) return await loadCompressor(undefined, options);
     throw e;
   }
-  return await loadCompressor(DEFAULT_COMPRESSOR);
+  return await loadCompressor(DEFAULT_COMPRESSOR, options);
 }
 
 /**
  * The stages the command asks for: the store of `--db` (by default the default knowledge base, filled with the
  * bundled world's documents on first start; none with `--db none`) and the retrieval gate (fitted by
  * `deno task gate-fit` as gate.json beside the model; without one, `auto` retrieves), and the LLMLingua-2
- * compressor (always loaded; required when `--compression-rate` sets a default rate).
+ * compressor (always loaded; required when `--compression-rate` sets a default rate, or `--compressor` or
+ * `--compressor-device webgpu` asks for one).
  *
  * @throws {FeatureUnavailableError} for a combination that cannot work.
  */
@@ -391,8 +410,10 @@ function findStages(cmd: ServeCommand, kb: DefaultKnowledgeBase | undefined): St
       }
     };
   }
-  found.loadCompressor = loadDefaultCompressor;
-  found.compressorOptional = cmd.compressionRate === false;
+  found.loadCompressor = () => loadServeCompressor(cmd);
+  // A compressor asked for by name or device must load; the bundled one on the CPU is optional without a rate.
+  found.compressorOptional = cmd.compressionRate === false && cmd.compressor === undefined &&
+    cmd.compressorDevice === "cpu";
   return found;
 }
 

@@ -884,6 +884,8 @@ Deno.test("main.ts --help prints the usage and exits 0", SANITIZE, async () => {
       "--kv-cache",
       "--top-k",
       "--compression-rate",
+      "--compressor",
+      "--compressor-device",
       "--retrieval",
     ]
   ) {
@@ -908,6 +910,8 @@ Deno.test(
       [["serve"], { EDGEMIX_KV_CACHE: "fancy" }],
       [["serve", "--lfd", "deep"], {}],
       [["serve", "--lfd", "auto", "--lfd-alpha", "much"], {}],
+      [["serve", "--compressor-device", "tpu"], {}],
+      [["serve"], { EDGEMIX_COMPRESSOR_DEVICE: "cuda" }],
     ];
     for (const [args, env] of cases) {
       const { code, stdout, stderr } = await mainCommand(args, env).output();
@@ -948,6 +952,32 @@ Deno.test("main.ts fails clearly for a stage this build lacks, before listening"
     assert.match(new TextDecoder().decode(stderr), message);
   }
 });
+
+Deno.test(
+  "main.ts serve stops with a clear error when the --compressor it names cannot load",
+  SANITIZE,
+  async () => {
+    const missing = `${await Deno.makeTempDir({ prefix: "no_compressor_" })}/missing`;
+    try {
+      const { code, stderr } = await mainCommand([
+        "serve",
+        "--port",
+        "0",
+        "--backend",
+        "cpu",
+        "--compressor",
+        missing,
+      ])
+        .output();
+      const err = new TextDecoder().decode(stderr);
+      assert.equal(code, 1, err);
+      assert.ok(err.includes(missing), err);
+      assert.doesNotMatch(err, /serving without a prompt compressor/);
+    } finally {
+      await Deno.remove(missing.slice(0, -"/missing".length), { recursive: true });
+    }
+  },
+);
 
 Deno.test(
   "main.ts serve reads flags and variables, answers over HTTP and exits cleanly on SIGTERM",
