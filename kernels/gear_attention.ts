@@ -14,7 +14,7 @@
  */
 
 import type { DType } from "../engine/types.ts";
-import { GEAR_TILE, type GearLayout } from "./gear_layout.ts";
+import { GEAR_TILE, type GearLayout, OUTLIER_WGSL } from "./gear_layout.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
 import { f32Lit, prelude } from "./wgsl.ts";
 
@@ -79,6 +79,8 @@ const GV: u32 = ${l.gv}u;
 const NGV: u32 = ${l.nGV}u;
 const KK: u32 = ${l.kK}u;
 const MV: u32 = ${l.mV}u;
+const MW: u32 = ${l.MW}u;
+const KVF: u32 = ${Math.max(1, l.kVFull)}u;
 const LOWRANK: bool = ${l.rMax > 0};
 const RMAX: u32 = ${rmax}u;
 const RW: u32 = ${l.RW}u;
@@ -131,8 +133,16 @@ fn ring_v(bh: u32, t: u32, c: u32) -> f32 {
   let i = (bh * BUFCAP + t % BUFCAP) * D + c;
   return ${read("rv")};
 }
+${OUTLIER_WGSL}
 fn half_at(word_base: u32, i: u32) -> f32 {
   return unpack2x16float(store[word_base + i / 2u])[i & 1u];
+}
+fn u16_at(base: u32, i: u32) -> u32 {
+  return (store[base + (i >> 1u)] >> ((i & 1u) * 16u)) & 0xffffu;
+}
+// The int8 at byte j of the words from word_base.
+fn q8_at(word_base: u32, j: u32) -> f32 {
+  return f32(bitcast<i32>(store[word_base + (j >> 2u)] << (24u - 8u * (j & 3u))) >> 24u);
 }
 // Sums red[v * TK + i] over i for every v < nv; the sums land in red[v * TK].
 fn reduce_red(li: u32, nv: u32) {
@@ -205,13 +215,13 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
       if (KK > 0u) {
         // The key outliers of the tile's token groups, [NGT][D][KK] contiguous in the store: each thread adds
         // q_c · value of its entries to the score of the entry's token.
-        let kb = O_OUTK + (bh * (T / G) + base / G) * D * KK;
+        let kh = (bh * (T / G) + base / G) * D * KK;
         let first = select(base % G, 0u, G <= TK);
         for (var i = li; i < NGT * D * KK; i += TK) {
-          let e = store[kb + i];
+          let e = u16_at(O_OUTK, kh + i);
           let c = (i % (D * KK)) / KK;
-          let tok = (i / (D * KK)) * G + (e & 0xffffu) - first;
-          if (tok < TK) { atomicAdd(&kacc[tok], fixed(qs[c] * unpack2x16float(e >> 16u).x, KFIX)); }
+          let tok = (i / (D * KK)) * G + (e & 0x7fu) - first;
+          if (tok < TK) { atomicAdd(&kacc[tok], fixed(qs[c] * out_value(e), KFIX)); }
         }
         workgroupBarrier();
       }
@@ -227,7 +237,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
           }
         }
         if (LOWRANK) {
-          for (var j = 0u; j < RMAX; j++) { sc += red[(NGT + j) * TK] * half_at(O_QK + (bh * T + t) * RW, j); }
+          let pk = O_PK + (bh * NBLK + seg) * PW;
+          for (var j = 0u; j < RMAX; j++) {
+            sc += red[(NGT + j) * TK] * half_at(pk, D * RMAX + j) * q8_at(O_QK + (bh * T + t) * RW, j);
+          }
         }
         if (KK > 0u) { sc += f32(atomicLoad(&kacc[li])) / KFIX; }
         s = sc;
@@ -252,19 +265,22 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     l = l * corr + lt;
     if (comp) {
       if (LOWRANK) {
+        let pv = O_PV + (bh * NBLK + seg) * PW;
         for (var j = 0u; j < RMAX; j++) {
           var v = 0.0;
-          if (li < n) { v = pt[li] * half_at(O_QV + (bh * T + t) * RW, j); }
+          if (li < n) { v = pt[li] * half_at(pv, D * RMAX + j) * q8_at(O_QV + (bh * T + t) * RW, j); }
           red[j * TK + li] = v;
         }
         reduce_red(li, RMAX);
       }
       if (MV > 0u) {
         // The value outliers of the tile's tokens: each thread adds p_token · value to the entry's channel.
-        let vb = O_OUTV + (bh * T + base) * MV;
         for (var i = li; i < n * MV; i += TK) {
-          let e = store[vb + i];
-          atomicAdd(&vacc[e & 0xffffu], fixed(pt[i / MV] * unpack2x16float(e >> 16u).x, VFIX));
+          let tk = i / MV;
+          let j = i % MV;
+          let e = u16_at(O_OUTV, (bh * T + base + tk) * 2u * MW + j);
+          let c = min(j / KVF, NGV - 1u) * GV + (e & 0x7fu);
+          atomicAdd(&vacc[c], fixed(pt[tk] * out_value(e), VFIX));
         }
         workgroupBarrier();
       }

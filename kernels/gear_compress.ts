@@ -4,10 +4,12 @@
  * full-precision ring into the store of `gear_layout.ts`, as one segment:
  *
  * 1. per group: outlier selection (greedy, the extreme that shrinks the range most), min/max of the rest,
- *    f16 scale and min, the outliers' corrections;
+ *    f16 scale and min, the outliers' corrections (u16 entries: a thread writes whole words, so it takes the
+ *    key groups of two channels, or every value group of a token);
  * 2. codes packed along the channels of each token;
  * 3. the residual R = X − dequant − outliers into a scratch buffer;
  * 4. rank-r factors of R by power iteration from a seeded start, with Gram–Schmidt QR in workgroup memory;
+ *    Q stored as int8 per column scale, P as f16;
  * 5. the segment table entries of the new blocks.
  *
  * It matches `gearCompressRef` of `cpu/gear.ts` (up to float summation order and rare code ties).
@@ -16,7 +18,7 @@
  */
 
 import type { DType } from "../engine/types.ts";
-import { type GearLayout, HASH_WGSL } from "./gear_layout.ts";
+import { type GearLayout, HASH_WGSL, OUTLIER_WGSL } from "./gear_layout.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
 import { prelude } from "./wgsl.ts";
 
@@ -85,7 +87,16 @@ export function gearCompressWgsl(p: GearCompressParams): string {
     storageBarrier();
     if (it == LOOPS - 1u) {
       gs_q(li, qb, n);
-      for (var i = li; i < n * RANK; i += WG) { scr[qb + i] = f16r(scr[qb + i]); }
+      // Q to int8 per column: scale max|q| / 127 (f16); P below is computed from the dequantized Q.
+      for (var j = 0u; j < RANK; j++) {
+        var part = 0.0;
+        for (var t = li; t < n; t += WG) { part = max(part, abs(scr[qb + t * RANK + j])); }
+        qsc[j] = f16r(reduce_max(part, li) / 127.0);
+      }
+      for (var i = li; i < n * RANK; i += WG) {
+        let sc = qsc[i % RANK];
+        scr[qb + i] = select(0.0, f32(q8_code(scr[qb + i], sc)) * sc, sc > 0.0);
+      }
       storageBarrier();
     }
     for (var c = li; c < D; c += WG) {
@@ -101,12 +112,16 @@ export function gearCompressWgsl(p: GearCompressParams): string {
   for (var i = li; i < n * RW; i += WG) {
     let t = i / RW;
     let w = i % RW;
-    var a = 0.0;
-    var b2 = 0.0;
-    if (2u * w < RANK) { a = scr[qb + t * RANK + 2u * w]; }
-    if (2u * w + 1u < RANK) { b2 = scr[qb + t * RANK + 2u * w + 1u]; }
-    store[qo + (bh * T + c0 + t) * RW + w] = pack2x16float(vec2<f32>(a, b2));
+    var word = 0u;
+    for (var e = 0u; e < 4u; e++) {
+      let j = 4u * w + e;
+      if (j < RANK && qsc[j] > 0.0) {
+        word |= (u32(q8_code(scr[qb + t * RANK + j], qsc[j])) & 0xffu) << (8u * e);
+      }
+    }
+    store[qo + (bh * T + c0 + t) * RW + w] = word;
   }
+  // P [D, RMAX] f16, then the RMAX column scales of Q.
   let po = select(O_PV, O_PK, kind == 0u) + (bh * NBLK + c0 / NB) * PW;
   for (var w = li; w < PW; w += WG) {
     var v = vec2<f32>(0.0);
@@ -115,6 +130,7 @@ export function gearCompressWgsl(p: GearCompressParams): string {
       let c = hi / RMAX;
       let j = hi % RMAX;
       if (c < D && j < RANK) { v[e] = f16r(ps[c * RANK + j]); }
+      if (c == D && j < RANK) { v[e] = qsc[j]; }
     }
     store[po + w] = pack2x16float(v);
   }`
@@ -127,6 +143,7 @@ export function gearCompressWgsl(p: GearCompressParams): string {
     : "";
   return `${prelude()}
 ${HASH_WGSL}
+${OUTLIER_WGSL}
 const WG: u32 = ${WG}u;
 const D: u32 = ${l.hd}u;
 const NKV: u32 = ${l.nKV}u;
@@ -142,6 +159,9 @@ const KK: u32 = ${l.kK}u;
 const KVF: u32 = ${l.kVFull}u;
 const KVL: u32 = ${l.kVLast}u;
 const MV: u32 = ${l.mV}u;
+const MW: u32 = ${l.MW}u;
+const DP: u32 = ${Math.ceil(l.hd / 2)}u;
+const NENT: u32 = ${Math.max(2 * l.kK, 2 * l.MW, 1)}u;
 const RANK: u32 = ${Math.max(R, 1)}u;
 const RMAX: u32 = ${Math.max(l.rMax, 1)}u;
 const RW: u32 = ${l.RW}u;
@@ -169,6 +189,7 @@ const O_SEG: u32 = ${o.seg}u;
 @group(0) @binding(3) var<storage, read_write> scr: array<f32>;
 var<workgroup> ps: array<f32, ${l.hd * Math.max(R, 1)}>;
 var<workgroup> red: array<f32, ${WG}>;
+var<private> qsc: array<f32, ${Math.max(R, 1)}>;
 
 fn ring_at(kind: u32, bh: u32, t: u32, c: u32) -> f32 {
   let i = (bh * BUFCAP + t % BUFCAP) * D + c;
@@ -189,21 +210,38 @@ fn par_of(kind: u32, bh: u32, t: u32, c: u32) -> vec2<f32> {
   if (kind == 0u) { return unpack2x16float(store[O_PARK + (bh * (T / G) + t / G) * D + c]); }
   return unpack2x16float(store[O_PARV + (bh * T + t) * NGV + c / GV]);
 }
+fn u16_at(base: u32, i: u32) -> u32 {
+  return (store[base + (i >> 1u)] >> ((i & 1u) * 16u)) & 0xffffu;
+}
 fn corr_of(kind: u32, bh: u32, t: u32, c: u32) -> f32 {
   if (kind == 0u) {
     for (var j = 0u; j < KK; j++) {
-      let e = store[O_OUTK + ((bh * (T / G) + t / G) * D + c) * KK + j];
-      if ((e & 0xffffu) == t % G) { return unpack2x16float(e >> 16u).x; }
+      let e = u16_at(O_OUTK, ((bh * (T / G) + t / G) * D + c) * KK + j);
+      if ((e & 0x7fu) == t % G) { return out_value(e); }
     }
     return 0.0;
   }
   let g = c / GV;
   let k = select(KVF, KVL, g == NGV - 1u);
   for (var j = 0u; j < k; j++) {
-    let e = store[O_OUTV + (bh * T + t) * MV + g * KVF + j];
-    if ((e & 0xffffu) == c) { return unpack2x16float(e >> 16u).x; }
+    let e = u16_at(O_OUTV, (bh * T + t) * 2u * MW + g * KVF + j);
+    if ((e & 0x7fu) == c - g * GV) { return out_value(e); }
   }
   return 0.0;
+}
+fn q8_code(x: f32, sc: f32) -> i32 {
+  return i32(clamp(floor(x / sc + 0.5), -127.0, 127.0));
+}
+fn reduce_max(v: f32, li: u32) -> f32 {
+  red[li] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (li < s) { red[li] = max(red[li], red[li + s]); }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
 }
 fn reduce(v: f32, li: u32) -> f32 {
   red[li] = v;
@@ -264,21 +302,33 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let sb = (bh * 2u + kind) * REGION;
   let qb = sb + BUFCAP * D;
   // --- 1. per group: outliers, scale and min ---
-  let ngroups = select(n * NGV, (n / G) * D, kind == 0u);
-  for (var gi = li; gi < ngroups; gi += WG) {
-    var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var at: u32; var pat: u32;
+  // A thread takes a unit whose outlier entries fill whole words: the key groups of a token group and two
+  // channels (hd is even when there are outliers), or every value group of one token.
+  let nunits = select(n, (n / G) * DP, kind == 0u);
+  let subs = select(NGV, 2u, kind == 0u);
+  for (var ui = li; ui < nunits; ui += WG) {
+    var ents: array<u32, NENT>;
+    var hw0 = (bh * T + c0 + ui) * 2u * MW;
+    var nw = MW;
     if (kind == 0u) {
-      let tg = c0 / G + gi / D;
-      let c = gi % D;
+      hw0 = ((bh * (T / G) + c0 / G + ui / DP) * D + 2u * (ui % DP)) * KK;
+      nw = KK;
+    }
+    for (var sub = 0u; sub < subs; sub++) {
+    var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var eat: u32; var pat: u32;
+    if (kind == 0u) {
+      let tg = c0 / G + ui / DP;
+      let c = 2u * (ui % DP) + sub;
+      if (c >= D) { continue; }
       t0 = tg * G; ch0 = c; len = G; stT = 1u; stC = 0u; k = KK;
-      at = O_OUTK + ((bh * (T / G) + tg) * D + c) * KK;
+      eat = sub * KK;
       pat = O_PARK + (bh * (T / G) + tg) * D + c;
     } else {
-      let t = c0 + gi / NGV;
-      let g = gi % NGV;
+      let t = c0 + ui;
+      let g = sub;
       t0 = t; ch0 = g * GV; len = select(GV, D - g * GV, g == NGV - 1u); stT = 0u; stC = 1u;
       k = select(KVF, KVL, g == NGV - 1u);
-      at = O_OUTV + (bh * T + t) * MV + g * KVF;
+      eat = g * KVF;
       pat = O_PARV + (bh * T + t) * NGV + g;
     }
     var rem: array<u32, 16>;
@@ -321,9 +371,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
       let i = rem[j];
       let x = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
       let cv = x - (f32(code_of(x, sc, m16)) * sc + m16);
-      let idx = select(ch0 + i, i, kind == 0u);
-      store[at + j] = idx | (f16b(cv) << 16u);
+      ents[eat + j] = enc_out(i, f16b(cv));
     }
+    }
+    let ob = select(O_OUTV, O_OUTK, kind == 0u) + hw0 / 2u;
+    for (var w = 0u; w < nw; w++) { store[ob + w] = ents[2u * w] | (ents[2u * w + 1u] << 16u); }
   }
   storageBarrier();
   // --- 2. codes ---

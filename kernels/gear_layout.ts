@@ -10,15 +10,17 @@
  * | codesK, codesV | [B, nKV, T, W] | b-bit codes of token t, channel c at bits (c·b) of the row's W words |
  * | parK | [B, nKV, T/g, hd] | keys: per channel c and group of g tokens, f16 scale (low) and f16 min (high) |
  * | parV | [B, nKV, T, nGV] | values: per token and group of gv channels, f16 scale and f16 min |
- * | qK, qV | [B, nKV, T, RW] | low-rank left factor Q (rows of the segment), rMax f16 per token |
- * | pK, pV | [B, nKV, nBlk, PW] | low-rank right factor P [hd, rMax] f16, at the slot of the segment's first block |
- * | outK | [B, nKV, T/g, hd, kK] | key outliers of (group, channel): token-in-group (low 16 bits), f16 value (high) |
- * | outV | [B, nKV, T, mV] | value outliers of a token: channel (low 16 bits), f16 value (high) |
+ * | qK, qV | [B, nKV, T, RW] | low-rank left factor Q (rows of the segment), rMax int8 per token, 4 per word |
+ * | pK, pV | [B, nKV, nBlk, PW] | right factor P [hd, rMax] f16, then the rMax f16 column scales of Q, at the slot of the segment's first block |
+ * | outK | [B, nKV, T/g, hd, kK] | key outliers of (group, channel), a u16 each (two per word): {@linkcode encodeOutlier} of token-in-group and value |
+ * | outV | [B, nKV, T, 2·MW] | value outliers of a token, a u16 each (mV used, padded to whole words): channel-in-group and value |
  * | seg | [nBlk] | first block of the segment each block belongs to |
  *
- * A key or value x is reconstructed as `code·scale + min + (Q Pᵀ)[t, c] + outlier(t, c)`; the outlier value
- * stored is the correction `x − (code·scale + min)` at that entry. Tokens not yet compressed stay in a
- * full-precision ring buffer [B, nKV, bufCap, hd] (f32, or f16 packed two per u32) at slot `t % bufCap`.
+ * A key or value x is reconstructed as `code·scale + min + Σ_j q8[t, j]·qScale[j]·P[c, j] + outlier(t, c)`; the
+ * outlier value stored is the correction `x − (code·scale + min)` at that entry, rounded to 4 significant bits
+ * (an f16 without its 7 low mantissa bits). Q's columns are orthonormal over the segment, so each is stored as
+ * int8 against its largest entry. Tokens not yet compressed stay in a full-precision ring buffer
+ * [B, nKV, bufCap, hd] (f32, or f16 packed two per u32) at slot `t % bufCap`.
  *
  * @module
  */
@@ -65,9 +67,11 @@ export interface GearLayout extends GearShape {
   kVLast: number;
   /** Value outliers per token. */
   mV: number;
-  /** Words of one token's Q row: ceil(rMax / 2). */
+  /** Words of one token's value outliers: ceil(mV / 2). */
+  MW: number;
+  /** Words of one token's Q row: ceil(rMax / 4). */
   RW: number;
-  /** Words of one P matrix: ceil(hd·rMax / 2). */
+  /** Words of one P matrix and its Q column scales: ceil((hd + 1)·rMax / 2). */
   PW: number;
   /** Blocks the store holds. */
   nBlk: number;
@@ -130,6 +134,9 @@ export function gearLayout(s: GearShape): GearLayout {
       `Cannot lay out the GEAR cache: buffer ${s.buffer} must be a multiple of ${GEAR_TILE} and of the group ${s.group}`,
     );
   }
+  if (s.outliers > 0 && s.hd % 2 !== 0) {
+    throw new RangeError(`Cannot lay out the GEAR cache: outliers need an even head width, got ${s.hd}`);
+  }
   if (s.rMax > MAX_RANK) {
     throw new RangeError(`Cannot lay out the GEAR cache: rank ${s.rMax} exceeds ${MAX_RANK}`);
   }
@@ -150,8 +157,9 @@ export function gearLayout(s: GearShape): GearLayout {
     );
   }
   const mV = kVFull * (nGV - 1) + kVLast;
-  const RW = Math.ceil(s.rMax / 2);
-  const PW = Math.ceil((s.hd * s.rMax) / 2);
+  const MW = Math.ceil(mV / 2);
+  const RW = Math.ceil(s.rMax / 4);
+  const PW = Math.ceil(((s.hd + 1) * s.rMax) / 2);
   const nBlk = Math.ceil(s.capacity / s.buffer);
   const T = nBlk * s.buffer;
   const bufCap = s.buffer * Math.ceil((s.maxRows + s.buffer - 1) / s.buffer);
@@ -171,12 +179,34 @@ export function gearLayout(s: GearShape): GearLayout {
     qV: take(BH * T * RW),
     pK: take(BH * nBlk * PW),
     pV: take(BH * nBlk * PW),
-    outK: take(BH * (T / s.group) * s.hd * kK),
-    outV: take(BH * T * mV),
+    outK: take(Math.ceil((BH * (T / s.group) * s.hd * kK) / 2)),
+    outV: take(BH * T * MW),
     seg: take(nBlk),
   };
-  return { ...s, W, perWord, gv, nGV, kK, kVFull, kVLast, mV, RW, PW, nBlk, T, bufCap, off, words: o };
+  return { ...s, W, perWord, gv, nGV, kK, kVFull, kVLast, mV, MW, RW, PW, nBlk, T, bufCap, off, words: o };
 }
+
+/** Largest f16 magnitude an outlier keeps (bits 0x7b80): the largest e5m3 value below f16's infinity. */
+const OUTLIER_MAG_MAX = 0xf7;
+
+/**
+ * An outlier as a u16: `index` (< 128: token in its key group, or channel in its value group) in the low 7
+ * bits, and the f16 bits of `valueBits` rounded to the nearest value with 3 mantissa bits in the high 9 (sign,
+ * exponent and mantissa keep their f16 places: the f16 of the stored value is `entry & 0xff80`).
+ */
+export function encodeOutlier(index: number, valueBits: number): number {
+  const mag = Math.min(((valueBits & 0x7fff) + 0x40) >>> 7, OUTLIER_MAG_MAX);
+  return (index & 0x7f) | (mag << 7) | (valueBits & 0x8000);
+}
+
+/** WGSL of {@linkcode encodeOutlier} (`enc_out`) and of reading the u16 at halfword `i` of a word section. */
+export const OUTLIER_WGSL = /* wgsl */ `
+fn enc_out(index: u32, value_bits: u32) -> u32 {
+  let mag = min(((value_bits & 0x7fffu) + 0x40u) >> 7u, ${OUTLIER_MAG_MAX}u);
+  return (index & 0x7fu) | (mag << 7u) | (value_bits & 0x8000u);
+}
+fn out_value(e: u32) -> f32 { return unpack2x16float(e & 0xff80u).x; }
+`;
 
 /**
  * Tokens compressed before a forward call whose first row is at `pos`: every whole block before it (the call

@@ -87,8 +87,8 @@ export function kvBytes(
     const n = s.length;
     const perHead = 2 * n * l.W * 4 + // codes of K and V
       (n / l.group) * d * 4 + n * l.nGV * 4 + // scale/min pairs (f16 + f16)
-      2 * (n * s.rank * 2 + d * s.rank * 2) + // Q rows and P (f16)
-      (n / l.group) * d * l.kK * 4 + n * l.mV * 4; // outliers: f16 value + u16 index
+      2 * (n * s.rank + d * s.rank * 2 + s.rank * 2) + // Q rows (int8), P and Q's column scales (f16)
+      (n / l.group) * d * l.kK * 2 + n * l.mV * 2; // outliers: a u16 each (7-bit index, 9-bit value)
     perLayer += perHead * shape.numKvHeads + (n / kv.buffer) * 4; // + the segment table
   }
   return shape.numLayers * perLayer + fp;

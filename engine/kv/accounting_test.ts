@@ -20,6 +20,9 @@ Deno.test("KV bytes per token: 2-bit quant of 128-wide heads is about 16% of f16
   const gear4 = kvBytesPerToken(big, resolveKvCache({ mode: "gear", bits: 4 }, "f16"), n, n, 512, "f16");
   assert.ok(exact < gearL && gearL < gear && gear < gear4, `${exact} ${gearL} ${gear} ${gear4}`);
   assert.ok(kvBytesPerToken(big, quant, 100, 100, 512, "f16") > 0.4 * plainBytesPerToken(big, "f16"));
+  // gear-2 with the authors' defaults (group 64, rank 4 then 2, 2 % outliers) stays within 20 % of f16: per head
+  // and token K and V each hold codes 32 B, scale/min 8 B, Q 4 B (int8) and outliers 4 B (u16 entries).
+  assert.ok(gear / plainBytesPerToken(big, "f16") <= 0.2, `gear-2 ${gear / plainBytesPerToken(big, "f16")}`);
 });
 
 Deno.test("simulateSegments: prompt chunks with the prefill rank, then one block per 64 decode steps", () => {

@@ -14,7 +14,7 @@
  * @module
  */
 
-import { compressedBefore, type GearLayout, powerStart } from "../gear_layout.ts";
+import { compressedBefore, encodeOutlier, type GearLayout, powerStart } from "../gear_layout.ts";
 
 const f16Scratch = new Float16Array(1);
 const u16Scratch = new Uint16Array(f16Scratch.buffer);
@@ -115,8 +115,10 @@ export function gramSchmidt(m: Float64Array, rows: number, r: number): void {
 
 /**
  * Rank-`rank` factors of `res` [n, d] by `loops` rounds of power iteration from `p0` [d, rank]: each round
- * orthonormalizes P, sets Q = R P, and P = Rᵀ Q; the last round orthonormalizes Q (and rounds it to f16, as
- * stored) before P = Rᵀ Q. Returns Q [n, rank] (orthonormal columns) and P [d, rank] (f16-rounded), R ≈ Q Pᵀ.
+ * orthonormalizes P, sets Q = R P, and P = Rᵀ Q; the last round orthonormalizes Q and rounds it to int8 as
+ * stored (column j: codes q8 = floor(q / s_j + 0.5) in [−127, 127] with the f16 scale s_j = max|q[:, j]| / 127)
+ * before P = Rᵀ Q. Returns Q [n, rank] (the dequantized q8·s_j), its codes and scales, and P [d, rank]
+ * (f16-rounded): R ≈ Q Pᵀ.
  */
 export function powerIteration(
   res: Float64Array,
@@ -125,9 +127,11 @@ export function powerIteration(
   rank: number,
   loops: number,
   p0: Float64Array,
-): { q: Float64Array; p: Float64Array } {
+): { q: Float64Array; p: Float64Array; q8: Int8Array; qScale: Float64Array } {
   const p = Float64Array.from(p0);
   const q = new Float64Array(n * rank);
+  const q8 = new Int8Array(n * rank);
+  const qScale = new Float64Array(rank);
   for (let it = 0; it < loops; it++) {
     gramSchmidt(p, d, rank);
     q.fill(0);
@@ -140,7 +144,17 @@ export function powerIteration(
     }
     if (it === loops - 1) {
       gramSchmidt(q, n, rank);
-      for (let i = 0; i < q.length; i++) q[i] = roundF16Value(q[i]);
+      for (let j = 0; j < rank; j++) {
+        let mx = 0;
+        for (let t = 0; t < n; t++) mx = Math.max(mx, Math.abs(Math.fround(q[t * rank + j])));
+        qScale[j] = roundF16Value(Math.fround(mx / 127));
+      }
+      for (let i = 0; i < q.length; i++) {
+        const sc = qScale[i % rank];
+        const code = sc > 0 ? int8Code(q[i], sc) : 0;
+        q8[i] = code;
+        q[i] = Math.fround(code * sc);
+      }
     }
     for (let c = 0; c < d; c++) {
       for (let j = 0; j < rank; j++) {
@@ -151,7 +165,29 @@ export function powerIteration(
     }
   }
   for (let i = 0; i < p.length; i++) p[i] = roundF16Value(p[i]);
-  return { q, p };
+  return { q, p, q8, qScale };
+}
+
+/** The int8 code of `x` at scale `sc` (> 0): floor(x / sc + 0.5) in f32, clamped to [−127, 127]. */
+export function int8Code(x: number, sc: number): number {
+  return Math.max(-127, Math.min(127, Math.floor(Math.fround(Math.fround(Math.fround(x) / sc) + 0.5))));
+}
+
+/** The int8 at byte `j` of the words from `at`, as a number. */
+function int8At(store: Uint32Array, at: number, j: number): number {
+  return ((store[at + (j >> 2)] >>> ((j & 3) * 8)) << 24) >> 24;
+}
+
+/** The u16 at halfword `i` of the words from `at`. */
+function u16At(store: Uint32Array, at: number, i: number): number {
+  return (store[at + (i >> 1)] >>> ((i & 1) * 16)) & 0xffff;
+}
+
+/** Writes the u16s `vals` from halfword `i` (even) of the words from `at`. */
+function setU16s(store: Uint32Array, at: number, i: number, vals: readonly number[]): void {
+  for (let k = 0; k < vals.length; k += 2) {
+    store[at + (i + k) / 2] = ((vals[k] & 0xffff) | ((vals[k + 1] ?? 0) << 16)) >>> 0;
+  }
 }
 
 /**
@@ -192,6 +228,11 @@ export function gearCompressRef(
           ? unpackHalves(store[l.off.parK + (bh * (l.T / g) + Math.floor(t / g)) * d + c])
           : unpackHalves(store[l.off.parV + (bh * l.T + t) * l.nGV + Math.floor(c / l.gv)]);
       const corr = new Float64Array(n * d);
+      // The outlier entries of these tokens: a contiguous run of u16s from halfword `outAt` (even: hd is even,
+      // and a token's value outliers fill whole words) of the section at `outBase`.
+      const outBase = kind === 0 ? l.off.outK : l.off.outV;
+      const outAt = kind === 0 ? (bh * (l.T / g) + c0 / g) * d * l.kK : (bh * l.T + c0) * 2 * l.MW;
+      const outs = new Array<number>(kind === 0 ? (n / g) * d * l.kK : n * 2 * l.MW).fill(0);
       const groups: {
         t0: number;
         c0: number;
@@ -211,7 +252,7 @@ export function gearCompressRef(
               stepT: 1,
               stepC: 0,
               k: l.kK,
-              at: l.off.outK + ((bh * (l.T / g) + tg) * d + c) * l.kK,
+              at: ((bh * (l.T / g) + tg) * d + c) * l.kK - outAt,
             });
           }
         }
@@ -226,7 +267,7 @@ export function gearCompressRef(
               stepT: 0,
               stepC: 1,
               k: gi === l.nGV - 1 ? l.kVLast : l.kVFull,
-              at: l.off.outV + (bh * l.T + t) * l.mV + gi * l.kVFull,
+              at: (bh * l.T + t) * 2 * l.MW + gi * l.kVFull - outAt,
             });
           }
         }
@@ -247,13 +288,15 @@ export function gearCompressRef(
         else store[l.off.parV + (bh * l.T + gr.t0) * l.nGV + gr.c0 / l.gv] = word;
         removed.forEach((i, j) => {
           const x = vals[i];
-          const cv = roundF16Value(Math.fround(x - dequant(quantCode(x, scale, min, levels), scale, min)));
+          const cv = Math.fround(x - dequant(quantCode(x, scale, min, levels), scale, min));
           const t = gr.t0 + i * gr.stepT, c = gr.c0 + i * gr.stepC;
-          corr[(t - c0) * d + c] = cv;
-          const idx = kind === 0 ? t - gr.t0 : c;
-          store[gr.at + j] = (idx | (f16Bits(cv) << 16)) >>> 0;
+          // The entry's index is its place in the group: the token in a key group, the channel in a value group.
+          const e = encodeOutlier(i, f16Bits(cv));
+          corr[(t - c0) * d + c] = f16Value(e & 0xff80);
+          outs[gr.at + j] = e;
         });
       }
+      if (outs.length > 0) setU16s(store, outBase, outAt, outs);
       // Codes, packed along the channels of each token; the residual for the low-rank part.
       const res = new Float64Array(n * d);
       const codesAt = kind === 0 ? l.off.codesK : l.off.codesV;
@@ -275,20 +318,24 @@ export function gearCompressRef(
       if (l.rMax === 0) continue;
       const qAt = kind === 0 ? l.off.qK : l.off.qV;
       const pAt = (kind === 0 ? l.off.pK : l.off.pV) + (bh * l.nBlk + blk0) * l.PW;
-      const halves = new Float64Array(Math.max(2 * l.PW, 2 * l.RW));
+      const halves = new Float64Array(2 * l.PW);
       if (rank > 0) {
         const p0 = new Float64Array(d * rank);
         for (let i = 0; i < d * rank; i++) p0[i] = powerStart(seed, kind, h, blk0, i);
-        const { q, p } = powerIteration(res, n, d, rank, loops, p0);
+        const { p, q8, qScale } = powerIteration(res, n, d, rank, loops, p0);
         for (let t = c0; t < c1; t++) {
-          halves.fill(0);
-          for (let j = 0; j < rank; j++) halves[j] = q[(t - c0) * rank + j];
           for (let w = 0; w < l.RW; w++) {
-            store[qAt + (bh * l.T + t) * l.RW + w] = packHalves(halves[2 * w], halves[2 * w + 1]);
+            let word = 0;
+            for (let e = 0; e < 4; e++) {
+              const j = 4 * w + e;
+              if (j < rank) word |= (q8[(t - c0) * rank + j] & 0xff) << (8 * e);
+            }
+            store[qAt + (bh * l.T + t) * l.RW + w] = word >>> 0;
           }
         }
-        halves.fill(0);
+        // P [hd, rMax], then Q's column scales.
         for (let c = 0; c < d; c++) for (let j = 0; j < rank; j++) halves[c * l.rMax + j] = p[c * rank + j];
+        for (let j = 0; j < rank; j++) halves[d * l.rMax + j] = qScale[j];
         for (let w = 0; w < l.PW; w++) store[pAt + w] = packHalves(halves[2 * w], halves[2 * w + 1]);
       } else {
         for (let t = c0; t < c1; t++) {
@@ -336,13 +383,13 @@ export function gearReconstructRef(
     }
     return p;
   };
-  const qRow = new Float64Array(2 * l.RW);
+  const qRow = new Float64Array(l.rMax);
   for (let t = t0; t < t1; t++) {
     const p = l.rMax > 0 ? pOf(store[l.off.seg + Math.floor(t / l.buffer)]) : undefined;
-    for (let w = 0; w < l.RW; w++) {
-      const [a, bb] = unpackHalves(store[qAt + (bh * l.T + t) * l.RW + w]);
-      qRow[2 * w] = a;
-      qRow[2 * w + 1] = bb;
+    if (p) {
+      for (let j = 0; j < l.rMax; j++) {
+        qRow[j] = int8At(store, qAt + (bh * l.T + t) * l.RW, j) * p[d * l.rMax + j];
+      }
     }
     for (let c = 0; c < d; c++) {
       const word = store[codesAt + (bh * l.T + t) * W + Math.floor(c / perWord)];
@@ -356,8 +403,9 @@ export function gearReconstructRef(
     }
     if (kind === 1) {
       for (let e = 0; e < l.mV; e++) {
-        const ent = store[l.off.outV + (bh * l.T + t) * l.mV + e];
-        out[(t - t0) * d + (ent & 0xffff)] += f16Value(ent >>> 16);
+        const ent = u16At(store, l.off.outV, (bh * l.T + t) * 2 * l.MW + e);
+        const gi = l.kVFull > 0 ? Math.min(Math.floor(e / l.kVFull), l.nGV - 1) : 0;
+        out[(t - t0) * d + gi * l.gv + (ent & 0x7f)] += f16Value(ent & 0xff80);
       }
     }
   }
@@ -365,9 +413,9 @@ export function gearReconstructRef(
     for (let tg = Math.floor(t0 / g); tg * g < t1; tg++) {
       for (let c = 0; c < d; c++) {
         for (let j = 0; j < l.kK; j++) {
-          const ent = store[l.off.outK + ((bh * (l.T / g) + tg) * d + c) * l.kK + j];
-          const t = tg * g + (ent & 0xffff);
-          if (t >= t0 && t < t1) out[(t - t0) * d + c] += f16Value(ent >>> 16);
+          const ent = u16At(store, l.off.outK, ((bh * (l.T / g) + tg) * d + c) * l.kK + j);
+          const t = tg * g + (ent & 0x7f);
+          if (t >= t0 && t < t1) out[(t - t0) * d + c] += f16Value(ent & 0xff80);
         }
       }
     }
