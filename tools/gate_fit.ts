@@ -58,6 +58,8 @@ Options:
   --from-scores FILE     fit from such a file instead of running the model (--model still names the gate's
                          default location)
   --limit N              use only the first N questions of the file
+  --sample N             use N questions evenly spaced over the file (a file grouped by topic, as the world's
+                         questions are by entity kind, is then covered throughout)
   --max-tokens N         longest closed-book answer when labels are computed (default 32)
   --backend B            cpu, webgpu or auto (default auto)
   -h, --help             show this help`;
@@ -143,8 +145,15 @@ export function parseGateQuestion(text: string, file: string, line: number): Gat
   return q;
 }
 
-/** The questions of `path` (the first `limit` ones when given). */
-export async function readGateQuestions(path: string, limit?: number): Promise<GateQuestion[]> {
+/**
+ * The questions of `path`: the first `limit` ones when given, or `sample` of them evenly spaced over the file
+ * (question i·n/sample of the n, for i < sample) when given.
+ */
+export async function readGateQuestions(
+  path: string,
+  limit?: number,
+  sample?: number,
+): Promise<GateQuestion[]> {
   let text: string;
   try {
     text = await Deno.readTextFile(path);
@@ -159,6 +168,9 @@ export async function readGateQuestions(path: string, limit?: number): Promise<G
     out.push(parseGateQuestion(lines[i], path, i + 1));
   }
   if (out.length === 0) throw new GateQuestionError("the file holds no questions", path, 0);
+  if (sample !== undefined && sample < out.length) {
+    return Array.from({ length: sample }, (_, i) => out[Math.floor((i * out.length) / sample)]);
+  }
   return out;
 }
 
@@ -337,6 +349,7 @@ interface Command {
   scores: string | undefined;
   fromScores: string | undefined;
   limit: number | undefined;
+  sample: number | undefined;
   maxTokens: number;
   backend: Backend | "auto";
 }
@@ -358,6 +371,7 @@ function parseCommand(args: string[]): Command | { usage: string } | { help: tru
         scores: { type: "string" },
         "from-scores": { type: "string" },
         limit: { type: "string" },
+        sample: { type: "string" },
         "max-tokens": { type: "string" },
         backend: { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -386,11 +400,14 @@ function parseCommand(args: string[]): Command | { usage: string } | { help: tru
     }
   }
   const ints: Record<string, number | undefined> = {};
-  for (const name of ["limit", "max-tokens"] as const) {
+  for (const name of ["limit", "sample", "max-tokens"] as const) {
     const raw = values[name];
     if (raw === undefined) continue;
     if (!/^\d+$/.test(raw) || Number(raw) < 1) return { usage: `--${name} must be a positive integer` };
     ints[name] = Number(raw);
+  }
+  if (ints.limit !== undefined && ints.sample !== undefined) {
+    return { usage: "--limit and --sample exclude each other" };
   }
   const backend = values.backend ?? "auto";
   if (backend !== "cpu" && backend !== "webgpu" && backend !== "auto") {
@@ -407,6 +424,7 @@ function parseCommand(args: string[]): Command | { usage: string } | { help: tru
     scores: values.scores,
     fromScores: values["from-scores"],
     limit: ints.limit,
+    sample: ints.sample,
     maxTokens: ints["max-tokens"] ?? 32,
     backend,
   };
@@ -427,7 +445,7 @@ export async function gateFit(args: string[]): Promise<number> {
   let model: Model | undefined;
   let store: KnowledgeStore | undefined;
   try {
-    const questions = cmd.fromScores ? [] : await readGateQuestions(cmd.questions, cmd.limit);
+    const questions = cmd.fromScores ? [] : await readGateQuestions(cmd.questions, cmd.limit, cmd.sample);
     if (cmd.db !== undefined && !cmd.db.includes("://")) {
       // openStore would create an empty store; a typo must not silently give every question the score 0.
       try {

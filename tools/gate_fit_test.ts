@@ -100,6 +100,19 @@ Deno.test("parseGateQuestion / readGateQuestions: labels, held-out flags, errors
     const qs = await readGateQuestions(path);
     assert.deepEqual(qs.map((q) => [q.question, q.line]), [["A?", 1], ["B?", 3]]);
     assert.equal((await readGateQuestions(path, 1)).length, 1);
+    // --sample: evenly spaced over the file, in order (questions 0, 3, 6 of 10); all of them when the sample
+    // is not smaller.
+    const ten = join(dir, "ten.jsonl");
+    await Deno.writeTextFile(
+      ten,
+      Array.from({ length: 10 }, (_, i) => JSON.stringify({ question: `Q${i}?`, answer: "a" })).join("\n"),
+    );
+    assert.deepEqual((await readGateQuestions(ten, undefined, 3)).map((q) => q.question), [
+      "Q0?",
+      "Q3?",
+      "Q6?",
+    ]);
+    assert.equal((await readGateQuestions(ten, undefined, 99)).length, 10);
     await Deno.writeTextFile(path, '{"question":"A?","needs_retrieval":true}\n\n{"question":"B?"}\n');
     await assert.rejects(readGateQuestions(path), new RegExp(`^GateQuestionError: ${path}:3: `));
     await Deno.writeTextFile(path, "\n\n");
