@@ -315,64 +315,64 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
       nw = KK;
     }
     for (var sub = 0u; sub < subs; sub++) {
-    var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var eat: u32; var pat: u32;
-    if (kind == 0u) {
-      let tg = c0 / G + ui / DP;
-      let c = 2u * (ui % DP) + sub;
-      if (c >= D) { continue; }
-      t0 = tg * G; ch0 = c; len = G; stT = 1u; stC = 0u; k = KK;
-      eat = sub * KK;
-      pat = O_PARK + (bh * (T / G) + tg) * D + c;
-    } else {
-      let t = c0 + ui;
-      let g = sub;
-      t0 = t; ch0 = g * GV; len = select(GV, D - g * GV, g == NGV - 1u); stT = 0u; stC = 1u;
-      k = select(KVF, KVL, g == NGV - 1u);
-      eat = g * KVF;
-      pat = O_PARV + (bh * T + t) * NGV + g;
-    }
-    var rem: array<u32, 16>;
-    var nrem = 0u;
-    for (var it = 0u; it < k; it++) {
-      if (len - nrem < 3u) { break; }
-      var iMax = 0xffffffffu; var iMin = 0xffffffffu; var vMax = 0.0; var vMin = 0.0;
+      var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var eat: u32; var pat: u32;
+      if (kind == 0u) {
+        let tg = c0 / G + ui / DP;
+        let c = 2u * (ui % DP) + sub;
+        if (c >= D) { continue; }
+        t0 = tg * G; ch0 = c; len = G; stT = 1u; stC = 0u; k = KK;
+        eat = sub * KK;
+        pat = O_PARK + (bh * (T / G) + tg) * D + c;
+      } else {
+        let t = c0 + ui;
+        let g = sub;
+        t0 = t; ch0 = g * GV; len = select(GV, D - g * GV, g == NGV - 1u); stT = 0u; stC = 1u;
+        k = select(KVF, KVL, g == NGV - 1u);
+        eat = g * KVF;
+        pat = O_PARV + (bh * T + t) * NGV + g;
+      }
+      var rem: array<u32, 16>;
+      var nrem = 0u;
+      for (var it = 0u; it < k; it++) {
+        if (len - nrem < 3u) { break; }
+        var iMax = 0xffffffffu; var iMin = 0xffffffffu; var vMax = 0.0; var vMin = 0.0;
+        for (var i = 0u; i < len; i++) {
+          var gone = false;
+          for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
+          if (gone) { continue; }
+          let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
+          if (iMax == 0xffffffffu || v > vMax) { iMax = i; vMax = v; }
+          if (iMin == 0xffffffffu || v < vMin) { iMin = i; vMin = v; }
+        }
+        var max2 = -3.4e38; var min2 = 3.4e38;
+        for (var i = 0u; i < len; i++) {
+          var gone = false;
+          for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
+          if (gone) { continue; }
+          let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
+          if (i != iMax && v > max2) { max2 = v; }
+          if (i != iMin && v < min2) { min2 = v; }
+        }
+        rem[nrem] = select(iMin, iMax, vMax - max2 >= min2 - vMin);
+        nrem++;
+      }
+      var mn = 3.4e38; var mx = -3.4e38;
       for (var i = 0u; i < len; i++) {
         var gone = false;
         for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
         if (gone) { continue; }
         let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
-        if (iMax == 0xffffffffu || v > vMax) { iMax = i; vMax = v; }
-        if (iMin == 0xffffffffu || v < vMin) { iMin = i; vMin = v; }
+        mn = min(mn, v); mx = max(mx, v);
       }
-      var max2 = -3.4e38; var min2 = 3.4e38;
-      for (var i = 0u; i < len; i++) {
-        var gone = false;
-        for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
-        if (gone) { continue; }
-        let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
-        if (i != iMax && v > max2) { max2 = v; }
-        if (i != iMin && v < min2) { min2 = v; }
+      let sc = f16r((mx - mn) / LEVELS);
+      let m16 = f16r(mn);
+      store[pat] = pack2x16float(vec2<f32>(sc, m16));
+      for (var j = 0u; j < nrem; j++) {
+        let i = rem[j];
+        let x = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
+        let cv = x - (f32(code_of(x, sc, m16)) * sc + m16);
+        ents[eat + j] = enc_out(i, f16b(cv));
       }
-      rem[nrem] = select(iMin, iMax, vMax - max2 >= min2 - vMin);
-      nrem++;
-    }
-    var mn = 3.4e38; var mx = -3.4e38;
-    for (var i = 0u; i < len; i++) {
-      var gone = false;
-      for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
-      if (gone) { continue; }
-      let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
-      mn = min(mn, v); mx = max(mx, v);
-    }
-    let sc = f16r((mx - mn) / LEVELS);
-    let m16 = f16r(mn);
-    store[pat] = pack2x16float(vec2<f32>(sc, m16));
-    for (var j = 0u; j < nrem; j++) {
-      let i = rem[j];
-      let x = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
-      let cv = x - (f32(code_of(x, sc, m16)) * sc + m16);
-      ents[eat + j] = enc_out(i, f16b(cv));
-    }
     }
     let ob = select(O_OUTV, O_OUTK, kind == 0u) + hw0 / 2u;
     for (var w = 0u; w < nw; w++) { store[ob + w] = ents[2u * w] | (ents[2u * w + 1u] << 16u); }
