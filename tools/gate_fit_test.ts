@@ -318,6 +318,8 @@ Deno.test("gate-fit CLI: bad usage exits 2, a bad questions file exits 1 naming 
       [[...base, "--lambda", "-1"], /--lambda/],
       [[...base, "--threshold", "1"], /--threshold/],
       [[...base, "--limit", "0"], /--limit/],
+      [[...base, "--sample", "x"], /--sample must be a positive integer/],
+      [[...base, "--limit", "5", "--sample", "5"], /--limit and --sample exclude each other/],
       [[...base, "--backend", "tpu"], /--backend/],
       [[...base, "--bogus"], /bogus/],
     ];
