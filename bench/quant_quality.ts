@@ -19,6 +19,7 @@
 
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { readWorldDocuments } from "../tools/world/mod.ts";
 import { loadModel } from "../engine/model.ts";
 import { compareModels } from "../engine/quant/quality.ts";
 import { quantizeModel, type QuantizeModelOptions } from "../engine/quant/quantize_model.ts";
@@ -43,13 +44,8 @@ let calibText: string, heldout: string;
 if (values.world) {
   const dir = values.world;
   calibText = (await Deno.readTextFile(`${dir}/train_text.txt`)).slice(0, WORLD_CHARS);
-  const world = JSON.parse(await Deno.readTextFile(`${dir}/world.json`));
-  const fresh = new Set(
-    (world.entities as { id: string; split: string }[]).filter((e) => e.split === "fresh").map((e) => e.id),
-  );
-  heldout = (await Deno.readTextFile(`${dir}/documents.jsonl`)).split("\n").filter((l) => l.trim())
-    .map((l) => JSON.parse(l)).filter((d) => fresh.has(d.metadata.entity)).map((d) => d.text).join("\n")
-    .slice(0, WORLD_CHARS);
+  heldout = (await readWorldDocuments(dir)).filter((d) => d.metadata.split === "fresh").map((d) => d.text)
+    .join("\n").slice(0, WORLD_CHARS);
 } else {
   calibText = values.calib ? await Deno.readTextFile(values.calib) : await text("calibration.txt");
   heldout = values.heldout ? await Deno.readTextFile(values.heldout) : await text("heldout.txt");
