@@ -165,6 +165,9 @@ export async function loadTokenClassifier(
     throw new TypeError(`Cannot use backend "${backendChoice}": use "native", "wasm" or "auto"`);
   }
   const device = options.device ?? "cpu";
+  if (!["cpu", "cuda", "webgpu"].includes(device)) {
+    throw new TypeError(`Cannot use device "${device}": use "cpu", "cuda" or "webgpu"`);
+  }
   const maxBatchSize = positiveInt(options.maxBatchSize ?? 50, "maxBatchSize");
   const maxBatchTokens = positiveInt(options.maxBatchTokens ?? 16384, "maxBatchTokens");
   const threads = options.threads === undefined ? undefined : positiveInt(options.threads, "threads");
@@ -192,9 +195,6 @@ export async function loadTokenClassifier(
   }
   const externalChunks = await countExternalData(onnxFile);
 
-  if (!["cpu", "cuda", "webgpu"].includes(device)) {
-    throw new TypeError(`Cannot use device "${device}": use "cpu", "cuda" or "webgpu"`);
-  }
   const { tf, backend } = await loadBuild(backendChoice);
   // The web build's provider: WebAssembly on the CPU, or WebGPU.
   const runOn = backend === "native" ? device : device === "webgpu" ? "webgpu" : "wasm";
