@@ -34,6 +34,7 @@
  */
 
 import { attentionCombineProgram, attentionProgram, partialFloats } from "../kernels/attention.ts";
+import { mergeGroupsX } from "../kernels/split_merge.ts";
 import { embedProgram } from "../kernels/embed.ts";
 import { downProgram, EXPERT_OUTS, gateUpProgram } from "../kernels/experts.ts";
 import {
@@ -1016,7 +1017,7 @@ export class GpuDecoder implements TokenSource {
         attentionMerge: {
           program: mergeProg,
           group: mergeProg.bind(`L${l}.attention-merge`, [b.attnPartials, b.attn]),
-          grid: [nH, 1, 1],
+          grid: [mergeGroupsX(nH, hd), 1, 1],
         },
         o: o.gemv,
         ffnNorm: norm(`L${l}.ffn-norm`, ffnNormW, b.x),

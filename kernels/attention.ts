@@ -8,6 +8,7 @@
 
 import type { DType } from "../engine/types.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
+import { splitMergeMain } from "./split_merge.ts";
 import { f32Lit, prelude } from "./wgsl.ts";
 
 /** Shapes and constants of attention. */
@@ -149,8 +150,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 }
 
 /**
- * WGSL of the split-K merge. Bindings: 0 partials [R, nH, NS, hd + 2] f32; 1 out [R, nH hd] f32.
- * Grid: (nH, rows). Row r merges the splits that cover positions 0..row_pos(r).
+ * WGSL of the split-K merge (`split_merge.ts`). Bindings: 0 partials [R, nH, NS, hd + 2] f32; 1 out [R, nH hd]
+ * f32. Grid: (`mergeGroupsX(nH, hd)` of split_merge.ts, rows). Row r merges the splits that cover positions 0..row_pos(r).
  */
 export function attentionCombineWgsl(p: AttentionParams): string {
   const split = p.split ?? 0;
@@ -162,29 +163,14 @@ const SPLIT: u32 = ${split}u;
 const NS: u32 = ${Math.ceil(p.capacity / split)}u;
 @group(0) @binding(0) var<storage, read> part: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let h = wg.x;
-  let r = wg.y;
-  if (r >= st.rows) { return; }
-  let used = row_pos(r) / SPLIT + 1u;
+${
+    splitMergeMain(
+      p.hd,
+      `let used = row_pos(r) / SPLIT + 1u;
   let base = (r * NH + h) * NS;
-  var mx = -3.0e38;
-  for (var z = 0u; z < used; z++) { mx = max(mx, part[(base + z) * (HD + 2u) + HD]); }
-  var l = 0.0;
-  for (var z = 0u; z < used; z++) {
-    let o = (base + z) * (HD + 2u);
-    l += part[o + HD + 1u] * exp(part[o + HD] - mx);
-  }
-  for (var d = li; d < HD; d += 64u) {
-    var a = 0.0;
-    for (var z = 0u; z < used; z++) {
-      let o = (base + z) * (HD + 2u);
-      a += part[o + d] * exp(part[o + HD] - mx);
-    }
-    out[(r * NH + h) * HD + d] = a / l;
-  }
-}`;
+  let ob = (r * NH + h) * HD;`,
+    )
+  }`;
 }
 
 /** The split-K merge program. */

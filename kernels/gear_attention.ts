@@ -16,6 +16,7 @@
 import type { DType } from "../engine/types.ts";
 import { GEAR_TILE, type GearLayout, OUTLIER_WGSL } from "./gear_layout.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
+import { splitMergeMain } from "./split_merge.ts";
 import { f32Lit, prelude } from "./wgsl.ts";
 
 /** Parameters of GEAR attention. */
@@ -334,8 +335,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 }
 
 /**
- * WGSL of the split-K merge for GEAR attention. Bindings: 0 partials; 1 out [B, rowsPerSeq, nH·hd] f32.
- * Grid: (nH, rows, B).
+ * WGSL of the split-K merge for GEAR attention (`split_merge.ts`). Bindings: 0 partials; 1 out
+ * [B, rowsPerSeq, nH·hd] f32. Grid: (`mergeGroupsX(nH, hd)` of split_merge.ts, rows, B).
  */
 export function gearMergeWgsl(p: GearAttentionParams): string {
   const l = p.layout;
@@ -347,30 +348,14 @@ const NS: u32 = ${l.T / TK}u;
 const QROWS: u32 = ${p.rowsPerSeq}u;
 @group(0) @binding(0) var<storage, read> part: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let h = wg.x;
-  let r = wg.y;
-  let b = wg.z;
-  if (r >= st.rows) { return; }
-  let used = (st.pos + r) / TK + 1u;
+${
+    splitMergeMain(
+      l.hd,
+      `let used = (st.pos + r) / TK + 1u;
   let base = ((b * QROWS + r) * NH + h) * NS;
-  var mx = -3.0e38;
-  for (var z = 0u; z < used; z++) { mx = max(mx, part[(base + z) * (D + 2u) + D]); }
-  var l = 0.0;
-  for (var z = 0u; z < used; z++) {
-    let o = (base + z) * (D + 2u);
-    l += part[o + D + 1u] * exp(part[o + D] - mx);
-  }
-  for (var d = li; d < D; d += 64u) {
-    var a = 0.0;
-    for (var z = 0u; z < used; z++) {
-      let o = (base + z) * (D + 2u);
-      a += part[o + d] * exp(part[o + D] - mx);
-    }
-    out[((b * QROWS + r) * NH + h) * D + d] = a / l;
-  }
-}`;
+  let ob = ((b * QROWS + r) * NH + h) * D;`,
+    )
+  }`;
 }
 
 /** The GEAR attention program (split-K when `p.split`). */

@@ -10,6 +10,7 @@ import {
 import { gearCompressProgram, gearScratchFloats } from "./gear_compress.ts";
 import { compressedBefore, type GearLayout, gearLayout } from "./gear_layout.ts";
 import { type Dispatch, encodeDispatch, readBuffer } from "./gpu.ts";
+import { mergeGroupsX } from "./split_merge.ts";
 import { buf, randomArray, relError, rng, roundF16, SKIP_GPU, testGpu } from "./test_util.ts";
 
 interface Case {
@@ -165,7 +166,11 @@ async function runAttention(
       group: prog.bind("a", [buffers.q, buffers.store, buffers.rk, buffers.rv, pb]),
       grid: [c.nH, c.rows, l.batch * splits],
     });
-    list.push({ program: merge, group: merge.bind("m", [pb, ob]), grid: [c.nH, c.rows, l.batch] });
+    list.push({
+      program: merge,
+      group: merge.bind("m", [pb, ob]),
+      grid: [mergeGroupsX(c.nH, l.hd), c.rows, l.batch],
+    });
   } else {
     const prog = await gearAttentionProgram(device, ring, p);
     list.push({

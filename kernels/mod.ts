@@ -20,3 +20,4 @@ export * from "./gear_layout.ts";
 export * from "./moe_grouped.ts";
 export * from "./qgemm.ts";
 export * from "./qmatvec.ts";
+export * from "./split_merge.ts";

@@ -25,6 +25,7 @@ import {
 } from "../../kernels/gear_layout.ts";
 import { type Dispatch, type Program, type StepRing, storageBuffer } from "../../kernels/gpu.ts";
 import { qkRopeProgram } from "../../kernels/qk_rope.ts";
+import { mergeGroupsX } from "../../kernels/split_merge.ts";
 import type { DType } from "../types.ts";
 import type { ResolvedKvCache } from "./kv_options.ts";
 
@@ -241,7 +242,7 @@ export class GearGpu {
       merge: {
         program: P.merge,
         group: P.merge.bind(`L${index}.gear-attention-merge`, [this.#partials, b.attn]),
-        grid: [s.nH, 1, 1],
+        grid: [mergeGroupsX(s.nH, s.hd), 1, 1],
       },
       compressPrefill: compress(P.compressPrefill),
       compressDecode: compress(P.compressDecode),
