@@ -1,0 +1,258 @@
+/**
+ * GPU time of one layer's decode attention over a long KV cache, kernel by kernel, without a model: the f16
+ * cache's split-K attention and merge against GEAR's split-K attention, merge and block compression, at the
+ * OLMoE-1B-7B attention shape (16 heads × 128, no GQA) by default. Timestamp queries around a pass of `--reps`
+ * dispatches of one kernel give its time per dispatch.
+ *
+ *   deno run -A bench/gear_kernels.ts [--contexts 1024,8192,32768] [--bits 2] [--heads 16] [--hd 128] [--reps 50]
+ *     [--rank 4] [--outliers 0.02]      # --rank 0 --outliers 0: plain KIVI quantization (quant-2)
+ *
+ * The GEAR store is filled the way decoding fills it: block after block of random f16 keys and values written
+ * to the full-precision ring and compressed by the real compress kernel (at --rank, as at prefill). Prints a
+ * Markdown table and one JSON line per context.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import {
+  attentionCombineProgram,
+  type AttentionParams,
+  attentionProgram,
+  partialFloats,
+} from "../kernels/attention.ts";
+import {
+  type GearAttentionParams,
+  gearAttentionProgram,
+  gearMergeProgram,
+  gearPartialFloats,
+} from "../kernels/gear_attention.ts";
+import { gearCompressProgram, gearScratchFloats } from "../kernels/gear_compress.ts";
+import { gearLayout, ringWords } from "../kernels/gear_layout.ts";
+import { acquireGpu, type Dispatch, encodeDispatch, StepRing, storageBuffer } from "../kernels/gpu.ts";
+import { mergeGroupsX } from "../kernels/split_merge.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    contexts: { type: "string", default: "1024,8192,32768" },
+    bits: { type: "string", default: "2" },
+    heads: { type: "string", default: "16" },
+    hd: { type: "string", default: "128" },
+    reps: { type: "string", default: "50" },
+    rank: { type: "string", default: "4" },
+    outliers: { type: "string", default: "0.02" },
+  },
+});
+const contexts = values.contexts.split(",").map(Number);
+const rank = Number(values.rank), outliers = Number(values.outliers);
+const bits = Number(values.bits),
+  nH = Number(values.heads),
+  hd = Number(values.hd),
+  reps = Number(values.reps);
+const maxPos = Math.max(...contexts);
+const TILE = 64;
+
+const ctx = await acquireGpu();
+if (!ctx.hasTimestamps) {
+  throw new Error("Cannot run the benchmark: the adapter has no timestamp-query feature");
+}
+const device = ctx.device;
+const ring = new StepRing(device, 8);
+const scale = 1 / Math.sqrt(hd);
+
+// The GEAR cache: [1 sequence, nH KV heads, capacity] with gear-2's defaults.
+const layout = gearLayout({
+  batch: 1,
+  nKV: nH,
+  hd,
+  capacity: maxPos + TILE,
+  bits,
+  group: 64,
+  buffer: 64,
+  rMax: rank,
+  outliers,
+  maxRows: 1,
+});
+// store u32 [layout.words]; ring K/V f16 packed in u32 [1, nH, bufCap, hd]; scratch f32.
+const store = storageBuffer(device, "bench.gear-store", layout.words * 4);
+const ringK = storageBuffer(device, "bench.gear-ring-k", ringWords(layout, "f16") * 4);
+const ringV = storageBuffer(device, "bench.gear-ring-v", ringWords(layout, "f16") * 4);
+const scratch = storageBuffer(device, "bench.gear-scratch", gearScratchFloats(layout) * 4);
+
+let seed = 12345;
+function random(): number {
+  seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+  return seed / 2 ** 32;
+}
+/** f16 values packed two per u32: noise plus a per-channel offset, as real keys have. */
+function randomHalves(n: number, phase: number): Uint32Array<ArrayBuffer> {
+  const f = new Float16Array(n);
+  for (let i = 0; i < n; i++) f[i] = (random() * 2 - 1) + Math.sin(0.37 * (i % hd) + phase);
+  return new Uint32Array(f.buffer);
+}
+
+// Fill the store: each block of 64 tokens goes through the ring and the compress kernel.
+const compress = await gearCompressProgram(device, ring, {
+  layout,
+  rank,
+  loops: 3,
+  seed: 7,
+  ringDtype: "f16",
+});
+const compressGroup = compress.bind("bench.gear-compress", [store, ringK, ringV, scratch]);
+const ringHalves = nH * layout.bufCap * hd;
+const pool = [0, 1, 2, 3].map((i) => randomHalves(ringHalves, i));
+const t0 = performance.now();
+for (let b0 = 0; b0 + layout.buffer <= maxPos; b0 += layout.buffer) {
+  const k = b0 / layout.buffer;
+  device.queue.writeBuffer(ringK, 0, pool[k % 4]);
+  device.queue.writeBuffer(ringV, 0, pool[(k + 1) % 4]);
+  const off = ring.set(k % ring.slots, {
+    pos: b0 + layout.buffer - 1,
+    rows: 1,
+    step: 0,
+    srcRing: false,
+    ringIn: 0,
+    logitsRow: 0,
+  });
+  ring.flush(device);
+  const enc = device.createCommandEncoder({ label: "bench.fill" });
+  const pass = enc.beginComputePass();
+  encodeDispatch(pass, ring, { program: compress, group: compressGroup, grid: [nH, 2, 1] }, off);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+  if (k % 64 === 63) await device.queue.onSubmittedWorkDone();
+}
+await device.queue.onSubmittedWorkDone();
+console.error(`filled ${maxPos} tokens in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+
+// The f16 cache: K, V [1, nH, capacity, hd] f16.
+const cap = maxPos + TILE;
+const kc = storageBuffer(device, "bench.k-cache", nH * cap * hd * 2);
+const vc = storageBuffer(device, "bench.v-cache", nH * cap * hd * 2);
+for (const b of [kc, vc]) {
+  const chunk = randomHalves(nH * TILE * hd, 0.5);
+  for (let at = 0; at < nH * cap * hd * 2; at += chunk.byteLength) {
+    device.queue.writeBuffer(b, at, chunk, 0, Math.min(chunk.length, (nH * cap * hd * 2 - at) / 4));
+  }
+}
+const q = storageBuffer(device, "bench.q", nH * hd * 4);
+device.queue.writeBuffer(q, 0, new Float32Array(nH * hd).map(() => random() * 2 - 1));
+const attn = storageBuffer(device, "bench.attn", nH * hd * 4);
+
+const attParams: AttentionParams = {
+  nH,
+  nKV: nH,
+  hd,
+  capacity: cap,
+  scale,
+  window: 0,
+  kvDtype: "f16",
+  split: TILE,
+};
+const f16Split = await attentionProgram(device, ring, attParams);
+const f16Merge = await attentionCombineProgram(device, ring, attParams);
+const f16Partials = storageBuffer(
+  device,
+  "bench.partials",
+  nH * Math.ceil(cap / TILE) * partialFloats(hd) * 4,
+);
+const gearParams: GearAttentionParams = {
+  layout,
+  nH,
+  scale,
+  window: 0,
+  ringDtype: "f16",
+  rowsPerSeq: 1,
+  split: true,
+};
+const gearSplit = await gearAttentionProgram(device, ring, gearParams);
+const gearMerge = await gearMergeProgram(device, ring, gearParams);
+const gearPartials = storageBuffer(device, "bench.gear-partials", gearPartialFloats(gearParams) * 4);
+
+const querySet = device.createQuerySet({ label: "bench.timestamps", type: "timestamp", count: 2 });
+const resolve = device.createBuffer({
+  label: "bench.resolve",
+  size: 16,
+  usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+});
+const readback = device.createBuffer({
+  label: "bench.readback",
+  size: 16,
+  usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+});
+
+/** GPU microseconds per dispatch of `d` at `pos` (best of 5 passes of `reps` dispatches). */
+async function time(d: Dispatch, pos: number): Promise<number> {
+  const off = ring.set(0, { pos, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+  ring.flush(device);
+  let best = Infinity;
+  for (let trial = 0; trial < 6; trial++) {
+    const enc = device.createCommandEncoder({ label: "bench.time" });
+    const pass = enc.beginComputePass({
+      label: "bench.pass",
+      timestampWrites: { querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+    });
+    for (let i = 0; i < reps; i++) encodeDispatch(pass, ring, d, off);
+    pass.end();
+    enc.resolveQuerySet(querySet, 0, 2, resolve, 0);
+    enc.copyBufferToBuffer(resolve, 0, readback, 0, 16);
+    device.queue.submit([enc.finish()]);
+    await readback.mapAsync(GPUMapMode.READ);
+    const [a, b] = new BigUint64Array(readback.getMappedRange().slice(0));
+    readback.unmap();
+    if (trial > 0) best = Math.min(best, Number(b - a) / 1000 / reps);
+  }
+  return best;
+}
+
+const rows: Record<string, number>[] = [];
+for (const pos of contexts) {
+  const splits = Math.floor(pos / TILE) + 1;
+  const r = {
+    context: pos,
+    f16_split_us: await time({
+      program: f16Split,
+      group: f16Split.bind("bench.f16-split", [q, kc, vc, f16Partials]),
+      grid: [nH, 1, splits],
+    }, pos),
+    f16_merge_us: await time({
+      program: f16Merge,
+      group: f16Merge.bind("bench.f16-merge", [f16Partials, attn]),
+      grid: [mergeGroupsX(nH, hd), 1, 1],
+    }, pos),
+    gear_split_us: await time({
+      program: gearSplit,
+      group: gearSplit.bind("bench.gear-split", [q, store, ringK, ringV, gearPartials]),
+      grid: [nH, 1, splits],
+    }, pos),
+    gear_merge_us: await time({
+      program: gearMerge,
+      group: gearMerge.bind("bench.gear-merge", [gearPartials, attn]),
+      grid: [mergeGroupsX(nH, hd), 1, 1],
+    }, pos),
+    gear_compress_us: await time({ program: compress, group: compressGroup, grid: [nH, 2, 1] }, pos - 1),
+  };
+  rows.push(r);
+  console.log(JSON.stringify({ device: ctx.adapterName, bits, rank, outliers, nH, hd, ...r }));
+}
+console.log(
+  `\n${ctx.adapterName}, ${nH} heads × ${hd}, gear-${bits} (group 64, rank ${rank}, ${
+    outliers * 100
+  } % outliers), µs per layer`,
+);
+console.log(
+  "| context | f16 split | f16 merge | f16 total | gear split | gear merge | gear total | compress (1/64 steps) |",
+);
+console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+for (const r of rows) {
+  const f = (x: number) => x.toFixed(1);
+  console.log(
+    `| ${r.context} | ${f(r.f16_split_us)} | ${f(r.f16_merge_us)} | ${
+      f(r.f16_split_us + r.f16_merge_us)
+    } | ` +
+      `${f(r.gear_split_us)} | ${f(r.gear_merge_us)} | ${f(r.gear_split_us + r.gear_merge_us)} | ` +
+      `${f(r.gear_compress_us)} |`,
+  );
+}
