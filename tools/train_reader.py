@@ -16,7 +16,8 @@ What it does:
     fraction of the time budget, router load-balancing loss) on packed rows of freshly rendered data: worker
     processes render a new "variant" of the training mixture while the GPU trains on the previous one;
  5. measures exact match on held-out questions without context, with context (the serve pipeline's prompt),
-    with compressed context and with the older user-message context format;
+    with compressed context (gold labels, and the real compressor's texts at rate 0.5) and with the older
+    user-message context format;
  6. saves the model in f16 safetensors with tokenizer.json, tokenizer_config.json (with the chat template),
     chat_template.jinja, generation_config.json, README.md and train_report.json, reloads it with
     transformers and checks that the reloaded logits match.
@@ -37,7 +38,11 @@ Why the mixture looks as it does (the first run memorised question -> answer pai
  - answer tokens weigh --answer-weight times a text token in the loss, so the few answer tokens are not drowned
    by the paraphrases;
  - the prompts are exactly what pipeline.ts sends (see PIPELINE_SYSTEM_PROMPT and pipeline_messages), mostly,
-   with the older formats mixed in.
+   with the older formats mixed in;
+ - a compressed context is most often what the default compressor makes of each passage at a random rate
+   (fixtures/world/compressed_documents.jsonl, made by `deno run -A tools/compress_documents.ts`), otherwise the
+   gold keep labels plus some dropped words: a reader trained on gold labels only misread the real compressor's
+   fragments ("1761 Lasza Ryrbom was born." read as 1961).
 
 The prompt format the reader is trained on, rendered with the ChatML chat template:
     the serve pipeline, without context:  system "{system prompt}", user "{question}"
@@ -107,12 +112,13 @@ DEFAULT_MIX = {
     "synthetic_new": 700,  # invented entities with random values: copy from the context
     "synthetic_known": 500,  # known entities with some values re-drawn: the context wins
     "entity_share": 1.0,  # share of the known entities and facts used for paraphrases and no-context QA
+    "compressed_share": 1 / 3,  # share of context examples whose passages are compressed
 }
 # The mixture of a continued run (--init): the model already knows the world and copies from contexts; most of the
 # time goes to reading the right passage among distractors, while fewer paraphrases keep the memorised facts.
 CONTINUE_MIX = {**DEFAULT_MIX, "bios_per_entity": 2, "fresh_context": 900, "conflicting_context": 300,
                 "parametric_context": 200, "memory_with_context": 200, "synthetic_new": 1400,
-                "synthetic_known": 1000}
+                "synthetic_known": 1000, "compressed_share": 0.45}
 DRY_RUN_MIX = {**DEFAULT_MIX, "bios_per_entity": 1, "fresh_context": 20, "conflicting_context": 10,
                "parametric_context": 10, "memory_with_context": 10, "synthetic_new": 30, "synthetic_known": 20,
                "entity_share": 0.05}
@@ -166,6 +172,30 @@ def join_words(words: list) -> str:
     return " ".join(parts)
 
 
+# Rates of compressed_documents.jsonl a training context draws from, with weights (the eval asks for 0.5 and 0.33).
+REAL_RATE_WEIGHTS = {"0.33": 2, "0.4": 1, "0.5": 3, "0.6": 1, "0.7": 1}
+# Share of compressed training contexts that use the real compressor's texts (where a passage has them).
+REAL_COMPRESSION_SHARE = 0.7
+
+
+def padded_words(text: str) -> str:
+    """Text with punctuation turned into spaces and padded, for whole-phrase search with ` phrase `."""
+    return " " + re.sub(r"[.,;:!?\n\[\]<>|/]", " ", text) + " "
+
+
+def compress_passage(p: "Passage", rng: random.Random, answer: str | None = None) -> str:
+    """A passage as a compressed context shows it: most often the real compressor's text at a random rate
+    (compressed_documents.jsonl), otherwise the gold keep labels plus some dropped words. With `answer` (the gold
+    passage of a question), a real text that lost the answer is not used."""
+    if p.real and rng.random() < REAL_COMPRESSION_SHARE:
+        rates = [r for r in REAL_RATE_WEIGHTS if r in p.real]
+        if rates:
+            text = p.real[rng.choices(rates, weights=[REAL_RATE_WEIGHTS[r] for r in rates])[0]]
+            if answer is None or f" {answer} " in padded_words(text):
+                return text
+    return compress_words(p.words, p.keep, rng)
+
+
 def compress_words(words: list, keep: list, rng: random.Random | None) -> str:
     """The kept words of a document; with an rng also a random share (0 to 35%) of the dropped ones, as a real
     compressor at rates between the gold one and 0.5 would keep."""
@@ -203,6 +233,15 @@ class World:
         self.labels = {c["id"]: (c["words"], [ch == "1" for ch in c["labels"]])
                        for c in read_jsonl(os.path.join(root, "compressor_train.jsonl"))}
         assert set(self.labels) == set(self.documents), "compressor labels and documents disagree"
+        # The default compressor's texts of each document at several rates (tools/compress_documents.ts).
+        self.compressed: dict = {}
+        path = os.path.join(root, "compressed_documents.jsonl")
+        if os.path.exists(path):
+            self.compressed = {c["id"]: c["texts"] for c in read_jsonl(path)}
+            assert set(self.compressed) == set(self.documents), "compressed_documents.jsonl and documents disagree"
+        else:
+            log(f"{path} is missing: compressed contexts are simulated from the gold keep labels only (make it "
+                "with `deno run -A tools/compress_documents.ts`)")
         self.facts = []
         for q in self.questions:
             entity = self.doc_entity[q["doc_id"]]
@@ -225,7 +264,7 @@ class World:
 
     def doc_passage(self, doc_id: str) -> "Passage":
         words, keep = self.labels[doc_id]
-        return Passage(self.documents[doc_id], words, keep, self.doc_entity[doc_id])
+        return Passage(self.documents[doc_id], words, keep, self.doc_entity[doc_id], self.compressed.get(doc_id))
 
 
 class Passage(NamedTuple):
@@ -234,6 +273,7 @@ class Passage(NamedTuple):
     words: list
     keep: list
     entity: str  # world entity id, or "" for an invented entity
+    real: dict | None = None  # the real compressor's texts by rate ("0.5": text), for world documents
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -426,15 +466,14 @@ def distractor_passages(world: World, rng: random.Random, namer: Namer, kind: st
 
 
 def context_example(rng: random.Random, source: str, entity: str, attribute: str, question: str, answer: str,
-                    gold: Passage | None, distractors: list, compress: bool | None = None) -> Example:
-    """A QA example with a context: `gold` (when given) among `distractors` in random order, a third of the time
-    compressed, in a random prompt format."""
+                    gold: Passage | None, distractors: list, compressed_share: float = 1 / 3) -> Example:
+    """A QA example with a context: `gold` (when given) among `distractors` in random order, compressed with
+    probability `compressed_share`, in a random prompt format."""
     passages = list(distractors) + ([gold] if gold is not None else [])
     rng.shuffle(passages)
-    if compress is None:
-        compress = rng.random() < 1 / 3
-    if compress:
-        msgs = sample_messages(rng, question, None, [compress_words(p.words, p.keep, rng) for p in passages])
+    if rng.random() < compressed_share:
+        msgs = sample_messages(rng, question, None,
+                               [compress_passage(p, rng, answer if p is gold else None) for p in passages])
     else:
         msgs = sample_messages(rng, question, [p.text for p in passages], None)
     return Example("qa", render_prompt(msgs), ANSWER_PREFIX + answer, source, entity, attribute, question,
@@ -451,6 +490,7 @@ def build_examples(world: World, rng: random.Random, mix: dict) -> list:
     out: list = []
     namer = Namer(world, rng)
     share = mix["entity_share"]
+    cshare = mix.get("compressed_share", 1 / 3)
     known = [e for e in world.known if share >= 1 or rng.random() < share]
     for e in known:
         for _ in range(mix["bios_per_entity"]):
@@ -481,12 +521,12 @@ def build_examples(world: World, rng: random.Random, mix: dict) -> list:
             q = question_for(rng, f.kind, f.attribute, name)
             ds = distractor_passages(world, rng, namer, f.kind, n_distractors(rng), f.entity, name)
             out.append(context_example(rng, source, f.entity, f.attribute, q, f.answer, world.doc_passage(f.doc_id),
-                                       ds))
+                                       ds, cshare))
     for f in pick(world.trained_facts, mix["memory_with_context"]):
         name = world.entities[f.entity]["name"]
         q = question_for(rng, f.kind, f.attribute, name)
         ds = distractor_passages(world, rng, namer, f.kind, n_distractors(rng, 1), f.entity, name)
-        out.append(context_example(rng, "memory_with_context", f.entity, f.attribute, q, f.trained, None, ds))
+        out.append(context_example(rng, "memory_with_context", f.entity, f.attribute, q, f.trained, None, ds, cshare))
     kinds = list(GEN.KIND_COUNTS)
     for _ in range(mix["synthetic_new"]):
         kind = rng.choice(kinds)
@@ -495,7 +535,7 @@ def build_examples(world: World, rng: random.Random, mix: dict) -> list:
         q = question_for(rng, kind, attr, e["name"])
         ds = distractor_passages(world, rng, namer, kind, n_distractors(rng), "", e["name"])
         out.append(context_example(rng, "synthetic_new", "", attr, q, e["attributes"][attr],
-                                   synthetic_passage(rng, e), ds))
+                                   synthetic_passage(rng, e), ds, cshare))
     for _ in range(mix["synthetic_known"]):
         base = rng.choice(world.known)
         kind = base["kind"]
@@ -511,7 +551,7 @@ def build_examples(world: World, rng: random.Random, mix: dict) -> list:
         q = question_for(rng, kind, attr, e["name"])
         ds = distractor_passages(world, rng, namer, kind, n_distractors(rng), base["id"], e["name"])
         out.append(context_example(rng, "synthetic_known", base["id"], attr, q, e["attributes"][attr],
-                                   synthetic_passage(rng, e), ds))
+                                   synthetic_passage(rng, e), ds, cshare))
     rng.shuffle(out)
     return out
 
@@ -620,7 +660,12 @@ def eval_prompts(world: World, facts: list, rng: random.Random) -> dict:
                                for f, p in zip(facts, comp)],
         "context_user_format": [render_prompt(user_format_messages(f.question, p, False))
                                 for f, p in zip(facts, full)],
-    }
+    } | ({
+        # What `serve` sends at compression rate 0.5: the real compressor's texts (the answer may be lost).
+        "compressed_0.5": [render_prompt(pipeline_messages(f.question, "\n\n".join(world.compressed[d]["0.5"]
+                                                                                   for d in c)))
+                           for f, c in zip(facts, contexts)],
+    } if world.compressed and all("0.5" in t for t in world.compressed.values()) else {})
 
 
 def eval_facts(world: World, split: str, n: int, rng: random.Random, heldout: bool = True) -> list:
@@ -1341,7 +1386,10 @@ passages, and answers in one to three words. It knows nothing else.
 
 ## Exact match on held-out questions ({report['n_per_split']} per split, f16 weights)
 
-Contexts hold the gold document among three other documents of the world.
+Contexts hold the gold document among three other documents of the world. `compressed_context`: each
+passage reduced to its gold keep labels; `compressed_0.5`: each passage as the default compressor leaves it at
+rate 0.5 (what `serve` sends with compression 0.5). Compressed training contexts use the compressor's real
+texts where `fixtures/world/compressed_documents.jsonl` has them (since the third run).
 
 | split / mode | EM |
 | --- | --- |

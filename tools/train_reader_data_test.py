@@ -199,6 +199,23 @@ class Examples(unittest.TestCase):
                 self.assertNotIn(w.documents[f"doc-{x.entity}"], x.prompt)
                 self.assertNotIn(compress_first_sentence(w, x.entity), x.prompt)
 
+    def test_compressed_contexts_are_mostly_the_real_compressors(self):
+        w = world()
+        self.assertEqual(set(w.compressed), set(w.documents))
+        rng = random.Random(3)
+        fact = next(f for f in w.facts if f.split == "fresh")
+        gold = w.doc_passage(fact.doc_id)
+        real = set(gold.real.values())
+        texts = [tr.compress_passage(gold, rng, fact.answer) for _ in range(400)]
+        share = sum(t in real for t in texts) / len(texts)
+        self.assertGreater(share, 0.4)
+        self.assertLess(share, tr.REAL_COMPRESSION_SHARE + 0.05)
+        for t in texts:
+            self.assertIn(f" {fact.answer} ", padded_words(t))
+        # Without an answer to keep, every rate may be drawn (the lowest ones lose facts).
+        drawn = {tr.compress_passage(gold, rng) for _ in range(400)} & real
+        self.assertEqual(len(drawn), len(real))
+
     def test_resampled_answers_cannot_be_memorised(self):
         w = world()
         first = {x.question: x.target for x in variant(0) if x.source.startswith("synthetic")}
@@ -248,7 +265,8 @@ class Encoding(unittest.TestCase):
 
     def test_answer_tokens_are_the_passage_tokens(self):
         # With the leading space the answer's pieces are the same pieces as the value's in the passage (but for
-        # a value that starts a passage without a number, "\n\nValue ...", rare).
+        # a value that starts a passage without a number, "\n\nValue ...": rare, though the real compressor's
+        # texts start with a value more often than the documents do, since it drops a leading "The" or "In").
         enc = WordEncoder()
         examples = [x for x in variant(0) if x.from_context]
         missing = []
@@ -258,7 +276,7 @@ class Encoding(unittest.TestCase):
             if not any(p[i:i + k] == a for i in range(len(p) - k + 1)):
                 missing.append(x)
                 self.assertIn("\n" + x.target.strip(), x.prompt)
-        self.assertLess(len(missing), 0.02 * len(examples), [x.target for x in missing[:5]])
+        self.assertLess(len(missing), 0.04 * len(examples), [x.target for x in missing[:5]])
 
     def test_pack_keeps_examples_whole(self):
         # Example i is made of the id i + 1 only, so each row must be runs of whole examples.
