@@ -12,6 +12,7 @@
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh serve     # ~9 min: HTTP load, LLMLingua-2, gear-2
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh http      # ~4 min: HTTP load only
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh bench     # ~5 min: quantized experts
+#     (TPS="0 32 128": decode steps per submission to try, default 0: serve's adaptive schedule)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
@@ -36,7 +37,7 @@ continue)
   # Continued training of the reader in the tree (tools/train_reader.py --init): a dry run, then ~8.5 min.
   # Carry nothing: the tree with the reader is 48 MB, and this needs only Python.
   timeout 40 python3 tools/train_reader.py --dry-run --init fixtures/models/reader >"$logs/reader_dry.log" 2>&1
-  timeout 540 python3 tools/train_reader.py --init fixtures/models/reader --minutes 7.5 --lr 5e-4 --warmup 0.02 \
+  timeout 540 python3 tools/train_reader.py --init fixtures/models/reader --minutes 7.5 --lr "${CONTINUE_LR:-5e-4}" --warmup 0.02 \
     --out /tmp/reader >"$logs/reader.log" 2>&1
   echo "train_reader rc=$?" >>"$logs/reader.log"
   if [ -d /tmp/reader ]; then
@@ -94,7 +95,11 @@ bench)
     set -- $spec
     timeout 120 python3 bench/make_packed_olmoe.py --out "/tmp/$1" --experts "$2" >>"$logs/quant.log" 2>&1
     du -sb "/tmp/$1" >>"$logs/quant.log"
-    timeout 100 deno run -A dist/gpu_decode.js --model "/tmp/$1" --dtype f16 >>"$logs/quant.log" 2>&1
+    for tps in ${TPS:-0}; do  # decode steps per submission (0: the adaptive schedule of serve)
+      echo "tokens-per-submit $tps" >>"$logs/quant.log"
+      timeout 100 deno run -A dist/gpu_decode.js --model "/tmp/$1" --dtype f16 --tokens-per-submit "$tps" \
+        >>"$logs/quant.log" 2>&1
+    done
     rm -rf "/tmp/$1"
   done
   ;;
