@@ -91,7 +91,7 @@ Pipeline defaults (requests may override them):
                           or on the GPU (onnxruntime-web's WebGPU provider) (default cpu)
   --lfd L                 layer fused decoding of answers read from context: off, auto or a layer index
                           (default off)
-  --lfd-alpha A           weight of the fused layer's logits (default 0.25)
+  --lfd-alpha A           weight of the fused layer's logits (default 0.1)
   --max-tokens N          most tokens of an answer (default 256)
   --temperature T         sampling temperature, 0 is greedy (default 0)
   -h, --help              print this help
