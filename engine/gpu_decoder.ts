@@ -7,8 +7,9 @@
  * - a decode step is: embedding of the token the previous step sampled (read from the token ring on the GPU),
  *   per layer RMSNorm → qkv → q/k norm + rope + KV append → attention → o-proj (+residual) → RMSNorm →
  *   router → expert gate/up → (shared expert) → expert down (+residual), then final norm → LM head → sampler;
- * - several steps are encoded into one submission, up to three submissions are in flight, and each one's
- *   tokens come back through its own staging buffer; the caller discards what follows a stop;
+ * - several steps are encoded into one submission, and each one's tokens come back through its own staging
+ *   buffer; the next submission is encoded while the GPU runs the current one (Deno's readback blocks until the
+ *   queue is empty, so encoding after it would leave the GPU idle); the caller discards what follows a stop;
  * - continuous batching: the KV cache, the token ring, the prompt ids and the sampler parameters have one lane
  *   per sequence that may generate at once; a decode step has one row per running sequence (its position,
  *   lane and step come from the step slot, see STEP_WGSL), new sequences' prefills go into the next submission
@@ -110,8 +111,6 @@ export interface GpuDecoderOptions {
 
 /** Steps of the adaptive submission schedule: small first (early first tokens), then large (throughput). */
 const ADAPTIVE_BATCHES = [1, 4, 8, 16, 32];
-/** Submissions in flight while decoding. */
-const DEPTH = 3;
 /** Keys per workgroup of decode attention (split-K). */
 const ATTENTION_SPLIT = 64;
 /** Most decode steps in one submission. */
@@ -192,7 +191,12 @@ interface Flight {
   parts: { member: Member; offset: number; count: number }[];
   staging: GPUBuffer;
   bytes: number;
-  mapped: Promise<void>;
+}
+
+/** A batch encoded ahead of its submission: its commands and the step-ring slots they read. */
+interface Prepared extends Flight {
+  commands: GPUCommandBuffer;
+  slots: [number, StepValues][];
 }
 
 /**
@@ -328,6 +332,8 @@ export class GpuDecoder implements TokenSource {
   /** Readback buffers of batch submissions not in flight. */
   readonly #stagingPool: GPUBuffer[] = [];
   #pumping = false;
+  /** While a batch is encoded ahead: the step-ring slots it sets, written again when it is submitted. */
+  #recording: [number, StepValues][] | undefined;
   /** A sequence joined since the last batch submission (the next ones start small again). */
   #joined = false;
   /** Index into ADAPTIVE_BATCHES of the next batch submission's size. */
@@ -1164,7 +1170,9 @@ export class GpuDecoder implements TokenSource {
 
   /** Step-slot values with this decoder's token-ring stride (`lane` defaults to 0). */
   #slot(i: number, v: StepValues): number {
-    return this.#ring.set(i, { ringStride: this.contextLength + 1, ...v });
+    const values = { ringStride: this.contextLength + 1, ...v };
+    this.#recording?.push([i, values]);
+    return this.#ring.set(i, values);
   }
 
   /** Logits of every position of `ids`, [ids.length, V]. */
@@ -1332,35 +1340,43 @@ export class GpuDecoder implements TokenSource {
     }
   }
 
-  /** Runs submissions while any sequence of the batch has steps to go; one loop at a time. */
+  /**
+   * Runs submissions while any sequence of the batch has steps to go; one loop at a time. Deno's `mapAsync`
+   * waits for every submitted command buffer and blocks the thread meanwhile, so each readback leaves the GPU
+   * idle: the next batch is encoded while the GPU runs the current one, and submitted as soon as its readback
+   * returns.
+   */
   #pump(): void {
     if (this.#pumping) return;
     this.#pumping = true;
-    const inFlight: Flight[] = [];
+    let prepared: Prepared | undefined;
+    let head: Flight | undefined;
+    let mapping: Promise<void> | undefined;
     const loop = async () => {
       try {
-        while (true) {
-          while (inFlight.length < DEPTH) {
-            const f = this.#submitBatch();
-            if (!f) break;
-            inFlight.push(f);
-          }
-          const head = inFlight.shift();
-          if (!head) return;
-          await head.mapped;
+        prepared = this.#encodeBatch();
+        while (prepared) {
+          head = this.#submit(prepared);
+          prepared = undefined;
+          if (!head) break;
+          // Encoded while the GPU runs `head`; its queue writes land before its own submission.
+          prepared = this.#encodeBatch();
+          mapping = head.staging.mapAsync(GPUMapMode.READ, 0, head.bytes);
+          await mapping;
+          mapping = undefined;
           const tokens = new Uint32Array(head.staging.getMappedRange(0, head.bytes).slice(0));
           head.staging.unmap();
           this.#stagingPool.push(head.staging);
-          for (const part of head.parts) {
+          const done = head;
+          head = undefined;
+          for (const part of done.parts) {
             const m = part.member;
             if (m.closed) continue;
             m.ready.push(tokens.slice(part.offset, part.offset + part.count));
             m.delivered += part.count;
             m.wake?.();
           }
-          // Let the consumers take their tokens (stream them to clients) before the next submission is
-          // encoded: encoding many steps is synchronous CPU work, and the submissions still in flight keep
-          // the GPU busy meanwhile.
+          // Let the consumers take their tokens (stream them to clients) before the next submission.
           await new Promise((resolve) => setTimeout(resolve, 0));
         }
       } catch (e) {
@@ -1371,11 +1387,14 @@ export class GpuDecoder implements TokenSource {
           m.wake?.();
         }
       } finally {
-        for (const f of inFlight) {
-          await f.mapped.catch(() => {});
-          f.staging.unmap();
-          this.#stagingPool.push(f.staging);
+        if (head) {
+          if (mapping) {
+            await mapping.catch(() => {});
+            if (head.staging.mapState === "mapped") head.staging.unmap();
+          }
+          this.#stagingPool.push(head.staging);
         }
+        if (prepared) this.#stagingPool.push(prepared.staging);
         this.#pumping = false;
         // A sequence that joined while the loop was ending.
         if ([...this.#members].some((m) => !m.closed && m.next < m.total && m.error === undefined)) {
@@ -1386,16 +1405,39 @@ export class GpuDecoder implements TokenSource {
     loop();
   }
 
+  /** Submits a batch encoded by {@linkcode #encodeBatch}, its step-ring slots written again first (other calls
+   * may have used the slots since). Undefined, and nothing submitted, once the decoder is disposed. */
+  #submit(p: Prepared): Flight | undefined {
+    if (this.#disposed) {
+      this.#stagingPool.push(p.staging);
+      return undefined;
+    }
+    for (const [i, v] of p.slots) this.#ring.set(i, v);
+    this.#ring.flush(this.#device);
+    this.#device.queue.submit([p.commands]);
+    return { parts: p.parts, staging: p.staging, bytes: p.bytes };
+  }
+
   /**
-   * Encodes and submits the next submission of the batch: the prefill of every sequence that joined since the
+   * Encodes (without submitting) the next submission of the batch: the prefill of every sequence that joined since the
    * last one, then decode steps whose rows are the sequences still running (each at its own position, in its
    * own lane), and the copies of every sequence's new tokens to one staging buffer. Undefined when no
    * sequence has steps to go.
    */
-  #submitBatch(): Flight | undefined {
+  #encodeBatch(): Prepared | undefined {
     if (this.#disposed) return undefined;
     const running = [...this.#members].filter((m) => !m.closed && m.next < m.total);
     if (running.length === 0) return undefined;
+    const slots: [number, StepValues][] = [];
+    this.#recording = slots;
+    try {
+      return this.#encodeBatchOf(running, slots);
+    } finally {
+      this.#recording = undefined;
+    }
+  }
+
+  #encodeBatchOf(running: Member[], slots: [number, StepValues][]): Prepared {
     const device = this.#device;
     if (this.#joined) this.#schedule = 0;
     this.#joined = false;
@@ -1479,9 +1521,7 @@ export class GpuDecoder implements TokenSource {
       offset += to - from;
       m.next = to;
     }
-    this.#ring.flush(device);
-    device.queue.submit([enc.finish()]);
-    return { parts, staging, bytes, mapped: staging.mapAsync(GPUMapMode.READ, 0, bytes) };
+    return { parts, staging, bytes, commands: enc.finish(), slots };
   }
 
   /** A staging buffer of at least `bytes` for token readback (reused across submissions). */
