@@ -1405,8 +1405,10 @@ export class GpuDecoder implements TokenSource {
     loop();
   }
 
-  /** Submits a batch encoded by {@linkcode #encodeBatch}, its step-ring slots written again first (other calls
-   * may have used the slots since). Undefined, and nothing submitted, once the decoder is disposed. */
+  /**
+   * Submits a batch encoded by {@linkcode #encodeBatch}, its step-ring slots written again first (other calls
+   * may have used the slots since). Undefined, and nothing submitted, once the decoder is disposed.
+   */
   #submit(p: Prepared): Flight | undefined {
     if (this.#disposed) {
       this.#stagingPool.push(p.staging);
@@ -1419,10 +1421,10 @@ export class GpuDecoder implements TokenSource {
   }
 
   /**
-   * Encodes (without submitting) the next submission of the batch: the prefill of every sequence that joined since the
-   * last one, then decode steps whose rows are the sequences still running (each at its own position, in its
-   * own lane), and the copies of every sequence's new tokens to one staging buffer. Undefined when no
-   * sequence has steps to go.
+   * Encodes, without submitting, the next submission of the batch: the prefill of every sequence that joined
+   * since the last one, then decode steps whose rows are the sequences still running (each at its own position,
+   * in its own lane), and the copies of every sequence's new tokens to one staging buffer. Undefined when no
+   * sequence has steps to go. The step-ring slots it sets are recorded for {@linkcode #submit}.
    */
   #encodeBatch(): Prepared | undefined {
     if (this.#disposed) return undefined;
@@ -1437,6 +1439,7 @@ export class GpuDecoder implements TokenSource {
     }
   }
 
+  /** The body of {@linkcode #encodeBatch} for the sequences `running`; `slots` receives the slots it sets. */
   #encodeBatchOf(running: Member[], slots: [number, StepValues][]): Prepared {
     const device = this.#device;
     if (this.#joined) this.#schedule = 0;
