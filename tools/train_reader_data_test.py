@@ -79,9 +79,7 @@ def user_question(prompt: str) -> str:
     return content
 
 
-def padded_words(text: str) -> str:
-    """Text with punctuation turned into spaces and padded, for whole-phrase search with ` phrase `."""
-    return " " + re.sub(r"[.,;:!?\n\[\]<>|/]", " ", text) + " "
+padded_words = tr.padded_words
 
 
 def compress_first_sentence(w, entity: str) -> str:
