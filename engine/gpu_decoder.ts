@@ -1433,14 +1433,14 @@ export class GpuDecoder implements TokenSource {
     const slots: [number, StepValues][] = [];
     this.#recording = slots;
     try {
-      return this.#encodeBatchOf(running, slots);
+      return { ...this.#encodeBatchOf(running), slots };
     } finally {
       this.#recording = undefined;
     }
   }
 
-  /** The body of {@linkcode #encodeBatch} for the sequences `running`; `slots` receives the slots it sets. */
-  #encodeBatchOf(running: Member[], slots: [number, StepValues][]): Prepared {
+  /** The body of {@linkcode #encodeBatch} for the sequences `running` (it records the slots it sets). */
+  #encodeBatchOf(running: Member[]): Omit<Prepared, "slots"> {
     const device = this.#device;
     if (this.#joined) this.#schedule = 0;
     this.#joined = false;
@@ -1524,7 +1524,7 @@ export class GpuDecoder implements TokenSource {
       offset += to - from;
       m.next = to;
     }
-    return { parts, staging, bytes, commands: enc.finish(), slots };
+    return { parts, staging, bytes, commands: enc.finish() };
   }
 
   /** A staging buffer of at least `bytes` for token readback (reused across submissions). */
