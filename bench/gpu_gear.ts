@@ -8,8 +8,8 @@
  * For each mode it loads the model once (context = the largest context + decode), then for each context runs a
  * generation of `decode` tokens after a random prompt of that many tokens, with 32 decode steps per
  * submission, and reports decode tokens/s from the arrival of the second batch of tokens (and of any batch that
- * arrived with it) to the last (steady state, pipelined; the prefill is excluded), plus the KV bytes per token (accounting) and the bytes the cache
- * buffers take on the GPU. Prints a Markdown table and one JSON line per measurement.
+ * arrived with it) to the last (steady state, pipelined; the prefill is excluded), plus the KV bytes per token
+ * (accounting), the bytes the cache buffers take on the GPU and when each batch arrived. Prints a Markdown table and one JSON line per measurement.
  *
  * @module
  */
@@ -97,10 +97,9 @@ for (const name of values.modes.split(",")) {
     for await (const _ of runGeneration(decoder, { decode: () => "" }, prompt, opts, () => {})) {
       times.push(performance.now());
     }
-    // Batches: 1 token (with the prefill), then PER_SUBMIT each. Up to three submissions are in flight and a
-    // readback may resolve only when the work queued after it is done too, so several batches can arrive at
-    // once: measure from the last token that arrived with the second batch (tokens computed before that moment
-    // must not be counted) to the last token.
+    // Batches: 1 token (with the prefill), then PER_SUBMIT each. Deno's readback waits for the whole queue, so
+    // batches can arrive together: measure from the last token that arrived with the second batch (tokens
+    // computed before that moment must not be counted) to the last token.
     let from = PER_SUBMIT;
     while (from + 1 < times.length - 1 && times[from + 1] - times[PER_SUBMIT] < 1) from++;
     const decodeTokS = (times.length - 1 - from) / ((times[times.length - 1] - times[from]) / 1000);

@@ -37,8 +37,8 @@ continue)
   # Continued training of the reader in the tree (tools/train_reader.py --init): a dry run, then ~8.5 min.
   # Carry nothing: the tree with the reader is 48 MB, and this needs only Python.
   timeout 40 python3 tools/train_reader.py --dry-run --init fixtures/models/reader >"$logs/reader_dry.log" 2>&1
-  timeout 540 python3 tools/train_reader.py --init fixtures/models/reader --minutes 7.5 --lr "${CONTINUE_LR:-5e-4}" --warmup 0.02 \
-    --out /tmp/reader >"$logs/reader.log" 2>&1
+  timeout 540 python3 tools/train_reader.py --init fixtures/models/reader --minutes 7.5 \
+    --lr "${CONTINUE_LR:-5e-4}" --warmup 0.02 --out /tmp/reader >"$logs/reader.log" 2>&1
   echo "train_reader rc=$?" >>"$logs/reader.log"
   if [ -d /tmp/reader ]; then
     tar czf /tmp/reader.tgz -C /tmp reader

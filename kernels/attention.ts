@@ -151,7 +151,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 
 /**
  * WGSL of the split-K merge (`split_merge.ts`). Bindings: 0 partials [R, nH, NS, hd + 2] f32; 1 out [R, nH hd]
- * f32. Grid: (`mergeGroupsX(nH, hd)` of split_merge.ts, rows). Row r merges the splits that cover positions 0..row_pos(r).
+ * f32. Grid: (`mergeGroupsX(nH, hd)` of split_merge.ts, rows). Row r merges the splits that cover positions
+ * 0..row_pos(r).
  */
 export function attentionCombineWgsl(p: AttentionParams): string {
   const split = p.split ?? 0;
