@@ -37,7 +37,7 @@
 import { attentionCombineProgram, attentionProgram, partialFloats } from "../kernels/attention.ts";
 import { mergeGroupsX } from "../kernels/split_merge.ts";
 import { embedProgram } from "../kernels/embed.ts";
-import { downProgram, EXPERT_OUTS, gateUpProgram } from "../kernels/experts.ts";
+import { DOWN_SHAPE, downProgram, GATEUP_SHAPE, gateUpProgram } from "../kernels/experts.ts";
 import {
   type Dispatch,
   encodeDispatch,
@@ -51,7 +51,7 @@ import {
   uploadBuffer,
   writeAligned,
 } from "../kernels/gpu.ts";
-import { gemmProgram, GEMV_OUTS, gemvProgram, type LinearParams } from "../kernels/linear.ts";
+import { gemmProgram, GEMV_SHAPE, gemvProgram, gemvShape, type LinearParams } from "../kernels/linear.ts";
 import {
   groupedGemmProgram,
   maxTiles,
@@ -64,11 +64,14 @@ import { qgemmProgram, qGroupedGemmProgram } from "../kernels/qgemm.ts";
 import { qkRopeProgram } from "../kernels/qk_rope.ts";
 import {
   buildQuantSet,
+  QDOWN_SHAPE,
   qDownProgram,
+  QGATEUP_SHAPE,
   qGateUpProgram,
+  QGEMV_SHAPE,
   qgemvProgram,
-  QMV_OUTS,
   type QuantMatrix,
+  type QuantScheme,
 } from "../kernels/qmatvec.ts";
 import { rmsNormProgram } from "../kernels/rms_norm.ts";
 import { countsStride, topKProgram } from "../kernels/router.ts";
@@ -424,7 +427,7 @@ export class GpuDecoder implements TokenSource {
     device.pushErrorScope("out-of-memory");
     device.pushErrorScope("validation");
     try {
-      return await GpuDecoder.#build(ctx, ckpt, options, {
+      const decoder = await GpuDecoder.#build(ctx, ckpt, options, {
         ring,
         buffers,
         track,
@@ -433,6 +436,7 @@ export class GpuDecoder implements TokenSource {
         logitRows,
         useGemm,
       });
+      return decoder;
     } catch (e) {
       for (const buf of buffers) buf.destroy();
       ring.buffer.destroy();
@@ -552,6 +556,7 @@ export class GpuDecoder implements TokenSource {
         qw: track(uploadBuffer(device, `${label}.qw`, set.qw)),
         qp: track(uploadBuffer(device, `${label}.qp`, set.qp)),
         meta: track(uploadBuffer(device, `${label}.meta`, set.meta)),
+        schemes: set.schemes,
       };
     };
 
@@ -637,7 +642,7 @@ export class GpuDecoder implements TokenSource {
       label: string,
       p: Omit<LinearParams, "label" | "dtype">,
       input: GPUBuffer,
-      set: { qw: GPUBuffer; qp: GPUBuffer; meta: GPUBuffer },
+      set: { qw: GPUBuffer; qp: GPUBuffer; meta: GPUBuffer; schemes: QuantScheme[] },
       bias: GPUBuffer | undefined,
       out: GPUBuffer,
     ): Promise<Linear> => {
@@ -647,12 +652,13 @@ export class GpuDecoder implements TokenSource {
         mode: p.mode,
         bias: p.bias,
         alpha: p.alpha,
+        schemes: set.schemes,
       });
       const bufs = [input, set.qw, set.qp, set.meta, ...(bias ? [bias] : []), out];
       const d: Dispatch = {
         program: prog,
         group: prog.bind(`${label}-qgemv`, bufs),
-        grid: grid2d(Math.ceil(p.n / QMV_OUTS)),
+        grid: grid2d(Math.ceil(p.n / QGEMV_SHAPE.outs)),
       };
       const gemmProg = await qgemmProgram(device, ring, {
         n: p.n,
@@ -679,13 +685,13 @@ export class GpuDecoder implements TokenSource {
     ): Promise<Linear> => {
       const params: LinearParams = { label, dtype: prec, ...p };
       const bufs = bias ? [input, w, bias, out] : [input, w, out];
-      const gv = await gemvProgram(device, ring, params);
+      const gv = await gemvProgram(device, ring, params, gemvShape(p.n));
       const gm = useGemm ? await gemmProgram(device, ring, params) : gv;
       return {
         gemv: {
           program: gv,
           group: gv.bind(`${label}-gemv`, bufs),
-          grid: grid2d(Math.ceil(p.n / GEMV_OUTS)),
+          grid: grid2d(Math.ceil(p.n / gemvShape(p.n).outs)),
         },
         gemm: { program: gm, group: gm.bind(`${label}-gemm`, bufs), grid: [Math.ceil(p.n / 64), 1, 1] },
         n: p.n,
@@ -809,8 +815,14 @@ export class GpuDecoder implements TokenSource {
       const packedFfn = guPacked !== undefined && dnPacked !== undefined;
       const gateUpW = packedFfn ? b.ones : await up("gate_up", dtype);
       const downW = packedFfn ? b.ones : await up("down", dtype);
+      const guOuts = (packedFfn ? QGATEUP_SHAPE : GATEUP_SHAPE).outs;
       const guProg = packedFfn
-        ? await qGateUpProgram(device, ring, { hidden: H, inter: width, topK: kk })
+        ? await qGateUpProgram(device, ring, {
+          hidden: H,
+          inter: width,
+          topK: kk,
+          schemes: guPacked!.schemes,
+        })
         : await gateUpProgram(device, ring, { hidden: H, inter: width, topK: kk, dtype });
       let router: LayerDispatches["router"];
       let sharedGateUp: Dispatch | undefined;
@@ -856,7 +868,13 @@ export class GpuDecoder implements TokenSource {
         };
       }
       const dProg = packedFfn
-        ? await qDownProgram(device, ring, { hidden: H, inter: width, topK: kk, alpha: c.residualMultiplier })
+        ? await qDownProgram(device, ring, {
+          hidden: H,
+          inter: width,
+          topK: kk,
+          alpha: c.residualMultiplier,
+          schemes: dnPacked!.schemes,
+        })
         : await downProgram(device, ring, {
           hidden: H,
           inter: width,
@@ -880,22 +898,28 @@ export class GpuDecoder implements TokenSource {
         if (!sgu || !sdn) {
           throw new GpuError(`Cannot load layer ${l}: its experts are packed but its shared expert is not`);
         }
-        const sgp = await qGateUpProgram(device, ring, { hidden: H, inter: S, topK: 1 });
+        const sgp = await qGateUpProgram(device, ring, {
+          hidden: H,
+          inter: S,
+          topK: 1,
+          schemes: sgu.schemes,
+        });
         sharedGateUp = {
           program: sgp,
           group: sgp.bind(`L${l}.shared-gate-up`, [b.xn, sgu.qw, sgu.qp, sgu.meta, b.zeros, b.hs]),
-          grid: [Math.ceil(S / QMV_OUTS), 1, 1],
+          grid: [Math.ceil(S / QGATEUP_SHAPE.outs), 1, 1],
         };
         const sdp = await qDownProgram(device, ring, {
           hidden: H,
           inter: S,
           topK: 1,
           alpha: c.residualMultiplier,
+          schemes: sdn.schemes,
         });
         sharedDown = {
           program: sdp,
           group: sdp.bind(`L${l}.shared-down`, [b.hs, sdn.qw, sdn.qp, sdn.meta, b.zeros, b.sg, b.x]),
-          grid: [Math.ceil(H / QMV_OUTS), 1, 1],
+          grid: [Math.ceil(H / QDOWN_SHAPE.outs), 1, 1],
         };
       } else if (shared) {
         const sguW = await up("shared_gate_up", dtype);
@@ -904,7 +928,7 @@ export class GpuDecoder implements TokenSource {
         sharedGateUp = {
           program: sProg,
           group: sProg.bind(`L${l}.shared-gate-up`, [b.xn, sguW, b.zeros, b.hs]),
-          grid: [Math.ceil(S / EXPERT_OUTS), 1, 1],
+          grid: [Math.ceil(S / GATEUP_SHAPE.outs), 1, 1],
         };
         downBufs.push(b.hs, sdW, b.sg);
       }
@@ -978,7 +1002,7 @@ export class GpuDecoder implements TokenSource {
             groupedSharedDown = {
               program: sdProg,
               group: sdProg.bind(`L${l}.shared-down`, [b.hs, downBufs[6], b.zeros, b.sg, b.x]),
-              grid: [Math.ceil(H / EXPERT_OUTS), 1, 1],
+              grid: [Math.ceil(H / DOWN_SHAPE.outs), 1, 1],
             };
           }
         }
@@ -1031,18 +1055,18 @@ export class GpuDecoder implements TokenSource {
         gateUp: {
           program: guProg,
           group: guProg.bind(`L${l}.gate-up`, guBufs),
-          grid: [Math.ceil(width / EXPERT_OUTS), kk, 1],
+          grid: [Math.ceil(width / guOuts), kk, 1],
         },
         sharedGateUp,
         sharedDown,
         down: {
           program: dProg,
           group: dProg.bind(`L${l}.down`, downBufs),
-          grid: [Math.ceil(H / EXPERT_OUTS), 1, 1],
+          grid: [Math.ceil(H / (packedFfn ? QDOWN_SHAPE : DOWN_SHAPE).outs), 1, 1],
         },
-        gateUpX: Math.ceil(width / EXPERT_OUTS),
+        gateUpX: Math.ceil(width / guOuts),
         k: kk,
-        sharedX: Math.ceil(S / EXPERT_OUTS),
+        sharedX: Math.ceil(S / (packedFfn ? QGATEUP_SHAPE : GATEUP_SHAPE).outs),
       });
       layerLinears.push({ qkv, o });
     }
@@ -1270,7 +1294,7 @@ export class GpuDecoder implements TokenSource {
     const d: Dispatch = {
       program: prog,
       group: prog.bind("lm-fuse", [this.#b.xn, this.#fuse.lmW, this.#b.logits]),
-      grid: grid2d(Math.ceil(c.vocabSize / GEMV_OUTS)),
+      grid: grid2d(Math.ceil(c.vocabSize / GEMV_SHAPE.outs)),
     };
     this.#fuseHeads.set(alpha, d);
     return d;

@@ -10,12 +10,21 @@
 
 import type { DType } from "../engine/types.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
-import { checkRowLength, f32Lit, prelude, weightChunk, weightDecl, weightDotFn } from "./wgsl.ts";
+import {
+  checkMatvecShape,
+  checkRowLength,
+  f32Lit,
+  type MatvecShape,
+  prelude,
+  weightChunk,
+  weightDecl,
+  weightDotFn,
+} from "./wgsl.ts";
 
-/** Outputs per workgroup of the expert mat-vecs. */
-export const EXPERT_OUTS = 4;
-/** Threads per output (a power of two). */
-export const EXPERT_TPO = 64;
+/** Shape of the gate/up mat-vec (outputs: expert-hidden features, a gate and an up row each). */
+export const GATEUP_SHAPE: MatvecShape = { tpo: 16, outs: 8 };
+/** Shape of the down mat-vec. */
+export const DOWN_SHAPE: MatvecShape = { tpo: 64, outs: 2, split: 8 };
 
 /** Shapes of the gate/up projection. */
 export interface GateUpParams {
@@ -31,19 +40,20 @@ export interface GateUpParams {
 
 /**
  * WGSL of gate/up. Bindings: 0 x [R, H] f32; 1 W [E, 2I, H] (I gate rows then I up rows per expert);
- * 2 ids [R, k] u32; 3 h [R k, I] f32. Grid: (ceil(I / EXPERT_OUTS), rows · k).
+ * 2 ids [R, k] u32; 3 h [R k, I] f32. Grid: (ceil(I / shape.outs), rows · k).
  */
-export function gateUpWgsl(p: GateUpParams): string {
+export function gateUpWgsl(p: GateUpParams, shape: MatvecShape = GATEUP_SHAPE): string {
   checkRowLength("gate-up", p.hidden, p.dtype);
+  checkMatvecShape("gate-up", shape);
   const ch = weightChunk(p.dtype);
-  const wg = EXPERT_OUTS * EXPERT_TPO;
+  const wg = shape.outs * shape.tpo;
   return `${prelude()}
 const I: u32 = ${p.inter}u;
 const TOPK: u32 = ${p.topK}u;
 const H4: u32 = ${p.hidden / 4}u;
 const KC: u32 = ${p.hidden / ch}u;
 const XSTEP: u32 = ${ch / 4}u;
-const TPO: u32 = ${EXPERT_TPO}u;
+const TPO: u32 = ${shape.tpo}u;
 @group(0) @binding(0) var<storage, read> xs: array<vec4<f32>>;
 ${weightDecl(1, "w", p.dtype)}
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
@@ -58,7 +68,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let r = slot / TOPK;
   let e = ids[slot];
   let t = li % TPO;
-  let i = wg.x * ${EXPERT_OUTS}u + li / TPO;
+  let i = wg.x * ${shape.outs}u + li / TPO;
   var g = 0.0;
   var u = 0.0;
   if (i < I) {
@@ -102,20 +112,23 @@ export interface DownParams {
 /**
  * WGSL of down. Bindings: 0 h [R k, I] f32; 1 W [E, H, I]; 2 ids [R, k] u32; 3 weights [R, k] f32;
  * 4 x [R, H] f32 (read-modify-write); with a shared expert also 5 h_shared [R, S] f32, 6 W_shared [H, S],
- * 7 shared gate [R] f32. Grid: (ceil(H / EXPERT_OUTS), rows).
+ * 7 shared gate [R] f32. Grid: (ceil(H / shape.outs), rows).
  */
-export function downWgsl(p: DownParams): string {
+export function downWgsl(p: DownParams, shape: MatvecShape = DOWN_SHAPE): string {
   checkRowLength("down", p.inter, p.dtype);
   if (p.shared > 0) checkRowLength("shared-down", p.shared, p.dtype);
+  checkMatvecShape("down", shape);
   const ch = weightChunk(p.dtype);
-  const wg = EXPERT_OUTS * EXPERT_TPO;
+  const wg = shape.outs * shape.tpo;
   return `${prelude()}
 const H: u32 = ${p.hidden}u;
 const TOPK: u32 = ${p.topK}u;
+const SPLIT: u32 = ${shape.split ?? 1}u;
+const TPR: u32 = ${shape.tpo / (shape.split ?? 1)}u;
 const I4: u32 = ${p.inter / 4}u;
 const KC: u32 = ${p.inter / ch}u;
 const XSTEP: u32 = ${ch / 4}u;
-const TPO: u32 = ${EXPERT_TPO}u;
+const TPO: u32 = ${shape.tpo}u;
 @group(0) @binding(0) var<storage, read> hs: array<vec4<f32>>;
 ${weightDecl(1, "w", p.dtype)}
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
@@ -138,14 +151,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let r = wg.y;
   if (r >= st.rows) { return; }
   let t = li % TPO;
-  let c = wg.x * ${EXPERT_OUTS}u + li / TPO;
+  let c = wg.x * ${shape.outs}u + li / TPO;
   var acc = 0.0;
   if (c < H) {
-    for (var j = 0u; j < TOPK; j++) {
+    // Teams of TPR threads sum different experts.
+    for (var j = t / TPR; j < TOPK; j += SPLIT) {
       let slot = r * TOPK + j;
       let row = (ids[slot] * H + c) * KC;
       var d = 0.0;
-      for (var q = t; q < KC; q += TPO) { d += dot_w(row + q, slot * I4 + q * XSTEP); }
+      for (var q = t % TPR; q < KC; q += TPR) { d += dot_w(row + q, slot * I4 + q * XSTEP); }
       acc += wts[slot] * d;
     }
     ${
@@ -166,14 +180,24 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 }`;
 }
 
-/** The gate/up program. */
-export function gateUpProgram(device: GPUDevice, ring: StepRing, p: GateUpParams): Promise<Program> {
-  return P.get(device, ring, "gate-up", gateUpWgsl(p), ["read", "read", "read", "write"]);
+/** The gate/up program (`shape`: see {@linkcode gateUpWgsl}). */
+export function gateUpProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: GateUpParams,
+  shape: MatvecShape = GATEUP_SHAPE,
+): Promise<Program> {
+  return P.get(device, ring, "gate-up", gateUpWgsl(p, shape), ["read", "read", "read", "write"]);
 }
 
-/** The down program. */
-export function downProgram(device: GPUDevice, ring: StepRing, p: DownParams): Promise<Program> {
+/** The down program (`shape`: see {@linkcode downWgsl}). */
+export function downProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: DownParams,
+  shape: MatvecShape = DOWN_SHAPE,
+): Promise<Program> {
   const b: ("read" | "write")[] = ["read", "read", "read", "read", "write"];
   if (p.shared > 0) b.push("read", "read", "read");
-  return P.get(device, ring, "down", downWgsl(p), b);
+  return P.get(device, ring, "down", downWgsl(p, shape), b);
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { expertsRef } from "./cpu/experts.ts";
-import { downProgram, EXPERT_OUTS, gateUpProgram } from "./experts.ts";
+import { DOWN_SHAPE, downProgram, GATEUP_SHAPE, gateUpProgram } from "./experts.ts";
+import type { MatvecShape } from "./wgsl.ts";
 import {
   buf,
   randomArray,
@@ -19,6 +20,13 @@ const cases = [
   { E: 1, H: 16, I: 200, k: 1, rows: 5, S: 0 },
 ];
 
+// The default shapes and one other (as a benchmark may pick), with the first case.
+const SHAPES: [MatvecShape, MatvecShape][] = [[GATEUP_SHAPE, DOWN_SHAPE], [{ tpo: 16, outs: 8 }, {
+  tpo: 8,
+  outs: 16,
+  split: 2,
+}]];
+
 for (const dtype of ["f32", "f16"] as const) {
   Deno.test({
     name: `gateUp + down (${dtype}) match expertsRef with shared expert and residual add`,
@@ -26,79 +34,86 @@ for (const dtype of ["f32", "f16"] as const) {
     fn: async () => {
       const { device, ring } = await testGpu();
       const r = rng(41);
-      for (const c of cases) {
-        const { E, H, I, k, rows, S } = c;
-        const x = randomArray(r, rows * H), x0 = randomArray(r, rows * H);
-        const gu = randomArray(r, E * 2 * I * H), dn = randomArray(r, E * H * I);
-        const ids = new Int32Array(rows * k);
-        for (let t = 0; t < rows; t++) {
-          const perm = Array.from({ length: E }, (_, i) => i).sort(() => r() - 0.0);
-          for (let j = 0; j < k; j++) ids[t * k + j] = perm[j];
-        }
-        const wts = randomArray(r, rows * k, 0, 1);
-        const sgu = randomArray(r, 2 * S * H), sdn = randomArray(r, H * S), sg = randomArray(r, rows, 0, 1);
-        const hb = buf(device, "h", new Float32Array(rows * k * I));
-        const xb = buf(device, "x", x0);
-        const idb = buf(device, "ids", new Uint32Array(ids));
-        const xin = buf(device, "xin", x);
-        const gp = await gateUpProgram(device, ring, { hidden: H, inter: I, topK: k, dtype });
-        const dispatches = [{
-          program: gp,
-          group: gp.bind("gu", [xin, buf(device, "gu", weightData(gu, dtype)), idb, hb]),
-          grid: [Math.ceil(I / EXPERT_OUTS), rows * k, 1] as [number, number, number],
-        }];
-        const dp = await downProgram(device, ring, {
-          hidden: H,
-          inter: I,
-          topK: k,
-          shared: S,
-          dtype,
-          alpha: 0.7,
-        });
-        const dBufs = [hb, buf(device, "dn", weightData(dn, dtype)), idb, buf(device, "wts", wts), xb];
-        if (S > 0) {
-          const shb = buf(device, "sh", new Float32Array(rows * S));
-          const sp = await gateUpProgram(device, ring, { hidden: H, inter: S, topK: 1, dtype });
+      for (const [ci, c] of cases.entries()) {
+        for (const [si, [gs, ds]] of SHAPES.entries()) {
+          if (si > 0 && ci > 0) continue;
+          const { E, H, I, k, rows, S } = c;
+          const x = randomArray(r, rows * H), x0 = randomArray(r, rows * H);
+          const gu = randomArray(r, E * 2 * I * H), dn = randomArray(r, E * H * I);
+          const ids = new Int32Array(rows * k);
+          for (let t = 0; t < rows; t++) {
+            const perm = Array.from({ length: E }, (_, i) => i).sort(() => r() - 0.0);
+            for (let j = 0; j < k; j++) ids[t * k + j] = perm[j];
+          }
+          const wts = randomArray(r, rows * k, 0, 1);
+          const sgu = randomArray(r, 2 * S * H), sdn = randomArray(r, H * S), sg = randomArray(r, rows, 0, 1);
+          const hb = buf(device, "h", new Float32Array(rows * k * I));
+          const xb = buf(device, "x", x0);
+          const idb = buf(device, "ids", new Uint32Array(ids));
+          const xin = buf(device, "xin", x);
+          const gp = await gateUpProgram(device, ring, { hidden: H, inter: I, topK: k, dtype }, gs);
+          const dispatches = [{
+            program: gp,
+            group: gp.bind("gu", [xin, buf(device, "gu", weightData(gu, dtype)), idb, hb]),
+            grid: [Math.ceil(I / gs.outs), rows * k, 1] as [number, number, number],
+          }];
+          const dp = await downProgram(device, ring, {
+            hidden: H,
+            inter: I,
+            topK: k,
+            shared: S,
+            dtype,
+            alpha: 0.7,
+          }, ds);
+          const dBufs = [hb, buf(device, "dn", weightData(dn, dtype)), idb, buf(device, "wts", wts), xb];
+          if (S > 0) {
+            const shb = buf(device, "sh", new Float32Array(rows * S));
+            const sp = await gateUpProgram(device, ring, { hidden: H, inter: S, topK: 1, dtype }, gs);
+            dispatches.push({
+              program: sp,
+              group: sp.bind("sgu", [
+                xin,
+                buf(device, "sgu", weightData(sgu, dtype)),
+                buf(device, "zeros", new Uint32Array(rows)),
+                shb,
+              ]),
+              grid: [Math.ceil(S / gs.outs), rows, 1],
+            });
+            dBufs.push(shb, buf(device, "sdn", weightData(sdn, dtype)), buf(device, "sg", sg));
+          }
           dispatches.push({
-            program: sp,
-            group: sp.bind("sgu", [
-              xin,
-              buf(device, "sgu", weightData(sgu, dtype)),
-              buf(device, "zeros", new Uint32Array(rows)),
-              shb,
-            ]),
-            grid: [Math.ceil(S / EXPERT_OUTS), rows, 1],
+            program: dp,
+            group: dp.bind("dn", dBufs),
+            grid: [Math.ceil(H / ds.outs), rows, 1],
           });
-          dBufs.push(shb, buf(device, "sdn", weightData(sdn, dtype)), buf(device, "sg", sg));
-        }
-        dispatches.push({
-          program: dp,
-          group: dp.bind("dn", dBufs),
-          grid: [Math.ceil(H / EXPERT_OUTS), rows, 1],
-        });
-        const got = new Float32Array(await runAndRead(device, ring, dispatches, { rows }, xb, rows * H * 4));
-        const round = (a: Float32Array) => (dtype === "f16" ? roundF16(a) : a);
-        const out = new Float32Array(rows * H);
-        expertsRef(x, rows, ids, wts, k, round(gu), round(dn), H, I, out);
-        if (S > 0) {
-          const sh = new Float32Array(rows * H);
-          expertsRef(
-            x,
-            rows,
-            new Int32Array(rows),
-            new Float32Array(rows).fill(1),
-            1,
-            round(sgu),
-            round(sdn),
-            H,
-            S,
-            sh,
+          const got = new Float32Array(
+            await runAndRead(device, ring, dispatches, { rows }, xb, rows * H * 4),
           );
-          for (let t = 0; t < rows; t++) for (let i = 0; i < H; i++) out[t * H + i] += sg[t] * sh[t * H + i];
+          const round = (a: Float32Array) => (dtype === "f16" ? roundF16(a) : a);
+          const out = new Float32Array(rows * H);
+          expertsRef(x, rows, ids, wts, k, round(gu), round(dn), H, I, out);
+          if (S > 0) {
+            const sh = new Float32Array(rows * H);
+            expertsRef(
+              x,
+              rows,
+              new Int32Array(rows),
+              new Float32Array(rows).fill(1),
+              1,
+              round(sgu),
+              round(sdn),
+              H,
+              S,
+              sh,
+            );
+            for (let t = 0; t < rows; t++) {
+              for (let i = 0; i < H; i++) out[t * H + i] += sg[t] * sh[t * H + i];
+            }
+          }
+          const ref = x0.map((v, i) => v + 0.7 * out[i]);
+          const err = relError(got, ref);
+          assert.ok(err < 1e-5, `${dtype} ${JSON.stringify(c)}: ${err}`);
         }
-        const ref = x0.map((v, i) => v + 0.7 * out[i]);
-        const err = relError(got, ref);
-        assert.ok(err < 1e-5, `${dtype} ${JSON.stringify(c)}: ${err}`);
       }
     },
   });

@@ -10,8 +10,10 @@
 import type { DType } from "../engine/types.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
 import {
+  checkMatvecShape,
   checkRowLength,
   f32Lit,
+  type MatvecShape,
   prelude,
   tileAccumulate,
   tileAccumulators,
@@ -39,10 +41,15 @@ export interface LinearParams {
   alpha: number;
 }
 
-/** Output features per workgroup of the mat-vec. */
-export const GEMV_OUTS = 4;
-/** Threads per output feature of the mat-vec (a power of two). */
-export const GEMV_TPO = 64;
+/** Shape of the mat-vec: threads per output feature and output features per workgroup. */
+export const GEMV_SHAPE: MatvecShape = { tpo: 32, outs: 8 };
+/** Shape of the mat-vec for fewer than 1,024 outputs (a router): more workgroups, 64 threads per output. */
+export const SMALL_GEMV_SHAPE: MatvecShape = { tpo: 64, outs: 4 };
+
+/** The mat-vec shape for `n` output features. */
+export function gemvShape(n: number): MatvecShape {
+  return n < 1024 ? SMALL_GEMV_SHAPE : GEMV_SHAPE;
+}
 
 function epilogue(p: LinearParams, idx: string, v: string, n: string): string {
   const withBias = p.bias ? `(${v} + bias[${n}])` : v;
@@ -59,18 +66,19 @@ ${p.bias ? "@group(0) @binding(2) var<storage, read> bias: array<f32>;" : ""}
 
 /**
  * WGSL of the mat-vec. Bindings: 0 x [R, K] f32, 1 W [N, K], (2 bias [N]), then y [R, N] f32.
- * Grid: ceil(N / GEMV_OUTS) workgroups (2-D when above the per-dimension limit); rows: `st.rows`.
+ * Grid: ceil(N / shape.outs) workgroups (2-D when above the per-dimension limit); rows: `st.rows`.
  */
-export function gemvWgsl(p: LinearParams): string {
+export function gemvWgsl(p: LinearParams, shape: MatvecShape = GEMV_SHAPE): string {
   checkRowLength(p.label, p.k, p.dtype);
+  checkMatvecShape(p.label, shape);
   const ch = weightChunk(p.dtype);
-  const wg = GEMV_OUTS * GEMV_TPO;
+  const wg = shape.outs * shape.tpo;
   return `${prelude()}
 const N: u32 = ${p.n}u;
 const K4: u32 = ${p.k / 4}u;
 const KC: u32 = ${p.k / ch}u;
 const XSTEP: u32 = ${ch / 4}u;
-const TPO: u32 = ${GEMV_TPO}u;
+const TPO: u32 = ${shape.tpo}u;
 ${bindings(p)}
 ${weightDotFn("w", p.dtype, "xs")}
 var<workgroup> part: array<f32, ${wg}>;
@@ -78,9 +86,9 @@ var<workgroup> part: array<f32, ${wg}>;
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) li: u32) {
   let wid = wg.x + wg.y * nwg.x;
-  if (wid * ${GEMV_OUTS}u >= N) { return; }
+  if (wid * ${shape.outs}u >= N) { return; }
   let t = li % TPO;
-  let n = wid * ${GEMV_OUTS}u + li / TPO;
+  let n = wid * ${shape.outs}u + li / TPO;
   for (var r = 0u; r < st.rows; r++) {
     var acc = 0.0;
     if (n < N) {
@@ -158,9 +166,14 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 }`;
 }
 
-/** The mat-vec program. */
-export function gemvProgram(device: GPUDevice, ring: StepRing, p: LinearParams): Promise<Program> {
-  return P.get(device, ring, `gemv-${p.label}`, gemvWgsl(p), linearBindings(p));
+/** The mat-vec program (`shape`: see {@linkcode gemvWgsl}). */
+export function gemvProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: LinearParams,
+  shape: MatvecShape = GEMV_SHAPE,
+): Promise<Program> {
+  return P.get(device, ring, `gemv-${p.label}`, gemvWgsl(p, shape), linearBindings(p));
 }
 
 /** The GEMM program. */

@@ -16,7 +16,7 @@
  */
 
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
-import { f32Lit, prelude } from "./wgsl.ts";
+import { checkMatvecShape, f32Lit, type MatvecShape, prelude } from "./wgsl.ts";
 
 /** Meta entry of one matrix: its scheme and where its words and parameters start. */
 export interface QuantMeta {
@@ -30,8 +30,12 @@ export interface QuantMeta {
   paramOffset: number;
 }
 
-/** Outputs per workgroup and threads per output of the quantized mat-vecs. */
-export const QMV_OUTS = 4, QMV_TPO = 64;
+/** Shape of the quantized linear mat-vec. */
+export const QGEMV_SHAPE: MatvecShape = { tpo: 32, outs: 8 };
+/** Shape of the quantized expert gate/up mat-vec (outputs are expert-hidden features, gate and up rows each). */
+export const QGATEUP_SHAPE: MatvecShape = { tpo: 16, outs: 16 };
+/** Shape of the quantized expert down mat-vec. */
+export const QDOWN_SHAPE: MatvecShape = { tpo: 64, outs: 4, split: 8 };
 
 /** The meta table as a u32 array of vec4 entries. */
 export function metaTable(entries: QuantMeta[]): Uint32Array {
@@ -46,12 +50,142 @@ export function wordsPerRow(bits: number, group: number, cols: number): number {
   return (cols / group) * Math.ceil(group / v);
 }
 
+/** Bit widths the vector path of the mat-vecs reads a 16-byte chunk (4 words) at a time. */
+const VECTOR_BITS = [2, 4, 8, 16] as const;
+
 /**
- * WGSL of `qdot(m, row, xs_offset, t)`: the partial dot product of row `row` of matrix `m` with activations
- * `xa[xs_offset..]` over the words t, t + TPO, … (a thread's share of the row). `K` is the row length.
+ * WGSL statements accumulating one 16-byte chunk `w{r}` (vec4<u32>) of each of `rows` weight rows against the
+ * activations at vec4 index `xb`, for `bits` (values per chunk: 128 / bits; 8 for f16). Quantized rows add
+ * `scale · Σ q·x + min · Σ x` with their group's parameters `sm{r}`; the activations load once for all rows.
  */
-function qdotFn(): string {
+function chunkCode(bits: number, rows: number): string {
+  const nx = (bits === 16 ? 8 : 128 / bits) / 4; // vec4s of activations per chunk
+  const lines = Array.from({ length: nx }, (_, i) => `let x${i} = xa[xb + ${i}u];`);
+  if (bits === 16) {
+    for (let r = 0; r < rows; r++) {
+      lines.push(
+        `acc${r} += dot(vec4<f32>(unpack2x16float(w${r}.x), unpack2x16float(w${r}.y)), x0) + ` +
+          `dot(vec4<f32>(unpack2x16float(w${r}.z), unpack2x16float(w${r}.w)), x1);`,
+      );
+    }
+    return lines.join("\n        ");
+  }
+  const sum = Array.from({ length: nx }, (_, i) => `x${i}`).join(" + ");
+  lines.push(`let sx = dot(${sum}, vec4<f32>(1.0));`);
+  const perWord = nx / 4; // vec4s of activations per word
+  for (let r = 0; r < rows; r++) {
+    const terms = Array.from({ length: nx }, (_, i) => {
+      const word = `w${r}.${"xyzw"[Math.floor(i / perWord)]}`;
+      return `dot(lv${bits}(${word} >> ${(i % perWord) * 4 * bits}u), x${i})`;
+    });
+    lines.push(`acc${r} += sm${r}.x * (${terms.join(" + ")}) + sm${r}.y * sx;`);
+  }
+  return lines.join("\n        ");
+}
+
+/** A quantization scheme of a weight set: bits (16: plain f16) and group size (f16: the row length). */
+export interface QuantScheme {
+  /** 2, 3, 4, 8 or 16. */
+  bits: number;
+  /** Group size. */
+  group: number;
+}
+
+/** Whether rows of `k` values in `s` can be read in 16-byte chunks that each lie inside one group. */
+function chunked(s: QuantScheme, k: number): boolean {
+  if (s.bits === 16) return k % 8 === 0;
+  return (s.bits === 2 || s.bits === 4 || s.bits === 8) && s.group % (128 / s.bits) === 0 &&
+    k % s.group === 0;
+}
+
+/**
+ * WGSL of `qdot1(m, row0, xo, t)` or `qdot2(m, row0, row1, xo, t)`: the partial dot products of `rows` rows of
+ * matrix `m` (meta entry) with activations `xa` from value `xo` (a multiple of 4) over a thread's share (`t` of
+ * TPR threads). `K` is the row length. Rows are read in 16-byte chunks where the scheme allows (2, 4, 8 bits with
+ * groups of whole chunks, or f16; 16-byte aligned), else word by word. With `schemes` (those the weight set
+ * holds), each chunked scheme gets a branch with its sizes as constants; without, one branch per bit width
+ * computes them at run time.
+ */
+function qdotFn(rows: 1 | 2, k: number, schemes?: readonly QuantScheme[]): string {
+  const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
+  const ret = rows === 1 ? "f32" : "vec2<f32>";
+  const accs = Array.from({ length: rows }, (_, r) => `acc${r}`).join(", ");
+  const decl = Array.from({ length: rows }, (_, r) => `var acc${r} = 0.0;`).join(" ");
+  const result = rows === 1 ? "acc0" : `vec2<f32>(${accs})`;
+  // The loop over a thread's chunks; sizes are WGSL expressions (constants or run-time values).
+  const loop = (b: number, cpr: string, groups: string, group: string) => {
+    const loads = Array.from({ length: rows }, (_, r) => `let w${r} = qw[m.z / 4u + row${r} * ${cpr} + c];`);
+    const params = b === 16 ? [] : Array.from(
+      { length: rows },
+      (_, r) => `let sm${r} = unpack2x16float(qp[m.w + row${r} * ${groups} + ${group}]);`,
+    );
+    return `for (var c = t; c < ${cpr}; c += TPR) {
+        ${[...loads, ...params].join("\n        ")}
+        let xb = xo4 + c * ${b === 16 ? 2 : 32 / b}u;
+        ${chunkCode(b, rows)}
+      }
+      return ${result};`;
+  };
+  let vector: string;
+  if (schemes) {
+    const seen = new Set<string>();
+    const branches: string[] = [];
+    for (const sc of schemes) {
+      const key = `${sc.bits}/${sc.group}`;
+      if (seen.has(key) || !chunked(sc, k)) continue;
+      seen.add(key);
+      if (sc.bits === 16) {
+        branches.push(`if (m.x == 16u) {
+      ${loop(16, `${k / 8}u`, "1u", "0u")}
+    }`);
+        continue;
+      }
+      const perChunk = 128 / sc.bits;
+      branches.push(`if (m.x == ${sc.bits}u && m.y == ${sc.group}u) {
+      ${loop(sc.bits, `${k / perChunk}u`, `${k / sc.group}u`, `c / ${sc.group / perChunk}u`)}
+    }`);
+    }
+    vector = branches.length === 0 ? "" : `if (m.z % 4u == 0u) {
+    let xo4 = xo / 4u;
+    ${branches.join(" else ")}
+  }`;
+  } else {
+    const branches = VECTOR_BITS.map((b) =>
+      `if (bits == ${b}u) {
+      ${loop(b, "cpr", "groups", "c / cpg")}
+    }`
+    ).join(" else ");
+    vector = `let bits = m.x;
+  let G = m.y;
+  let v = 32u / bits;
+  let wpg = (G + v - 1u) / v;
+  let groups = K / G;
+  let wpr = groups * wpg;
+  if ((bits == 2u || bits == 4u || bits == 8u || bits == 16u) && G % v == 0u && wpg % 4u == 0u && m.z % 4u == 0u) {
+    let cpr = wpr / 4u;
+    let cpg = max(wpg / 4u, 1u);
+    let xo4 = xo / 4u;
+    ${branches}
+  }`;
+  }
+  const generic = Array.from({ length: rows }, (_, r) => `acc${r} = qdot_words(m, row${r}, xo, t);`).join(
+    " ",
+  );
   return `
+fn qdot${rows}(m: vec4<u32>, ${rowArgs}, xo: u32, t: u32) -> ${ret} {
+  ${decl}
+  ${vector}
+  ${generic}
+  return ${result};
+}`;
+}
+
+/** WGSL of the word-by-word dot product (any scheme) and the helpers of the chunked one. */
+function qdotWordsFn(): string {
+  return `
+fn qword(i: u32) -> u32 {
+  return qw[i >> 2u][i & 3u];
+}
 fn xs(i: u32) -> f32 {
   return xa[i >> 2u][i & 3u];
 }
@@ -59,7 +193,16 @@ fn nib4(w: u32, shift: u32, bits: u32) -> vec4<f32> {
   let m = (1u << bits) - 1u;
   return vec4<f32>(vec4<u32>(w >> shift, w >> (shift + bits), w >> (shift + 2u * bits), w >> (shift + 3u * bits)) & vec4<u32>(m));
 }
-fn qdot(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
+fn lv2(w: u32) -> vec4<f32> {
+  return vec4<f32>(vec4<u32>(w, w >> 2u, w >> 4u, w >> 6u) & vec4<u32>(3u));
+}
+fn lv4(w: u32) -> vec4<f32> {
+  return vec4<f32>(vec4<u32>(w, w >> 4u, w >> 8u, w >> 12u) & vec4<u32>(15u));
+}
+fn lv8(w: u32) -> vec4<f32> {
+  return vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(255u));
+}
+fn qdot_words(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
   let bits = m.x;
   let G = m.y;
   let v = 32u / bits;
@@ -69,33 +212,10 @@ fn qdot(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
   let wrow = m.z + row * wpr;
   let prow = m.w + row * groups;
   var acc = 0.0;
-  if ((bits == 2u || bits == 4u || bits == 8u) && TPO % wpg == 0u && G % v == 0u) {
-    // The common case (e.g. w4g128: 16 words per group, 64 threads per row): a thread's words all sit at the
-    // same place in their groups, so no division runs in the loop; groups advance by TPO / wpg.
-    let j0 = (t % wpg) * v;
-    let gstep = TPO / wpg;
-    var g = t / wpg;
-    let one = vec4<f32>(1.0);
-    for (var c = t; c < wpr; c += TPO) {
-      let word = qw[wrow + c];
-      let sm = unpack2x16float(qp[prow + g]);
-      let xb = (xo + g * G + j0) >> 2u;
-      var s = 0.0;
-      var sx = 0.0;
-      for (var q = 0u; q < v / 4u; q++) {
-        let xv = xa[xb + q];
-        s += dot(nib4(word, 4u * q * bits, bits), xv);
-        sx += dot(xv, one);
-      }
-      acc += sm.x * s + sm.y * sx;
-      g += gstep;
-    }
-    return acc;
-  }
-  for (var c = t; c < wpr; c += TPO) {
+  for (var c = t; c < wpr; c += TPR) {
     let g = c / wpg;
     let j0 = (c % wpg) * v;
-    let word = qw[wrow + c];
+    let word = qword(wrow + c);
     let xb = xo + g * G + j0;
     if (bits == 16u) {
       let h = unpack2x16float(word);
@@ -167,7 +287,8 @@ fn reduce_seg(li: u32, t: u32, v: f32) -> f32 {
 }`;
 }
 
-const QBINDINGS = `@group(0) @binding(1) var<storage, read> qw: array<u32>;
+// qw is read as 16-byte chunks: buildQuantSet pads it to whole chunks.
+const QBINDINGS = `@group(0) @binding(1) var<storage, read> qw: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> qp: array<u32>;
 @group(0) @binding(3) var<storage, read> qmeta: array<vec4<u32>>;`;
 
@@ -183,37 +304,42 @@ export interface QLinearParams {
   bias: boolean;
   /** Output scale α. */
   alpha: number;
+  /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
+  schemes?: readonly QuantScheme[];
 }
 
 /**
  * WGSL of the quantized mat-vec. Bindings: 0 x [R, K] f32; 1 qw; 2 qp; 3 meta (entry 0); (4 bias); y [R, N].
- * Grid: ceil(N / QMV_OUTS) workgroups (2-D above the limit); rows: `st.rows`.
+ * Grid: ceil(N / shape.outs) workgroups (2-D above the limit); rows: `st.rows`.
  */
-export function qgemvWgsl(p: QLinearParams): string {
+export function qgemvWgsl(p: QLinearParams, shape: MatvecShape = QGEMV_SHAPE): string {
   checkK("the quantized mat-vec", p.k);
-  const wg = QMV_OUTS * QMV_TPO;
+  checkMatvecShape("the quantized mat-vec", shape);
+  const wg = shape.outs * shape.tpo;
   const v = p.bias ? "(d + bias[n])" : "d";
   const val = p.alpha === 1 ? v : `${f32Lit(p.alpha)} * ${v}`;
   return `${prelude()}
 const N: u32 = ${p.n}u;
 const K: u32 = ${p.k}u;
-const TPO: u32 = ${QMV_TPO}u;
+const TPO: u32 = ${shape.tpo}u;
+const TPR: u32 = TPO;
 @group(0) @binding(0) var<storage, read> xa: array<vec4<f32>>;
 ${QBINDINGS}
 ${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 @group(0) @binding(${p.bias ? 5 : 4}) var<storage, read_write> y: array<f32>;
-${qdotFn()}
+${qdotWordsFn()}
+${qdotFn(1, p.k, p.schemes)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
   let wid = wg.x + wg.y * nwg.x;
-  if (wid * ${QMV_OUTS}u >= N) { return; }
+  if (wid * ${shape.outs}u >= N) { return; }
   let t = li % TPO;
-  let n = wid * ${QMV_OUTS}u + li / TPO;
+  let n = wid * ${shape.outs}u + li / TPO;
   let m = qmeta[0];
   for (var r = 0u; r < st.rows; r++) {
     var acc = 0.0;
-    if (n < N) { acc = qdot(m, n, r * K, t); }
+    if (n < N) { acc = qdot1(m, n, r * K, t); }
     let d = reduce_seg(li, t, acc);
     if (t == 0u && n < N) { ${p.mode === "add" ? `y[r * N + n] += ${val};` : `y[r * N + n] = ${val};`} }
   }
@@ -228,25 +354,30 @@ export interface QGateUpParams {
   inter: number;
   /** Experts per row. */
   topK: number;
+  /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
+  schemes?: readonly QuantScheme[];
 }
 
 /**
  * WGSL of quantized gate/up. Bindings: 0 x [R, H]; 1 qw; 2 qp; 3 meta [E]; 4 ids [R, k] u32; 5 h [R k, I].
- * Grid: (ceil(I / QMV_OUTS), rows · k).
+ * Grid: (ceil(I / shape.outs), rows · k).
  */
-export function qGateUpWgsl(p: QGateUpParams): string {
+export function qGateUpWgsl(p: QGateUpParams, shape: MatvecShape = QGATEUP_SHAPE): string {
   checkK("the quantized gate/up", p.hidden);
-  const wg = QMV_OUTS * QMV_TPO;
+  checkMatvecShape("the quantized gate/up", shape);
+  const wg = shape.outs * shape.tpo;
   return `${prelude()}
 const K: u32 = ${p.hidden}u;
 const I: u32 = ${p.inter}u;
 const TOPK: u32 = ${p.topK}u;
-const TPO: u32 = ${QMV_TPO}u;
+const TPO: u32 = ${shape.tpo}u;
+const TPR: u32 = TPO;
 @group(0) @binding(0) var<storage, read> xa: array<vec4<f32>>;
 ${QBINDINGS}
 @group(0) @binding(4) var<storage, read> ids: array<u32>;
 @group(0) @binding(5) var<storage, read_write> h: array<f32>;
-${qdotFn()}
+${qdotWordsFn()}
+${qdotFn(2, p.hidden, p.schemes)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -255,14 +386,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let r = slot / TOPK;
   let m = qmeta[ids[slot]];
   let t = li % TPO;
-  let i = wg.x * ${QMV_OUTS}u + li / TPO;
-  var g = 0.0;
-  var u = 0.0;
-  if (i < I) {
-    g = qdot(m, i, r * K, t);
-    u = qdot(m, I + i, r * K, t);
-  }
-  let gu = reduce_seg2(li, t, g, u);
+  let i = wg.x * ${shape.outs}u + li / TPO;
+  var gu0 = vec2<f32>(0.0);
+  if (i < I) { gu0 = qdot2(m, i, I + i, r * K, t); }
+  let gu = reduce_seg2(li, t, gu0.x, gu0.y);
   let gs = gu.x;
   let us = gu.y;
   if (t == 0u && i < I) { h[slot * I + i] = gs / (1.0 + exp(-gs)) * us; }
@@ -279,38 +406,45 @@ export interface QDownParams {
   topK: number;
   /** Residual multiplier α. */
   alpha: number;
+  /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
+  schemes?: readonly QuantScheme[];
 }
 
 /**
  * WGSL of quantized down with the residual add: `x_r += α Σ_j w_rj · down_e(h[r k + j])`. Bindings: 0 h [R k, I];
- * 1 qw; 2 qp; 3 meta [E]; 4 ids [R, k]; 5 weights [R, k]; 6 x [R, H]. Grid: (ceil(H / QMV_OUTS), rows).
+ * 1 qw; 2 qp; 3 meta [E]; 4 ids [R, k]; 5 weights [R, k]; 6 x [R, H]. Grid: (ceil(H / shape.outs), rows).
  */
-export function qDownWgsl(p: QDownParams): string {
+export function qDownWgsl(p: QDownParams, shape: MatvecShape = QDOWN_SHAPE): string {
   checkK("the quantized down projection", p.inter);
-  const wg = QMV_OUTS * QMV_TPO;
+  checkMatvecShape("the quantized down projection", shape);
+  const wg = shape.outs * shape.tpo;
   return `${prelude()}
 const H: u32 = ${p.hidden}u;
 const K: u32 = ${p.inter}u;
 const TOPK: u32 = ${p.topK}u;
-const TPO: u32 = ${QMV_TPO}u;
+const TPO: u32 = ${shape.tpo}u;
+// Teams of TPR threads sum different experts.
+const SPLIT: u32 = ${shape.split ?? 1}u;
+const TPR: u32 = TPO / SPLIT;
 @group(0) @binding(0) var<storage, read> xa: array<vec4<f32>>;
 ${QBINDINGS}
 @group(0) @binding(4) var<storage, read> ids: array<u32>;
 @group(0) @binding(5) var<storage, read> wts: array<f32>;
 @group(0) @binding(6) var<storage, read_write> x: array<f32>;
-${qdotFn()}
+${qdotWordsFn()}
+${qdotFn(1, p.inter, p.schemes)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.y;
   if (r >= st.rows) { return; }
   let t = li % TPO;
-  let c = wg.x * ${QMV_OUTS}u + li / TPO;
+  let c = wg.x * ${shape.outs}u + li / TPO;
   var acc = 0.0;
   if (c < H) {
-    for (var j = 0u; j < TOPK; j++) {
+    for (var j = t / TPR; j < TOPK; j += SPLIT) {
       let slot = r * TOPK + j;
-      acc += wts[slot] * qdot(qmeta[ids[slot]], c, slot * K, t);
+      acc += wts[slot] * qdot1(qmeta[ids[slot]], c, slot * K, t % TPR);
     }
   }
   let d = reduce_seg(li, t, acc);
@@ -318,9 +452,14 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 }`;
 }
 
-/** The quantized mat-vec program. */
-export function qgemvProgram(device: GPUDevice, ring: StepRing, p: QLinearParams): Promise<Program> {
-  return P.get(device, ring, "qgemv", qgemvWgsl(p), qLinearBindings(p));
+/** The quantized mat-vec program (`shape`: see {@linkcode qgemvWgsl}). */
+export function qgemvProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: QLinearParams,
+  shape: MatvecShape = QGEMV_SHAPE,
+): Promise<Program> {
+  return P.get(device, ring, "qgemv", qgemvWgsl(p, shape), qLinearBindings(p));
 }
 
 /** Access of the bindings of a quantized linear layer (mat-vec or GEMM): x, qw, qp, meta, (bias), y. */
@@ -330,14 +469,31 @@ export function qLinearBindings(p: QLinearParams): ("read" | "write")[] {
     : ["read", "read", "read", "read", "write"];
 }
 
-/** The quantized gate/up program. */
-export function qGateUpProgram(device: GPUDevice, ring: StepRing, p: QGateUpParams): Promise<Program> {
-  return P.get(device, ring, "q-gate-up", qGateUpWgsl(p), ["read", "read", "read", "read", "read", "write"]);
+/** The quantized gate/up program (`shape`: see {@linkcode qGateUpWgsl}). */
+export function qGateUpProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: QGateUpParams,
+  shape: MatvecShape = QGATEUP_SHAPE,
+): Promise<Program> {
+  return P.get(device, ring, "q-gate-up", qGateUpWgsl(p, shape), [
+    "read",
+    "read",
+    "read",
+    "read",
+    "read",
+    "write",
+  ]);
 }
 
-/** The quantized down program. */
-export function qDownProgram(device: GPUDevice, ring: StepRing, p: QDownParams): Promise<Program> {
-  return P.get(device, ring, "q-down", qDownWgsl(p), [
+/** The quantized down program (`shape`: see {@linkcode qDownWgsl}). */
+export function qDownProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  p: QDownParams,
+  shape: MatvecShape = QDOWN_SHAPE,
+): Promise<Program> {
+  return P.get(device, ring, "q-down", qDownWgsl(p, shape), [
     "read",
     "read",
     "read",
@@ -361,8 +517,13 @@ export type QuantMatrix =
   }
   | { rows: number; cols: number; f16: Uint16Array };
 
-/** The qw, qp and meta arrays of a weight set of matrices laid one after another. */
-export function buildQuantSet(mats: QuantMatrix[]): { qw: Uint32Array; qp: Uint32Array; meta: Uint32Array } {
+/**
+ * The qw, qp and meta arrays of a weight set of matrices laid one after another (qw padded to whole 16-byte
+ * chunks), and the distinct schemes it holds.
+ */
+export function buildQuantSet(
+  mats: QuantMatrix[],
+): { qw: Uint32Array; qp: Uint32Array; meta: Uint32Array; schemes: QuantScheme[] } {
   let words = 0, params = 0;
   const entries: QuantMeta[] = [];
   for (const m of mats) {
@@ -378,7 +539,8 @@ export function buildQuantSet(mats: QuantMatrix[]): { qw: Uint32Array; qp: Uint3
       params += m.scales.length;
     }
   }
-  const qw = new Uint32Array(Math.max(1, words)), qp = new Uint32Array(Math.max(1, params));
+  const qw = new Uint32Array(Math.ceil(Math.max(1, words) / 4) * 4),
+    qp = new Uint32Array(Math.max(1, params));
   mats.forEach((m, i) => {
     const e = entries[i];
     if ("f16" in m) {
@@ -388,5 +550,6 @@ export function buildQuantSet(mats: QuantMatrix[]): { qw: Uint32Array; qp: Uint3
       for (let j = 0; j < m.scales.length; j++) qp[e.paramOffset + j] = m.scales[j] | (m.mins[j] << 16);
     }
   });
-  return { qw, qp, meta: metaTable(entries) };
+  const schemes = new Map(entries.map((e) => [`${e.bits}/${e.group}`, { bits: e.bits, group: e.group }]));
+  return { qw, qp, meta: metaTable(entries), schemes: [...schemes.values()] };
 }

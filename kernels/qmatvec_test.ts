@@ -2,7 +2,16 @@ import assert from "node:assert/strict";
 import { expertsRef } from "./cpu/experts.ts";
 import { matmulRef } from "./cpu/matmul.ts";
 import { grid2d } from "./gpu.ts";
-import { buildQuantSet, qDownProgram, qGateUpProgram, qgemvProgram, QMV_OUTS } from "./qmatvec.ts";
+import {
+  buildQuantSet,
+  QDOWN_SHAPE,
+  qDownProgram,
+  QGATEUP_SHAPE,
+  qGateUpProgram,
+  QGEMV_SHAPE,
+  qgemvProgram,
+} from "./qmatvec.ts";
+import type { MatvecShape } from "./wgsl.ts";
 import {
   buf,
   makeQuantMatrix,
@@ -32,12 +41,36 @@ Deno.test({
         "f16",
       ] as TestScheme[]
     ) {
-      for (const [rows, n, k] of [[1, 37, 128], [3, 64, 256], [2, 128, 64], [2, 40, 96]]) {
+      // [rows, n, k], shape, matrix at an unaligned word offset, kernel given the set's schemes.
+      type Run = [number[], MatvecShape, boolean, boolean];
+      const runs: Run[] = [
+        ...[[1, 37, 128], [3, 64, 256], [2, 128, 64], [2, 40, 96]].map((
+          c,
+        ): Run => [c, QGEMV_SHAPE, false, true]),
+        // Other shapes (as a benchmark may pick), sizes at run time, and a matrix at a word offset that is not
+        // 16-byte aligned.
+        [[2, 40, 128], { tpo: 8, outs: 32 }, false, true],
+        [[1, 33, 256], { tpo: 32, outs: 2 }, false, false],
+        [[3, 24, 64], QGEMV_SHAPE, false, false],
+        [[2, 21, 128], QGEMV_SHAPE, true, true],
+      ];
+      for (const [[rows, n, k], shape, shifted, withSchemes] of runs) {
         if (s !== "f16" && k % s[1] !== 0) continue;
         const { m, w } = makeQuantMatrix(r, n, k, s);
-        const set = buildQuantSet([m]);
+        // Shifted: a 3-word f16 matrix first, and the meta entry of the one under test alone.
+        const set = shifted
+          ? buildQuantSet([{ rows: 3, cols: 2, f16: new Uint16Array(6) }, m])
+          : buildQuantSet([m]);
+        if (shifted) set.meta = set.meta.slice(4, 8);
         const x = randomArray(r, rows * k), b = randomArray(r, n), y0 = randomArray(r, rows * n);
-        const prog = await qgemvProgram(device, ring, { n, k, mode: "add", bias: true, alpha: 0.5 });
+        const prog = await qgemvProgram(device, ring, {
+          n,
+          k,
+          mode: "add",
+          bias: true,
+          alpha: 0.5,
+          schemes: withSchemes ? set.schemes : undefined,
+        }, shape);
         const yb = buf(device, "y", y0);
         const group = prog.bind("t", [
           buf(device, "x", x),
@@ -51,7 +84,7 @@ Deno.test({
           await runAndRead(
             device,
             ring,
-            [{ program: prog, group, grid: grid2d(Math.ceil(n / QMV_OUTS)) }],
+            [{ program: prog, group, grid: grid2d(Math.ceil(n / shape.outs)) }],
             { rows },
             yb,
             rows * n * 4,
@@ -59,7 +92,12 @@ Deno.test({
         );
         const ref = matmulRef(x, w, rows, n, k, { bias: b }).map((v, i) => y0[i] + 0.5 * v);
         const err = relError(got, ref);
-        assert.ok(err < 1e-5, `${JSON.stringify(s)} [${rows},${n},${k}]: ${err}`);
+        assert.ok(
+          err < 1e-5,
+          `${JSON.stringify(s)} [${rows},${n},${k}] ${
+            JSON.stringify(shape)
+          } ${shifted} ${withSchemes}: ${err}`,
+        );
       }
     }
   },
@@ -84,50 +122,71 @@ Deno.test({
     const ids = new Int32Array(rows * k);
     for (let t = 0; t < rows; t++) for (let j = 0; j < k; j++) ids[t * k + j] = (t + 2 * j) % E;
     const idb = buf(device, "ids", new Uint32Array(ids)),
-      hb = buf(device, "h", new Float32Array(rows * k * I)),
+      hb = buf(device, "h", new Float32Array(rows * k * I));
+    let xb: GPUBuffer;
+    // Shapes, and whether the kernels are given the sets' schemes (else they size chunks at run time).
+    for (
+      const [gs, ds, withSchemes] of [[QGATEUP_SHAPE, QDOWN_SHAPE, true], [{ tpo: 16, outs: 16 }, {
+        tpo: 32,
+        outs: 8,
+        split: 4,
+      }, false], [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true]] as [MatvecShape, MatvecShape, boolean][]
+    ) {
       xb = buf(device, "x", x0);
-    const gp = await qGateUpProgram(device, ring, { hidden: H, inter: I, topK: k });
-    const dp = await qDownProgram(device, ring, { hidden: H, inter: I, topK: k, alpha: 0.7 });
-    const got = new Float32Array(
-      await runAndRead(
-        device,
-        ring,
-        [
-          {
-            program: gp,
-            group: gp.bind("gu", [
-              buf(device, "xin", x),
-              buf(device, "qw", guSet.qw),
-              buf(device, "qp", guSet.qp),
-              buf(device, "m", guSet.meta),
-              idb,
-              hb,
-            ]),
-            grid: [Math.ceil(I / QMV_OUTS), rows * k, 1],
-          },
-          {
-            program: dp,
-            group: dp.bind("dn", [
-              hb,
-              buf(device, "qw2", dnSet.qw),
-              buf(device, "qp2", dnSet.qp),
-              buf(device, "m2", dnSet.meta),
-              idb,
-              buf(device, "w", wts),
-              xb,
-            ]),
-            grid: [Math.ceil(H / QMV_OUTS), rows, 1],
-          },
-        ],
-        { rows },
-        xb,
-        rows * H * 4,
-      ),
-    );
-    const out = new Float32Array(rows * H);
-    expertsRef(x, rows, ids, wts, k, guRef, dnRef, H, I, out);
-    const ref = x0.map((v, i) => v + 0.7 * out[i]);
-    const err = relError(got, ref);
-    assert.ok(err < 1e-5, `mixed experts: ${err}`);
+      const gp = await qGateUpProgram(device, ring, {
+        hidden: H,
+        inter: I,
+        topK: k,
+        schemes: withSchemes ? guSet.schemes : undefined,
+      }, gs);
+      const dp = await qDownProgram(device, ring, {
+        hidden: H,
+        inter: I,
+        topK: k,
+        alpha: 0.7,
+        schemes: withSchemes ? dnSet.schemes : undefined,
+      }, ds);
+      const got = new Float32Array(
+        await runAndRead(
+          device,
+          ring,
+          [
+            {
+              program: gp,
+              group: gp.bind("gu", [
+                buf(device, "xin", x),
+                buf(device, "qw", guSet.qw),
+                buf(device, "qp", guSet.qp),
+                buf(device, "m", guSet.meta),
+                idb,
+                hb,
+              ]),
+              grid: [Math.ceil(I / gs.outs), rows * k, 1],
+            },
+            {
+              program: dp,
+              group: dp.bind("dn", [
+                hb,
+                buf(device, "qw2", dnSet.qw),
+                buf(device, "qp2", dnSet.qp),
+                buf(device, "m2", dnSet.meta),
+                idb,
+                buf(device, "w", wts),
+                xb,
+              ]),
+              grid: [Math.ceil(H / ds.outs), rows, 1],
+            },
+          ],
+          { rows },
+          xb,
+          rows * H * 4,
+        ),
+      );
+      const out = new Float32Array(rows * H);
+      expertsRef(x, rows, ids, wts, k, guRef, dnRef, H, I, out);
+      const ref = x0.map((v, i) => v + 0.7 * out[i]);
+      const err = relError(got, ref);
+      assert.ok(err < 1e-5, `mixed experts ${JSON.stringify([gs, ds, withSchemes])}: ${err}`);
+    }
   },
 });

@@ -3,7 +3,7 @@ import type { RouterMode } from "../engine/config.ts";
 import { matmulRef } from "./cpu/matmul.ts";
 import { routeRef } from "./cpu/router.ts";
 import { grid2d, readBuffer } from "./gpu.ts";
-import { GEMV_OUTS, gemvProgram } from "./linear.ts";
+import { GEMV_SHAPE, gemvProgram } from "./linear.ts";
 import { topKProgram } from "./router.ts";
 import { buf, randomArray, rng, runAndRead, SKIP_GPU, testGpu } from "./test_util.ts";
 
@@ -60,7 +60,7 @@ Deno.test({
           {
             program: lin,
             group: lin.bind("lin", [buf(device, "x", x), buf(device, "wr", w), lb]),
-            grid: grid2d(Math.ceil(ne / GEMV_OUTS)),
+            grid: grid2d(Math.ceil(ne / GEMV_SHAPE.outs)),
           },
           { program: top, group: top.bind("top", [lb, ib, wb, sb, cb]), grid: [c.rows, 1, 1] },
         ],

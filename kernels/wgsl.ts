@@ -70,6 +70,34 @@ fn scalar_${name}(i: u32) -> f32 {
 }`;
 }
 
+/**
+ * How a mat-vec kernel spreads its work: `tpo` threads (a power of two) share one output's dot product and a
+ * workgroup computes `outs` outputs (`tpo · outs` threads).
+ */
+export interface MatvecShape {
+  /** Threads per output. */
+  tpo: number;
+  /** Outputs per workgroup. */
+  outs: number;
+  /**
+   * Down projections only: an output's threads split into this many teams, each summing other experts (default
+   * 1: all threads over every expert in turn).
+   */
+  split?: number;
+}
+
+/** Throws unless `s` is a valid mat-vec shape: powers of two, at most 256 threads, teams of whole threads. */
+export function checkMatvecShape(label: string, s: MatvecShape): void {
+  const ok = (v: number) => Number.isInteger(v) && v > 0 && (v & (v - 1)) === 0;
+  const split = s.split ?? 1;
+  if (!ok(s.tpo) || !ok(s.outs) || !ok(split) || s.tpo * s.outs > 256 || split > s.tpo) {
+    throw new RangeError(
+      `Cannot build ${label}: threads per output ${s.tpo}, outputs ${s.outs} and teams ${split} must be ` +
+        `powers of two, at most 256 threads and at most one team per thread`,
+    );
+  }
+}
+
 /** Header of every kernel: the step uniform. */
 export function prelude(): string {
   return STEP_WGSL;

@@ -14,7 +14,7 @@ import {
   StepRing,
   uploadBuffer,
 } from "../../kernels/gpu.ts";
-import { buildQuantSet, qgemvProgram, QMV_OUTS, type QuantMatrix } from "../../kernels/qmatvec.ts";
+import { buildQuantSet, QGEMV_SHAPE, qgemvProgram, type QuantMatrix } from "../../kernels/qmatvec.ts";
 import { quantizeRtn } from "./quantize.ts";
 import { parseScheme, storedBitsPerWeight } from "./scheme.ts";
 
@@ -112,6 +112,7 @@ export async function measureCosts(
         mode: "store",
         bias: false,
         alpha: 1,
+        schemes: set.schemes,
       });
       const bufs = [
         uploadBuffer(device, "cost-qw", set.qw),
@@ -119,7 +120,7 @@ export async function measureCosts(
         uploadBuffer(device, "cost-meta", set.meta),
       ];
       const group = prog.bind("cost", [x, ...bufs, y]);
-      const grid = grid2d(Math.ceil(rows / QMV_OUTS));
+      const grid = grid2d(Math.ceil(rows / QGEMV_SHAPE.outs));
       for (let mi = 0; mi < COST_TOKENS.length; mi++) {
         const off = ring.set(mi, {
           pos: 0,
