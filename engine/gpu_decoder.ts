@@ -436,6 +436,9 @@ export class GpuDecoder implements TokenSource {
         logitRows,
         useGemm,
       });
+      // The load kept the main thread busy: bring the GPU back to its fast state now rather than at the first
+      // generation (kernels/keep_awake.ts).
+      await ctx.keepAwake?.warmUp();
       return decoder;
     } catch (e) {
       for (const buf of buffers) buf.destroy();
@@ -1378,6 +1381,8 @@ export class GpuDecoder implements TokenSource {
     let mapping: Promise<void> | undefined;
     const loop = async () => {
       try {
+        // A GPU left idle or starved by a busy main thread runs 3–4× slower until saturated for a second.
+        await this.#ctx.keepAwake?.warmUp();
         prepared = this.#encodeBatch();
         while (prepared) {
           head = this.#submit(prepared);

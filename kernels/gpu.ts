@@ -7,6 +7,7 @@
  */
 
 import { GpuError } from "../engine/errors.ts";
+import { GpuKeepAwake, keepAwakeDisabled } from "./keep_awake.ts";
 
 /** A device and what it can do. */
 export interface GpuContext {
@@ -22,6 +23,8 @@ export interface GpuContext {
   hasTimestamps: boolean;
   /** The adapter is a software rasterizer (llvmpipe, SwiftShader). */
   isFallback: boolean;
+  /** Keeps a hardware GPU in its fast state (kernels/keep_awake.ts); absent on software adapters or when off. */
+  keepAwake?: GpuKeepAwake;
 }
 
 /** Whether a WebGPU adapter exists on this machine. */
@@ -39,7 +42,8 @@ let shared: Promise<GpuContext> | undefined;
 /**
  * The process-wide device (one per process, created on first use), with the adapter's buffer and workgroup
  * limits requested explicitly (WebGPU's defaults are far smaller) and `shader-f16`, `subgroups` and
- * `timestamp-query` when the adapter has them.
+ * `timestamp-query` when the adapter has them. On a hardware adapter it also keeps the GPU out of its idle
+ * power state for the life of the process (kernels/keep_awake.ts; `EDGEMIX_GPU_KEEP_AWAKE=0` turns that off).
  */
 export function acquireGpu(): Promise<GpuContext> {
   shared ??= createGpu().catch((e) => {
@@ -86,13 +90,15 @@ async function createGpu(): Promise<GpuContext> {
     device = await adapter.requestDevice({ requiredFeatures: want, requiredLimits });
   }
   const info = adapter.info;
+  const isFallback = info.isFallbackAdapter || /llvmpipe|swiftshader|software/i.test(info.description ?? "");
   return {
     device,
     adapterName: info.description || info.vendor || "unknown adapter",
     hasF16,
     hasSubgroups,
     hasTimestamps,
-    isFallback: info.isFallbackAdapter || /llvmpipe|swiftshader|software/i.test(info.description ?? ""),
+    isFallback,
+    keepAwake: isFallback || keepAwakeDisabled() ? undefined : new GpuKeepAwake(device),
   };
 }
 

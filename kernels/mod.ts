@@ -8,6 +8,7 @@ export * from "./attention.ts";
 export * from "./embed.ts";
 export * from "./experts.ts";
 export * from "./gpu.ts";
+export * from "./keep_awake.ts";
 export * from "./linear.ts";
 export * from "./qk_rope.ts";
 export * from "./rms_norm.ts";
