@@ -57,8 +57,8 @@ export function attentionWgsl(p: AttentionParams): string {
     ? `let pk = kc[kb + c]; let kv4 = vec4<f32>(unpack2x16float(pk.x), unpack2x16float(pk.y));`
     : `let kv4 = kc[kb + c];`;
   const vLoad = f16
-    ? `let e = vb + d; let pv = unpack2x16float(vc[e / 2u]); let vv = select(pv.x, pv.y, (e & 1u) == 1u);`
-    : `let vv = vc[vb + d];`;
+    ? `let pv = unpack2x16float(vc[e / 2u]); return select(pv.x, pv.y, (e & 1u) == 1u);`
+    : `return vc[e];`;
   return `${prelude()}
 const NH: u32 = ${p.nH}u;
 const GROUP: u32 = ${p.nH / p.nKV}u;
@@ -74,6 +74,10 @@ const NS: u32 = ${p.split ? Math.ceil(p.capacity / p.split) : 1}u;
 @group(0) @binding(1) var<storage, read> kc: array<${f16 ? "vec2<u32>" : "vec4<f32>"}>;
 @group(0) @binding(2) var<storage, read> vc: array<${f16 ? "u32" : "f32"}>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// Value element e of the cache.
+fn vload(e: u32) -> f32 {
+  ${vLoad}
+}
 var<workgroup> qs: array<vec4<f32>, ${p.hd / 4}>;
 var<workgroup> pt: array<f32, ${TK}>;
 @compute @workgroup_size(${TK})
@@ -123,11 +127,18 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
       let d = li + u * TK;
       if (d < HD) {
         var a = acc[u] * corr;
-        for (var j = 0u; j < n; j++) {
-          let vb = (kvh * CAP + base + j) * HD;
-          ${vLoad}
-          a += pt[j] * vv;
+        // Eight keys at a time: their value loads are independent, so they are in flight together.
+        let vt = (kvh * CAP + base) * HD + d;
+        var j = 0u;
+        for (; j + 8u <= n; j += 8u) {
+          let e = vt + j * HD;
+          let v0 = vload(e); let v1 = vload(e + HD); let v2 = vload(e + 2u * HD); let v3 = vload(e + 3u * HD);
+          let v4 = vload(e + 4u * HD); let v5 = vload(e + 5u * HD); let v6 = vload(e + 6u * HD);
+          let v7 = vload(e + 7u * HD);
+          a += (pt[j] * v0 + pt[j + 1u] * v1 + pt[j + 2u] * v2 + pt[j + 3u] * v3) +
+            (pt[j + 4u] * v4 + pt[j + 5u] * v5 + pt[j + 6u] * v6 + pt[j + 7u] * v7);
         }
+        for (; j < n; j++) { a += pt[j] * vload(vt + j * HD); }
         acc[u] = a;
       }
     }
