@@ -13,11 +13,14 @@
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh http      # ~4 min: HTTP load only
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh bench     # ~5 min: quantized experts
 #     (TPS="0 32 128": decode steps per submission to try, default 0: serve's adaptive schedule)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh kernels   # ~6 min: per-kernel and
+#     per-dispatch costs, the GPU's idle state, decode of f16 / w4g128 / MxMoE 3.25 with per-step profiles
+#     (bundle gpu_idle, dispatch_cost, matvec_kernels, gear_kernels, gpu_profile and gpu_decode first)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http or bench}
+what=${1:?train, continue, lingua, serve, http, bench or kernels}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -103,8 +106,28 @@ bench)
     rm -rf "/tmp/$1"
   done
   ;;
+kernels)
+  # The GPU's idle state (bench/gpu_idle.ts, the device's own keep-awake off), then costs of dispatches and
+  # kernels, then end-to-end decode with a profile of one step per checkpoint.
+  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+    python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
+  for sc in "fresh 0" "idle 0" "idle 250" "busy 0" "burn 0"; do
+    set -- $sc
+    EDGEMIX_GPU_KEEP_AWAKE=0 timeout 40 deno run -A dist/gpu_idle.js --scenario "$1" --keep-awake "$2" \
+      >>"$logs/idle.log" 2>&1
+  done
+  timeout 60 deno run -A dist/dispatch_cost.js >"$logs/dispatch.log" 2>&1
+  timeout 200 deno run -A dist/matvec_kernels.js >"$logs/matvec.log" 2>&1
+  timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
+  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  wait
+  for m in olmoe w4 mx325; do
+    timeout 90 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 >"$logs/decode_$m.log" 2>&1
+    timeout 60 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 >"$logs/profile_$m.log" 2>&1
+  done
+  ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels" >&2
   exit 2
   ;;
 esac
