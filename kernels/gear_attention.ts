@@ -293,10 +293,26 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
           let wo = c / PERW;
           let sh = (c % PERW) * BITS;
           let gv = c / GV;
-          for (var j = 0u; j < n; j++) {
-            let tj = base + j;
-            let code = (store[O_CV + (bh * T + tj) * W + wo] >> sh) & MASK;
-            let pr = unpack2x16float(store[O_PARV + (bh * T + tj) * NGV + gv]);
+          // Four tokens at a time: their code and parameter loads are in flight together.
+          let tb = bh * T + base;
+          var j = 0u;
+          for (; j + 4u <= n; j += 4u) {
+            let t0 = tb + j;
+            let c0 = store[O_CV + t0 * W + wo];
+            let c1 = store[O_CV + (t0 + 1u) * W + wo];
+            let c2 = store[O_CV + (t0 + 2u) * W + wo];
+            let c3 = store[O_CV + (t0 + 3u) * W + wo];
+            let p0 = unpack2x16float(store[O_PARV + t0 * NGV + gv]);
+            let p1 = unpack2x16float(store[O_PARV + (t0 + 1u) * NGV + gv]);
+            let p2 = unpack2x16float(store[O_PARV + (t0 + 2u) * NGV + gv]);
+            let p3 = unpack2x16float(store[O_PARV + (t0 + 3u) * NGV + gv]);
+            a += (pt[j] * (f32((c0 >> sh) & MASK) * p0.x + p0.y) + pt[j + 1u] * (f32((c1 >> sh) & MASK) * p1.x + p1.y)) +
+              (pt[j + 2u] * (f32((c2 >> sh) & MASK) * p2.x + p2.y) + pt[j + 3u] * (f32((c3 >> sh) & MASK) * p3.x + p3.y));
+          }
+          for (; j < n; j++) {
+            let tj = tb + j;
+            let code = (store[O_CV + tj * W + wo] >> sh) & MASK;
+            let pr = unpack2x16float(store[O_PARV + tj * NGV + gv]);
             a += pt[j] * (f32(code) * pr.x + pr.y);
           }
           if (LOWRANK) {
@@ -311,7 +327,17 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
         let c = li + u * TK;
         if (c < D) {
           var a = acc[u] * corr;
-          for (var j = 0u; j < n; j++) { a += pt[j] * ring_v(bh, base + j, c); }
+          // Eight tokens at a time: their loads are in flight together.
+          var j = 0u;
+          for (; j + 8u <= n; j += 8u) {
+            let t0 = base + j;
+            let v0 = ring_v(bh, t0, c); let v1 = ring_v(bh, t0 + 1u, c); let v2 = ring_v(bh, t0 + 2u, c);
+            let v3 = ring_v(bh, t0 + 3u, c); let v4 = ring_v(bh, t0 + 4u, c); let v5 = ring_v(bh, t0 + 5u, c);
+            let v6 = ring_v(bh, t0 + 6u, c); let v7 = ring_v(bh, t0 + 7u, c);
+            a += (pt[j] * v0 + pt[j + 1u] * v1 + pt[j + 2u] * v2 + pt[j + 3u] * v3) +
+              (pt[j + 4u] * v4 + pt[j + 5u] * v5 + pt[j + 6u] * v6 + pt[j + 7u] * v7);
+          }
+          for (; j < n; j++) { a += pt[j] * ring_v(bh, base + j, c); }
           acc[u] = a;
         }
       }
