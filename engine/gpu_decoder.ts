@@ -116,6 +116,12 @@ export interface GpuDecoderOptions {
 const ADAPTIVE_BATCHES = [1, 4, 8, 16, 32];
 /** Keys per workgroup of decode attention (split-K). */
 const ATTENTION_SPLIT = 64;
+/**
+ * Fewest pending decode steps for which a generation first brings a stale GPU back to its fast state: measured
+ * on an H200 a step took 15.2 ms in the slow state and 3.8 ms in the fast one (OLMoE shape), so ~100 steps lose
+ * about what the warm-up (WARM_UP_MS of keep_awake.ts, 1 s) costs.
+ */
+const WARM_UP_MIN_STEPS = 100;
 /** Most decode steps in one submission. */
 const MAX_BATCH = 256;
 /**
@@ -1381,8 +1387,11 @@ export class GpuDecoder implements TokenSource {
     let mapping: Promise<void> | undefined;
     const loop = async () => {
       try {
-        // A GPU left idle or starved by a busy main thread runs 3–4× slower until saturated for a second.
-        await this.#ctx.keepAwake?.warmUp();
+        // A GPU left idle or starved by a busy main thread runs 3–4× slower until saturated for a second
+        // (kernels/keep_awake.ts); worth it only for a batch long enough to lose more than that.
+        let steps = 0;
+        for (const m of this.#members) steps += m.total - m.next;
+        if (steps >= WARM_UP_MIN_STEPS) await this.#ctx.keepAwake?.warmUp();
         prepared = this.#encodeBatch();
         while (prepared) {
           head = this.#submit(prepared);

@@ -8,8 +8,8 @@
  * - saturating work brings it back: 16.4 µs after 0.3 s of it, 9.8 after 0.6 s, 8.6 after 0.9 s.
  * So a hardware device gets a dispatch every 250 ms from a timer (which does not keep the process alive), and
  * `warmUp()` runs about a second of saturating work whenever the timer finds it fired late (the main thread
- * was busy: a model load, a conversion) or was never run; the decoder calls it after loading and before it
- * generates. The cost is the idle power of an awake GPU (on the H200: ~120 W instead of ~80 W);
+ * was busy: a model load, a conversion) or was never run; the decoder calls it after loading and before a
+ * generation long enough to gain from it. The cost is the idle power of an awake GPU (on the H200: ~120 W instead of ~80 W);
  * `EDGEMIX_GPU_KEEP_AWAKE=0` turns both off. Software adapters (llvmpipe) never need them.
  *
  * @module
@@ -19,8 +19,8 @@
 export const KEEP_AWAKE_MS = 250;
 /** A gap between ticks longer than this means the device may have dropped into its slow state. */
 export const KEEP_AWAKE_STALE_MS = 800;
-/** Default duration of the saturating warm-up, in milliseconds. */
-export const WARM_UP_MS = 1200;
+/** Default duration of the saturating warm-up, in milliseconds (0.94 s brought the probe back to full speed). */
+export const WARM_UP_MS = 1000;
 
 // One dispatch: `wg` workgroups of 256 threads, each reading the whole [4096] vec4<f32> buffer (64 KiB, cached),
 // writing nothing unless the sum hits a sentinel (never, for the zeros it holds).
