@@ -16,15 +16,9 @@
  */
 
 import { parseArgs } from "node:util";
-import {
-  acquireGpu,
-  type Dispatch,
-  encodeDispatch,
-  Program,
-  StepRing,
-  storageBuffer,
-} from "../kernels/gpu.ts";
+import { acquireGpu, type Dispatch, Program, StepRing, storageBuffer } from "../kernels/gpu.ts";
 import { prelude } from "../kernels/wgsl.ts";
+import { PassTimer } from "./gpu_timer.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -89,44 +83,15 @@ const cases: Record<string, Dispatch[]> = {
   wide: [one(bump, bufs[0], 1024)],
 };
 
-const querySet = device.createQuerySet({ label: "dispatch.timestamps", type: "timestamp", count: 2 });
-const resolve = device.createBuffer({
-  label: "dispatch.resolve",
-  size: 16,
-  usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
-});
-const readback = device.createBuffer({
-  label: "dispatch.readback",
-  size: 16,
-  usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-});
+const timer = new PassTimer(device, "dispatch");
 const off = ring.set(0, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
 ring.flush(device);
 await ctx.keepAwake?.warmUp();
 
 const rows: { case: string; gpu_us: number; encode_us: number }[] = [];
 for (const [name, ds] of Object.entries(cases)) {
-  let gpu = Infinity, cpu = Infinity;
-  for (let trial = 0; trial < 4; trial++) {
-    const enc = device.createCommandEncoder({ label: "dispatch" });
-    const pass = enc.beginComputePass({
-      label: "dispatch",
-      timestampWrites: { querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
-    });
-    const t0 = performance.now();
-    for (let i = 0; i < reps; i++) encodeDispatch(pass, ring, ds[i % ds.length], off);
-    const t1 = performance.now();
-    pass.end();
-    enc.resolveQuerySet(querySet, 0, 2, resolve, 0);
-    enc.copyBufferToBuffer(resolve, 0, readback, 0, 16);
-    device.queue.submit([enc.finish()]);
-    await readback.mapAsync(GPUMapMode.READ);
-    const [a, b] = new BigUint64Array(readback.getMappedRange().slice(0));
-    readback.unmap();
-    if (trial === 0) continue;
-    gpu = Math.min(gpu, Number(b - a) / 1000 / reps);
-    cpu = Math.min(cpu, (t1 - t0) * 1000 / reps);
-  }
+  const t = await timer.perDispatch(ring, ds, off, reps, 3);
+  const gpu = t.gpuUs, cpu = t.encodeUs;
   rows.push({ case: name, gpu_us: gpu, encode_us: cpu });
   console.log(JSON.stringify({ device: ctx.adapterName, case: name, reps, gpu_us: gpu, encode_us: cpu }));
 }

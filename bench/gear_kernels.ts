@@ -31,6 +31,7 @@ import { gearCompressProgram, gearScratchFloats } from "../kernels/gear_compress
 import { gearLayout, ringWords } from "../kernels/gear_layout.ts";
 import { acquireGpu, type Dispatch, encodeDispatch, StepRing, storageBuffer } from "../kernels/gpu.ts";
 import { mergeGroupsX } from "../kernels/split_merge.ts";
+import { PassTimer } from "./gpu_timer.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -171,40 +172,13 @@ const gearSplit = await gearAttentionProgram(device, ring, gearParams);
 const gearMerge = await gearMergeProgram(device, ring, gearParams);
 const gearPartials = storageBuffer(device, "bench.gear-partials", gearPartialFloats(gearParams) * 4);
 
-const querySet = device.createQuerySet({ label: "bench.timestamps", type: "timestamp", count: 2 });
-const resolve = device.createBuffer({
-  label: "bench.resolve",
-  size: 16,
-  usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
-});
-const readback = device.createBuffer({
-  label: "bench.readback",
-  size: 16,
-  usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-});
+const timer = new PassTimer(device);
 
 /** GPU microseconds per dispatch of `d` at `pos` (best of 5 passes of `reps` dispatches). */
 async function time(d: Dispatch, pos: number): Promise<number> {
   const off = ring.set(0, { pos, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
   ring.flush(device);
-  let best = Infinity;
-  for (let trial = 0; trial < 6; trial++) {
-    const enc = device.createCommandEncoder({ label: "bench.time" });
-    const pass = enc.beginComputePass({
-      label: "bench.pass",
-      timestampWrites: { querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
-    });
-    for (let i = 0; i < reps; i++) encodeDispatch(pass, ring, d, off);
-    pass.end();
-    enc.resolveQuerySet(querySet, 0, 2, resolve, 0);
-    enc.copyBufferToBuffer(resolve, 0, readback, 0, 16);
-    device.queue.submit([enc.finish()]);
-    await readback.mapAsync(GPUMapMode.READ);
-    const [a, b] = new BigUint64Array(readback.getMappedRange().slice(0));
-    readback.unmap();
-    if (trial > 0) best = Math.min(best, Number(b - a) / 1000 / reps);
-  }
-  return best;
+  return (await timer.perDispatch(ring, [d], off, reps)).gpuUs;
 }
 
 const rows: Record<string, number>[] = [];

@@ -27,6 +27,7 @@ import {
   uploadBuffer,
 } from "../kernels/gpu.ts";
 import { prelude } from "../kernels/wgsl.ts";
+import { PassTimer } from "./gpu_timer.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -64,48 +65,30 @@ const o = storageBuffer(device, "idle.o", 1 << 16);
 const d: Dispatch = { program: probe, group: probe.bind("idle-probe", [a, o]), grid: [2048, 1, 1] };
 const off = ring.set(0, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
 ring.flush(device);
-const querySet = device.createQuerySet({ label: "idle.timestamps", type: "timestamp", count: 2 });
-const resolve = device.createBuffer({
-  label: "idle.resolve",
-  size: 16,
-  usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
-});
-const readback = device.createBuffer({
-  label: "idle.readback",
-  size: 16,
-  usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-});
+const timer = new PassTimer(device, "idle");
 
-/** Submits `n` probe dispatches in one pass, with timestamps when `timed`. */
-function submit(n: number, timed: boolean): void {
+/** Submits `n` probe dispatches in one pass (untimed). */
+function submit(n: number): void {
   const enc = device.createCommandEncoder({ label: "idle" });
-  const pass = enc.beginComputePass({
-    label: "idle",
-    timestampWrites: timed ? { querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } : undefined,
-  });
+  const pass = enc.beginComputePass({ label: "idle" });
   for (let i = 0; i < n; i++) encodeDispatch(pass, ring, d, off);
   pass.end();
-  if (timed) {
-    enc.resolveQuerySet(querySet, 0, 2, resolve, 0);
-    enc.copyBufferToBuffer(resolve, 0, readback, 0, 16);
-  }
   device.queue.submit([enc.finish()]);
 }
 
-/** µs per probe dispatch (best of 3 passes of 50). */
+/** µs per probe dispatch (best of 3 passes of 50; the first pass counts, it is what a scenario left). */
 async function timeProbe(): Promise<number> {
   let best = Infinity;
   for (let trial = 0; trial < 3; trial++) {
-    submit(50, true);
-    await readback.mapAsync(GPUMapMode.READ);
-    const [t0, t1] = new BigUint64Array(readback.getMappedRange().slice(0));
-    readback.unmap();
-    best = Math.min(best, Number(t1 - t0) / 1000 / 50);
+    const t = await timer.pass((p) => {
+      for (let i = 0; i < 50; i++) encodeDispatch(p, ring, d, off);
+    });
+    best = Math.min(best, t.gpuUs / 50);
   }
   return best;
 }
 
-const timer = keepMs > 0 ? setInterval(() => submit(1, false), keepMs) : undefined;
+const ticker = keepMs > 0 ? setInterval(() => submit(1), keepMs) : undefined;
 const results: Record<string, number> = { fresh_us: await timeProbe() };
 if (scenario === "idle") await new Promise((r) => setTimeout(r, 3000));
 if (scenario === "busy" || scenario === "burn") {
@@ -130,11 +113,11 @@ if (scenario === "burn") {
   for (let step = 1; step <= 8; step++) {
     const t1 = performance.now();
     while (performance.now() - t1 < 250) {
-      for (let i = 0; i < 4; i++) submit(1000, false);
+      for (let i = 0; i < 4; i++) submit(1000);
       await device.queue.onSubmittedWorkDone();
     }
     results[`burn_${((performance.now() - t0) / 1000).toFixed(2)}s_us`] = await timeProbe();
   }
 }
-if (timer !== undefined) clearInterval(timer);
+if (ticker !== undefined) clearInterval(ticker);
 console.log(JSON.stringify({ device: ctx.adapterName, scenario, keepAwakeMs: keepMs, ...results }));

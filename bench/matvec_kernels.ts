@@ -19,15 +19,7 @@
 
 import { parseArgs } from "node:util";
 import { DOWN_SHAPE, downProgram, GATEUP_SHAPE, gateUpProgram } from "../kernels/experts.ts";
-import {
-  acquireGpu,
-  type Dispatch,
-  encodeDispatch,
-  grid2d,
-  StepRing,
-  storageBuffer,
-  uploadBuffer,
-} from "../kernels/gpu.ts";
+import { acquireGpu, type Dispatch, grid2d, StepRing, storageBuffer, uploadBuffer } from "../kernels/gpu.ts";
 import { GEMV_SHAPE, gemvProgram } from "../kernels/linear.ts";
 import {
   buildQuantSet,
@@ -41,6 +33,7 @@ import {
   wordsPerRow,
 } from "../kernels/qmatvec.ts";
 import type { MatvecShape } from "../kernels/wgsl.ts";
+import { PassTimer } from "./gpu_timer.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -130,40 +123,13 @@ const idSets = Array.from(
   (_, r) => upload(`bench.ids-${r}`, new Uint32Array(Array.from({ length: k }, (_, j) => (r * k + j) % E))),
 );
 
-const querySet = device.createQuerySet({ label: "bench.timestamps", type: "timestamp", count: 2 });
-const resolve = device.createBuffer({
-  label: "bench.resolve",
-  size: 16,
-  usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
-});
-const readback = device.createBuffer({
-  label: "bench.readback",
-  size: 16,
-  usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-});
+const timer = new PassTimer(device);
 
 /** GPU µs per dispatch, dispatches `ds[i % ds.length]` in turn (best of 5 passes of `reps`). */
 async function time(ds: Dispatch[]): Promise<number> {
   const off = ring.set(0, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
   ring.flush(device);
-  let best = Infinity;
-  for (let trial = 0; trial < 6; trial++) {
-    const enc = device.createCommandEncoder({ label: "bench.time" });
-    const pass = enc.beginComputePass({
-      label: "bench.pass",
-      timestampWrites: { querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
-    });
-    for (let i = 0; i < reps; i++) encodeDispatch(pass, ring, ds[i % ds.length], off);
-    pass.end();
-    enc.resolveQuerySet(querySet, 0, 2, resolve, 0);
-    enc.copyBufferToBuffer(resolve, 0, readback, 0, 16);
-    device.queue.submit([enc.finish()]);
-    await readback.mapAsync(GPUMapMode.READ);
-    const [a, b] = new BigUint64Array(readback.getMappedRange().slice(0));
-    readback.unmap();
-    if (trial > 0) best = Math.min(best, Number(b - a) / 1000 / reps);
-  }
-  return best;
+  return (await timer.perDispatch(ring, ds, off, reps)).gpuUs;
 }
 
 interface Kernel {
