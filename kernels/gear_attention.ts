@@ -48,8 +48,10 @@ export function gearPartialFloats(p: GearAttentionParams): number {
  * WGSL of GEAR attention. Bindings: 0 q [B, rowsPerSeq, nH, hd] f32; 1 store u32; 2 K ring, 3 V ring
  * [B, nKV, bufCap, hd] (f32, or f16 packed in u32); 4 out [B, rowsPerSeq, nH·hd] f32, or with `split` the
  * partials ({@linkcode gearPartialFloats}). Grid: (nH, rows, B), or with `split` (nH, rows, B · S) where
- * S = ⌊(pos + rows − 1) / 64⌋ + 1. Row r is at position `st.pos + r`; the compressed tokens are those before
- * ⌊st.pos / buffer⌋·buffer.
+ * S = ⌊(pos + rows − 1) / 64⌋ + 1: sequence `st.lane + b` reads q rows b; row r is at position `st.pos + r`;
+ * the compressed tokens are those before ⌊st.pos / buffer⌋·buffer. A batched step (continuous batching) has one
+ * row per sequence, each of its own lane and position (`row_lane`, `row_pos` of STEP_WGSL), q rows [rows, nH,
+ * hd], and grid (nH, rows, S) with S for the largest position; a split past a row's position stays empty.
  */
 export function gearAttentionWgsl(p: GearAttentionParams): string {
   const l = p.layout;
@@ -161,14 +163,28 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let h = wg.x;
   let r = wg.y;
   if (r >= st.rows) { return; }
-  var nsz = 1u;
-  if (SPLIT) { nsz = (st.pos + st.rows - 1u) / TK + 1u; }
-  let b = wg.z / nsz;
-  let z = wg.z % nsz;
+  // Unbatched: sequence st.lane + qb of the grid's z (q and out rows of sequence qb), rows at st.pos.. .
+  // Batched (continuous batching): row r is a decode step of its own lane and position; z is the split.
+  var qb = 0u;
+  var b = 0u;
+  var z = wg.z;
+  var pos = 0u;
+  var ccomp = 0u;
+  if (st.batched != 0u) {
+    b = row_lane(r);
+    pos = row_pos(r);
+    ccomp = (pos / NB) * NB;
+  } else {
+    var nsz = 1u;
+    if (SPLIT) { nsz = (st.pos + st.rows - 1u) / TK + 1u; }
+    qb = wg.z / nsz;
+    z = wg.z % nsz;
+    b = st.lane + qb;
+    pos = st.pos + r;
+    ccomp = (st.pos / NB) * NB;
+  }
   let kvh = h / GROUP;
   let bh = b * NKV + kvh;
-  let pos = st.pos + r;
-  let ccomp = (st.pos / NB) * NB;
   var start = 0u;
   if (WINDOW > 0u && pos + 1u > WINDOW) { start = pos + 1u - WINDOW; }
   var hi = pos;
@@ -176,7 +192,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     start = max(start, z * TK);
     hi = min(pos, z * TK + TK - 1u);
   }
-  let qo = ((b * QROWS + r) * NH + h) * D;
+  let qo = ((qb * QROWS + r) * NH + h) * D;
   for (var c = li; c < D; c += TK) { qs[c] = q[qo + c] * ${f32Lit(p.scale)}; }
   workgroupBarrier();
   var m = -3.0e38;
@@ -190,7 +206,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     var s = -3.0e38;
     var seg = 0u;
     if (comp) {
-      seg = store[O_SEG + base / NB];
+      seg = store[O_SEG + b * NBLK + base / NB];
       for (var v = 0u; v < NRED; v++) { red[v * TK + li] = 0.0; }
       for (var gt = 0u; gt < NGT; gt++) {
         let tg = (base + gt * G) / G;
@@ -345,7 +361,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     workgroupBarrier();
   }
   if (SPLIT) {
-    let po = (((b * QROWS + r) * NH + h) * NS + z) * (D + 2u);
+    let po = (((qb * QROWS + r) * NH + h) * NS + z) * (D + 2u);
     for (var u = 0u; u < ${dpt}u; u++) {
       let c = li + u * TK;
       if (c < D) { out[po + c] = acc[u]; }
@@ -377,7 +393,7 @@ const QROWS: u32 = ${p.rowsPerSeq}u;
 ${
     splitMergeMain(
       l.hd,
-      `let used = (st.pos + r) / TK + 1u;
+      `let used = row_pos(r) / TK + 1u;
   let base = ((b * QROWS + r) * NH + h) * NS;
   let ob = ((b * QROWS + r) * NH + h) * D;`,
     )

@@ -340,3 +340,141 @@ Deno.test({
     assert.ok(lossy > 1e-4 && lossy < 0.5, `error vs the exact cache: ${lossy}`);
   },
 });
+
+Deno.test({
+  name:
+    "a batched step (continuous batching): gear split-K attention and compress per lane at its own position",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device, ring } = await testGpu();
+    const nH = 4, B = 3, hd = 24, scale = 0.4;
+    const l = gearLayout({
+      batch: B,
+      nKV: 2,
+      hd,
+      capacity: 256,
+      bits: 2,
+      group: 64,
+      buffer: 64,
+      rMax: 4,
+      outliers: 0.02,
+      maxRows: 256,
+    });
+    // Lane positions of the first step: the tokens of lanes 0 and 2 complete blocks 1 and 2. Rows: lanes 2, 0, 1.
+    const P = [127, 70, 191], order = [2, 0, 1], n = 193;
+    const r = rng(9);
+    const dense = [0, 1].map(() => randomArray(r, B * l.nKV * n * hd, -1, 1));
+    const cpuRing = [0, 1].map(() => new Float32Array(B * l.nKV * l.bufCap * hd));
+    const cpuStore = new Uint32Array(l.words);
+    const rkB = buf(device, "rk", new Float32Array(cpuRing[0].length));
+    const rvB = buf(device, "rv", new Float32Array(cpuRing[1].length));
+    const storeB = buf(device, "store", new Uint32Array(l.words));
+    const scratch = buf(device, "scratch", new Float32Array(gearScratchFloats(l)));
+    const put = (b: number, t: number) => {
+      for (let h = 0; h < l.nKV; h++) {
+        const bh = b * l.nKV + h;
+        for (let k = 0; k < 2; k++) {
+          const row = dense[k].subarray((bh * n + t) * hd, (bh * n + t + 1) * hd);
+          cpuRing[k].set(row, (bh * l.bufCap + (t % l.bufCap)) * hd);
+          device.queue.writeBuffer(k ? rvB : rkB, (bh * l.bufCap + (t % l.bufCap)) * hd * 4, row.slice());
+        }
+      }
+    };
+    const compress = [4, 2].map((rank) =>
+      gearCompressProgram(device, ring, { layout: l, rank, loops: 3, seed: 3, ringDtype: "f32" })
+    );
+    const [prefillC, decodeC] = await Promise.all(compress);
+    const run = async (ds: Dispatch[], off: number) => {
+      ring.flush(device);
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      for (const d of ds) encodeDispatch(pass, ring, d, off);
+      pass.end();
+      device.queue.submit([enc.finish()]);
+      await device.queue.onSubmittedWorkDone();
+    };
+    // Each lane's prompt (tokens 0 .. P − 1) in one unbatched call of its lane: its whole blocks compressed.
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < P[b]; t++) put(b, t);
+      gearCompressRef(l, cpuStore, cpuRing[0], cpuRing[1], 0, compressedBefore(P[b], 64), 4, 3, 3, [b]);
+      const off = ring.set(0, {
+        pos: 0,
+        rows: P[b],
+        step: 0,
+        srcRing: false,
+        ringIn: 0,
+        logitsRow: 0,
+        lane: b,
+      });
+      await run([{
+        program: prefillC,
+        group: prefillC.bind("c", [storeB, rkB, rvB, scratch]),
+        grid: [l.nKV, 2, 1],
+      }], off);
+    }
+    const p: GearAttentionParams = {
+      layout: l,
+      nH,
+      scale,
+      window: 0,
+      ringDtype: "f32",
+      rowsPerSeq: 1,
+      split: true,
+    };
+    const attn = await gearAttentionProgram(device, ring, p);
+    const merge = await gearMergeProgram(device, ring, p);
+    const parts = buf(device, "partials", new Float32Array(gearPartialFloats(p)));
+    const ob = buf(device, "o", new Float32Array(B * nH * hd));
+    // Two batched steps: each appends one token per lane, attends, then compresses the blocks it completed.
+    for (let step = 0; step < 2; step++) {
+      const pos = P.map((p0) => p0 + step);
+      for (let b = 0; b < B; b++) put(b, pos[b]);
+      const q = randomArray(r, B * nH * hd, -1, 1);
+      const qB = buf(device, "q", q);
+      const off = ring.set(1, {
+        pos: 0,
+        rows: B,
+        step: 0,
+        srcRing: false,
+        ringIn: 0,
+        logitsRow: 0,
+        batch: order.map((b) => ({ pos: pos[b], lane: b, ringIn: 0, step: 0 })),
+      });
+      const splits = Math.floor(Math.max(...pos) / 64) + 1;
+      await run([
+        { program: attn, group: attn.bind("a", [qB, storeB, rkB, rvB, parts]), grid: [nH, B, splits] },
+        { program: merge, group: merge.bind("m", [parts, ob]), grid: [mergeGroupsX(nH, hd), B, 1] },
+      ], off);
+      const got = new Float32Array(await readBuffer(device, ob, 0, B * nH * hd * 4));
+      order.forEach((b, row) => {
+        // The reference for lane b alone: its q row at its lane's place of a [B, 1, nH, hd] query.
+        const qFull = new Float32Array(B * nH * hd);
+        qFull.set(q.subarray(row * nH * hd, (row + 1) * nH * hd), b * nH * hd);
+        const want = gearAttentionRef(l, cpuStore, cpuRing[0], cpuRing[1], qFull, 1, pos[b], {
+          nH,
+          scale,
+          window: 0,
+        }, [b]).subarray(b * nH * hd, (b + 1) * nH * hd);
+        const err = relError(got.subarray(row * nH * hd, (row + 1) * nH * hd), want);
+        assert.ok(err < 1e-3, `step ${step}, row ${row} (lane ${b} at ${pos[b]}): ${err}`);
+      });
+      for (let b = 0; b < B; b++) {
+        const c0 = compressedBefore(pos[b], 64), c1 = compressedBefore(pos[b] + 1, 64);
+        if (c1 > c0) gearCompressRef(l, cpuStore, cpuRing[0], cpuRing[1], c0, c1, 2, 3, 3, [b]);
+      }
+      await run([{
+        program: decodeC,
+        group: decodeC.bind("c", [storeB, rkB, rvB, scratch]),
+        grid: [l.nKV, 2, B],
+      }], off);
+    }
+    // After the first step's compress, lane 0 reads block 1 from the store: the second step checked it; and the
+    // segment table of each lane is its own.
+    const gotStore = new Uint32Array(await readBuffer(device, storeB, 0, l.words * 4));
+    for (let b = 0; b < B; b++) {
+      const seg = Array.from(gotStore.subarray(l.off.seg + b * l.nBlk, l.off.seg + b * l.nBlk + 4));
+      const want = Array.from(cpuStore.subarray(l.off.seg + b * l.nBlk, l.off.seg + b * l.nBlk + 4));
+      assert.deepEqual(seg, want, `segment table of lane ${b}`);
+    }
+  },
+});

@@ -45,8 +45,9 @@ export function gearScratchFloats(l: GearLayout): number {
 
 /**
  * WGSL of compression. Bindings: 0 store (u32, read-write); 1 K ring, 2 V ring [B, nKV, bufCap, hd] (f32, or
- * f16 packed in u32); 3 scratch f32 ({@linkcode gearScratchFloats}). Grid: (nKV, 2, B). The step slot's
- * pos and rows are those of the forward call that appended the tokens.
+ * f16 packed in u32); 3 scratch f32 ({@linkcode gearScratchFloats}). Grid: (nKV, 2, sequences): sequence
+ * `st.lane + z`, whose tokens the forward call at the step slot's pos and rows appended; or, for a batched step
+ * (continuous batching), (nKV, 2, rows): decode row z, of its own lane and position, when it completed a block.
  */
 export function gearCompressWgsl(p: GearCompressParams): string {
   const l = p.layout;
@@ -293,10 +294,20 @@ fn gs_q(li: u32, qb: u32, n: u32) {
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let h = wg.x;
   let kind = wg.y;
-  let b = wg.z;
+  // Unbatched: sequence st.lane + z, the call's rows from st.pos. Batched: decode row z of its own lane and
+  // position (a row that completes no block returns).
+  var b = st.lane + wg.z;
+  var p0 = st.pos;
+  var nr = st.rows;
+  if (st.batched != 0u) {
+    if (wg.z >= st.rows) { return; }
+    b = row_lane(wg.z);
+    p0 = row_pos(wg.z);
+    nr = 1u;
+  }
   let bh = b * NKV + h;
-  let c0 = (st.pos / NB) * NB;
-  let c1 = ((st.pos + st.rows) / NB) * NB;
+  let c0 = (p0 / NB) * NB;
+  let c1 = ((p0 + nr) / NB) * NB;
   if (c1 <= c0) { return; }
   let n = c1 - c0;
   let sb = (bh * 2u + kind) * REGION;
@@ -396,8 +407,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   storageBarrier();
 ${lowRank}
   // --- 5. segment table ---
-  if (bh == 0u && kind == 0u) {
-    for (var j = c0 / NB + li; j < c1 / NB; j += WG) { store[O_SEG + j] = c0 / NB; }
+  if (h == 0u && kind == 0u) {
+    for (var j = c0 / NB + li; j < c1 / NB; j += WG) { store[O_SEG + b * NBLK + j] = c0 / NB; }
   }
 }`;
 }

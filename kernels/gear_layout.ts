@@ -14,7 +14,7 @@
  * | pK, pV | [B, nKV, nBlk, PW] | right factor P [hd, rMax] f16, then the rMax f16 column scales of Q, at the slot of the segment's first block |
  * | outK | [B, nKV, T/g, hd, kK] | key outliers of (group, channel), a u16 each (two per word): {@linkcode encodeOutlier} of token-in-group and value |
  * | outV | [B, nKV, T, 2·MW] | value outliers of a token, a u16 each (mV used, padded to whole words): channel-in-group and value |
- * | seg | [nBlk] | first block of the segment each block belongs to |
+ * | seg | [B, nBlk] | first block of the segment each block of sequence b belongs to |
  *
  * A key or value x is reconstructed as `code·scale + min + Σ_j q8[t, j]·qScale[j]·P[c, j] + outlier(t, c)`; the
  * outlier value stored is the correction `x − (code·scale + min)` at that entry, rounded to 4 significant bits
@@ -27,7 +27,10 @@
 
 /** What a compressed cache holds, before the layout is derived. */
 export interface GearShape {
-  /** Sequences (the kernels serve several at the same positions). */
+  /**
+   * Sequences: lanes of a continuous batch, each at its own positions (decode rows of a batched step), or several
+   * at the same positions (one call, grid z).
+   */
   batch: number;
   /** Key/value heads. */
   nKV: number;
@@ -181,7 +184,7 @@ export function gearLayout(s: GearShape): GearLayout {
     pV: take(BH * nBlk * PW),
     outK: take(Math.ceil((BH * (T / s.group) * s.hd * kK) / 2)),
     outV: take(BH * T * MW),
-    seg: take(nBlk),
+    seg: take(s.batch * nBlk),
   };
   return { ...s, W, perWord, gv, nGV, kK, kVFull, kVLast, mV, MW, RW, PW, nBlk, T, bufCap, off, words: o };
 }

@@ -191,9 +191,9 @@ function setU16s(store: Uint32Array, at: number, i: number, vals: readonly numbe
 }
 
 /**
- * Compresses the tokens [c0, c1) (whole blocks; c0 = the tokens already compressed) of every sequence and KV
- * head from the rings `ringK`, `ringV` [B, nKV, bufCap, hd] into `store` as one segment of rank `rank`
- * (0: quantization and outliers only), with `loops` power-iteration rounds seeded by `seed`.
+ * Compresses the tokens [c0, c1) (whole blocks; c0 = the tokens already compressed) of every sequence (or of
+ * those in `lanes`) and KV head from the rings `ringK`, `ringV` [B, nKV, bufCap, hd] into `store` as one segment
+ * of rank `rank` (0: quantization and outliers only), with `loops` power-iteration rounds seeded by `seed`.
  */
 export function gearCompressRef(
   l: GearLayout,
@@ -205,6 +205,7 @@ export function gearCompressRef(
   rank: number,
   loops: number,
   seed: number,
+  lanes?: readonly number[],
 ): void {
   if (c0 % l.buffer !== 0 || c1 % l.buffer !== 0 || c1 < c0 || c1 > l.T) {
     throw new RangeError(
@@ -219,6 +220,7 @@ export function gearCompressRef(
   const blk0 = c0 / l.buffer;
   for (let bh = 0; bh < l.batch * l.nKV; bh++) {
     const h = bh % l.nKV;
+    if (lanes && !lanes.includes(Math.floor(bh / l.nKV))) continue;
     for (let kind = 0; kind < 2; kind++) {
       const ring = kind === 0 ? ringK : ringV;
       const X = (t: number, c: number) => ringAt(l, ring, bh, t, c);
@@ -345,7 +347,10 @@ export function gearCompressRef(
       }
     }
   }
-  for (let j = blk0; j < c1 / l.buffer; j++) store[l.off.seg + j] = blk0;
+  for (let b = 0; b < l.batch; b++) {
+    if (lanes && !lanes.includes(b)) continue;
+    for (let j = blk0; j < c1 / l.buffer; j++) store[l.off.seg + b * l.nBlk + j] = blk0;
+  }
 }
 
 /**
@@ -385,7 +390,7 @@ export function gearReconstructRef(
   };
   const qRow = new Float64Array(l.rMax);
   for (let t = t0; t < t1; t++) {
-    const p = l.rMax > 0 ? pOf(store[l.off.seg + Math.floor(t / l.buffer)]) : undefined;
+    const p = l.rMax > 0 ? pOf(store[l.off.seg + b * l.nBlk + Math.floor(t / l.buffer)]) : undefined;
     if (p) {
       for (let j = 0; j < l.rMax; j++) {
         qRow[j] = int8At(store, qAt + (bh * l.T + t) * l.RW, j) * p[d * l.rMax + j];
@@ -434,9 +439,10 @@ export interface GearAttentionDims {
 }
 
 /**
- * Attention of `rows` query rows per sequence at positions pos0.. over the compressed tokens
- * [0, compressedBefore(pos0)) and the ring. `q` [B, rows, nH, hd]; returns [B, rows, nH·hd]. Query head h
- * reads KV head h / (nH / nKV). Scores and softmax in float64.
+ * Attention of `rows` query rows per sequence (of every sequence, or of those in `lanes`; the others' rows stay
+ * zero) at positions pos0.. over the compressed tokens [0, compressedBefore(pos0)) and the ring.
+ * `q` [B, rows, nH, hd]; returns [B, rows, nH·hd]. Query head h reads KV head h / (nH / nKV). Scores and softmax
+ * in float64.
  */
 export function gearAttentionRef(
   l: GearLayout,
@@ -447,6 +453,7 @@ export function gearAttentionRef(
   rows: number,
   pos0: number,
   dims: GearAttentionDims,
+  lanes?: readonly number[],
 ): Float32Array {
   const { nH, scale, window } = dims;
   const d = l.hd, group = nH / l.nKV;
@@ -456,6 +463,7 @@ export function gearAttentionRef(
   const scores = new Float64Array(last + 1);
   const acc = new Float64Array(d);
   for (let b = 0; b < l.batch; b++) {
+    if (lanes && !lanes.includes(b)) continue;
     for (let kv = 0; kv < l.nKV; kv++) {
       const bh = b * l.nKV + kv;
       const kc = gearReconstructRef(l, store, 0, b, kv, 0, cComp);
