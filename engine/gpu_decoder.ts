@@ -107,7 +107,7 @@ export interface GpuDecoderOptions {
   /**
    * Sequences decoded together (continuous batching, default 1, at most MAX_BATCH_ROWS): the KV cache and the
    * token ring hold this many lanes, and the decode steps of the sequences generating at once share GPU
-   * passes. A compressed KV cache holds one lane.
+   * passes.
    */
   lanes?: number;
 }
@@ -335,7 +335,6 @@ export class GpuDecoder implements TokenSource {
   /** Sequences decoded together (lanes of the KV cache and the token ring). */
   readonly lanes: number;
   readonly #lanes: LanePool;
-  readonly #hasGear: boolean;
   /** The sequences of the batch. */
   readonly #members = new Set<Member>();
   /** Readback buffers of batch submissions not in flight. */
@@ -376,7 +375,6 @@ export class GpuDecoder implements TokenSource {
     this.contextLength = init.contextLength;
     this.lanes = init.lanes;
     this.#lanes = new LanePool(init.lanes);
-    this.#hasGear = init.layers.some((l) => l.gear !== undefined);
     this.#ctx = init.ctx;
     this.#device = init.ctx.device;
     this.#ring = init.ring;
@@ -413,11 +411,6 @@ export class GpuDecoder implements TokenSource {
         `Cannot load the model: lanes must be an integer in [1, ${
           Math.min(MAX_BATCH_ROWS, R)
         }], got ${lanes}`,
-      );
-    }
-    if (lanes > 1 && options.kvCache) {
-      throw new RangeError(
-        "Cannot load the model: a compressed KV cache holds one sequence (lanes must be 1)",
       );
     }
     if (logitRows < lanes) {
@@ -571,9 +564,10 @@ export class GpuDecoder implements TokenSource {
 
     // --- activations, cache and small state ---
     const lanes = options.lanes ?? 1;
-    // One lane per sequence decoded at once: K and V caches [lanes, nKV, cap, hd] per layer.
+    // One lane per sequence decoded at once: K and V caches [lanes, nKV, cap, hd] per layer (a compressed cache
+    // checks its own store).
     const kvBytes = lanes * nKV * cap * hd * (dtype === "f16" ? 2 : 4);
-    if (kvBytes > maxBinding) {
+    if (!options.kvCache && kvBytes > maxBinding) {
       throw new GpuError(
         `Cannot load the model: a layer's KV cache of ${lanes} lanes × ${cap} positions (${kvBytes} bytes) exceeds the adapter's maxStorageBufferBindingSize of ${maxBinding}; lower lanes or contextLength`,
       );
@@ -755,6 +749,7 @@ export class GpuDecoder implements TokenSource {
           nKV,
           hd,
           capacity: cap,
+          lanes,
           maxRows: R,
           scale: c.attentionScale,
           qkNorm: c.qkNorm,
@@ -1117,9 +1112,15 @@ export class GpuDecoder implements TokenSource {
 
   /**
    * Encodes the layers for `rows` rows at the step slot `off`; `pos` is the position of row 0, or with `batched`
-   * the largest position of the rows (decode steps of several sequences).
+   * (the positions of the rows: decode steps of several sequences) their largest.
    */
-  #encodeLayers(pass: GPUComputePassEncoder, off: number, rows: number, pos: number, batched = false): void {
+  #encodeLayers(
+    pass: GPUComputePassEncoder,
+    off: number,
+    rows: number,
+    pos: number,
+    batched?: readonly number[],
+  ): void {
     const ring = this.#ring;
     const emit = (d: Dispatch) => encodeDispatch(pass, ring, d, off);
     // Layer fused decoding keeps the fused layer's last row (its logits are added after the LM head).
@@ -1134,18 +1135,18 @@ export class GpuDecoder implements TokenSource {
 
   /**
    * Calls `emit` with every dispatch of the layers for `rows` rows starting at position `pos`, in order. With
-   * `batched` the rows are decode steps of different sequences (`pos` is their largest position): mat-vecs,
-   * per-pair expert kernels and split-K attention, as for one row, so every row computes exactly what it would
-   * alone.
+   * `batched` (their positions) the rows are decode steps of different sequences (`pos` is the largest):
+   * mat-vecs, per-pair expert kernels and split-K attention, as for one row, so every row computes exactly what
+   * it would alone.
    */
   #forEachLayerDispatch(
     rows: number,
     pos: number,
     emit: (d: Dispatch) => void,
     mark?: (layer: number, point: "before_ffn" | "router" | "after_ffn") => void,
-    batched = false,
+    batched?: readonly number[],
   ): void {
-    const decode = rows === 1 || batched;
+    const decode = rows === 1 || batched !== undefined;
     const gemm = !decode && this.#useGemm;
     const ry = (d: Dispatch, x = d.grid[0]): Dispatch => ({ ...d, grid: [x, rows, 1] });
     const rx = (d: Dispatch): Dispatch => ({ ...d, grid: [rows, 1, 1] });
@@ -1158,7 +1159,7 @@ export class GpuDecoder implements TokenSource {
       emit(lin(LL.qkv));
       emit(ry(L.qkRope));
       if (L.gear) {
-        GearGpu.emitAttention(L.gear, rows, pos, emit);
+        GearGpu.emitAttention(L.gear, rows, pos, emit, batched);
       } else if (decode) {
         emit({
           ...L.attentionSplit,
@@ -1329,7 +1330,7 @@ export class GpuDecoder implements TokenSource {
    * the decoder to themselves: such a sequence holds every lane and runs in lane 0 as the batch's only member.
    */
   async *#produce(ids: readonly number[], options: ResolvedGenerateOptions): AsyncGenerator<Uint32Array> {
-    const alone = options.lfd !== undefined || this.#hasGear;
+    const alone = options.lfd !== undefined;
     const head = options.lfd ? await this.#fuseHead(options.lfd.alpha) : undefined;
     const releaseAll = alone ? await this.#lanes.acquireAll() : undefined;
     const lane = alone ? 0 : await this.#lanes.acquire();
@@ -1535,7 +1536,7 @@ export class GpuDecoder implements TokenSource {
       );
       const n: [number, number, number] = [rows.length, 1, 1];
       encodeDispatch(pass, this.#ring, { ...this.#embed, grid: n }, off);
-      this.#encodeLayers(pass, off, rows.length, maxPos, !one);
+      this.#encodeLayers(pass, off, rows.length, maxPos, one ? undefined : batch.map((r) => r.pos));
       encodeDispatch(pass, this.#ring, { ...this.#finalNorm, grid: n }, off);
       encodeDispatch(pass, this.#ring, this.#lmHead.gemv, off);
       // Layer fused decoding runs only alone, so its one row is row 0.

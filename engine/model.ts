@@ -50,8 +50,8 @@ export interface LoadModelOptions {
   /**
    * Sequences the WebGPU decoder generates together (continuous batching; default 1, at most 32): their
    * decode steps share GPU passes, and the KV cache holds this many contexts. More concurrent generations
-   * wait for a free one. A compressed KV cache (`quant`, `gear-l`, `gear`) holds one sequence; the CPU
-   * backend runs one sequence at a time.
+   * wait for a free one (a compressed KV cache too: one compressed store per lane). The CPU backend runs one
+   * sequence at a time.
    */
   batch?: number;
   /** Use the tiled GEMM for prefill on WebGPU (default: on hardware adapters). */
@@ -315,7 +315,7 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
       prefillRows: options.prefillRows,
       gemm: options.gemm,
       kvCache: isCompressed(cache.mode) ? cache : undefined,
-      lanes: isCompressed(cache.mode) ? 1 : options.batch,
+      lanes: options.batch,
     });
     return new LoadedModel(
       config,

@@ -122,3 +122,30 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name: "WebGPU decoder with a GEAR cache, batch 3: concurrent sequences get the tokens they get alone",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const dir = "fixtures/models/qwen3_moe";
+    const kvCache = { mode: "gear", bits: 2, outliers: 0.05 } as const;
+    const model = await loadModel(dir, {
+      backend: "webgpu",
+      dtype: "f32",
+      contextLength: 320,
+      prefillRows: 64,
+      kvCache,
+      batch: 3,
+    });
+    const V = model.config.vocabSize;
+    // Prompts of 150, 100 and 60 tokens: the sequences complete blocks (every 64 positions) at different steps,
+    // so batched steps compress one lane's block while the others decode on.
+    const prompts = [150, 100, 60].map((n, i) => ids(n + i, V).slice(i));
+    const opts = { maxTokens: 70, ignoreEos: true };
+    const alone = [];
+    for (const p of prompts) alone.push(await model.generate(p, opts));
+    const together = await Promise.all(prompts.map((p) => model.generate(p, opts)));
+    assert.deepEqual(together, alone);
+    await model.dispose();
+  },
+});

@@ -26,6 +26,7 @@ import {
 import { type Dispatch, type Program, type StepRing, storageBuffer } from "../../kernels/gpu.ts";
 import { qkRopeProgram } from "../../kernels/qk_rope.ts";
 import { mergeGroupsX } from "../../kernels/split_merge.ts";
+import { GpuError } from "../errors.ts";
 import type { DType } from "../types.ts";
 import type { ResolvedKvCache } from "./kv_options.ts";
 
@@ -39,6 +40,8 @@ export interface GearGpuShape {
   hd: number;
   /** Positions the cache holds. */
   capacity: number;
+  /** Sequences decoded together (lanes; continuous batching). */
+  lanes: number;
   /** Rows of the largest call (prefill chunk). */
   maxRows: number;
   /** Score scale. */
@@ -88,7 +91,7 @@ interface GearPrograms {
 
 /** The compressed KV cache of a GPU decoder: shared programs and buffers, and a builder of per-layer parts. */
 export class GearGpu {
-  /** The store layout (batch 1). */
+  /** The store layout (one sequence per lane). */
   readonly layout: GearLayout;
   /** The configuration. */
   readonly kv: ResolvedKvCache;
@@ -131,7 +134,7 @@ export class GearGpu {
     track: (b: GPUBuffer) => GPUBuffer,
   ): Promise<GearGpu> {
     const layout = gearLayout({
-      batch: 1,
+      batch: shape.lanes,
       nKV: shape.nKV,
       hd: shape.hd,
       capacity: shape.capacity,
@@ -170,6 +173,14 @@ export class GearGpu {
       merge: await gearMergeProgram(device, ring, splitParams),
       attention: new Map<number, { full: Program; split: Program }>(),
     };
+    const maxBinding = device.limits.maxStorageBufferBindingSize;
+    if (layout.words * 4 > maxBinding) {
+      throw new GpuError(
+        `Cannot load the model: a layer's compressed KV cache of ${shape.lanes} lanes × ${shape.capacity} positions (${
+          layout.words * 4
+        } bytes) exceeds the adapter's maxStorageBufferBindingSize of ${maxBinding}; lower lanes or contextLength`,
+      );
+    }
     const scratch = track(storageBuffer(device, "gear-scratch", gearScratchFloats(layout) * 4));
     const partials = track(storageBuffer(device, "gear-partials", gearPartialFloats(splitParams) * 4));
     return new GearGpu({ device, ring, shape, kv, layout, track, programs, scratch, partials });
@@ -249,8 +260,26 @@ export class GearGpu {
     };
   }
 
-  /** Calls `emit` with layer `L`'s attention dispatches for `rows` rows at `pos`, then its compression. */
-  static emitAttention(L: GearGpuLayer, rows: number, pos: number, emit: (d: Dispatch) => void): void {
+  /**
+   * Calls `emit` with layer `L`'s attention dispatches for `rows` rows at `pos`, then its compression. With
+   * `batched` (the positions of the rows of a batched step, `pos` their largest) each row is a decode step of its
+   * own lane: split-K over the largest position's tiles, and compression when any row completes a block.
+   */
+  static emitAttention(
+    L: GearGpuLayer,
+    rows: number,
+    pos: number,
+    emit: (d: Dispatch) => void,
+    batched?: readonly number[],
+  ): void {
+    if (batched) {
+      emit({ ...L.split, grid: [L.split.grid[0], rows, Math.floor(pos / GEAR_TILE) + 1] });
+      emit({ ...L.merge, grid: [L.merge.grid[0], rows, 1] });
+      if (batched.some((p) => (p + 1) % L.buffer === 0)) {
+        emit({ ...L.compressDecode, grid: [L.compressDecode.grid[0], 2, rows] });
+      }
+      return;
+    }
     if (rows === 1) {
       emit({ ...L.split, grid: [L.split.grid[0], 1, Math.floor(pos / GEAR_TILE) + 1] });
       emit(L.merge);
