@@ -1311,9 +1311,9 @@ export class GpuDecoder implements TokenSource {
   }
 
   /**
-   * Produces up to `options.maxTokens` new tokens in batches. A plain generation joins the batch: it gets a lane,
-   * its prefill runs in the next submission, and its decode steps share GPU passes with every other sequence
-   * generating (continuous batching). Layer fused decoding and compressed KV caches run one sequence at a time.
+   * Produces up to `options.maxTokens` new tokens in batches. A generation joins the batch: it gets a lane (of
+   * the plain or the compressed cache), its prefill runs in the next submission, and its decode steps share GPU
+   * passes with every other sequence generating (continuous batching). Layer fused decoding runs alone.
    */
   produce(ids: readonly number[], options: ResolvedGenerateOptions): AsyncGenerator<Uint32Array> {
     this.#check();
