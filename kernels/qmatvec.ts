@@ -55,12 +55,13 @@ const VECTOR_BITS = [2, 4, 8, 16] as const;
 
 /**
  * WGSL statements accumulating one 16-byte chunk `w{r}` (vec4<u32>) of each of `rows` weight rows against the
- * activations at vec4 index `xb`, for `bits` (values per chunk: 128 / bits; 8 for f16). Quantized rows add
- * `scale · Σ q·x + min · Σ x` with their group's parameters `sm{r}`; the activations load once for all rows.
+ * chunk's activations (vec4 `i` of them read by `xAt(i)`), for `bits` (values per chunk: 128 / bits; 8 for f16).
+ * Quantized rows add `scale · Σ q·x + min · Σ x` with their group's parameters `sm{r}`; the activations load
+ * once for all rows.
  */
-function chunkCode(bits: number, rows: number): string {
+function chunkCode(bits: number, rows: number, xAt: (i: number) => string): string {
   const nx = (bits === 16 ? 8 : 128 / bits) / 4; // vec4s of activations per chunk
-  const lines = Array.from({ length: nx }, (_, i) => `let x${i} = xa[xb + ${i}u];`);
+  const lines = Array.from({ length: nx }, (_, i) => `let x${i} = ${xAt(i)};`);
   if (bits === 16) {
     for (let r = 0; r < rows; r++) {
       lines.push(
@@ -98,22 +99,66 @@ function chunked(s: QuantScheme, k: number): boolean {
     k % s.group === 0;
 }
 
+/** Vec4s of activations one 16-byte chunk of scheme `s` multiplies. */
+function chunkVec4s(s: QuantScheme): number {
+  return s.bits === 16 ? 2 : 32 / s.bits;
+}
+
+/** The distinct schemes of `schemes` whose rows of `k` values are read in 16-byte chunks. */
+function chunkedSchemes(schemes: readonly QuantScheme[], k: number): QuantScheme[] {
+  const seen = new Map<string, QuantScheme>();
+  for (const sc of schemes) {
+    if (chunked(sc, k)) seen.set(sc.bits === 16 ? "16" : `${sc.bits}/${sc.group}`, sc);
+  }
+  return [...seen.values()];
+}
+
+/** WGSL condition: meta entry `m` is scheme `sc` and 16-byte aligned (its rows are read in chunks). */
+function isScheme(sc: QuantScheme): string {
+  return sc.bits === 16
+    ? "m.x == 16u && m.z % 4u == 0u"
+    : `m.x == ${sc.bits}u && m.y == ${sc.group}u && m.z % 4u == 0u`;
+}
+
 /**
- * WGSL of `qdot1(m, row0, xo, t)` or `qdot2(m, row0, row1, xo, t)`: the partial dot products of `rows` rows of
- * matrix `m` (meta entry) with activations `xa` from value `xo` (a multiple of 4) over a thread's share (`t` of
- * TPR threads). `K` is the row length. Rows are read in 16-byte chunks where the scheme allows (2, 4, 8 bits with
- * groups of whole chunks, or f16; 16-byte aligned), else word by word. With `schemes` (those the weight set
- * holds), each chunked scheme gets a branch with its sizes as constants; without, one branch per bit width
- * computes them at run time.
+ * WGSL of `stage_x(m, xo4, xs0, li)`: copies the `k / 4` activation vec4s from `xa[xo4..]` into workgroup memory
+ * `xsh[xs0..]`, permuted for matrix `m`'s scheme so that the threads reading consecutive chunks read
+ * consecutive vec4s (vec4 i of chunk c at `i · (k / 4 / nx) + c`, nx vec4s per chunk: no bank conflicts). For
+ * a scheme read word by word nothing is copied (its path reads `xa`). `wg` threads share the copy.
  */
-function qdotFn(rows: 1 | 2, k: number, schemes?: readonly QuantScheme[]): string {
+function stageFn(k: number, schemes: readonly QuantScheme[], wg: number): string {
+  const k4 = k / 4;
+  const branches = chunkedSchemes(schemes, k).map((sc) => {
+    const nx = chunkVec4s(sc);
+    return `if (${isScheme(sc)}) {
+    for (var j = li; j < ${k4}u; j += ${wg}u) { xsh[xs0 + (j % ${nx}u) * ${
+      k4 / nx
+    }u + j / ${nx}u] = xa[xo4 + j]; }
+  }`;
+  });
+  return `
+fn stage_x(m: vec4<u32>, xo4: u32, xs0: u32, li: u32) {
+  ${branches.join(" else ")}
+}`;
+}
+
+/**
+ * WGSL of `qdot1(m, row0, xo, xs0, t)` or `qdot2(m, row0, row1, xo, xs0, t)`: the partial dot products of `rows`
+ * rows of matrix `m` (meta entry) with activations `xa` from value `xo` (a multiple of 4) over a thread's share
+ * (`t` of TPR threads). `K` is the row length. Rows are read in 16-byte chunks where the scheme allows (2, 4, 8
+ * bits with groups of whole chunks, or f16; 16-byte aligned), else word by word. With `schemes` (those the
+ * weight set holds), each chunked scheme gets a branch with its sizes as constants, and with `staged` it reads
+ * the activations from workgroup memory at `xs0`, as `stage_x` left them; without `schemes`, one branch per bit
+ * width computes the sizes at run time.
+ */
+function qdotFn(rows: 1 | 2, k: number, schemes?: readonly QuantScheme[], staged = false): string {
   const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
   const ret = rows === 1 ? "f32" : "vec2<f32>";
   const accs = Array.from({ length: rows }, (_, r) => `acc${r}`).join(", ");
   const decl = Array.from({ length: rows }, (_, r) => `var acc${r} = 0.0;`).join(" ");
   const result = rows === 1 ? "acc0" : `vec2<f32>(${accs})`;
   // The loop over a thread's chunks; sizes are WGSL expressions (constants or run-time values).
-  const loop = (b: number, cpr: string, groups: string, group: string) => {
+  const loop = (b: number, cpr: string, groups: string, group: string, xAt: (i: number) => string) => {
     const loads = Array.from({ length: rows }, (_, r) => `let w${r} = qw[m.z / 4u + row${r} * ${cpr} + c];`);
     const params = b === 16 ? [] : Array.from(
       { length: rows },
@@ -122,37 +167,29 @@ function qdotFn(rows: 1 | 2, k: number, schemes?: readonly QuantScheme[]): strin
     return `for (var c = t; c < ${cpr}; c += TPR) {
         ${[...loads, ...params].join("\n        ")}
         let xb = xo4 + c * ${b === 16 ? 2 : 32 / b}u;
-        ${chunkCode(b, rows)}
+        ${chunkCode(b, rows, xAt)}
       }
       return ${result};`;
   };
+  const global = (i: number) => `xa[xb + ${i}u]`;
   let vector: string;
   if (schemes) {
-    const seen = new Set<string>();
-    const branches: string[] = [];
-    for (const sc of schemes) {
-      const key = `${sc.bits}/${sc.group}`;
-      if (seen.has(key) || !chunked(sc, k)) continue;
-      seen.add(key);
-      if (sc.bits === 16) {
-        branches.push(`if (m.x == 16u) {
-      ${loop(16, `${k / 8}u`, "1u", "0u")}
-    }`);
-        continue;
-      }
-      const perChunk = 128 / sc.bits;
-      branches.push(`if (m.x == ${sc.bits}u && m.y == ${sc.group}u) {
-      ${loop(sc.bits, `${k / perChunk}u`, `${k / sc.group}u`, `c / ${sc.group / perChunk}u`)}
-    }`);
-    }
-    vector = branches.length === 0 ? "" : `if (m.z % 4u == 0u) {
-    let xo4 = xo / 4u;
-    ${branches.join(" else ")}
-  }`;
+    const branches = chunkedSchemes(schemes, k).map((sc) => {
+      const nx = chunkVec4s(sc), cpr = k / (4 * nx);
+      // Staged: vec4 i of chunk c is at xs0 + i · cpr + c.
+      const xAt = staged ? (i: number) => `xsh[xs0 + ${i * cpr}u + c]` : global;
+      const groups = sc.bits === 16 ? "1u" : `${k / sc.group}u`;
+      const group = sc.bits === 16 ? "0u" : `c / ${sc.group / (128 / sc.bits)}u`;
+      return `if (${isScheme(sc)}) {
+      ${loop(sc.bits, `${cpr}u`, groups, group, xAt)}
+    }`;
+    });
+    vector = branches.length === 0 ? "" : `let xo4 = xo / 4u;
+  ${branches.join(" else ")}`;
   } else {
     const branches = VECTOR_BITS.map((b) =>
       `if (bits == ${b}u) {
-      ${loop(b, "cpr", "groups", "c / cpg")}
+      ${loop(b, "cpr", "groups", "c / cpg", global)}
     }`
     ).join(" else ");
     vector = `let bits = m.x;
@@ -172,7 +209,7 @@ function qdotFn(rows: 1 | 2, k: number, schemes?: readonly QuantScheme[]): strin
     " ",
   );
   return `
-fn qdot${rows}(m: vec4<u32>, ${rowArgs}, xo: u32, t: u32) -> ${ret} {
+fn qdot${rows}(m: vec4<u32>, ${rowArgs}, xo: u32, xs0: u32, t: u32) -> ${ret} {
   ${decl}
   ${vector}
   ${generic}
@@ -292,6 +329,37 @@ const QBINDINGS = `@group(0) @binding(1) var<storage, read> qw: array<vec4<u32>>
 @group(0) @binding(2) var<storage, read> qp: array<u32>;
 @group(0) @binding(3) var<storage, read> qmeta: array<vec4<u32>>;`;
 
+/** WGSL of the staging buffer `xsh` ([slots · k/4] vec4<f32>) and `stage_x`, when staged with schemes. */
+function stagedDecl(
+  k: number,
+  schemes: readonly QuantScheme[] | undefined,
+  staged: boolean,
+  slots: number,
+  wg: number,
+): string {
+  if (!staged || !schemes) return "";
+  return `var<workgroup> xsh: array<vec4<f32>, ${slots * (k / 4)}>;
+${stageFn(k, schemes, wg)}`;
+}
+
+/**
+ * Workgroup memory of the staged activations of a kernel whose rows have `k` values and that stages `slots`
+ * rows at once (the down projection: its k experts' inputs; others: 1).
+ */
+export function qStagedBytes(k: number, slots = 1): number {
+  return slots * k * 4;
+}
+
+/** Workgroup memory the reductions of a mat-vec take: two f32 per thread. */
+function reduceBytes(shape: MatvecShape): number {
+  return 2 * 4 * shape.tpo * shape.outs;
+}
+
+/** Whether `device` has the workgroup memory to stage `slots` rows of `k` activations (with the reductions). */
+function canStage(device: GPUDevice, shape: MatvecShape, k: number, slots = 1): boolean {
+  return qStagedBytes(k, slots) + reduceBytes(shape) <= device.limits.maxComputeWorkgroupStorageSize;
+}
+
 /** Shapes of a quantized linear layer. */
 export interface QLinearParams {
   /** Output features N. */
@@ -310,9 +378,10 @@ export interface QLinearParams {
 
 /**
  * WGSL of the quantized mat-vec. Bindings: 0 x [R, K] f32; 1 qw; 2 qp; 3 meta (entry 0); (4 bias); y [R, N].
- * Grid: ceil(N / shape.outs) workgroups (2-D above the limit); rows: `st.rows`.
+ * Grid: ceil(N / shape.outs) workgroups (2-D above the limit); rows: `st.rows`. With `staged` (and schemes) each
+ * row's activations are first copied to workgroup memory ({@linkcode qStagedBytes}).
  */
-export function qgemvWgsl(p: QLinearParams, shape: MatvecShape = QGEMV_SHAPE): string {
+export function qgemvWgsl(p: QLinearParams, shape: MatvecShape = QGEMV_SHAPE, staged = false): string {
   checkK("the quantized mat-vec", p.k);
   checkMatvecShape("the quantized mat-vec", shape);
   const wg = shape.outs * shape.tpo;
@@ -328,7 +397,8 @@ ${QBINDINGS}
 ${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 @group(0) @binding(${p.bias ? 5 : 4}) var<storage, read_write> y: array<f32>;
 ${qdotWordsFn()}
-${qdotFn(1, p.k, p.schemes)}
+${stagedDecl(p.k, p.schemes, staged, 1, wg)}
+${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -338,8 +408,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let n = wid * ${shape.outs}u + li / TPO;
   let m = qmeta[0];
   for (var r = 0u; r < st.rows; r++) {
+    ${staged && p.schemes ? "stage_x(m, r * K / 4u, 0u, li);\n    workgroupBarrier();" : ""}
     var acc = 0.0;
-    if (n < N) { acc = qdot1(m, n, r * K, t); }
+    if (n < N) { acc = qdot1(m, n, r * K, 0u, t); }
     let d = reduce_seg(li, t, acc);
     if (t == 0u && n < N) { ${p.mode === "add" ? `y[r * N + n] += ${val};` : `y[r * N + n] = ${val};`} }
   }
@@ -360,9 +431,10 @@ export interface QGateUpParams {
 
 /**
  * WGSL of quantized gate/up. Bindings: 0 x [R, H]; 1 qw; 2 qp; 3 meta [E]; 4 ids [R, k] u32; 5 h [R k, I].
- * Grid: (ceil(I / shape.outs), rows · k).
+ * Grid: (ceil(I / shape.outs), rows · k). With `staged` (and schemes) the row's activations are first copied to
+ * workgroup memory ({@linkcode qStagedBytes}).
  */
-export function qGateUpWgsl(p: QGateUpParams, shape: MatvecShape = QGATEUP_SHAPE): string {
+export function qGateUpWgsl(p: QGateUpParams, shape: MatvecShape = QGATEUP_SHAPE, staged = false): string {
   checkK("the quantized gate/up", p.hidden);
   checkMatvecShape("the quantized gate/up", shape);
   const wg = shape.outs * shape.tpo;
@@ -377,7 +449,8 @@ ${QBINDINGS}
 @group(0) @binding(4) var<storage, read> ids: array<u32>;
 @group(0) @binding(5) var<storage, read_write> h: array<f32>;
 ${qdotWordsFn()}
-${qdotFn(2, p.hidden, p.schemes)}
+${stagedDecl(p.hidden, p.schemes, staged, 1, wg)}
+${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -387,8 +460,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let m = qmeta[ids[slot]];
   let t = li % TPO;
   let i = wg.x * ${shape.outs}u + li / TPO;
+  ${staged && p.schemes ? "stage_x(m, r * K / 4u, 0u, li);\n  workgroupBarrier();" : ""}
   var gu0 = vec2<f32>(0.0);
-  if (i < I) { gu0 = qdot2(m, i, I + i, r * K, t); }
+  if (i < I) { gu0 = qdot2(m, i, I + i, r * K, 0u, t); }
   let gu = reduce_seg2(li, t, gu0.x, gu0.y);
   let gs = gu.x;
   let us = gu.y;
@@ -412,9 +486,10 @@ export interface QDownParams {
 
 /**
  * WGSL of quantized down with the residual add: `x_r += α Σ_j w_rj · down_e(h[r k + j])`. Bindings: 0 h [R k, I];
- * 1 qw; 2 qp; 3 meta [E]; 4 ids [R, k]; 5 weights [R, k]; 6 x [R, H]. Grid: (ceil(H / shape.outs), rows).
+ * 1 qw; 2 qp; 3 meta [E]; 4 ids [R, k]; 5 weights [R, k]; 6 x [R, H]. Grid: (ceil(H / shape.outs), rows). With
+ * `staged` (and schemes) the row's k expert inputs are first copied to workgroup memory ({@linkcode qStagedBytes}).
  */
-export function qDownWgsl(p: QDownParams, shape: MatvecShape = QDOWN_SHAPE): string {
+export function qDownWgsl(p: QDownParams, shape: MatvecShape = QDOWN_SHAPE, staged = false): string {
   checkK("the quantized down projection", p.inter);
   checkMatvecShape("the quantized down projection", shape);
   const wg = shape.outs * shape.tpo;
@@ -432,7 +507,8 @@ ${QBINDINGS}
 @group(0) @binding(5) var<storage, read> wts: array<f32>;
 @group(0) @binding(6) var<storage, read_write> x: array<f32>;
 ${qdotWordsFn()}
-${qdotFn(1, p.inter, p.schemes)}
+${stagedDecl(p.inter, p.schemes, staged, p.topK, wg)}
+${qdotFn(1, p.inter, p.schemes, staged && p.schemes !== undefined)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -440,11 +516,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   if (r >= st.rows) { return; }
   let t = li % TPO;
   let c = wg.x * ${shape.outs}u + li / TPO;
+  ${
+    staged && p.schemes
+      ? `for (var j = 0u; j < TOPK; j++) {
+    let slot = r * TOPK + j;
+    stage_x(qmeta[ids[slot]], slot * K / 4u, j * K / 4u, li);
+  }
+  workgroupBarrier();`
+      : ""
+  }
   var acc = 0.0;
   if (c < H) {
     for (var j = t / TPR; j < TOPK; j += SPLIT) {
       let slot = r * TOPK + j;
-      acc += wts[slot] * qdot1(qmeta[ids[slot]], c, slot * K, t % TPR);
+      acc += wts[slot] * qdot1(qmeta[ids[slot]], c, slot * K, j * K / 4u, t % TPR);
     }
   }
   let d = reduce_seg(li, t, acc);
@@ -459,7 +544,8 @@ export function qgemvProgram(
   p: QLinearParams,
   shape: MatvecShape = QGEMV_SHAPE,
 ): Promise<Program> {
-  return P.get(device, ring, "qgemv", qgemvWgsl(p, shape), qLinearBindings(p));
+  const staged = p.schemes !== undefined && canStage(device, shape, p.k);
+  return P.get(device, ring, "qgemv", qgemvWgsl(p, shape, staged), qLinearBindings(p));
 }
 
 /** Access of the bindings of a quantized linear layer (mat-vec or GEMM): x, qw, qp, meta, (bias), y. */
@@ -476,7 +562,8 @@ export function qGateUpProgram(
   p: QGateUpParams,
   shape: MatvecShape = QGATEUP_SHAPE,
 ): Promise<Program> {
-  return P.get(device, ring, "q-gate-up", qGateUpWgsl(p, shape), [
+  const staged = p.schemes !== undefined && canStage(device, shape, p.hidden);
+  return P.get(device, ring, "q-gate-up", qGateUpWgsl(p, shape, staged), [
     "read",
     "read",
     "read",
@@ -493,7 +580,8 @@ export function qDownProgram(
   p: QDownParams,
   shape: MatvecShape = QDOWN_SHAPE,
 ): Promise<Program> {
-  return P.get(device, ring, "q-down", qDownWgsl(p, shape), [
+  const staged = p.schemes !== undefined && canStage(device, shape, p.inter, p.topK);
+  return P.get(device, ring, "q-down", qDownWgsl(p, shape, staged), [
     "read",
     "read",
     "read",
