@@ -6,7 +6,8 @@
  * - `independent`: the same kernel writing one of `--buffers` distinct buffers in turn (no dependency between
  *   neighbours, so no barrier is needed);
  * - `norm`: a one-workgroup RMSNorm-sized kernel (128 threads reading 2,048 floats) in a chain;
- * - `wide`: the chain kernel with 1,024 workgroups.
+ * - `wide`: the chain kernel with 1,024 workgroups;
+ * - `alternate`: the chain and norm kernels in turn (a pipeline change at every dispatch, as in a decode step).
  * The decode step of an OLMoE-shape model has ~180 dispatches: this says how much of a step is their overhead and
  * how much fusing kernels can save.
  *
@@ -81,6 +82,8 @@ const cases: Record<string, Dispatch[]> = {
   independent: bufs.map((b) => one(bump, b)),
   norm: [one(norm, bufs[0])],
   wide: [one(bump, bufs[0], 1024)],
+  // Two programs in turn, as the dispatches of a decode step change program every time.
+  alternate: [one(bump, bufs[0]), one(norm, bufs[0])],
 };
 
 const timer = new PassTimer(device, "dispatch");

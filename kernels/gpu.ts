@@ -425,16 +425,39 @@ export interface Dispatch {
   grid: [number, number, number];
 }
 
-/** Encodes `d` into `pass` with the step slot at byte offset `stepOffset`. */
+/** What a pass last had bound through {@linkcode encodeDispatch}. */
+interface PassState {
+  pipeline: GPUComputePipeline | undefined;
+  ring: StepRing | undefined;
+  offset: number;
+}
+
+const passStates = new WeakMap<GPUComputePassEncoder, PassState>();
+
+/**
+ * Encodes `d` into `pass` with the step slot at byte offset `stepOffset`. The pipeline and the step ring's group
+ * are set only when they change: every program's group 1 has the ring's layout, so the bound ring survives
+ * pipeline changes, and each call into the encoder costs CPU time in the decode loop. Passes given to this
+ * function must not set pipelines or group 1 otherwise.
+ */
 export function encodeDispatch(
   pass: GPUComputePassEncoder,
   ring: StepRing,
   d: Dispatch,
   stepOffset: number,
 ): void {
-  pass.setPipeline(d.program.pipeline);
+  let state = passStates.get(pass);
+  if (!state) passStates.set(pass, state = { pipeline: undefined, ring: undefined, offset: -1 });
+  if (state.pipeline !== d.program.pipeline) {
+    pass.setPipeline(d.program.pipeline);
+    state.pipeline = d.program.pipeline;
+  }
   pass.setBindGroup(0, d.group);
-  pass.setBindGroup(1, ring.bindGroup, [stepOffset]);
+  if (state.ring !== ring || state.offset !== stepOffset) {
+    pass.setBindGroup(1, ring.bindGroup, [stepOffset]);
+    state.ring = ring;
+    state.offset = stepOffset;
+  }
   pass.dispatchWorkgroups(d.grid[0], d.grid[1], d.grid[2]);
 }
 
