@@ -79,6 +79,7 @@ async function timeGenerate(
 // Warm-up: compiles nothing new (pipelines exist) but faults in buffers and drivers.
 await timeGenerate(Array.from({ length: promptLen }, rand), 4);
 const prefill: number[] = [], decode: number[] = [];
+const enc0 = decoder.encodeStats;
 for (let r = 0; r < reps; r++) {
   const p = await timeGenerate(Array.from({ length: promptLen }, rand), 1);
   prefill.push(promptLen / (p.total / 1000));
@@ -101,5 +102,7 @@ console.log(JSON.stringify({
   decodeTokS: median(decode),
   prefillRuns: prefill,
   decodeRuns: decode,
+  // CPU time to encode the timed generations (prefills included) per decode step they held.
+  encodeMsPerStep: (decoder.encodeStats.ms - enc0.ms) / Math.max(1, decoder.encodeStats.steps - enc0.steps),
 }));
 decoder.dispose();

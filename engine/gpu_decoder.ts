@@ -206,6 +206,8 @@ interface Flight {
 interface Prepared extends Flight {
   commands: GPUCommandBuffer;
   slots: [number, StepValues][];
+  /** Decode steps it holds. */
+  steps: number;
 }
 
 /**
@@ -337,6 +339,7 @@ export class GpuDecoder implements TokenSource {
   readonly #lanes: LanePool;
   /** The sequences of the batch. */
   readonly #members = new Set<Member>();
+  readonly #encodeStats = { ms: 0, steps: 0 };
   /** Readback buffers of batch submissions not in flight. */
   readonly #stagingPool: GPUBuffer[] = [];
   #pumping = false;
@@ -1471,11 +1474,23 @@ export class GpuDecoder implements TokenSource {
     if (running.length === 0) return undefined;
     const slots: [number, StepValues][] = [];
     this.#recording = slots;
+    const t0 = performance.now();
     try {
-      return { ...this.#encodeBatchOf(running), slots };
+      const prepared = { ...this.#encodeBatchOf(running), slots };
+      this.#encodeStats.ms += performance.now() - t0;
+      this.#encodeStats.steps += prepared.steps;
+      return prepared;
     } finally {
       this.#recording = undefined;
     }
+  }
+
+  /**
+   * CPU time spent encoding generation batches since load (prefills included, milliseconds) and the decode
+   * steps they held: the encode cost per step, which bounds decode speed when the GPU is faster.
+   */
+  get encodeStats(): { ms: number; steps: number } {
+    return { ...this.#encodeStats };
   }
 
   /** The body of {@linkcode #encodeBatch} for the sequences `running` (it records the slots it sets). */
@@ -1510,9 +1525,11 @@ export class GpuDecoder implements TokenSource {
     // holds a row for every sequence with step next + t before its end.
     const end = new Map(running.map((m) => [m, Math.min(m.total, first.get(m)! + size)]));
     const pass = enc.beginComputePass({ label: "decode-batch" });
+    let steps = 0;
     for (let t = 0;; t++) {
       const rows = running.filter((m) => m.next + t < end.get(m)!);
       if (rows.length === 0) break;
+      steps++;
       const batch = rows.map((m) => {
         const step = m.next + t;
         return { pos: m.ids.length + step - 1, lane: m.lane, ringIn: step - 1, step };
@@ -1563,7 +1580,7 @@ export class GpuDecoder implements TokenSource {
       offset += to - from;
       m.next = to;
     }
-    return { parts, staging, bytes, commands: enc.finish() };
+    return { parts, staging, bytes, commands: enc.finish(), steps };
   }
 
   /** A staging buffer of at least `bytes` for token readback (reused across submissions). */
