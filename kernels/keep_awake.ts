@@ -10,7 +10,9 @@
  * `warmUp()` runs about a second of saturating work whenever the timer finds it fired late (the main thread
  * was busy: a model load, a conversion) or was never run; the decoder calls it after loading and before a
  * generation long enough to gain from it. The cost is the idle power of an awake GPU (on the H200: ~120 W instead of ~80 W);
- * `EDGEMIX_GPU_KEEP_AWAKE=0` turns both off. Software adapters (llvmpipe) never need them.
+ * `EDGEMIX_GPU_KEEP_AWAKE=0` turns both off (`deno task test` sets it: a timer left running by the test that
+ * first acquires the GPU would trip Deno's leak checks on a GPU host). Software adapters (llvmpipe) never need
+ * them.
  *
  * @module
  */
