@@ -691,13 +691,14 @@ export class GpuDecoder implements TokenSource {
     ): Promise<Linear> => {
       const params: LinearParams = { label, dtype: prec, ...p };
       const bufs = bias ? [input, w, bias, out] : [input, w, out];
-      const gv = await gemvProgram(device, ring, params, gemvShape(p.n));
+      const shape = gemvShape(p.n);
+      const gv = await gemvProgram(device, ring, params, shape);
       const gm = useGemm ? await gemmProgram(device, ring, params) : gv;
       return {
         gemv: {
           program: gv,
           group: gv.bind(`${label}-gemv`, bufs),
-          grid: grid2d(Math.ceil(p.n / gemvShape(p.n).outs)),
+          grid: grid2d(Math.ceil(p.n / shape.outs)),
         },
         gemm: { program: gm, group: gm.bind(`${label}-gemm`, bufs), grid: [Math.ceil(p.n / 64), 1, 1] },
         n: p.n,
@@ -822,7 +823,9 @@ export class GpuDecoder implements TokenSource {
       const packedFfn = guPacked !== undefined && dnPacked !== undefined;
       const gateUpW = packedFfn ? b.ones : await up("gate_up", dtype);
       const downW = packedFfn ? b.ones : await up("down", dtype);
+      // Shapes of this layer's expert mat-vecs (packed or plain), which their grids follow.
       const guOuts = (packedFfn ? QGATEUP_SHAPE : GATEUP_SHAPE).outs;
+      const dnOuts = (packedFfn ? QDOWN_SHAPE : DOWN_SHAPE).outs;
       const guProg = packedFfn
         ? await qGateUpProgram(device, ring, {
           hidden: H,
@@ -914,7 +917,7 @@ export class GpuDecoder implements TokenSource {
         sharedGateUp = {
           program: sgp,
           group: sgp.bind(`L${l}.shared-gate-up`, [b.xn, sgu.qw, sgu.qp, sgu.meta, b.zeros, b.hs]),
-          grid: [Math.ceil(S / QGATEUP_SHAPE.outs), 1, 1],
+          grid: [Math.ceil(S / guOuts), 1, 1],
         };
         const sdp = await qDownProgram(device, ring, {
           hidden: H,
@@ -926,7 +929,7 @@ export class GpuDecoder implements TokenSource {
         sharedDown = {
           program: sdp,
           group: sdp.bind(`L${l}.shared-down`, [b.hs, sdn.qw, sdn.qp, sdn.meta, b.zeros, b.sg, b.x]),
-          grid: [Math.ceil(H / QDOWN_SHAPE.outs), 1, 1],
+          grid: [Math.ceil(H / dnOuts), 1, 1],
         };
       } else if (shared) {
         const sguW = await up("shared_gate_up", dtype);
@@ -935,7 +938,7 @@ export class GpuDecoder implements TokenSource {
         sharedGateUp = {
           program: sProg,
           group: sProg.bind(`L${l}.shared-gate-up`, [b.xn, sguW, b.zeros, b.hs]),
-          grid: [Math.ceil(S / GATEUP_SHAPE.outs), 1, 1],
+          grid: [Math.ceil(S / guOuts), 1, 1],
         };
         downBufs.push(b.hs, sdW, b.sg);
       }
@@ -1009,7 +1012,7 @@ export class GpuDecoder implements TokenSource {
             groupedSharedDown = {
               program: sdProg,
               group: sdProg.bind(`L${l}.shared-down`, [b.hs, downBufs[6], b.zeros, b.sg, b.x]),
-              grid: [Math.ceil(H / DOWN_SHAPE.outs), 1, 1],
+              grid: [Math.ceil(H / dnOuts), 1, 1],
             };
           }
         }
@@ -1069,11 +1072,11 @@ export class GpuDecoder implements TokenSource {
         down: {
           program: dProg,
           group: dProg.bind(`L${l}.down`, downBufs),
-          grid: [Math.ceil(H / (packedFfn ? QDOWN_SHAPE : DOWN_SHAPE).outs), 1, 1],
+          grid: [Math.ceil(H / dnOuts), 1, 1],
         },
         gateUpX: Math.ceil(width / guOuts),
         k: kk,
-        sharedX: Math.ceil(S / (packedFfn ? QGATEUP_SHAPE : GATEUP_SHAPE).outs),
+        sharedX: Math.ceil(S / guOuts),
       });
       layerLinears.push({ qkv, o });
     }

@@ -275,7 +275,7 @@ export class GearGpu {
     if (batched) {
       emit({ ...L.split, grid: [L.split.grid[0], rows, Math.floor(pos / GEAR_TILE) + 1] });
       emit({ ...L.merge, grid: [L.merge.grid[0], rows, 1] });
-      if (batched.some((p) => (p + 1) % L.buffer === 0)) {
+      if (batched.some((p) => compressedBefore(p + 1, L.buffer) > compressedBefore(p, L.buffer))) {
         emit({ ...L.compressDecode, grid: [L.compressDecode.grid[0], 2, rows] });
       }
       return;
