@@ -157,6 +157,8 @@ function qdotFn(rows: 1 | 2, k: number, schemes?: readonly QuantScheme[], staged
   const accs = Array.from({ length: rows }, (_, r) => `acc${r}`).join(", ");
   const decl = Array.from({ length: rows }, (_, r) => `var acc${r} = 0.0;`).join(" ");
   const result = rows === 1 ? "acc0" : `vec2<f32>(${accs})`;
+  // Activations from global memory: vec4 i of the chunk at vec4 xb (= xo4 + c · vec4s per chunk).
+  const global = (i: number) => `xa[xb + ${i}u]`;
   // The loop over a thread's chunks; sizes are WGSL expressions (constants or run-time values).
   const loop = (b: number, cpr: string, groups: string, group: string, xAt: (i: number) => string) => {
     const loads = Array.from({ length: rows }, (_, r) => `let w${r} = qw[m.z / 4u + row${r} * ${cpr} + c];`);
@@ -166,12 +168,11 @@ function qdotFn(rows: 1 | 2, k: number, schemes?: readonly QuantScheme[], staged
     );
     return `for (var c = t; c < ${cpr}; c += TPR) {
         ${[...loads, ...params].join("\n        ")}
-        let xb = xo4 + c * ${b === 16 ? 2 : 32 / b}u;
+        ${xAt === global ? `let xb = xo4 + c * ${b === 16 ? 2 : 32 / b}u;` : ""}
         ${chunkCode(b, rows, xAt)}
       }
       return ${result};`;
   };
-  const global = (i: number) => `xa[xb + ${i}u]`;
   let vector: string;
   if (schemes) {
     const branches = chunkedSchemes(schemes, k).map((sc) => {
@@ -548,11 +549,14 @@ export function qgemvProgram(
   return P.get(device, ring, "qgemv", qgemvWgsl(p, shape, staged), qLinearBindings(p));
 }
 
+/** `reads` read-only bindings, then one written. */
+function readsThenWrite(reads: number): ("read" | "write")[] {
+  return [...Array<"read">(reads).fill("read"), "write"];
+}
+
 /** Access of the bindings of a quantized linear layer (mat-vec or GEMM): x, qw, qp, meta, (bias), y. */
 export function qLinearBindings(p: QLinearParams): ("read" | "write")[] {
-  return p.bias
-    ? ["read", "read", "read", "read", "read", "write"]
-    : ["read", "read", "read", "read", "write"];
+  return readsThenWrite(p.bias ? 5 : 4);
 }
 
 /** The quantized gate/up program (`shape`: see {@linkcode qGateUpWgsl}). */
@@ -563,14 +567,8 @@ export function qGateUpProgram(
   shape: MatvecShape = QGATEUP_SHAPE,
 ): Promise<Program> {
   const staged = p.schemes !== undefined && canStage(device, shape, p.hidden);
-  return P.get(device, ring, "q-gate-up", qGateUpWgsl(p, shape, staged), [
-    "read",
-    "read",
-    "read",
-    "read",
-    "read",
-    "write",
-  ]);
+  // x, qw, qp, meta, ids; h.
+  return P.get(device, ring, "q-gate-up", qGateUpWgsl(p, shape, staged), readsThenWrite(5));
 }
 
 /** The quantized down program (`shape`: see {@linkcode qDownWgsl}). */
@@ -581,15 +579,8 @@ export function qDownProgram(
   shape: MatvecShape = QDOWN_SHAPE,
 ): Promise<Program> {
   const staged = p.schemes !== undefined && canStage(device, shape, p.inter, p.topK);
-  return P.get(device, ring, "q-down", qDownWgsl(p, shape, staged), [
-    "read",
-    "read",
-    "read",
-    "read",
-    "read",
-    "read",
-    "write",
-  ]);
+  // h, qw, qp, meta, ids, weights; x.
+  return P.get(device, ring, "q-down", qDownWgsl(p, shape, staged), readsThenWrite(6));
 }
 
 /** One matrix of a weight set: packed levels, or plain f16 bits ([rows, cols], cols even). */
