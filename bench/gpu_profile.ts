@@ -1,5 +1,6 @@
 /**
- * GPU time per kind of dispatch in one decode step, from timestamp queries (each dispatch in its own pass).
+ * GPU time per kind of dispatch in one decode step, from timestamp queries (each dispatch in its own pass), and
+ * of the whole step as generation runs it (one pass, 32 steps), and that step without each kind of dispatch.
  *
  *   deno run -A bench/gpu_profile.ts --model DIR [--dtype f16] [--pos 128]
  *
@@ -39,4 +40,14 @@ for (const [k, v] of rows) {
   console.log(`| ${k} | ${v.count} | ${v.ms.toFixed(3)} | ${(100 * v.ms / total).toFixed(1)}% |`);
 }
 console.log(`| total | ${rows.reduce((a, [, v]) => a + v.count, 0)} | ${total.toFixed(3)} | |`);
+await decoder.timeDecodeStep(pos, 4); // warm-up
+const oneMs = await decoder.timeDecodeStep(pos, 32);
+console.log(`| one pass (32 steps) | ${rows.reduce((a, [, v]) => a + v.count, 0)} | ${oneMs.toFixed(3)} | |`);
+// Ablation: the one-pass step without each kind of dispatch (what it costs in a real pass).
+console.log("\n| left out | one pass ms per step | saved ms |");
+console.log("| --- | --- | --- |");
+for (const [k] of rows) {
+  const ms = await decoder.timeDecodeStep(pos, 32, new Set([k]));
+  console.log(`| ${k} | ${ms.toFixed(3)} | ${(oneMs - ms).toFixed(3)} |`);
+}
 decoder.dispose();

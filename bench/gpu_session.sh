@@ -16,11 +16,15 @@
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh kernels   # ~6 min: per-kernel and
 #     per-dispatch costs, the GPU's idle state, decode of f16 / w4g128 / MxMoE 3.25 with per-step profiles
 #     (bundle gpu_idle, dispatch_cost, matvec_kernels, gear_kernels, gpu_profile and gpu_decode first)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh loop      # ~7 min: readback timing, GPU
+#     clocks, whole-step GPU time vs decode speed (bundle readback_latency, gpu_idle, gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh step      # ~4 min: packed checkpoints'
+#     step profile with per-kernel ablation, decode speed (bundle gpu_profile, gpu_decode)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench or kernels}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop or step}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -126,8 +130,59 @@ kernels)
     timeout 60 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 >"$logs/profile_$m.log" 2>&1
   done
   ;;
+loop)
+  # The generation loop against the GPU: when readbacks resolve (bench/readback_latency.ts), the GPU's clocks
+  # (nvidia-smi every 100 ms) through the idle scenarios, and for w4g128 / f16 the GPU time of a whole step
+  # against decode speed at several submission sizes, with the keep-awake on and off (bundle readback_latency,
+  # gpu_idle, gpu_profile and gpu_decode first).
+  nvidia-smi --query-gpu=timestamp,pstate,clocks.sm,clocks.mem,power.draw,utilization.gpu \
+    --format=csv -lms 100 >"$logs/smi.csv" 2>&1 &
+  smi=$!
+  mark() { echo "$(date +%H:%M:%S.%N) $*" >>"$logs/marks.log"; }
+  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
+  w4=$!
+  mark readback
+  timeout 60 deno run -A dist/readback_latency.js --work 40 >"$logs/readback.log" 2>&1
+  timeout 60 deno run -A dist/readback_latency.js --work 100 >>"$logs/readback.log" 2>&1
+  for sc in "fresh 0" "idle 0" "idle 250" "idle 50" "busy 0" "burn 0"; do
+    set -- $sc
+    mark "idle $1 $2"
+    EDGEMIX_GPU_KEEP_AWAKE=0 timeout 40 deno run -A dist/gpu_idle.js --scenario "$1" --keep-awake "$2" \
+      >>"$logs/idle.log" 2>&1
+  done
+  mark olmoe
+  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  wait "$w4"
+  for m in w4 olmoe; do
+    mark "profile $m"
+    timeout 60 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 >"$logs/profile_$m.log" 2>&1
+    for tps in 0 32 128; do
+      mark "decode $m $tps"
+      timeout 90 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
+        >>"$logs/decode_$m.log" 2>&1
+    done
+    mark "decode $m keep-awake off"
+    EDGEMIX_GPU_KEEP_AWAKE=0 timeout 90 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 \
+      >>"$logs/decode_$m.log" 2>&1
+  done
+  kill "$smi"
+  ;;
+step)
+  # Packed checkpoints only: a decode step's profile with the ablation of each kind of dispatch in one pass,
+  # and decode speed with serve's schedule and 64 steps per submission (bundle gpu_profile and gpu_decode).
+  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
+  python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
+  wait
+  for m in w4 mx325; do
+    timeout 90 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 >"$logs/profile_$m.log" 2>&1
+    for tps in 0 64; do
+      timeout 90 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
+        >>"$logs/decode_$m.log" 2>&1
+    done
+  done
+  ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step" >&2
   exit 2
   ;;
 esac

@@ -1,0 +1,130 @@
+/**
+ * When a readback (`GPUBuffer.mapAsync`) resolves relative to the GPU work around it, in this runtime: the
+ * generation loop's schedule depends on it. Cases (milliseconds from the `mapAsync` call, best and median of 5):
+ * - `alone`: a 16-byte copy, nothing else in the queue (the bare round trip);
+ * - `behind`: the copy, then a second submission of `--work` ms of GPU work; the map of the copy resolves early
+ *   if the runtime waits only for the copy, late if it waits for everything submitted;
+ * - `after-work`: the copy submitted behind the long work (a floor: the work's time);
+ * and whether the JavaScript thread runs meanwhile (1 ms interval timer ticks during the `behind` wait), and
+ * where the wait happens behind `--work` ms of work: when the `mapAsync` call returns, when a zero-delay timer set
+ * right after it fires, and when its promise resolves.
+ *
+ *   deno run -A bench/readback_latency.ts [--work 40]
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import {
+  acquireGpu,
+  type Dispatch,
+  encodeDispatch,
+  Program,
+  StepRing,
+  storageBuffer,
+} from "../kernels/gpu.ts";
+import { prelude } from "../kernels/wgsl.ts";
+
+const { values } = parseArgs({ args: Deno.args, options: { work: { type: "string", default: "40" } } });
+const workMs = Number(values.work);
+const ctx = await acquireGpu();
+const device = ctx.device;
+const ring = new StepRing(device, 2);
+// spin: each of 1,024 workgroups × 256 threads loops over a 64 KiB buffer `n` times (n from the buffer head).
+const spin = await Program.get(
+  device,
+  ring,
+  "readback-spin",
+  `${prelude()}
+@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  var s = 0.0;
+  for (var r = 0u; r < 64u; r++) {
+    for (var i = li; i < 16384u; i += 256u) { s += a[i] * f32(r); }
+  }
+  if (s == 1234.5) { a[wg.x] = s; }
+}`,
+  ["write"],
+);
+// a: [16384] f32; src: [4] u32; staging: [4] u32 mappable.
+const a = storageBuffer(device, "readback.a", 16384 * 4);
+const src = storageBuffer(device, "readback.src", 16);
+const staging = device.createBuffer({
+  label: "readback.staging",
+  size: 16,
+  usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+});
+const d: Dispatch = { program: spin, group: spin.bind("readback-spin", [a]), grid: [1024, 1, 1] };
+const off = ring.set(0, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+ring.flush(device);
+
+function submitCopy(): void {
+  const enc = device.createCommandEncoder({ label: "readback.copy" });
+  enc.copyBufferToBuffer(src, 0, staging, 0, 16);
+  device.queue.submit([enc.finish()]);
+}
+function submitWork(n: number): void {
+  const enc = device.createCommandEncoder({ label: "readback.work" });
+  const pass = enc.beginComputePass({ label: "readback.work" });
+  for (let i = 0; i < n; i++) encodeDispatch(pass, ring, d, off);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+}
+async function mapMs(): Promise<number> {
+  const t = performance.now();
+  await staging.mapAsync(GPUMapMode.READ);
+  const ms = performance.now() - t;
+  staging.unmap();
+  return ms;
+}
+
+// Calibrate the work: dispatches per millisecond from a 200-dispatch submission.
+submitWork(200);
+await device.queue.onSubmittedWorkDone();
+const t0 = performance.now();
+submitWork(200);
+await device.queue.onSubmittedWorkDone();
+const perMs = 200 / Math.max(1, performance.now() - t0 - 11);
+const n = Math.max(1, Math.round(perMs * workMs));
+
+const stats = (xs: number[]) => {
+  const s = [...xs].sort((x, y) => x - y);
+  return { best: +s[0].toFixed(2), median: +s[Math.floor(s.length / 2)].toFixed(2) };
+};
+const out: Record<string, unknown> = { device: ctx.adapterName, workMs, dispatches: n };
+const alone: number[] = [], behind: number[] = [], after: number[] = [];
+const call: number[] = [], timer: number[] = [], resolve: number[] = [];
+let ticks = 0;
+for (let r = 0; r < 5; r++) {
+  // Where the wait happens: in the mapAsync call itself, before a zero-delay timer, or only in the await.
+  submitWork(n);
+  submitCopy();
+  const t = performance.now();
+  const p = staging.mapAsync(GPUMapMode.READ);
+  call.push(performance.now() - t);
+  const fired = new Promise<number>((res) => setTimeout(() => res(performance.now() - t), 0));
+  await p;
+  resolve.push(performance.now() - t);
+  timer.push(await fired);
+  staging.unmap();
+  submitCopy();
+  alone.push(await mapMs());
+  submitCopy();
+  submitWork(n);
+  const iv = setInterval(() => ticks++, 1);
+  behind.push(await mapMs());
+  clearInterval(iv);
+  await device.queue.onSubmittedWorkDone();
+  submitWork(n);
+  submitCopy();
+  after.push(await mapMs());
+}
+out.alone = stats(alone);
+out.callReturns = stats(call);
+out.zeroTimerFires = stats(timer);
+out.mapResolves = stats(resolve);
+out.behind = stats(behind);
+out.afterWork = stats(after);
+out.timerTicksPerBehindMs = +(ticks / behind.reduce((x, y) => x + y, 0)).toFixed(2);
+console.log(JSON.stringify(out));
