@@ -112,8 +112,11 @@ export interface GpuDecoderOptions {
   lanes?: number;
 }
 
-/** Steps of the adaptive submission schedule: small first (early first tokens), then large (throughput). */
-const ADAPTIVE_BATCHES = [1, 4, 8, 16, 32];
+/**
+ * Steps of the adaptive submission schedule: small first (early first tokens), then large (throughput: every
+ * readback costs the GPU ~10 ms of idle time in Deno, ~6 % of a 64-step batch of the OLMoE shape on an H200).
+ */
+const ADAPTIVE_BATCHES = [1, 4, 16, 64];
 /** Keys per workgroup of decode attention (split-K). */
 const ATTENTION_SPLIT = 64;
 /**
@@ -128,7 +131,7 @@ const MAX_BATCH = 256;
  * Most decode rows (steps × sequences) in one batch submission with adaptive sizing: with many sequences a
  * submission has few steps, so a new sequence's prefill waits behind little work already in flight.
  */
-const ROWS_PER_SUBMIT = 32;
+const ROWS_PER_SUBMIT = 64;
 
 interface LayerDispatches {
   /** The compressed KV cache's buffers and dispatches (replacing the plain cache and attention). */
@@ -1382,9 +1385,9 @@ export class GpuDecoder implements TokenSource {
 
   /**
    * Runs submissions while any sequence of the batch has steps to go; one loop at a time. Deno's `mapAsync`
-   * waits for every submitted command buffer and blocks the thread meanwhile, so each readback leaves the GPU
-   * idle: the next batch is encoded while the GPU runs the current one, and submitted as soon as its readback
-   * returns.
+   * blocks the thread until every submitted command buffer has finished and ~10 ms more
+   * (`bench/readback_latency.ts`), so each readback leaves the GPU idle: the next batch is encoded while the GPU
+   * runs the current one, and submitted as soon as the readback returns, before the tokens are delivered.
    */
   #pump(): void {
     if (this.#pumping) return;
@@ -1400,10 +1403,9 @@ export class GpuDecoder implements TokenSource {
         for (const m of this.#members) steps += m.total - m.next;
         if (steps >= WARM_UP_MIN_STEPS) await this.#ctx.keepAwake?.warmUp();
         prepared = this.#encodeBatch();
-        while (prepared) {
-          head = this.#submit(prepared);
-          prepared = undefined;
-          if (!head) break;
+        head = prepared ? this.#submit(prepared) : undefined;
+        prepared = undefined;
+        while (head) {
           // Encoded while the GPU runs `head`; its queue writes land before its own submission.
           prepared = this.#encodeBatch();
           mapping = head.staging.mapAsync(GPUMapMode.READ, 0, head.bytes);
@@ -1413,7 +1415,9 @@ export class GpuDecoder implements TokenSource {
           head.staging.unmap();
           this.#stagingPool.push(head.staging);
           const done = head;
-          head = undefined;
+          // The GPU is idle since the readback drained it: the next batch goes first, the tokens after.
+          head = prepared ? this.#submit(prepared) : undefined;
+          prepared = undefined;
           for (const part of done.parts) {
             const m = part.member;
             if (m.closed) continue;
@@ -1421,7 +1425,8 @@ export class GpuDecoder implements TokenSource {
             m.delivered += part.count;
             m.wake?.();
           }
-          // Let the consumers take their tokens (stream them to clients) before the next submission.
+          // Let the consumers take their tokens (stream them to clients, close on a stop) before the next
+          // batch is encoded.
           await new Promise((resolve) => setTimeout(resolve, 0));
         }
       } catch (e) {
@@ -1807,6 +1812,56 @@ export class GpuDecoder implements TokenSource {
       qs.destroy();
       resolve.destroy();
       return out;
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * GPU time of one decode step at position `pos` as the generation loop runs it (every dispatch in one compute
+   * pass): `steps` copies of the step in a pass between two timestamps, in milliseconds per step. With
+   * {@linkcode profileDecodeStep}'s sum it tells the cost of a pass per dispatch from the kernels' own time.
+   * Dispatches whose program label is in `skip` are left out (an ablation: what they cost in a real pass; the
+   * results are then wrong). Needs `timestamp-query`.
+   */
+  async timeDecodeStep(pos: number, steps = 16, skip: ReadonlySet<string> = new Set()): Promise<number> {
+    this.#check();
+    if (!this.#ctx.hasTimestamps) {
+      throw new GpuError("Cannot time a decode step: the adapter has no timestamp-query feature");
+    }
+    if (!Number.isInteger(steps) || steps < 1) {
+      throw new RangeError(`Cannot time a decode step: steps must be a positive integer, got ${steps}`);
+    }
+    const release = await this.#lanes.acquireAll();
+    try {
+      this.#check();
+      const device = this.#device;
+      const list: Dispatch[] = [this.#embed];
+      this.#forEachLayerDispatch(1, pos, (d) => list.push(d));
+      list.push(this.#finalNorm, this.#lmHead.gemv, this.#sample);
+      // qs: 2 timestamps; resolve: [2] u64.
+      const qs = device.createQuerySet({ label: "step-time", type: "timestamp", count: 2 });
+      const resolve = device.createBuffer({
+        label: "step-time-resolve",
+        size: 16,
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      });
+      const off = this.#slot(0, { pos, rows: 1, step: 1, srcRing: true, ringIn: 0, logitsRow: 0 });
+      this.#ring.flush(device);
+      const enc = device.createCommandEncoder({ label: "step-time" });
+      const pass = enc.beginComputePass({
+        label: "step-time",
+        timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+      });
+      const kept = list.filter((d) => !skip.has(d.program.label));
+      for (let s = 0; s < steps; s++) for (const d of kept) encodeDispatch(pass, this.#ring, d, off);
+      pass.end();
+      enc.resolveQuerySet(qs, 0, 2, resolve, 0);
+      device.queue.submit([enc.finish()]);
+      const t = new BigUint64Array(await readBuffer(device, resolve, 0, 16));
+      qs.destroy();
+      resolve.destroy();
+      return Number(t[1] - t[0]) / 1e6 / steps;
     } finally {
       release();
     }
