@@ -53,12 +53,44 @@ export function attentionWgsl(p: AttentionParams): string {
   }
   const f16 = p.kvDtype === "f16";
   const dpt = Math.ceil(p.hd / TK);
-  const kLoad = f16
-    ? `let pk = kc[kb + c]; let kv4 = vec4<f32>(unpack2x16float(pk.x), unpack2x16float(pk.y));`
-    : `let kv4 = kc[kb + c];`;
   const vLoad = f16
     ? `let pv = unpack2x16float(vc[e / 2u]); return select(pv.x, pv.y, (e & 1u) == 1u);`
     : `return vc[e];`;
+  // The score of a key: its D4 vec4 loads issued eight at a time (a loop of one load and one dot per step
+  // waits for each load in turn).
+  const kDot: string[] = [];
+  for (let c0 = 0; c0 < p.hd / 4; c0 += 8) {
+    const cs = Array.from({ length: Math.min(8, p.hd / 4 - c0) }, (_, i) => c0 + i);
+    for (const c of cs) {
+      kDot.push(
+        f16 ? `      let pk${c} = kc[kb + ${c}u];` : `      let kv${c} = kc[kb + ${c}u];`,
+      );
+    }
+    for (const c of cs) {
+      const kv = f16 ? `vec4<f32>(unpack2x16float(pk${c}.x), unpack2x16float(pk${c}.y))` : `kv${c}`;
+      kDot.push(`      s += dot(qs[${c}u], ${kv});`);
+    }
+  }
+  // Channels li + u·TK of the thread (u < dpt; the last may lie past HD when TK does not divide it).
+  const chans = Array.from({ length: dpt }, (_, u) => u);
+  const guard = (
+    u: number,
+    body: string,
+  ) => (u * TK + TK > p.hd ? `if (li + ${u * TK}u < HD) { ${body} }` : body);
+  const vChunk = chans.map((u) => {
+    const e = `vt + j * HD + ${u * TK}u`;
+    const loads = Array.from({ length: 8 }, (_, i) => `let w${u}_${i} = vload(${e} + ${i}u * HD);`).join(" ");
+    return `      ${
+      guard(
+        u,
+        `${loads}
+        acc[${u}] += (p0 * w${u}_0 + p1 * w${u}_1 + p2 * w${u}_2 + p3 * w${u}_3) +
+          (p4 * w${u}_4 + p5 * w${u}_5 + p6 * w${u}_6 + p7 * w${u}_7);`,
+      )
+    }`;
+  }).join("\n");
+  const vTail = chans.map((u) => `      ${guard(u, `acc[${u}] += pt[j] * vload(vt + j * HD + ${u * TK}u);`)}`)
+    .join("\n");
   return `${prelude()}
 const NH: u32 = ${p.nH}u;
 const GROUP: u32 = ${p.nH / p.nKV}u;
@@ -105,10 +137,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     if (t <= hi) {
       s = 0.0;
       let kb = (kvh * CAP + t) * D4;
-      for (var c = 0u; c < D4; c++) {
-        ${kLoad}
-        s += dot(qs[c], kv4);
-      }
+${kDot.join("\n")}
     }
     pt[li] = s;
     workgroupBarrier();
@@ -123,24 +152,18 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     for (var j = 0u; j < TK; j++) { lt += pt[j]; }
     l = l * corr + lt;
     let n = min(TK, hi + 1u - base);
-    for (var u = 0u; u < ${dpt}u; u++) {
-      let d = li + u * TK;
-      if (d < HD) {
-        var a = acc[u] * corr;
-        // Eight keys at a time: their value loads are independent, so they are in flight together.
-        let vt = (kvh * CAP + base) * HD + d;
-        var j = 0u;
-        for (; j + 8u <= n; j += 8u) {
-          let e = vt + j * HD;
-          let v0 = vload(e); let v1 = vload(e + HD); let v2 = vload(e + 2u * HD); let v3 = vload(e + 3u * HD);
-          let v4 = vload(e + 4u * HD); let v5 = vload(e + 5u * HD); let v6 = vload(e + 6u * HD);
-          let v7 = vload(e + 7u * HD);
-          a += (pt[j] * v0 + pt[j + 1u] * v1 + pt[j + 2u] * v2 + pt[j + 3u] * v3) +
-            (pt[j + 4u] * v4 + pt[j + 5u] * v5 + pt[j + 6u] * v6 + pt[j + 7u] * v7);
-        }
-        for (; j < n; j++) { a += pt[j] * vload(vt + j * HD); }
-        acc[u] = a;
-      }
+    // Eight keys at a time for every channel of the thread: their value loads are independent, so they are in
+    // flight together.
+    for (var u = 0u; u < ${dpt}u; u++) { acc[u] *= corr; }
+    let vt = (kvh * CAP + base) * HD + li;
+    var j = 0u;
+    for (; j + 8u <= n; j += 8u) {
+      let p0 = pt[j]; let p1 = pt[j + 1u]; let p2 = pt[j + 2u]; let p3 = pt[j + 3u];
+      let p4 = pt[j + 4u]; let p5 = pt[j + 5u]; let p6 = pt[j + 6u]; let p7 = pt[j + 7u];
+${vChunk}
+    }
+    for (; j < n; j++) {
+${vTail}
     }
     workgroupBarrier();
   }

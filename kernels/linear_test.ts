@@ -82,7 +82,8 @@ Deno.test({
   fn: async () => {
     const { device, ring } = await testGpu();
     const r = rng(3);
-    for (const [rows, n] of [[1, 64], [7, 200], [3, 2048]]) {
+    // n = 37 and 2050 take the scalar path, the others the vec4 path.
+    for (const [rows, n] of [[1, 64], [7, 200], [3, 2048], [2, 37], [1, 2050]]) {
       const x = randomArray(r, rows * n, -3, 3), w = randomArray(r, n, 0.5, 1.5);
       const prog = await rmsNormProgram(device, ring, { n, eps: 1e-5 });
       const yb = buf(device, "y", new Float32Array(rows * n));

@@ -35,7 +35,8 @@ export interface QkRopeParams {
   kvDtype: DType;
 }
 
-const WG = 64;
+// 256 threads: a whole-projection q/k norm (2,048 wide at the OLMoE shape) is 8 loads per thread, not 32.
+const WG = 256;
 
 /**
  * WGSL of the q/k stage. Bindings: 0 qkv [R, (nH + 2 nKV) hd] f32; 1 rope [positions, hd] f32 (cos of the hd/2

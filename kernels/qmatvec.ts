@@ -35,7 +35,7 @@ export const QGEMV_SHAPE: MatvecShape = { tpo: 32, outs: 8 };
 /** Shape of the quantized expert gate/up mat-vec (outputs are expert-hidden features, gate and up rows each). */
 export const QGATEUP_SHAPE: MatvecShape = { tpo: 16, outs: 16 };
 /** Shape of the quantized expert down mat-vec. */
-export const QDOWN_SHAPE: MatvecShape = { tpo: 64, outs: 4, split: 8 };
+export const QDOWN_SHAPE: MatvecShape = { tpo: 16, outs: 16 };
 
 /** The meta table as a u32 array of vec4 entries. */
 export function metaTable(entries: QuantMeta[]): Uint32Array {
