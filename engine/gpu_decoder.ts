@@ -68,7 +68,7 @@ import {
   qDownProgram,
   QGATEUP_SHAPE,
   qGateUpProgram,
-  QGEMV_SHAPE,
+  qgemvShape,
   qgemvProgram,
   type QuantMatrix,
   type QuantScheme,
@@ -655,6 +655,7 @@ export class GpuDecoder implements TokenSource {
       bias: GPUBuffer | undefined,
       out: GPUBuffer,
     ): Promise<Linear> => {
+      const shape = qgemvShape(p.n);
       const prog = await qgemvProgram(device, ring, {
         n: p.n,
         k: p.k,
@@ -662,12 +663,12 @@ export class GpuDecoder implements TokenSource {
         bias: p.bias,
         alpha: p.alpha,
         schemes: set.schemes,
-      });
+      }, shape);
       const bufs = [input, set.qw, set.qp, set.meta, ...(bias ? [bias] : []), out];
       const d: Dispatch = {
         program: prog,
         group: prog.bind(`${label}-qgemv`, bufs),
-        grid: grid2d(Math.ceil(p.n / QGEMV_SHAPE.outs)),
+        grid: grid2d(Math.ceil(p.n / shape.outs)),
       };
       const gemmProg = await qgemmProgram(device, ring, {
         n: p.n,

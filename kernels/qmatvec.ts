@@ -32,6 +32,17 @@ export interface QuantMeta {
 
 /** Shape of the quantized linear mat-vec. */
 export const QGEMV_SHAPE: MatvecShape = { tpo: 32, outs: 8 };
+/** Shape of the quantized linear mat-vec for 4,096 or more outputs (a fused q/k/v projection). */
+export const WIDE_QGEMV_SHAPE: MatvecShape = { tpo: 16, outs: 16 };
+
+/**
+ * The quantized mat-vec shape for `n` output features: on an H200 (`bench/matvec_kernels.ts`, w8g128 at the
+ * OLMoE shape) 16×16 ran the 6,144-output q/k/v projection in 39.0 µs against 49.2 at 32×8, while the
+ * 2,048-output o-projection was fastest at 32×8 (20.9 against 25.6 µs).
+ */
+export function qgemvShape(n: number): MatvecShape {
+  return n >= 4096 ? WIDE_QGEMV_SHAPE : QGEMV_SHAPE;
+}
 /** Shape of the quantized expert gate/up mat-vec (outputs are expert-hidden features, gate and up rows each). */
 export const QGATEUP_SHAPE: MatvecShape = { tpo: 16, outs: 16 };
 /** Shape of the quantized expert down mat-vec. */

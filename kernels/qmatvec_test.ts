@@ -10,6 +10,7 @@ import {
   qGateUpProgram,
   QGEMV_SHAPE,
   qgemvProgram,
+  WIDE_QGEMV_SHAPE,
 } from "./qmatvec.ts";
 import type { MatvecShape } from "./wgsl.ts";
 import {
@@ -50,6 +51,7 @@ Deno.test({
         // Other shapes (as a benchmark may pick), sizes at run time, and a matrix at a word offset that is not
         // 16-byte aligned.
         [[2, 40, 128], { tpo: 8, outs: 32 }, false, true],
+        [[2, 50, 128], WIDE_QGEMV_SHAPE, false, true],
         [[1, 33, 256], { tpo: 32, outs: 2 }, false, false],
         [[3, 24, 64], QGEMV_SHAPE, false, false],
         [[2, 21, 128], QGEMV_SHAPE, true, true],
