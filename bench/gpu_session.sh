@@ -20,11 +20,13 @@
 #     clocks, whole-step GPU time vs decode speed (bundle readback_latency, gpu_idle, gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh step      # ~4 min: packed checkpoints'
 #     step profile with per-kernel ablation, decode speed (bundle gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh measure   # ~6 min: step as above for f16,
+#     w4g128 and MxMoE 3.25, and GEAR's kernels at 1k-32k (bundle gpu_profile, gpu_decode, gear_kernels)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop or step}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step or measure}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -181,8 +183,25 @@ step)
     done
   done
   ;;
+measure)
+  # The decode kernels' state in one call: step profiles with ablation and decode speed for f16, w4g128 and MxMoE
+  # 3.25, then GEAR's attention kernels at long contexts (bundle gpu_profile, gpu_decode and gear_kernels).
+  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+    python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
+  packed=$!
+  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
+  wait "$packed"
+  for m in olmoe w4 mx325; do
+    timeout 90 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 >"$logs/profile_$m.log" 2>&1
+    for tps in 0 64; do
+      timeout 90 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
+        >>"$logs/decode_$m.log" 2>&1
+    done
+  done
+  ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure" >&2
   exit 2
   ;;
 esac
