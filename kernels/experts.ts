@@ -15,6 +15,8 @@ import {
   checkRowLength,
   f32Lit,
   type MatvecShape,
+  normedDotFn,
+  normWeightDecl,
   prelude,
   weightChunk,
   weightDecl,
@@ -36,17 +38,34 @@ export interface GateUpParams {
   topK: number;
   /** Weight precision. */
   dtype: DType;
+  /**
+   * The RMSNorm of x (this epsilon) fused in: x is the un-normalized input, the norm weight [H] f32 is bound
+   * last, and each row's gate and up sums are scaled by its `1/rms` (no norm dispatch before it).
+   */
+  normEps?: number;
 }
 
 /**
  * WGSL of gate/up. Bindings: 0 x [R, H] f32; 1 W [E, 2I, H] (I gate rows then I up rows per expert);
- * 2 ids [R, k] u32; 3 h [R k, I] f32. Grid: (ceil(I / shape.outs), rows · k).
+ * 2 ids [R, k] u32; 3 h [R k, I] f32; with `normEps` 4 the norm weight [H] f32. Grid: (ceil(I / shape.outs),
+ * rows · k).
  */
 export function gateUpWgsl(p: GateUpParams, shape: MatvecShape = GATEUP_SHAPE): string {
   checkRowLength("gate-up", p.hidden, p.dtype);
   checkMatvecShape("gate-up", shape);
   const ch = weightChunk(p.dtype);
   const wg = shape.outs * shape.tpo;
+  const norm = p.normEps !== undefined;
+  // With the norm fused in, the output's TPO threads also sum the squares of the x values they read (together
+  // the whole row) and both sums are scaled by the row's 1/rms.
+  const body = norm
+    ? `let d = ndot_w(r * H4 + c * XSTEP, c * XSTEP, gRow + c, uRow + c);
+      g += d.x;
+      u += d.y;
+      ss += d.z;`
+    : `g += dot_w(gRow + c, r * H4 + c * XSTEP);
+      u += dot_w(uRow + c, r * H4 + c * XSTEP);`;
+  const inv = norm ? ` * inverseSqrt(ps[li] / ${f32Lit(p.hidden)} + ${f32Lit(p.normEps!)})` : "";
   return `${prelude()}
 const I: u32 = ${p.inter}u;
 const TOPK: u32 = ${p.topK}u;
@@ -58,9 +77,11 @@ const TPO: u32 = ${shape.tpo}u;
 ${weightDecl(1, "w", p.dtype)}
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> h: array<f32>;
-${weightDotFn("w", p.dtype, "xs")}
+${norm ? normWeightDecl(4) : ""}
+${norm ? normedDotFn("w", p.dtype, "xs", 2) : weightDotFn("w", p.dtype, "xs")}
 var<workgroup> pg: array<f32, ${wg}>;
 var<workgroup> pu: array<f32, ${wg}>;
+${norm ? `var<workgroup> ps: array<f32, ${wg}>;` : ""}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let slot = wg.y;
@@ -71,24 +92,25 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let i = wg.x * ${shape.outs}u + li / TPO;
   var g = 0.0;
   var u = 0.0;
+  var ss = 0.0;
   if (i < I) {
     let gRow = (e * 2u * I + i) * KC;
     let uRow = (e * 2u * I + I + i) * KC;
     for (var c = t; c < KC; c += TPO) {
-      g += dot_w(gRow + c, r * H4 + c * XSTEP);
-      u += dot_w(uRow + c, r * H4 + c * XSTEP);
+      ${body}
     }
   }
   pg[li] = g;
   pu[li] = u;
+  ${norm ? "ps[li] = ss;" : ""}
   workgroupBarrier();
   for (var s = TPO / 2u; s > 0u; s >>= 1u) {
-    if (t < s) { pg[li] += pg[li + s]; pu[li] += pu[li + s]; }
+    if (t < s) { pg[li] += pg[li + s]; pu[li] += pu[li + s]; ${norm ? "ps[li] += ps[li + s];" : ""} }
     workgroupBarrier();
   }
   if (t == 0u && i < I) {
-    let gv = pg[li];
-    h[slot * I + i] = gv / (1.0 + exp(-gv)) * pu[li];
+    let gv = pg[li]${inv};
+    h[slot * I + i] = gv / (1.0 + exp(-gv)) * pu[li]${inv};
   }
 }`;
 }
@@ -187,7 +209,14 @@ export function gateUpProgram(
   p: GateUpParams,
   shape: MatvecShape = GATEUP_SHAPE,
 ): Promise<Program> {
-  return P.get(device, ring, "gate-up", gateUpWgsl(p, shape), ["read", "read", "read", "write"]);
+  const access: ("read" | "write")[] = ["read", "read", "read", "write"];
+  return P.get(
+    device,
+    ring,
+    "gate-up",
+    gateUpWgsl(p, shape),
+    p.normEps !== undefined ? [...access, "read"] : access,
+  );
 }
 
 /** The down program (`shape`: see {@linkcode downWgsl}). */

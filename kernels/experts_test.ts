@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { expertsRef } from "./cpu/experts.ts";
+import { matmulRef } from "./cpu/matmul.ts";
+import { rmsNormRef } from "./cpu/rms_norm.ts";
 import { DOWN_SHAPE, downProgram, GATEUP_SHAPE, gateUpProgram } from "./experts.ts";
 import type { MatvecShape } from "./wgsl.ts";
 import {
@@ -114,6 +116,65 @@ for (const dtype of ["f32", "f16"] as const) {
           const err = relError(got, ref);
           assert.ok(err < 1e-5, `${dtype} ${JSON.stringify(c)}: ${err}`);
         }
+      }
+    },
+  });
+}
+
+for (const dtype of ["f32", "f16"] as const) {
+  Deno.test({
+    name: `gateUp (${dtype}) with the RMSNorm fused in matches rmsNormRef then silu(gate)·up by matmulRef`,
+    ignore: SKIP_GPU,
+    fn: async () => {
+      const { device, ring } = await testGpu();
+      const r = rng(dtype === "f32" ? 43 : 44);
+      for (
+        const [c, shape] of [
+          [{ E: 4, H: 64, I: 40, k: 2, rows: 3 }, GATEUP_SHAPE],
+          [{ E: 1, H: 256, I: 24, k: 1, rows: 1 }, { tpo: 4, outs: 8 }],
+        ] as const
+      ) {
+        const { E, H, I, k, rows } = c;
+        // Inputs far from unit scale: the norm must really be applied.
+        const x = randomArray(r, rows * H, -6, 6), g = randomArray(r, H, 0.5, 1.5);
+        const gu = randomArray(r, E * 2 * I * H);
+        const ids = new Uint32Array(rows * k).map((_, i) => (i * 3 + 1) % E);
+        const hb = buf(device, "h", new Float32Array(rows * k * I));
+        const gp = await gateUpProgram(
+          device,
+          ring,
+          { hidden: H, inter: I, topK: k, dtype, normEps: 1e-5 },
+          shape,
+        );
+        const group = gp.bind("gu", [
+          buf(device, "x", x),
+          buf(device, "gu", weightData(gu, dtype)),
+          buf(device, "ids", ids),
+          hb,
+          buf(device, "g", g),
+        ]);
+        const got = new Float32Array(
+          await runAndRead(
+            device,
+            ring,
+            [{ program: gp, group, grid: [Math.ceil(I / shape.outs), rows * k, 1] }],
+            { rows },
+            hb,
+            rows * k * I * 4,
+          ),
+        );
+        const w = dtype === "f16" ? roundF16(gu) : gu;
+        const xn = rmsNormRef(x, g, 1e-5, rows, H);
+        const ref = new Float32Array(rows * k * I);
+        for (let slot = 0; slot < rows * k; slot++) {
+          const t = Math.floor(slot / k), e = ids[slot];
+          const row = xn.subarray(t * H, (t + 1) * H);
+          const gate = matmulRef(row, w.subarray(e * 2 * I * H, (e * 2 * I + I) * H), 1, I, H);
+          const up = matmulRef(row, w.subarray((e * 2 * I + I) * H, (e + 1) * 2 * I * H), 1, I, H);
+          for (let i = 0; i < I; i++) ref[slot * I + i] = gate[i] / (1 + Math.exp(-gate[i])) * up[i];
+        }
+        const err = relError(got, ref);
+        assert.ok(err < 1e-5, `fused gate-up ${dtype} ${JSON.stringify(c)}: relative error ${err}`);
       }
     },
   });

@@ -14,6 +14,8 @@ import {
   checkRowLength,
   f32Lit,
   type MatvecShape,
+  normedDotFn,
+  normWeightDecl,
   prelude,
   tileAccumulate,
   tileAccumulators,
@@ -39,6 +41,12 @@ export interface LinearParams {
   mode: "store" | "add";
   /** Output scale α. */
   alpha: number;
+  /**
+   * Mat-vec only: the RMSNorm of x (this epsilon) is fused in — the kernel reads the un-normalized x, binds the
+   * norm weight [K] f32 last, and scales each row's dot products by its `1/rms`, so no norm dispatch runs
+   * before it.
+   */
+  normEps?: number;
 }
 
 /** Shape of the mat-vec: threads per output feature and output features per workgroup. */
@@ -61,18 +69,26 @@ function bindings(p: LinearParams): string {
   return `@group(0) @binding(0) var<storage, read> xs: array<vec4<f32>>;
 ${weightDecl(1, "w", p.dtype)}
 ${p.bias ? "@group(0) @binding(2) var<storage, read> bias: array<f32>;" : ""}
-@group(0) @binding(${p.bias ? 3 : 2}) var<storage, read_write> y: array<f32>;`;
+@group(0) @binding(${p.bias ? 3 : 2}) var<storage, read_write> y: array<f32>;
+${p.normEps !== undefined ? normWeightDecl(p.bias ? 4 : 3) : ""}`;
 }
 
 /**
- * WGSL of the mat-vec. Bindings: 0 x [R, K] f32, 1 W [N, K], (2 bias [N]), then y [R, N] f32.
- * Grid: ceil(N / shape.outs) workgroups (2-D when above the per-dimension limit); rows: `st.rows`.
+ * WGSL of the mat-vec. Bindings: 0 x [R, K] f32, 1 W [N, K], (2 bias [N]), then y [R, N] f32, and with `normEps`
+ * last the norm weight [K] f32 (x is then the un-normalized input). Grid: ceil(N / shape.outs) workgroups (2-D
+ * when above the per-dimension limit); rows: `st.rows`.
  */
 export function gemvWgsl(p: LinearParams, shape: MatvecShape = GEMV_SHAPE): string {
   checkRowLength(p.label, p.k, p.dtype);
   checkMatvecShape(p.label, shape);
   const ch = weightChunk(p.dtype);
   const wg = shape.outs * shape.tpo;
+  const norm = p.normEps !== undefined;
+  // With the norm fused in, each of an output's TPO threads also sums the squares of the x values it reads;
+  // together they read the whole row, so the reduced sum is the row's.
+  const body = norm
+    ? `{ let d = ndot_w(xrow + c * XSTEP, c * XSTEP, wrow + c); acc += d.x; ss += d.y; }`
+    : `{ acc += dot_w(wrow + c, xrow + c * XSTEP); }`;
   return `${prelude()}
 const N: u32 = ${p.n}u;
 const K4: u32 = ${p.k / 4}u;
@@ -80,8 +96,9 @@ const KC: u32 = ${p.k / ch}u;
 const XSTEP: u32 = ${ch / 4}u;
 const TPO: u32 = ${shape.tpo}u;
 ${bindings(p)}
-${weightDotFn("w", p.dtype, "xs")}
+${norm ? normedDotFn("w", p.dtype, "xs", 1) : weightDotFn("w", p.dtype, "xs")}
 var<workgroup> part: array<f32, ${wg}>;
+${norm ? `var<workgroup> pss: array<f32, ${wg}>;` : ""}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) li: u32) {
@@ -91,19 +108,21 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let n = wid * ${shape.outs}u + li / TPO;
   for (var r = 0u; r < st.rows; r++) {
     var acc = 0.0;
+    var ss = 0.0;
     if (n < N) {
       let wrow = n * KC;
       let xrow = r * K4;
-      for (var c = t; c < KC; c += TPO) { acc += dot_w(wrow + c, xrow + c * XSTEP); }
+      for (var c = t; c < KC; c += TPO) ${body}
     }
     part[li] = acc;
+    ${norm ? "pss[li] = ss;" : ""}
     workgroupBarrier();
     for (var s = TPO / 2u; s > 0u; s >>= 1u) {
-      if (t < s) { part[li] += part[li + s]; }
+      if (t < s) { part[li] += part[li + s]; ${norm ? "pss[li] += pss[li + s];" : ""} }
       workgroupBarrier();
     }
     if (t == 0u && n < N) {
-      let v = part[li];
+      let v = part[li]${norm ? ` * inverseSqrt(pss[li] / ${f32Lit(p.k)} + ${f32Lit(p.normEps!)})` : ""};
       ${epilogue(p, "r * N + n", "v", "n")}
     }
     workgroupBarrier();
@@ -120,6 +139,9 @@ export const GEMM_BM = 64, GEMM_BN = 64, GEMM_BK = 16;
  */
 export function gemmWgsl(p: LinearParams): string {
   checkRowLength(p.label, p.k, p.dtype);
+  if (p.normEps !== undefined) {
+    throw new RangeError(`Cannot build the GEMM ${p.label}: a fused RMSNorm is for the mat-vec only`);
+  }
   const loadW = weightTileLoad(p.dtype);
   return `${prelude()}
 const N: u32 = ${p.n}u;
@@ -182,5 +204,6 @@ export function gemmProgram(device: GPUDevice, ring: StepRing, p: LinearParams):
 }
 
 function linearBindings(p: LinearParams): ("read" | "write")[] {
-  return p.bias ? ["read", "read", "read", "write"] : ["read", "read", "write"];
+  const b: ("read" | "write")[] = p.bias ? ["read", "read", "read", "write"] : ["read", "read", "write"];
+  return p.normEps !== undefined ? [...b, "read"] : b;
 }

@@ -3,7 +3,7 @@ import { matmulRef } from "./cpu/matmul.ts";
 import { rmsNormRef } from "./cpu/rms_norm.ts";
 import { embedProgram } from "./embed.ts";
 import { grid2d } from "./gpu.ts";
-import { gemmProgram, GEMV_SHAPE, gemvProgram, type LinearParams } from "./linear.ts";
+import { gemmProgram, gemmWgsl, GEMV_SHAPE, gemvProgram, type LinearParams } from "./linear.ts";
 import { rmsNormProgram } from "./rms_norm.ts";
 import {
   buf,
@@ -74,6 +74,59 @@ for (const dtype of ["f32", "f16"] as const) {
       },
     });
   }
+}
+
+for (const dtype of ["f32", "f16"] as const) {
+  Deno.test({
+    name: `gemv (${dtype}) with the RMSNorm fused in matches rmsNormRef then matmulRef`,
+    ignore: SKIP_GPU,
+    fn: async () => {
+      const { device, ring } = await testGpu();
+      const r = rng(dtype === "f32" ? 11 : 12);
+      // [rows, n, k] and shape: several rows (batched decode), outputs past the last workgroup's, and a shape
+      // with few threads per output (each thread then sums the squares of many chunks).
+      const runs = [
+        [[1, 37, 64], GEMV_SHAPE],
+        [[3, 130, 96], GEMV_SHAPE],
+        [[2, 40, 256], { tpo: 4, outs: 16 }],
+        [[1, 64, 2048], GEMV_SHAPE],
+      ] as const;
+      for (const [[rows, n, k], shape] of runs) {
+        for (const bias of [false, true]) {
+          // Inputs far from unit scale: the norm must really be applied.
+          const x = randomArray(r, rows * k, -6, 6), g = randomArray(r, k, 0.5, 1.5);
+          const w = randomArray(r, n * k), b = randomArray(r, n), y0 = randomArray(r, rows * n);
+          const p: LinearParams = { label: "t", n, k, dtype, bias, mode: "add", alpha: 0.5, normEps: 1e-5 };
+          const prog = await gemvProgram(device, ring, p, shape);
+          const yb = buf(device, "y", y0);
+          const group = prog.bind("t", [
+            buf(device, "x", x),
+            buf(device, "w", weightData(w, dtype)),
+            ...(bias ? [buf(device, "b", b)] : []),
+            yb,
+            buf(device, "g", g),
+          ]);
+          const grid = grid2d(Math.ceil(n / shape.outs));
+          const got = new Float32Array(
+            await runAndRead(device, ring, [{ program: prog, group, grid }], { rows }, yb, rows * n * 4),
+          );
+          const xn = rmsNormRef(x, g, 1e-5, rows, k);
+          const ref = matmulRef(xn, dtype === "f16" ? roundF16(w) : w, rows, n, k, bias ? { bias: b } : {});
+          for (let i = 0; i < ref.length; i++) ref[i] = y0[i] + 0.5 * ref[i];
+          const err = relError(got, ref);
+          assert.ok(
+            err < 1e-5,
+            `fused gemv ${dtype} [${rows},${n},${k}] bias ${bias}: relative error ${err}`,
+          );
+        }
+      }
+      assert.throws(
+        () =>
+          gemmWgsl({ label: "t", n: 8, k: 16, dtype, bias: false, mode: "store", alpha: 1, normEps: 1e-5 }),
+        RangeError,
+      );
+    },
+  });
 }
 
 Deno.test({

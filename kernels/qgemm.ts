@@ -96,6 +96,9 @@ const QBIND = `@group(0) @binding(1) var<storage, read> qw: array<u32>;
  */
 export function qgemmWgsl(p: QLinearParams): string {
   if (p.k % 4 !== 0) throw new RangeError(`Cannot build qgemm: K = ${p.k} must be a multiple of 4`);
+  if (p.normEps !== undefined) {
+    throw new RangeError("Cannot build qgemm: a fused RMSNorm is for the mat-vec only");
+  }
   const v = p.bias ? "(acc + bias[n])" : "acc";
   const val = p.alpha === 1 ? v : `${f32Lit(p.alpha)} * ${v}`;
   return `${prelude()}

@@ -137,17 +137,27 @@ function isScheme(sc: QuantScheme): string {
  * consecutive vec4s (vec4 i of chunk c at `i · (k / 4 / nx) + c`, nx vec4s per chunk: no bank conflicts). For
  * a scheme read word by word nothing is copied (its path reads `xa`). `wg` threads share the copy.
  */
-function stageFn(k: number, schemes: readonly QuantScheme[], wg: number): string {
+function stageFn(k: number, schemes: readonly QuantScheme[], wg: number, norm = false): string {
   const k4 = k / 4;
+  // With a fused RMSNorm the staged values are x∘g and the function returns the thread's share of Σx².
+  const put = norm
+    ? "let v = xa[xo4 + j]; ss += dot(v, v); xsh[DST] = v * gw[j];"
+    : "xsh[DST] = xa[xo4 + j];";
   const branches = chunkedSchemes(schemes, k).map((sc) => {
     const nx = chunkVec4s(sc);
+    const dst = `xs0 + (j % ${nx}u) * ${k4 / nx}u + j / ${nx}u`;
     return `if (${isScheme(sc)}) {
-    for (var j = li; j < ${k4}u; j += ${wg}u) { xsh[xs0 + (j % ${nx}u) * ${
-      k4 / nx
-    }u + j / ${nx}u] = xa[xo4 + j]; }
+    for (var j = li; j < ${k4}u; j += ${wg}u) { ${put.replace("DST", dst)} }
   }`;
   });
-  return `
+  return norm
+    ? `
+fn stage_x(m: vec4<u32>, xo4: u32, xs0: u32, li: u32) -> f32 {
+  var ss = 0.0;
+  ${branches.join(" else ")}
+  return ss;
+}`
+    : `
 fn stage_x(m: vec4<u32>, xo4: u32, xs0: u32, li: u32) {
   ${branches.join(" else ")}
 }`;
@@ -307,6 +317,18 @@ function checkK(label: string, k: number): void {
 
 function reduce(wg: number): string {
   return `var<workgroup> part: array<f32, ${wg}>;
+// The sum of v over the whole workgroup (its barriers also publish what the threads wrote before it).
+fn reduce_all(li: u32, v: f32) -> f32 {
+  part[li] = v;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
+    if (li < s) { part[li] += part[li + s]; }
+    workgroupBarrier();
+  }
+  let r = part[0];
+  workgroupBarrier();
+  return r;
+}
 var<workgroup> part2: array<f32, ${wg}>;
 fn reduce_seg2(li: u32, t: u32, a: f32, b: f32) -> vec2<f32> {
   part[li] = a;
@@ -348,10 +370,47 @@ function stagedDecl(
   staged: boolean,
   slots: number,
   wg: number,
+  norm = false,
 ): string {
   if (!staged || !schemes) return "";
   return `var<workgroup> xsh: array<vec4<f32>, ${slots * (k / 4)}>;
-${stageFn(k, schemes, wg)}`;
+${stageFn(k, schemes, wg, norm)}`;
+}
+
+/**
+ * Throws unless a kernel with a fused RMSNorm can be built: it needs the weight set's schemes, every one read in
+ * 16-byte chunks (the staged path, which applies the norm), and the staging buffer.
+ */
+function checkNormFusable(
+  label: string,
+  k: number,
+  schemes: readonly QuantScheme[] | undefined,
+  staged: boolean,
+) {
+  if (!schemes || !staged || !schemes.every((sc) => chunked(sc, k))) {
+    throw new RangeError(
+      `Cannot build ${label} with a fused RMSNorm: it needs staged activations and schemes read in 16-byte ` +
+        `chunks (2, 4, 8 bits with groups of whole chunks, or f16)`,
+    );
+  }
+}
+
+/**
+ * Whether a quantized mat-vec or gate/up of weight set `set` (rows of `k` values, `shape`) can take its input's
+ * RMSNorm fused in on `device`: every scheme read in 16-byte chunks, every matrix 16-byte aligned, and room to
+ * stage the activations.
+ */
+export function qNormFusable(
+  device: GPUDevice,
+  set: { meta: Uint32Array; schemes: readonly QuantScheme[] },
+  k: number,
+  shape: MatvecShape,
+): boolean {
+  for (let i = 0; i < set.meta.length; i += 4) {
+    if (set.meta[i] === 0) continue;
+    if (set.meta[i + 2] % 4 !== 0) return false;
+  }
+  return k % 4 === 0 && set.schemes.every((sc) => chunked(sc, k)) && canStage(device, shape, k);
 }
 
 /**
@@ -386,16 +445,24 @@ export interface QLinearParams {
   alpha: number;
   /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
   schemes?: readonly QuantScheme[];
+  /**
+   * The RMSNorm of x (this epsilon) fused in: x is the un-normalized input, the norm weight [K] f32 is bound
+   * last, and each row's sums are scaled by its `1/rms`. Needs {@linkcode qNormFusable}.
+   */
+  normEps?: number;
 }
 
 /**
- * WGSL of the quantized mat-vec. Bindings: 0 x [R, K] f32; 1 qw; 2 qp; 3 meta (entry 0); (4 bias); y [R, N].
- * Grid: ceil(N / shape.outs) workgroups (2-D above the limit); rows: `st.rows`. With `staged` (and schemes) each
- * row's activations are first copied to workgroup memory ({@linkcode qStagedBytes}).
+ * WGSL of the quantized mat-vec. Bindings: 0 x [R, K] f32; 1 qw; 2 qp; 3 meta (entry 0); (4 bias); y [R, N];
+ * with `normEps` last the norm weight [K] f32. Grid: ceil(N / shape.outs) workgroups (2-D above the limit);
+ * rows: `st.rows`. With `staged` (and schemes) each row's activations are first copied to workgroup memory
+ * ({@linkcode qStagedBytes}).
  */
 export function qgemvWgsl(p: QLinearParams, shape: MatvecShape = QGEMV_SHAPE, staged = false): string {
   checkK("the quantized mat-vec", p.k);
   checkMatvecShape("the quantized mat-vec", shape);
+  const norm = p.normEps !== undefined;
+  if (norm) checkNormFusable("the quantized mat-vec", p.k, p.schemes, staged);
   const wg = shape.outs * shape.tpo;
   const v = p.bias ? "(d + bias[n])" : "d";
   const val = p.alpha === 1 ? v : `${f32Lit(p.alpha)} * ${v}`;
@@ -408,8 +475,9 @@ const TPR: u32 = TPO;
 ${QBINDINGS}
 ${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 @group(0) @binding(${p.bias ? 5 : 4}) var<storage, read_write> y: array<f32>;
+${norm ? `@group(0) @binding(${p.bias ? 6 : 5}) var<storage, read> gw: array<vec4<f32>>;` : ""}
 ${qdotWordsFn()}
-${stagedDecl(p.k, p.schemes, staged, 1, wg)}
+${stagedDecl(p.k, p.schemes, staged, 1, wg, norm)}
 ${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
@@ -420,10 +488,18 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let n = wid * ${shape.outs}u + li / TPO;
   let m = qmeta[0];
   for (var r = 0u; r < st.rows; r++) {
-    ${staged && p.schemes ? "stage_x(m, r * K / 4u, 0u, li);\n    workgroupBarrier();" : ""}
+    ${
+    norm
+      ? `let inv = inverseSqrt(reduce_all(li, stage_x(m, r * K / 4u, 0u, li)) / ${f32Lit(p.k)} + ${
+        f32Lit(p.normEps!)
+      });`
+      : staged && p.schemes
+      ? "stage_x(m, r * K / 4u, 0u, li);\n    workgroupBarrier();"
+      : ""
+  }
     var acc = 0.0;
     if (n < N) { acc = qdot1(m, n, r * K, 0u, t); }
-    let d = reduce_seg(li, t, acc);
+    let d = reduce_seg(li, t, acc)${norm ? " * inv" : ""};
     if (t == 0u && n < N) { ${p.mode === "add" ? `y[r * N + n] += ${val};` : `y[r * N + n] = ${val};`} }
   }
 }`;
@@ -439,16 +515,23 @@ export interface QGateUpParams {
   topK: number;
   /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
   schemes?: readonly QuantScheme[];
+  /**
+   * The RMSNorm of x (this epsilon) fused in: x is the un-normalized input, the norm weight [H] f32 is bound
+   * last, and each row's gate and up sums are scaled by its `1/rms`. Needs {@linkcode qNormFusable}.
+   */
+  normEps?: number;
 }
 
 /**
- * WGSL of quantized gate/up. Bindings: 0 x [R, H]; 1 qw; 2 qp; 3 meta [E]; 4 ids [R, k] u32; 5 h [R k, I].
- * Grid: (ceil(I / shape.outs), rows · k). With `staged` (and schemes) the row's activations are first copied to
- * workgroup memory ({@linkcode qStagedBytes}).
+ * WGSL of quantized gate/up. Bindings: 0 x [R, H]; 1 qw; 2 qp; 3 meta [E]; 4 ids [R, k] u32; 5 h [R k, I];
+ * with `normEps` 6 the norm weight [H] f32. Grid: (ceil(I / shape.outs), rows · k). With `staged` (and schemes)
+ * the row's activations are first copied to workgroup memory ({@linkcode qStagedBytes}).
  */
 export function qGateUpWgsl(p: QGateUpParams, shape: MatvecShape = QGATEUP_SHAPE, staged = false): string {
   checkK("the quantized gate/up", p.hidden);
   checkMatvecShape("the quantized gate/up", shape);
+  const norm = p.normEps !== undefined;
+  if (norm) checkNormFusable("the quantized gate/up", p.hidden, p.schemes, staged);
   const wg = shape.outs * shape.tpo;
   return `${prelude()}
 const K: u32 = ${p.hidden}u;
@@ -460,8 +543,9 @@ const TPR: u32 = TPO;
 ${QBINDINGS}
 @group(0) @binding(4) var<storage, read> ids: array<u32>;
 @group(0) @binding(5) var<storage, read_write> h: array<f32>;
+${norm ? "@group(0) @binding(6) var<storage, read> gw: array<vec4<f32>>;" : ""}
 ${qdotWordsFn()}
-${stagedDecl(p.hidden, p.schemes, staged, 1, wg)}
+${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm)}
 ${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
@@ -472,12 +556,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let m = qmeta[ids[slot]];
   let t = li % TPO;
   let i = wg.x * ${shape.outs}u + li / TPO;
-  ${staged && p.schemes ? "stage_x(m, r * K / 4u, 0u, li);\n  workgroupBarrier();" : ""}
+  ${
+    norm
+      ? `let inv = inverseSqrt(reduce_all(li, stage_x(m, r * K / 4u, 0u, li)) / ${f32Lit(p.hidden)} + ${
+        f32Lit(p.normEps!)
+      });`
+      : staged && p.schemes
+      ? "stage_x(m, r * K / 4u, 0u, li);\n  workgroupBarrier();"
+      : ""
+  }
   var gu0 = vec2<f32>(0.0);
   if (i < I) { gu0 = qdot2(m, i, I + i, r * K, 0u, t); }
   let gu = reduce_seg2(li, t, gu0.x, gu0.y);
-  let gs = gu.x;
-  let us = gu.y;
+  let gs = gu.x${norm ? " * inv" : ""};
+  let us = gu.y${norm ? " * inv" : ""};
   if (t == 0u && i < I) { h[slot * I + i] = gs / (1.0 + exp(-gs)) * us; }
 }`;
 }
@@ -567,7 +659,8 @@ function readsThenWrite(reads: number): ("read" | "write")[] {
 
 /** Access of the bindings of a quantized linear layer (mat-vec or GEMM): x, qw, qp, meta, (bias), y. */
 export function qLinearBindings(p: QLinearParams): ("read" | "write")[] {
-  return readsThenWrite(p.bias ? 5 : 4);
+  const access = readsThenWrite(p.bias ? 5 : 4);
+  return p.normEps !== undefined ? [...access, "read"] : access;
 }
 
 /** The quantized gate/up program (`shape`: see {@linkcode qGateUpWgsl}). */
@@ -578,8 +671,15 @@ export function qGateUpProgram(
   shape: MatvecShape = QGATEUP_SHAPE,
 ): Promise<Program> {
   const staged = p.schemes !== undefined && canStage(device, shape, p.hidden);
-  // x, qw, qp, meta, ids; h.
-  return P.get(device, ring, "q-gate-up", qGateUpWgsl(p, shape, staged), readsThenWrite(5));
+  // x, qw, qp, meta, ids; h; (norm weight).
+  const access = readsThenWrite(5);
+  return P.get(
+    device,
+    ring,
+    "q-gate-up",
+    qGateUpWgsl(p, shape, staged),
+    p.normEps !== undefined ? [...access, "read"] : access,
+  );
 }
 
 /** The quantized down program (`shape`: see {@linkcode qDownWgsl}). */

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { expertsRef } from "./cpu/experts.ts";
 import { matmulRef } from "./cpu/matmul.ts";
+import { rmsNormRef } from "./cpu/rms_norm.ts";
 import { grid2d } from "./gpu.ts";
 import {
   buildQuantSet,
@@ -10,6 +11,7 @@ import {
   qGateUpProgram,
   QGEMV_SHAPE,
   qgemvProgram,
+  qNormFusable,
   WIDE_QGEMV_SHAPE,
 } from "./qmatvec.ts";
 import type { MatvecShape } from "./wgsl.ts";
@@ -190,5 +192,119 @@ Deno.test({
       const err = relError(got, ref);
       assert.ok(err < 1e-5, `mixed experts ${JSON.stringify([gs, ds, withSchemes])}: ${err}`);
     }
+  },
+});
+
+Deno.test({
+  name:
+    "qgemv and quantized gate/up with the RMSNorm fused in match rmsNormRef then the dequantized products",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device, ring } = await testGpu();
+    const r = rng(73);
+    const H = 128, I = 40, k = 2, rows = 3, n = 50;
+    // Every scheme read in 16-byte chunks (the fused kernels' requirement), one per expert.
+    const schemes: TestScheme[] = [[2, 64], [4, 128], [8, 64], "f16"];
+    const E = schemes.length;
+    // Inputs far from unit scale: the norm must really be applied.
+    const x = randomArray(r, rows * H, -6, 6), g = randomArray(r, H, 0.5, 1.5);
+    const xn = rmsNormRef(x, g, 1e-5, rows, H);
+    for (const shape of [QGEMV_SHAPE, WIDE_QGEMV_SHAPE, { tpo: 4, outs: 8 }] as MatvecShape[]) {
+      // qgemv (w4g128 and f16 sets), bias and residual add.
+      for (const s of [[4, 128], "f16"] as TestScheme[]) {
+        const { m, w } = makeQuantMatrix(r, n, H, s);
+        const set = buildQuantSet([m]);
+        assert.ok(qNormFusable(device, set, H, shape));
+        const b = randomArray(r, n), y0 = randomArray(r, rows * n);
+        const prog = await qgemvProgram(device, ring, {
+          n,
+          k: H,
+          mode: "add",
+          bias: true,
+          alpha: 0.5,
+          schemes: set.schemes,
+          normEps: 1e-5,
+        }, shape);
+        const yb = buf(device, "y", y0);
+        const group = prog.bind("t", [
+          buf(device, "x", x),
+          buf(device, "qw", set.qw),
+          buf(device, "qp", set.qp),
+          buf(device, "meta", set.meta),
+          buf(device, "b", b),
+          yb,
+          buf(device, "g", g),
+        ]);
+        const got = new Float32Array(
+          await runAndRead(
+            device,
+            ring,
+            [{ program: prog, group, grid: grid2d(Math.ceil(n / shape.outs)) }],
+            { rows },
+            yb,
+            rows * n * 4,
+          ),
+        );
+        const ref = matmulRef(xn, w, rows, n, H, { bias: b }).map((v, i) => y0[i] + 0.5 * v);
+        const err = relError(got, ref);
+        assert.ok(err < 1e-5, `fused qgemv ${JSON.stringify(s)} ${JSON.stringify(shape)}: ${err}`);
+      }
+      // Gate/up with a different scheme per expert.
+      const gu = schemes.map((s) => makeQuantMatrix(r, 2 * I, H, s));
+      const set = buildQuantSet(gu.map((q) => q.m));
+      assert.ok(qNormFusable(device, set, H, shape));
+      const ids = new Uint32Array(rows * k).map((_, i) => (i + 1) % E);
+      const hb = buf(device, "h", new Float32Array(rows * k * I));
+      const prog = await qGateUpProgram(device, ring, {
+        hidden: H,
+        inter: I,
+        topK: k,
+        schemes: set.schemes,
+        normEps: 1e-5,
+      }, shape);
+      const group = prog.bind("gu", [
+        buf(device, "x", x),
+        buf(device, "qw", set.qw),
+        buf(device, "qp", set.qp),
+        buf(device, "m", set.meta),
+        buf(device, "ids", ids),
+        hb,
+        buf(device, "g", g),
+      ]);
+      const got = new Float32Array(
+        await runAndRead(
+          device,
+          ring,
+          [{ program: prog, group, grid: [Math.ceil(I / shape.outs), rows * k, 1] }],
+          { rows },
+          hb,
+          rows * k * I * 4,
+        ),
+      );
+      const ref = new Float32Array(rows * k * I);
+      for (let slot = 0; slot < rows * k; slot++) {
+        const t = Math.floor(slot / k), w = gu[ids[slot]].w;
+        const o = matmulRef(xn.subarray(t * H, (t + 1) * H), w, 1, 2 * I, H);
+        for (let i = 0; i < I; i++) ref[slot * I + i] = o[i] / (1 + Math.exp(-o[i])) * o[I + i];
+      }
+      const err = relError(got, ref);
+      assert.ok(err < 1e-5, `fused quantized gate/up ${JSON.stringify(shape)}: ${err}`);
+    }
+    // A 3-bit matrix is read word by word (not staged): no fused kernel for it.
+    const three = buildQuantSet([makeQuantMatrix(r, n, H, [3, 64]).m]);
+    assert.equal(qNormFusable(device, three, H, QGEMV_SHAPE), false);
+    await assert.rejects(
+      async () =>
+        await qgemvProgram(device, ring, {
+          n,
+          k: H,
+          mode: "store",
+          bias: false,
+          alpha: 1,
+          schemes: three.schemes,
+          normEps: 1e-5,
+        }),
+      RangeError,
+    );
   },
 });

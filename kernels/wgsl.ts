@@ -51,6 +51,46 @@ fn dot_${name}(c: u32, x4: u32) -> f32 {
 }`;
 }
 
+/**
+ * For a mat-vec with the RMSNorm of its input fused in: a function `ndot_<name>(x4, g4, c0[, c1])` returning,
+ * over one weight chunk (of each of one or two rows `c0`, `c1` of `name`) and the activations `xs` from vec4
+ * `x4`, the dot products of the rows with the activations scaled by the norm weight `gw` (vec4s from `g4`) and,
+ * last, the sum of the activations' squares: `vec2(w·(x∘g), Σx²)` or `vec3(w0·(x∘g), w1·(x∘g), Σx²)`. The
+ * caller multiplies the reduced dot products by the row's `inverseSqrt(Σx² / K + eps)`.
+ */
+export function normedDotFn(name: string, dtype: DType, xs: string, rows: 1 | 2): string {
+  const args = rows === 1 ? "c0: u32" : "c0: u32, c1: u32";
+  const ret = rows === 1 ? "vec2<f32>" : "vec3<f32>";
+  if (dtype === "f16") {
+    const unpack = (r: number) =>
+      `let p${r} = ${name}[c${r}];
+  let a${r} = vec4<f32>(unpack2x16float(p${r}.x), unpack2x16float(p${r}.y));
+  let b${r} = vec4<f32>(unpack2x16float(p${r}.z), unpack2x16float(p${r}.w));`;
+    const dots = Array.from({ length: rows }, (_, r) => `dot(a${r}, y0) + dot(b${r}, y1)`).join(", ");
+    return `
+fn ndot_${name}(x4: u32, g4: u32, ${args}) -> ${ret} {
+  ${Array.from({ length: rows }, (_, r) => unpack(r)).join("\n  ")}
+  let x0 = ${xs}[x4];
+  let x1 = ${xs}[x4 + 1u];
+  let y0 = x0 * gw[g4];
+  let y1 = x1 * gw[g4 + 1u];
+  return ${ret}(${dots}, dot(x0, x0) + dot(x1, x1));
+}`;
+  }
+  const dots = Array.from({ length: rows }, (_, r) => `dot(${name}[c${r}], y0)`).join(", ");
+  return `
+fn ndot_${name}(x4: u32, g4: u32, ${args}) -> ${ret} {
+  let x0 = ${xs}[x4];
+  let y0 = x0 * gw[g4];
+  return ${ret}(${dots}, dot(x0, x0));
+}`;
+}
+
+/** Declaration of the RMSNorm weight `gw` ([K] f32 read as vec4s) of a fused mat-vec at `binding`. */
+export function normWeightDecl(binding: number): string {
+  return `@group(0) @binding(${binding}) var<storage, read> gw: array<vec4<f32>>;`;
+}
+
 /** A function `scalar_<name>(i)` reading element `i` of a packed weight array (for small, odd reads). */
 export function weightScalarFn(name: string, dtype: DType): string {
   if (dtype === "f16") {
