@@ -37,7 +37,13 @@
 import { attentionCombineProgram, attentionProgram, partialFloats } from "../kernels/attention.ts";
 import { mergeGroupsX } from "../kernels/split_merge.ts";
 import { embedProgram } from "../kernels/embed.ts";
-import { DOWN_SHAPE, downProgram, GATEUP_SHAPE, gateUpProgram } from "../kernels/experts.ts";
+import {
+  DOWN_SHAPE,
+  downProgram,
+  GATEUP_SHAPE,
+  type GateUpParams,
+  gateUpProgram,
+} from "../kernels/experts.ts";
 import {
   type Dispatch,
   encodeDispatch,
@@ -67,9 +73,11 @@ import {
   QDOWN_SHAPE,
   qDownProgram,
   QGATEUP_SHAPE,
+  type QGateUpParams,
   qGateUpProgram,
-  qgemvShape,
   qgemvProgram,
+  qgemvShape,
+  qNormFusable,
   type QuantMatrix,
   type QuantScheme,
 } from "../kernels/qmatvec.ts";
@@ -86,6 +94,7 @@ import { iksPositionsOf, routerRowStats } from "./inspect.ts";
 import { fusionCandidates, jensenShannon } from "./lfd.ts";
 import type { DType, InspectOptions, PromptInspection } from "./types.ts";
 import { planWeights, type WeightSpec } from "./weights.ts";
+import type { MatvecShape } from "../kernels/wgsl.ts";
 
 /** Options of {@linkcode GpuDecoder.create}. */
 export interface GpuDecoderOptions {
@@ -97,6 +106,12 @@ export interface GpuDecoderOptions {
   prefillRows?: number;
   /** Use the tiled GEMM for prefill (default: on hardware adapters, off on software ones). */
   gemm?: boolean;
+  /**
+   * Decode steps fuse each layer's RMSNorms into the mat-vecs that read them (q/k/v; router, gate/up and shared
+   * gate/up), so no norm dispatch runs there (default true). Layers whose packed weights cannot take it (a
+   * scheme read word by word, no room to stage the activations) keep the norm dispatch.
+   */
+  fuseNorms?: boolean;
   /**
    * Run prefill MoE blocks as grouped GEMMs over the tokens of each expert (default false: on an H100 the
    * per-pair mat-vecs, served from L2, are still faster than the present grouped kernel).
@@ -145,6 +160,12 @@ interface LayerDispatches {
   attentionMerge: Dispatch;
   o: Dispatch;
   ffnNorm: Dispatch;
+  /** Decode: the q/k/v mat-vec with the attention norm fused in (it reads x; no attnNorm dispatch). */
+  fusedQkv: Dispatch | undefined;
+  /** Decode: the FFN's first mat-vecs with the FFN norm fused in (they read x; no ffnNorm dispatch). */
+  fusedFfn:
+    | { router: Dispatch | undefined; gateUp: Dispatch; sharedGateUp: Dispatch | undefined }
+    | undefined;
   /** MoE layers: router logits (and the shared gate logit) [R, E (+1)], then the top-k step. */
   router: { logits: Linear; topK: Dispatch } | undefined;
   gateUp: Dispatch;
@@ -171,6 +192,8 @@ interface LayerDispatches {
 /** A linear layer's programs for both shapes (decode mat-vec, prefill GEMM) bound to its buffers. */
 interface Linear {
   gemv: Dispatch;
+  /** The mat-vec with its input's RMSNorm fused in (reading the un-normalized x), where one was asked for. */
+  fused: Dispatch | undefined;
   gemm: Dispatch;
   n: number;
   /** Packed (quantized) weights: the dequantizing mat-vec serves every row count. */
@@ -479,6 +502,7 @@ export class GpuDecoder implements TokenSource {
     const dtype = options.dtype;
     const cap = options.contextLength;
     const { ring, buffers, track, plan, R, logitRows, useGemm } = env;
+    const fuseNorms = options.fuseNorms ?? true;
     const H = c.hiddenSize, hd = c.headDim, nH = c.numHeads, nKV = c.numKvHeads, V = c.vocabSize;
     const qDim = nH * hd, kvDim = nKV * hd, qkvDim = qDim + 2 * kvDim;
     const k = c.topK;
@@ -565,6 +589,8 @@ export class GpuDecoder implements TokenSource {
         qp: track(uploadBuffer(device, `${label}.qp`, set.qp)),
         meta: track(uploadBuffer(device, `${label}.meta`, set.meta)),
         schemes: set.schemes,
+        /** Whether mat-vecs of `shape` over this set can take their input's RMSNorm fused in. */
+        normFusable: (shape: MatvecShape) => fuseNorms && qNormFusable(device, set, cols, shape),
       };
     };
 
@@ -647,29 +673,41 @@ export class GpuDecoder implements TokenSource {
       group: normProg.bind(label, [src, w, b.xn]),
       grid: [1, 1, 1],
     });
+    /** An RMSNorm to fuse into a decode mat-vec: the un-normalized input, the norm's weight and epsilon. */
+    type FusedNorm = { x: GPUBuffer; weight: GPUBuffer };
     const packedLinear = async (
       label: string,
       p: Omit<LinearParams, "label" | "dtype">,
       input: GPUBuffer,
-      set: { qw: GPUBuffer; qp: GPUBuffer; meta: GPUBuffer; schemes: QuantScheme[] },
+      set: {
+        qw: GPUBuffer;
+        qp: GPUBuffer;
+        meta: GPUBuffer;
+        schemes: QuantScheme[];
+        normFusable: (shape: MatvecShape) => boolean;
+      },
       bias: GPUBuffer | undefined,
       out: GPUBuffer,
+      norm?: FusedNorm,
     ): Promise<Linear> => {
       const shape = qgemvShape(p.n);
-      const prog = await qgemvProgram(device, ring, {
-        n: p.n,
-        k: p.k,
-        mode: p.mode,
-        bias: p.bias,
-        alpha: p.alpha,
-        schemes: set.schemes,
-      }, shape);
+      const qp = { n: p.n, k: p.k, mode: p.mode, bias: p.bias, alpha: p.alpha, schemes: set.schemes };
+      const prog = await qgemvProgram(device, ring, qp, shape);
       const bufs = [input, set.qw, set.qp, set.meta, ...(bias ? [bias] : []), out];
       const d: Dispatch = {
         program: prog,
         group: prog.bind(`${label}-qgemv`, bufs),
         grid: grid2d(Math.ceil(p.n / shape.outs)),
       };
+      let fused: Dispatch | undefined;
+      if (norm && set.normFusable(shape)) {
+        const fp = await qgemvProgram(device, ring, { ...qp, normEps: c.rmsNormEps }, shape);
+        fused = {
+          program: fp,
+          group: fp.bind(`${label}-qgemv-normed`, [norm.x, ...bufs.slice(1), norm.weight]),
+          grid: d.grid,
+        };
+      }
       const gemmProg = await qgemmProgram(device, ring, {
         n: p.n,
         k: p.k,
@@ -682,7 +720,7 @@ export class GpuDecoder implements TokenSource {
         group: gemmProg.bind(`${label}-qgemm`, bufs),
         grid: [1, 1, 1],
       };
-      return { gemv: d, gemm: g, n: p.n, packed: true };
+      return { gemv: d, fused, gemm: g, n: p.n, packed: true };
     };
     const linear = async (
       label: string,
@@ -692,18 +730,26 @@ export class GpuDecoder implements TokenSource {
       bias: GPUBuffer | undefined,
       out: GPUBuffer,
       prec: DType = dtype,
+      norm?: FusedNorm,
     ): Promise<Linear> => {
       const params: LinearParams = { label, dtype: prec, ...p };
       const bufs = bias ? [input, w, bias, out] : [input, w, out];
       const shape = gemvShape(p.n);
       const gv = await gemvProgram(device, ring, params, shape);
       const gm = useGemm ? await gemmProgram(device, ring, params) : gv;
+      const grid = grid2d(Math.ceil(p.n / shape.outs));
+      let fused: Dispatch | undefined;
+      if (norm && fuseNorms) {
+        const fp = await gemvProgram(device, ring, { ...params, normEps: c.rmsNormEps }, shape);
+        fused = {
+          program: fp,
+          group: fp.bind(`${label}-gemv-normed`, [norm.x, ...bufs.slice(1), norm.weight]),
+          grid,
+        };
+      }
       return {
-        gemv: {
-          program: gv,
-          group: gv.bind(`${label}-gemv`, bufs),
-          grid: grid2d(Math.ceil(p.n / shape.outs)),
-        },
+        gemv: { program: gv, group: gv.bind(`${label}-gemv`, bufs), grid },
+        fused,
         gemm: { program: gm, group: gm.bind(`${label}-gemm`, bufs), grid: [Math.ceil(p.n / 64), 1, 1] },
         n: p.n,
         packed: false,
@@ -799,9 +845,10 @@ export class GpuDecoder implements TokenSource {
       const vc = gear?.ringV ?? track(storageBuffer(device, `L${l}.v-cache`, kvBytes));
 
       const qkvP = { n: qkvDim, k: H, bias: !!qkvB, mode: "store" as const, alpha: 1 };
+      const attnFuse = { x: b.x, weight: attnNormW };
       const qkv = qkvPacked
-        ? await packedLinear(`L${l}.qkv`, qkvP, b.xn, qkvPacked, qkvB, b.qkv)
-        : await linear(`L${l}.qkv`, qkvP, b.xn, qkvW!, qkvB, b.qkv);
+        ? await packedLinear(`L${l}.qkv`, qkvP, b.xn, qkvPacked, qkvB, b.qkv, attnFuse)
+        : await linear(`L${l}.qkv`, qkvP, b.xn, qkvW!, qkvB, b.qkv, dtype, attnFuse);
       const oP = { n: H, k: qDim, bias: !!oB, mode: "add" as const, alpha: c.residualMultiplier };
       const o = oPacked
         ? await packedLinear(`L${l}.o`, oP, b.attn, oPacked, oB, b.x)
@@ -830,14 +877,14 @@ export class GpuDecoder implements TokenSource {
       // Shapes of this layer's expert mat-vecs (packed or plain), which their grids follow.
       const guOuts = (packedFfn ? QGATEUP_SHAPE : GATEUP_SHAPE).outs;
       const dnOuts = (packedFfn ? QDOWN_SHAPE : DOWN_SHAPE).outs;
+      const guQParams: QGateUpParams = { hidden: H, inter: width, topK: kk, schemes: guPacked?.schemes };
+      const guFParams: GateUpParams = { hidden: H, inter: width, topK: kk, dtype };
       const guProg = packedFfn
-        ? await qGateUpProgram(device, ring, {
-          hidden: H,
-          inter: width,
-          topK: kk,
-          schemes: guPacked!.schemes,
-        })
-        : await gateUpProgram(device, ring, { hidden: H, inter: width, topK: kk, dtype });
+        ? await qGateUpProgram(device, ring, guQParams)
+        : await gateUpProgram(device, ring, guFParams);
+      // The FFN norm fuses into the decode mat-vecs that read it only if every one of them can take it.
+      const ffnFuse = { x: b.x, weight: ffnNormW };
+      let ffnFusable = fuseNorms && (!packedFfn || guPacked!.normFusable(QGATEUP_SHAPE));
       let router: LayerDispatches["router"];
       let sharedGateUp: Dispatch | undefined;
       const shared = moe && S > 0;
@@ -860,6 +907,7 @@ export class GpuDecoder implements TokenSource {
           undefined,
           b.routerLogits,
           "f32",
+          ffnFuse,
         );
         const tProg = await topKProgram(device, ring, {
           experts: c.numExperts,
@@ -906,23 +954,30 @@ export class GpuDecoder implements TokenSource {
         ? [b.xn, guPacked!.qw, guPacked!.qp, guPacked!.meta, idsBuf, b.h]
         : [b.xn, gateUpW, idsBuf, b.h];
       let sharedDown: Dispatch | undefined;
+      let fusedSharedGateUp: Dispatch | undefined;
       if (shared && packedFfn) {
         const sgu = await packedSet(`L${l}.shared_gate_up`, w.get("shared_gate_up")!, 2 * S);
         const sdn = await packedSet(`L${l}.shared_down`, w.get("shared_down")!, H);
         if (!sgu || !sdn) {
           throw new GpuError(`Cannot load layer ${l}: its experts are packed but its shared expert is not`);
         }
-        const sgp = await qGateUpProgram(device, ring, {
-          hidden: H,
-          inter: S,
-          topK: 1,
-          schemes: sgu.schemes,
-        });
+        const sgParams = { hidden: H, inter: S, topK: 1, schemes: sgu.schemes };
+        const sgp = await qGateUpProgram(device, ring, sgParams);
+        const sgBufs = [b.xn, sgu.qw, sgu.qp, sgu.meta, b.zeros, b.hs];
         sharedGateUp = {
           program: sgp,
-          group: sgp.bind(`L${l}.shared-gate-up`, [b.xn, sgu.qw, sgu.qp, sgu.meta, b.zeros, b.hs]),
+          group: sgp.bind(`L${l}.shared-gate-up`, sgBufs),
           grid: [Math.ceil(S / guOuts), 1, 1],
         };
+        ffnFusable &&= sgu.normFusable(QGATEUP_SHAPE);
+        if (ffnFusable) {
+          const fp = await qGateUpProgram(device, ring, { ...sgParams, normEps: c.rmsNormEps });
+          fusedSharedGateUp = {
+            program: fp,
+            group: fp.bind(`L${l}.shared-gate-up-normed`, [b.x, ...sgBufs.slice(1), ffnNormW]),
+            grid: sharedGateUp.grid,
+          };
+        }
         const sdp = await qDownProgram(device, ring, {
           hidden: H,
           inter: S,
@@ -938,12 +993,21 @@ export class GpuDecoder implements TokenSource {
       } else if (shared) {
         const sguW = await up("shared_gate_up", dtype);
         const sdW = await up("shared_down", dtype);
-        const sProg = await gateUpProgram(device, ring, { hidden: H, inter: S, topK: 1, dtype });
+        const sParams = { hidden: H, inter: S, topK: 1, dtype };
+        const sProg = await gateUpProgram(device, ring, sParams);
         sharedGateUp = {
           program: sProg,
           group: sProg.bind(`L${l}.shared-gate-up`, [b.xn, sguW, b.zeros, b.hs]),
           grid: [Math.ceil(S / guOuts), 1, 1],
         };
+        if (ffnFusable) {
+          const fp = await gateUpProgram(device, ring, { ...sParams, normEps: c.rmsNormEps });
+          fusedSharedGateUp = {
+            program: fp,
+            group: fp.bind(`L${l}.shared-gate-up-normed`, [b.x, sguW, b.zeros, b.hs, ffnNormW]),
+            grid: sharedGateUp.grid,
+          };
+        }
         downBufs.push(b.hs, sdW, b.sg);
       }
       let grouped: LayerDispatches["grouped"];
@@ -1038,9 +1102,27 @@ export class GpuDecoder implements TokenSource {
           downX: Math.ceil(H / TILE_COLS),
         };
       }
+      // The fused gate/up: the same kernel with the FFN norm applied to x as it reads it.
+      let fusedFfn: LayerDispatches["fusedFfn"];
+      if (ffnFusable && (!router || router.logits.fused)) {
+        const fp = packedFfn
+          ? await qGateUpProgram(device, ring, { ...guQParams, normEps: c.rmsNormEps })
+          : await gateUpProgram(device, ring, { ...guFParams, normEps: c.rmsNormEps });
+        fusedFfn = {
+          router: router?.logits.fused,
+          gateUp: {
+            program: fp,
+            group: fp.bind(`L${l}.gate-up-normed`, [b.x, ...guBufs.slice(1), ffnNormW]),
+            grid: [Math.ceil(width / guOuts), kk, 1],
+          },
+          sharedGateUp: fusedSharedGateUp,
+        };
+      }
       layers.push({
         grouped,
         attnNorm: norm(`L${l}.attn-norm`, attnNormW, b.x),
+        fusedQkv: qkv.fused,
+        fusedFfn,
         qkv: qkv.gemv,
         gear,
         qkRope: gear?.qkRope ?? {
@@ -1165,8 +1247,13 @@ export class GpuDecoder implements TokenSource {
     for (let i = 0; i < this.#layers.length; i++) {
       const L = this.#layers[i];
       const LL = this.#layerLinears[i];
-      emit(rx(L.attnNorm));
-      emit(lin(LL.qkv));
+      // Decode steps read x in the mat-vecs that fuse the norms in, where the layer has them.
+      if (decode && L.fusedQkv) {
+        emit(L.fusedQkv);
+      } else {
+        emit(rx(L.attnNorm));
+        emit(lin(LL.qkv));
+      }
       emit(ry(L.qkRope));
       if (L.gear) {
         GearGpu.emitAttention(L.gear, rows, pos, emit, batched);
@@ -1181,9 +1268,10 @@ export class GpuDecoder implements TokenSource {
       }
       emit(lin(LL.o));
       mark?.(i, "before_ffn");
-      emit(rx(L.ffnNorm));
+      const ffn = decode ? L.fusedFfn : undefined;
+      if (!ffn) emit(rx(L.ffnNorm));
       if (L.router) {
-        emit(lin(L.router.logits));
+        emit(ffn?.router ?? lin(L.router.logits));
         mark?.(i, "router");
         emit(rx(L.router.topK));
       }
@@ -1199,8 +1287,9 @@ export class GpuDecoder implements TokenSource {
           emit(ry(G.sharedDown));
         }
       } else {
-        emit({ ...L.gateUp, grid: [L.gateUpX, rows * L.k, 1] });
-        if (L.sharedGateUp) emit({ ...L.sharedGateUp, grid: [L.sharedX, rows, 1] });
+        emit({ ...(ffn?.gateUp ?? L.gateUp), grid: [L.gateUpX, rows * L.k, 1] });
+        const sharedGateUp = ffn ? ffn.sharedGateUp : L.sharedGateUp;
+        if (sharedGateUp) emit({ ...sharedGateUp, grid: [L.sharedX, rows, 1] });
         emit(ry(L.down));
         if (L.sharedDown) emit(ry(L.sharedDown));
       }

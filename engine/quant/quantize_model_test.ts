@@ -114,6 +114,17 @@ Deno.test("MxMoE 3.25 respects the budget, allocates every block, and loads on t
     for (let i = 0; i < a.length; i++) num2 += (a[i] - c[i]) ** 2;
     assert.ok(Math.sqrt(num2 / den) < 1e-4, `relative logit error with qgemm ${Math.sqrt(num2 / den)}`);
     await gemm.dispose();
+    // One row per forward: every logit from the decode kernels (the norms fused into the packed mat-vecs of
+    // the layers whose schemes allow it).
+    const rowwise = await loadModel(out, { backend: "webgpu", dtype: "f32", prefillRows: 1 });
+    const d = await rowwise.logits(ids);
+    let num3 = 0;
+    for (let i = 0; i < a.length; i++) num3 += (a[i] - d[i]) ** 2;
+    assert.ok(
+      Math.sqrt(num3 / den) < 1e-4,
+      `relative logit error one row per forward ${Math.sqrt(num3 / den)}`,
+    );
+    await rowwise.dispose();
     await cpu.dispose();
     await gpu.dispose();
   } finally {
