@@ -2,6 +2,7 @@
  * Prefill and decode throughput of the WebGPU decoder on a checkpoint (batch 1). Run on a GPU host:
  *
  *   deno run -A bench/gpu_decode.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
+ *     [--tokens-per-submit N] [--fuse-norms on|off]
  *
  * Prints one JSON line: load seconds, prefill tokens/s (prompt tokens over the time of a generation of one token)
  * and decode tokens/s (N - 1 over the time of N new tokens minus the time of one), medians over the repetitions.
@@ -28,6 +29,7 @@ const { values } = parseArgs({
     reps: { type: "string", default: "3" },
     "tokens-per-submit": { type: "string", default: "0" },
     gemm: { type: "string", default: "auto" },
+    "fuse-norms": { type: "string", default: "on" },
     "grouped-moe": { type: "string", default: "auto" },
   },
 });
@@ -49,6 +51,7 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   prefillRows: Math.min(512, promptLen),
   gemm: values.gemm === "auto" ? undefined : values.gemm === "on",
   groupedMoe: values["grouped-moe"] === "auto" ? undefined : values["grouped-moe"] === "on",
+  fuseNorms: values["fuse-norms"] !== "off",
 });
 ckpt.close();
 const loadS = (performance.now() - t0) / 1000;

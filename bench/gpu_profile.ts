@@ -2,7 +2,7 @@
  * GPU time per kind of dispatch in one decode step, from timestamp queries (each dispatch in its own pass), and
  * of the whole step as generation runs it (one pass, 32 steps), and that step without each kind of dispatch.
  *
- *   deno run -A bench/gpu_profile.ts --model DIR [--dtype f16] [--pos 128]
+ *   deno run -A bench/gpu_profile.ts --model DIR [--dtype f16] [--pos 128] [--fuse-norms on|off]
  *
  * @module
  */
@@ -18,6 +18,7 @@ const { values } = parseArgs({
     model: { type: "string" },
     dtype: { type: "string", default: "f16" },
     pos: { type: "string", default: "128" },
+    "fuse-norms": { type: "string", default: "on" },
   },
 });
 if (!values.model) throw new TypeError("Cannot profile: --model DIR is required");
@@ -27,6 +28,7 @@ const ckpt = await Checkpoint.open(values.model);
 const decoder = await GpuDecoder.create(ctx, ckpt, {
   dtype: values.dtype as "f16" | "f32",
   contextLength: pos + 16,
+  fuseNorms: values["fuse-norms"] !== "off",
 });
 ckpt.close();
 await decoder.profileDecodeStep(pos); // warm-up

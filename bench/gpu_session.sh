@@ -199,6 +199,10 @@ measure)
         >>"$logs/decode_$m.log" 2>&1
     done
   done
+  # The norms left as their own dispatches, for comparison.
+  timeout 90 deno run -A dist/gpu_profile.js --model /tmp/w4 --pos 128 --fuse-norms off >"$logs/profile_w4_unfused.log" 2>&1
+  timeout 90 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --fuse-norms off \
+    >>"$logs/decode_w4.log" 2>&1
   ;;
 *)
   echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure" >&2
