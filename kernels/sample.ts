@@ -87,10 +87,26 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let sp = sps[row_lane(r)];
   let out = row_lane(r) * st.ring_stride + row_step(r);
   let row = (st.logits_row + r) * V;
-  // Arg-max over the row, lowest id on ties.
+  // Arg-max over the row, lowest id on ties. Each thread takes 8 consecutive ids per round, their loads issued
+  // together (one id per round made greedy decoding's sampler ~70 µs of an OLMoE-shape step on an H200), in
+  // increasing order so that its first maximum is its lowest id.
   var bv = -3.4e38;
   var bi = 0xffffffffu;
-  for (var i = li; i < V; i += WG) {
+  var i0 = li * 8u;
+  for (; i0 + 8u <= V; i0 += WG * 8u) {
+    let v0 = logits[row + i0]; let v1 = logits[row + i0 + 1u]; let v2 = logits[row + i0 + 2u];
+    let v3 = logits[row + i0 + 3u]; let v4 = logits[row + i0 + 4u]; let v5 = logits[row + i0 + 5u];
+    let v6 = logits[row + i0 + 6u]; let v7 = logits[row + i0 + 7u];
+    if (v0 > bv) { bv = v0; bi = i0; }
+    if (v1 > bv) { bv = v1; bi = i0 + 1u; }
+    if (v2 > bv) { bv = v2; bi = i0 + 2u; }
+    if (v3 > bv) { bv = v3; bi = i0 + 3u; }
+    if (v4 > bv) { bv = v4; bi = i0 + 4u; }
+    if (v5 > bv) { bv = v5; bi = i0 + 5u; }
+    if (v6 > bv) { bv = v6; bi = i0 + 6u; }
+    if (v7 > bv) { bv = v7; bi = i0 + 7u; }
+  }
+  for (var i = i0; i < min(i0 + 8u, V); i++) {
     let v = logits[row + i];
     if (v > bv) { bv = v; bi = i; }
   }
