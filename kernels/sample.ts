@@ -30,6 +30,25 @@ export function samplerUniform(
 const WG = 256;
 
 /**
+ * WGSL statements applying `stmt(v, i)` (value expression, id expression) to every id of the row: each thread
+ * takes 8 consecutive ids per round (rounds of WG · 8), their loads issued together — a loop of one load per
+ * step waits on each load in turn, which made every pass over a 50k vocabulary tens of µs. A thread visits its
+ * ids in increasing order.
+ */
+function overRow(stmt: (v: string, i: string) => string): string {
+  const loads = Array.from({ length: 8 }, (_, j) => `let v${j} = logits[row + i0 + ${j}u];`).join(" ");
+  const body = Array.from({ length: 8 }, (_, j) => `{ ${stmt(`v${j}`, `i0 + ${j}u`)} }`).join("\n      ");
+  return `{
+    var i0 = li * 8u;
+    for (; i0 + 8u <= V; i0 += WG * 8u) {
+      ${loads}
+      ${body}
+    }
+    for (var i = i0; i < min(i0 + 8u, V); i++) { let v = logits[row + i]; ${stmt("v", "i")} }
+  }`;
+}
+
+/**
  * WGSL of the sampler. Bindings: 0 logits [rows, V] f32 (row r reads row `st.logits_row + r`); 1 sampler
  * parameters [lanes] (SAMPLER_UNIFORM_BYTES each; row r uses lane `row_lane(r)`'s); 2 token ring
  * [lanes, ring_stride] u32 (row r writes slot `row_step(r)` of its lane). Grid: rows workgroups.
@@ -87,29 +106,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let sp = sps[row_lane(r)];
   let out = row_lane(r) * st.ring_stride + row_step(r);
   let row = (st.logits_row + r) * V;
-  // Arg-max over the row, lowest id on ties. Each thread takes 8 consecutive ids per round, their loads issued
-  // together (one id per round made greedy decoding's sampler ~70 µs of an OLMoE-shape step on an H200), in
-  // increasing order so that its first maximum is its lowest id.
+  // Arg-max over the row, lowest id on ties (a thread's first maximum is its lowest id).
   var bv = -3.4e38;
   var bi = 0xffffffffu;
-  var i0 = li * 8u;
-  for (; i0 + 8u <= V; i0 += WG * 8u) {
-    let v0 = logits[row + i0]; let v1 = logits[row + i0 + 1u]; let v2 = logits[row + i0 + 2u];
-    let v3 = logits[row + i0 + 3u]; let v4 = logits[row + i0 + 4u]; let v5 = logits[row + i0 + 5u];
-    let v6 = logits[row + i0 + 6u]; let v7 = logits[row + i0 + 7u];
-    if (v0 > bv) { bv = v0; bi = i0; }
-    if (v1 > bv) { bv = v1; bi = i0 + 1u; }
-    if (v2 > bv) { bv = v2; bi = i0 + 2u; }
-    if (v3 > bv) { bv = v3; bi = i0 + 3u; }
-    if (v4 > bv) { bv = v4; bi = i0 + 4u; }
-    if (v5 > bv) { bv = v5; bi = i0 + 5u; }
-    if (v6 > bv) { bv = v6; bi = i0 + 6u; }
-    if (v7 > bv) { bv = v7; bi = i0 + 7u; }
-  }
-  for (var i = i0; i < min(i0 + 8u, V); i++) {
-    let v = logits[row + i];
-    if (v > bv) { bv = v; bi = i; }
-  }
+  ${overRow((v, i) => `if (${v} > bv) { bv = ${v}; bi = ${i}; }`)}
   rv[li] = bv;
   ri[li] = bi;
   workgroupBarrier();
@@ -136,15 +136,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     for (var b = 31i; b >= 0i; b--) {
       let cand = thr | (1u << u32(b));
       var cnt = 0u;
-      for (var i = li; i < V; i += WG) { cnt += select(0u, 1u, fkey(logits[row + i]) >= cand); }
+      ${overRow((v) => `cnt += select(0u, 1u, fkey(${v}) >= cand);`)}
       if (sum_u(li, cnt) >= sp.top_k) { thr = cand; }
     }
   }
   var zl = 0.0;
-  for (var i = li; i < V; i += WG) {
-    let v = logits[row + i];
-    if (fkey(v) >= thr) { zl += exp(v * tinv - m); }
-  }
+  ${overRow((v) => `if (fkey(${v}) >= thr) { zl += exp(${v} * tinv - m); }`)}
   let z = sum_f(li, zl);
   // Top-p: the largest threshold whose kept mass still reaches top_p of the mass.
   if (sp.top_p < 1.0) {
@@ -152,11 +149,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     for (var b = 31i; b >= 0i; b--) {
       let cand = pthr | (1u << u32(b));
       var ml = 0.0;
-      for (var i = li; i < V; i += WG) {
-        let v = logits[row + i];
-        let k = fkey(v);
-        if (k >= cand && k >= thr) { ml += exp(v * tinv - m); }
-      }
+      ${overRow((v) => `let k = fkey(${v}); if (k >= cand && k >= thr) { ml += exp(${v} * tinv - m); }`)}
       if (sum_f(li, ml) >= sp.top_p * z) { pthr = cand; }
     }
     thr = max(thr, pthr);
@@ -165,7 +158,16 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let lo = li * CHUNK;
   let hi = min(lo + CHUNK, V);
   var cs = 0.0;
-  for (var i = lo; i < hi; i++) {
+  var c0 = lo;
+  for (; c0 + 8u <= hi; c0 += 8u) {
+    ${Array.from({ length: 8 }, (_, j) => `let w${j} = logits[row + c0 + ${j}u];`).join(" ")}
+    ${
+    Array.from({ length: 8 }, (_, j) => `if (fkey(w${j}) >= thr) { cs += exp(w${j} * tinv - m); }`).join(
+      "\n    ",
+    )
+  }
+  }
+  for (var i = c0; i < hi; i++) {
     let v = logits[row + i];
     if (fkey(v) >= thr) { cs += exp(v * tinv - m); }
   }
@@ -183,11 +185,23 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
       if (acc + rv[j] > goal) {
         let jl = j * CHUNK;
         let jh = min(jl + CHUNK, V);
-        for (var i = jl; i < jh; i++) {
+        // In id order, eight loads at a time.
+        var i0 = jl;
+        for (; i0 + 8u <= jh && !found; i0 += 8u) {
+          ${Array.from({ length: 8 }, (_, j) => `let w${j} = logits[row + i0 + ${j}u];`).join(" ")}
+          ${
+    Array.from(
+      { length: 8 },
+      (_, j) =>
+        `if (!found && fkey(w${j}) >= thr) { acc += exp(w${j} * tinv - m); if (acc > goal) { chosen = i0 + ${j}u; found = true; } }`,
+    ).join("\n          ")
+  }
+        }
+        for (var i = i0; i < jh && !found; i++) {
           let v = logits[row + i];
           if (fkey(v) >= thr) {
             acc += exp(v * tinv - m);
-            if (acc > goal) { chosen = i; found = true; break; }
+            if (acc > goal) { chosen = i; found = true; }
           }
         }
       } else {

@@ -54,28 +54,30 @@ Deno.test({
   ignore: SKIP_GPU,
   fn: async () => {
     const r = rng(52);
-    const V = 400;
-    const logits = randomArray(r, V, -3, 3);
-    const steps = Array.from({ length: 24 }, (_, i) => i);
-    for (
-      const p of [
-        { temperature: 1, topK: 0, topP: 1, seed: 1 },
-        { temperature: 0.7, topK: 10, topP: 1, seed: 2 },
-        { temperature: 1.3, topK: 0, topP: 0.8, seed: 3 },
-        { temperature: 1, topK: 50, topP: 0.5, seed: 4 },
-      ]
-    ) {
-      const got = await gpuSample(logits, V, 0, p, steps);
-      const ref = steps.map((s) => sampleRef(logits, p, s));
-      // The same rules and random numbers: equal except where float rounding moves an exact boundary.
-      const same = got.filter((t, i) => t === ref[i]).length;
-      assert.ok(same >= steps.length - 1, `${JSON.stringify(p)}: ${got} vs ${ref}`);
-      const sorted = Array.from(logits).sort((a, b) => b - a);
-      if (p.topK > 0) {
-        for (const t of got) assert.ok(logits[t] >= sorted[p.topK - 1], `top-k ${p.topK} kept ${t}`);
+    // 400 ids: 2 per thread's draw chunk; 5000: 20 (rounds of 8 and a tail).
+    for (const V of [400, 5000]) {
+      const logits = randomArray(r, V, -3, 3);
+      const steps = Array.from({ length: 24 }, (_, i) => i);
+      for (
+        const p of [
+          { temperature: 1, topK: 0, topP: 1, seed: 1 },
+          { temperature: 0.7, topK: 10, topP: 1, seed: 2 },
+          { temperature: 1.3, topK: 0, topP: 0.8, seed: 3 },
+          { temperature: 1, topK: 50, topP: 0.5, seed: 4 },
+        ]
+      ) {
+        const got = await gpuSample(logits, V, 0, p, steps);
+        const ref = steps.map((s) => sampleRef(logits, p, s));
+        // The same rules and random numbers: equal except where float rounding moves an exact boundary.
+        const same = got.filter((t, i) => t === ref[i]).length;
+        assert.ok(same >= steps.length - 1, `V ${V} ${JSON.stringify(p)}: ${got} vs ${ref}`);
+        const sorted = Array.from(logits).sort((a, b) => b - a);
+        if (p.topK > 0) {
+          for (const t of got) assert.ok(logits[t] >= sorted[p.topK - 1], `top-k ${p.topK} kept ${t}`);
+        }
+        // Same seed, same tokens.
+        assert.deepEqual(await gpuSample(logits, V, 0, p, steps.slice(0, 4)), got.slice(0, 4));
       }
-      // Same seed, same tokens.
-      assert.deepEqual(await gpuSample(logits, V, 0, p, steps.slice(0, 4)), got.slice(0, 4));
     }
   },
 });
