@@ -2,7 +2,7 @@
  * Prefill and decode throughput of the WebGPU decoder on a checkpoint (batch 1). Run on a GPU host:
  *
  *   deno run -A bench/gpu_decode.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
- *     [--tokens-per-submit N] [--fuse-norms on|off]
+ *     [--tokens-per-submit N] [--fuse-norms on|off] [--temperature T --top-k K --top-p P]
  *
  * Prints one JSON line: load seconds, prefill tokens/s (prompt tokens over the time of a generation of one token)
  * and decode tokens/s (N - 1 over the time of N new tokens minus the time of one), medians over the repetitions.
@@ -30,6 +30,9 @@ const { values } = parseArgs({
     "tokens-per-submit": { type: "string", default: "0" },
     gemm: { type: "string", default: "auto" },
     "fuse-norms": { type: "string", default: "on" },
+    temperature: { type: "string", default: "0" },
+    "top-k": { type: "string", default: "0" },
+    "top-p": { type: "string", default: "1" },
     "grouped-moe": { type: "string", default: "auto" },
   },
 });
@@ -65,7 +68,15 @@ async function timeGenerate(
   maxTokens: number,
 ): Promise<{ ttft: number; total: number; n: number }> {
   const opts = resolveGenerateOptions(
-    { maxTokens, ignoreEos: true, tokensPerSubmit: Number(values["tokens-per-submit"]) },
+    {
+      maxTokens,
+      ignoreEos: true,
+      tokensPerSubmit: Number(values["tokens-per-submit"]),
+      temperature: Number(values.temperature),
+      topK: Number(values["top-k"]),
+      topP: Number(values["top-p"]),
+      seed: 7,
+    },
     prompt.length,
     decoder.contextLength,
     { eosTokenIds: [] },
@@ -97,6 +108,11 @@ console.log(JSON.stringify({
   system: "edgemix webgpu",
   adapter: decoder.adapterName,
   dtype: values.dtype,
+  sampling: {
+    temperature: Number(values.temperature),
+    topK: Number(values["top-k"]),
+    topP: Number(values["top-p"]),
+  },
   weightGiB: decoder.weightBytes / 2 ** 30,
   loadS,
   promptLen,

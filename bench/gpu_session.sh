@@ -203,6 +203,9 @@ measure)
   timeout 90 deno run -A dist/gpu_profile.js --model /tmp/w4 --pos 128 --fuse-norms off >"$logs/profile_w4_unfused.log" 2>&1
   timeout 90 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --fuse-norms off \
     >>"$logs/decode_w4.log" 2>&1
+  # Sampled decoding (the sampler's top-k and top-p bisections pass over the vocabulary 32 times each).
+  timeout 90 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --temperature 0.8 --top-k 40 \
+    --top-p 0.9 >>"$logs/decode_w4.log" 2>&1
   ;;
 *)
   echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure" >&2
