@@ -31,6 +31,18 @@ out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 
+# For each checkpoint /tmp/NAME: a decode step's profile at position 128 (with the ablation of each kind of
+# dispatch in one pass), and decode speed with serve's schedule and with 64 steps per submission.
+profile_and_decode() {
+  for m in "$@"; do
+    timeout 90 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 >"$logs/profile_$m.log" 2>&1
+    for tps in 0 64; do
+      timeout 90 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
+        >>"$logs/decode_$m.log" 2>&1
+    done
+  done
+}
+
 case "$what" in
 train)
   # The default reader (tools/train_reader.py): a dry run first (seconds), then the real run (~9 min).
@@ -175,13 +187,7 @@ step)
   (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
   python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
   wait
-  for m in w4 mx325; do
-    timeout 90 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 >"$logs/profile_$m.log" 2>&1
-    for tps in 0 64; do
-      timeout 90 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
-        >>"$logs/decode_$m.log" 2>&1
-    done
-  done
+  profile_and_decode w4 mx325
   ;;
 measure)
   # The decode kernels' state in one call: step profiles with ablation and decode speed for f16, w4g128 and MxMoE
@@ -192,13 +198,7 @@ measure)
   timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
   timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
   wait "$packed"
-  for m in olmoe w4 mx325; do
-    timeout 90 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 >"$logs/profile_$m.log" 2>&1
-    for tps in 0 64; do
-      timeout 90 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
-        >>"$logs/decode_$m.log" 2>&1
-    done
-  done
+  profile_and_decode olmoe w4 mx325
   # The norms left as their own dispatches, for comparison.
   timeout 90 deno run -A dist/gpu_profile.js --model /tmp/w4 --pos 128 --fuse-norms off >"$logs/profile_w4_unfused.log" 2>&1
   timeout 90 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --fuse-norms off \

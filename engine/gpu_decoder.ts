@@ -1856,6 +1856,14 @@ export class GpuDecoder implements TokenSource {
     return this.config.layers.map((_, l) => all.slice(l * stride / 4, l * stride / 4 + E));
   }
 
+  /** The dispatches of one single-row decode step at position `pos`, in order (embedding to sampler). */
+  #decodeStepDispatches(pos: number): Dispatch[] {
+    const list: Dispatch[] = [this.#embed];
+    this.#forEachLayerDispatch(1, pos, (d) => list.push(d));
+    list.push(this.#finalNorm, this.#lmHead.gemv, this.#sample);
+    return list;
+  }
+
   /**
    * GPU time of each kind of dispatch in one decode step (at position `pos`), from timestamp queries: every
    * dispatch runs in its own compute pass, so the sum is an upper bound of a real step. Needs `timestamp-query`.
@@ -1869,9 +1877,7 @@ export class GpuDecoder implements TokenSource {
     try {
       this.#check();
       const device = this.#device;
-      const list: Dispatch[] = [this.#embed];
-      this.#forEachLayerDispatch(1, pos, (d) => list.push(d));
-      list.push(this.#finalNorm, this.#lmHead.gemv, this.#sample);
+      const list = this.#decodeStepDispatches(pos);
       const qs = device.createQuerySet({ label: "profile", type: "timestamp", count: 2 * list.length });
       const resolve = device.createBuffer({
         label: "profile-resolve",
@@ -1926,9 +1932,7 @@ export class GpuDecoder implements TokenSource {
     try {
       this.#check();
       const device = this.#device;
-      const list: Dispatch[] = [this.#embed];
-      this.#forEachLayerDispatch(1, pos, (d) => list.push(d));
-      list.push(this.#finalNorm, this.#lmHead.gemv, this.#sample);
+      const list = this.#decodeStepDispatches(pos);
       // qs: 2 timestamps; resolve: [2] u64.
       const qs = device.createQuerySet({ label: "step-time", type: "timestamp", count: 2 });
       const resolve = device.createBuffer({

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { expertsRef } from "./cpu/experts.ts";
+import { expertsRef, gateUpRef } from "./cpu/experts.ts";
 import { matmulRef } from "./cpu/matmul.ts";
 import { rmsNormRef } from "./cpu/rms_norm.ts";
 import { grid2d } from "./gpu.ts";
@@ -281,12 +281,9 @@ Deno.test({
           rows * k * I * 4,
         ),
       );
-      const ref = new Float32Array(rows * k * I);
-      for (let slot = 0; slot < rows * k; slot++) {
-        const t = Math.floor(slot / k), w = gu[ids[slot]].w;
-        const o = matmulRef(xn.subarray(t * H, (t + 1) * H), w, 1, 2 * I, H);
-        for (let i = 0; i < I; i++) ref[slot * I + i] = o[i] / (1 + Math.exp(-o[i])) * o[I + i];
-      }
+      const guRef = new Float32Array(E * 2 * I * H);
+      gu.forEach((q, e) => guRef.set(q.w, e * 2 * I * H));
+      const ref = gateUpRef(xn, rows, ids, k, guRef, H, I);
       const err = relError(got, ref);
       assert.ok(err < 1e-5, `fused quantized gate/up ${JSON.stringify(shape)}: ${err}`);
     }
