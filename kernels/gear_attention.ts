@@ -67,6 +67,20 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
   const dpt = Math.ceil(l.hd / TK);
   const o = l.off;
   const split = p.split ?? false;
+  // The score of a compressed key: its code words loaded eight at a time (a loop of one load and its codes per
+  // step waits for each load in turn), then every code against q scaled per channel.
+  const keyScore: string[] = [];
+  for (let w0 = 0; w0 < l.W; w0 += 8) {
+    const ws = Array.from({ length: Math.min(8, l.W - w0) }, (_, i) => w0 + i);
+    keyScore.push(`        ${ws.map((w) => `let kw${w} = store[cb + ${w}u];`).join(" ")}`);
+    for (const w of ws) {
+      for (let e = 0; e < l.perWord && w * l.perWord + e < l.hd; e++) {
+        keyScore.push(
+          `        sc += qd[qb + ${w * l.perWord + e}u] * f32((kw${w} >> ${e * l.bits}u) & MASK);`,
+        );
+      }
+    }
+  }
   return `${prelude()}
 const NH: u32 = ${p.nH}u;
 const GROUP: u32 = ${p.nH / l.nKV}u;
@@ -246,13 +260,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
         let gt = select(0u, li / G, G < TK);
         var sc = red[gt * TK];
         let cb = O_CK + (bh * T + t) * W;
-        for (var w = 0u; w < W; w++) {
-          let word = store[cb + w];
-          for (var e = 0u; e < PERW; e++) {
-            let c = w * PERW + e;
-            if (c < D) { sc += qd[gt * D + c] * f32((word >> (e * BITS)) & MASK); }
-          }
-        }
+        let qb = gt * D;
+${keyScore.join("\n")}
         if (LOWRANK) {
           let pk = O_PK + (bh * NBLK + seg) * PW;
           for (var j = 0u; j < RMAX; j++) {
