@@ -58,16 +58,37 @@ const TOPK: u32 = ${p.topK}u;
 @group(0) @binding(4) var<storage, read_write> counts: array<atomic<u32>>;
 var<workgroup> lg: array<f32, ${p.experts}>;
 var<workgroup> pw: array<f32, ${p.topK}>;
+var<workgroup> red: array<f32, ${WG}>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.x;
   if (r >= st.rows) { return; }
-  for (var e = li; e < E; e += ${WG}u) { lg[e] = logits[r * NE + e]; }
+  // The max (and the softmax denominator) by tree reductions: a loop over every expert in every thread made
+  // this step ~11 µs of an OLMoE-shape decode step on an H200.
+  var m0 = -3.4e38;
+  for (var e = li; e < E; e += ${WG}u) { let v = logits[r * NE + e]; lg[e] = v; m0 = max(m0, v); }
+  red[li] = m0;
   workgroupBarrier();
-  var mx = -3.4e38;
-  for (var e = 0u; e < E; e++) { mx = max(mx, lg[e]); }
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (li < s) { red[li] = max(red[li], red[li + s]); }
+    workgroupBarrier();
+  }
+  let mx = red[0];
+  workgroupBarrier();
   var z = 0.0;
-  ${p.mode === "softmax_topk" ? "for (var e = 0u; e < E; e++) { z += exp(lg[e] - mx); }" : ""}
+  ${
+    p.mode === "softmax_topk"
+      ? `var z0 = 0.0;
+  for (var e = li; e < E; e += ${WG}u) { z0 += exp(lg[e] - mx); }
+  red[li] = z0;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (li < s) { red[li] += red[li + s]; }
+    workgroupBarrier();
+  }
+  z = red[0];`
+      : ""
+  }
   for (var e = li; e < E; e += ${WG}u) {
     let v = lg[e];
     var rank = 0u;
