@@ -20,8 +20,9 @@
 #     clocks, whole-step GPU time vs decode speed (bundle readback_latency, gpu_idle, gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh step      # ~4 min: packed checkpoints'
 #     step profile with per-kernel ablation, decode speed (bundle gpu_profile, gpu_decode)
-#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh measure   # ~6 min: step as above for f16,
-#     w4g128 and MxMoE 3.25, and GEAR's kernels at 1k-32k (bundle gpu_profile, gpu_decode, gear_kernels)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh measure   # ~8 min: step as above for f16,
+#     w4g128 and MxMoE 3.25, decode of MxMoE 2.25, w4g128 without fused norms and sampled, and GEAR's kernels
+#     at 1k-32k (bundle gpu_profile, gpu_decode, gear_kernels)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
@@ -190,11 +191,15 @@ step)
   profile_and_decode w4 mx325
   ;;
 measure)
-  # The decode kernels' state in one call: step profiles with ablation and decode speed for f16, w4g128 and MxMoE
-  # 3.25, then GEAR's attention kernels at long contexts (bundle gpu_profile, gpu_decode and gear_kernels).
+  # The decode kernels' state in one call: GEAR's attention kernels at long contexts, step profiles with ablation
+  # and decode speed for f16, w4g128 and MxMoE 3.25, w4g128 without fused norms and sampled, MxMoE 2.25's decode
+  # (bundle gpu_profile, gpu_decode and gear_kernels).
   (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
     python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
   packed=$!
+  # MxMoE 2.25 at this shape is every expert w2g128 (docs/benchmarks.md).
+  (python3 bench/make_packed_olmoe.py --out /tmp/mx225 --experts w2g128 >"$logs/mx225.log" 2>&1) &
+  packed2=$!
   timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
   timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
   wait "$packed"
@@ -203,6 +208,8 @@ measure)
   timeout 90 deno run -A dist/gpu_profile.js --model /tmp/w4 --pos 128 --fuse-norms off >"$logs/profile_w4_unfused.log" 2>&1
   timeout 90 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --fuse-norms off \
     >>"$logs/decode_w4.log" 2>&1
+  wait "$packed2"
+  timeout 90 deno run -A dist/gpu_decode.js --model /tmp/mx225 --dtype f16 --reps 2 >"$logs/decode_mx225.log" 2>&1
   # Sampled decoding (the sampler's top-k and top-p bisections pass over the vocabulary 32 times each).
   timeout 90 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --temperature 0.8 --top-k 40 \
     --top-p 0.9 >>"$logs/decode_w4.log" 2>&1
