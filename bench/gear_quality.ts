@@ -26,6 +26,7 @@ import { kvBytesPerToken, plainBytesPerToken } from "../engine/kv/accounting.ts"
 import { type KvCacheOptions, type ResolvedKvCache, resolveKvCache } from "../engine/kv/kv_options.ts";
 import { loadModel } from "../engine/model.ts";
 import { loadTokenizer } from "../engine/tokenizer.ts";
+import { kvModeOptions } from "./kv_mode.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -47,13 +48,6 @@ const prefillRows = Number(values["prefill-rows"]);
 const backend = values.backend as "cpu" | "webgpu";
 if (backend !== "cpu" && backend !== "webgpu") {
   throw new RangeError("Cannot run: --backend must be cpu or webgpu");
-}
-
-/** "quant-2", "gear-l-4", "gear-2" → the kvCache option. */
-function modeOptions(name: string): KvCacheOptions {
-  const m = /^(quant|gear-l|gear)-(\d)$/.exec(name);
-  if (!m) throw new RangeError(`Cannot run: unknown mode ${name} (expected e.g. quant-2, gear-l-4, gear-2)`);
-  return { mode: m[1] as KvCacheOptions["mode"], bits: Number(m[2]) };
 }
 
 function logSoftmax(x: Float32Array): Float64Array {
@@ -146,7 +140,7 @@ for (const dir of values.models.split(",")) {
     const ref = await secondHalf(n, f16, backend === "webgpu" ? {} : { mode: "f16" });
     for (const mode of values.modes.split(",")) {
       progress(`\r${name} ${n} ${mode}        `);
-      const options = modeOptions(mode);
+      const options = kvModeOptions(mode);
       const kv = resolveKvCache(options, "f16");
       const { kl, agree, klMedian, klTop1 } = compare(
         ref,

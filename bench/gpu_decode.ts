@@ -3,6 +3,7 @@
  *
  *   deno run -A bench/gpu_decode.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
  *     [--tokens-per-submit N] [--fuse-norms on|off] [--temperature T --top-k K --top-p P]
+ *     [--kv f16|quant-2|gear-2|…] [--decode-prompt N]   # decode at a long context: --decode-prompt 32768
  *
  * Prints one JSON line: load seconds, prefill tokens/s (prompt tokens over the time of a generation of one token)
  * and decode tokens/s (N - 1 over the time of N new tokens minus the time of one), medians over the repetitions.
@@ -16,7 +17,9 @@ import { parseArgs } from "node:util";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { resolveGenerateOptions, runGeneration } from "../engine/generation.ts";
 import { GpuDecoder } from "../engine/gpu_decoder.ts";
+import { isCompressed, resolveKvCache } from "../engine/kv/kv_options.ts";
 import { acquireGpu } from "../kernels/gpu.ts";
+import { kvModeOptions } from "./kv_mode.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -30,6 +33,7 @@ const { values } = parseArgs({
     "tokens-per-submit": { type: "string", default: "0" },
     gemm: { type: "string", default: "auto" },
     "fuse-norms": { type: "string", default: "on" },
+    kv: { type: "string", default: "f16" },
     temperature: { type: "string", default: "0" },
     "top-k": { type: "string", default: "0" },
     "top-p": { type: "string", default: "1" },
@@ -45,6 +49,8 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
+// The KV cache: the plain one in the weights' precision, or a compressed one ("quant-2", "gear-2", …).
+const kv = resolveKvCache(values.kv === "f16" ? {} : kvModeOptions(values.kv), values.dtype as "f16" | "f32");
 const ctx = await acquireGpu();
 const t0 = performance.now();
 const ckpt = await Checkpoint.open(values.model);
@@ -55,6 +61,7 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   gemm: values.gemm === "auto" ? undefined : values.gemm === "on",
   groupedMoe: values["grouped-moe"] === "auto" ? undefined : values["grouped-moe"] === "on",
   fuseNorms: values["fuse-norms"] !== "off",
+  kvCache: isCompressed(kv.mode) ? kv : undefined,
 });
 ckpt.close();
 const loadS = (performance.now() - t0) / 1000;
@@ -108,6 +115,7 @@ console.log(JSON.stringify({
   system: "edgemix webgpu",
   adapter: decoder.adapterName,
   dtype: values.dtype,
+  kv: values.kv,
   sampling: {
     temperature: Number(values.temperature),
     topK: Number(values["top-k"]),

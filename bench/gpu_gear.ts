@@ -19,7 +19,8 @@ import { Checkpoint } from "../engine/checkpoint.ts";
 import { resolveGenerateOptions, runGeneration } from "../engine/generation.ts";
 import { GpuDecoder } from "../engine/gpu_decoder.ts";
 import { kvBytesPerToken, plainBytesPerToken } from "../engine/kv/accounting.ts";
-import { isCompressed, type KvCacheOptions, resolveKvCache } from "../engine/kv/kv_options.ts";
+import { isCompressed, resolveKvCache } from "../engine/kv/kv_options.ts";
+import { kvModeOptions } from "./kv_mode.ts";
 import { gearLayout, ringWords } from "../kernels/gear_layout.ts";
 import { acquireGpu } from "../kernels/gpu.ts";
 
@@ -42,18 +43,10 @@ if (decodeLen < 2 * PER_SUBMIT + 2) {
   throw new RangeError(`Cannot run the benchmark: --decode must be >= ${2 * PER_SUBMIT + 2}`);
 }
 
-/** "f16", "quant-2", "gear-l-4", "gear-2" → the kvCache option. */
-function modeOptions(name: string): KvCacheOptions {
-  if (name === "f16" || name === "f32") return { mode: name };
-  const m = /^(quant|gear-l|gear)-(\d)$/.exec(name);
-  if (!m) throw new RangeError(`Cannot run the benchmark: unknown mode ${name}`);
-  return { mode: m[1] as KvCacheOptions["mode"], bits: Number(m[2]) };
-}
-
 const ctx = await acquireGpu();
 const rows: Record<string, unknown>[] = [];
 for (const name of values.modes.split(",")) {
-  const kv = resolveKvCache(modeOptions(name), "f16");
+  const kv = resolveKvCache(kvModeOptions(name), "f16");
   const ckpt = await Checkpoint.open(values.model);
   const c = ckpt.config;
   const cap = Math.max(...contexts) + decodeLen + 8;

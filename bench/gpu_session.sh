@@ -23,11 +23,13 @@
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh measure   # ~8 min: step as above for f16,
 #     w4g128 and MxMoE 3.25, decode of MxMoE 2.25, w4g128 without fused norms and sampled, and GEAR's kernels
 #     at 1k-32k (bundle gpu_profile, gpu_decode, gear_kernels)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~7 min: decode after a 32k
+#     prompt with the f16 cache and gear-2 (bundle gpu_decode)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step or measure}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -214,8 +216,17 @@ measure)
   timeout 90 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --temperature 0.8 --top-k 40 \
     --top-p 0.9 >>"$logs/decode_w4.log" 2>&1
   ;;
+gear32k)
+  # Decode at a 32k context with the f16 cache and with gear-2 (bench/gpu_decode.ts: the time of 128 new tokens
+  # minus that of one, each after the same 32,768-token prompt; ~3 min per cache). Bundle gpu_decode.
+  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  for kv in f16 gear-2; do
+    timeout 260 deno run -A dist/gpu_decode.js --model /tmp/olmoe --dtype f16 --reps 1 --prompt 512 \
+      --decode-prompt 32768 --kv "$kv" >>"$logs/decode_32k.log" 2>&1
+  done
+  ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|gear32k" >&2
   exit 2
   ;;
 esac
