@@ -583,6 +583,8 @@ export class GpuDecoder implements TokenSource {
         }
       }
       const set = buildQuantSet(mats);
+      // The meta table and schemes only (not the weights) for the fusion check after upload.
+      const tables = { meta: set.meta, schemes: set.schemes };
       weightBytes += set.qw.byteLength + set.qp.byteLength;
       return {
         qw: track(uploadBuffer(device, `${label}.qw`, set.qw)),
@@ -590,7 +592,7 @@ export class GpuDecoder implements TokenSource {
         meta: track(uploadBuffer(device, `${label}.meta`, set.meta)),
         schemes: set.schemes,
         /** Whether mat-vecs of `shape` over this set can take their input's RMSNorm fused in. */
-        normFusable: (shape: MatvecShape) => fuseNorms && qNormFusable(device, set, cols, shape),
+        normFusable: (shape: MatvecShape) => fuseNorms && qNormFusable(device, tables, cols, shape),
       };
     };
 
@@ -673,7 +675,7 @@ export class GpuDecoder implements TokenSource {
       group: normProg.bind(label, [src, w, b.xn]),
       grid: [1, 1, 1],
     });
-    /** An RMSNorm to fuse into a decode mat-vec: the un-normalized input, the norm's weight and epsilon. */
+    /** An RMSNorm to fuse into a decode mat-vec: the un-normalized input and the norm's weight. */
     type FusedNorm = { x: GPUBuffer; weight: GPUBuffer };
     const packedLinear = async (
       label: string,
