@@ -20,15 +20,15 @@
 import { parseArgs } from "node:util";
 import { DOWN_SHAPE, downProgram, GATEUP_SHAPE, gateUpProgram } from "../kernels/experts.ts";
 import { acquireGpu, type Dispatch, grid2d, StepRing, storageBuffer, uploadBuffer } from "../kernels/gpu.ts";
-import { GEMV_SHAPE, gemvProgram } from "../kernels/linear.ts";
+import { gemvProgram, gemvShape } from "../kernels/linear.ts";
 import {
   buildQuantSet,
   QDOWN_SHAPE,
   qDownProgram,
   QGATEUP_SHAPE,
   qGateUpProgram,
-  QGEMV_SHAPE,
   qgemvProgram,
+  qgemvShape,
   type QuantMatrix,
   wordsPerRow,
 } from "../kernels/qmatvec.ts";
@@ -188,7 +188,7 @@ for (const [name, n, copies] of [["qkv f16", QKV, 8], ["lm-head f16", V, 1]] as 
   kernels.push({
     name,
     bytes: n * H * 2,
-    shape: GEMV_SHAPE,
+    shape: gemvShape(n),
     make: async (s) => {
       const p = await gemvProgram(device, ring, {
         label: name,
@@ -247,7 +247,7 @@ for (const [name, schemes] of [["w4g128", [[4, 128]]], ["w4/w2 mix", [[4, 128], 
         inter: I,
         topK: k,
         alpha: 1,
-        schemes: dn.schemes,
+        schemes: rt ? undefined : dn.schemes,
       }, s);
       return idSets.map((ids, r) => ({
         program: p,
@@ -270,7 +270,7 @@ for (const [name, n] of [["q-qkv w8g128", QKV], ["q-o w8g128", H]] as const) {
   kernels.push({
     name,
     bytes: n * (H + (H / 128) * 4),
-    shape: QGEMV_SHAPE,
+    shape: qgemvShape(n),
     make: async (s) => {
       const p = await qgemvProgram(device, ring, {
         n,
