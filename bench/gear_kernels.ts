@@ -29,9 +29,9 @@ import {
 } from "../kernels/gear_attention.ts";
 import { gearCompressProgram, gearScratchFloats } from "../kernels/gear_compress.ts";
 import { gearLayout, ringWords } from "../kernels/gear_layout.ts";
-import { acquireGpu, type Dispatch, encodeDispatch, StepRing, storageBuffer } from "../kernels/gpu.ts";
+import { acquireGpu, type Dispatch, StepRing, storageBuffer } from "../kernels/gpu.ts";
 import { mergeGroupsX } from "../kernels/split_merge.ts";
-import { PassTimer } from "./gpu_timer.ts";
+import { PassTimer, submitRepeated } from "./gpu_timer.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -118,11 +118,14 @@ for (let b0 = 0; b0 + layout.buffer <= maxPos; b0 += layout.buffer) {
     logitsRow: 0,
   });
   ring.flush(device);
-  const enc = device.createCommandEncoder({ label: "bench.fill" });
-  const pass = enc.beginComputePass();
-  encodeDispatch(pass, ring, { program: compress, group: compressGroup, grid: [nH, 2, 1] }, off);
-  pass.end();
-  device.queue.submit([enc.finish()]);
+  submitRepeated(
+    device,
+    ring,
+    { program: compress, group: compressGroup, grid: [nH, 2, 1] },
+    off,
+    1,
+    "bench.fill",
+  );
   if (k % 64 === 63) await device.queue.onSubmittedWorkDone();
 }
 await device.queue.onSubmittedWorkDone();

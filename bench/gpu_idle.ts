@@ -27,7 +27,7 @@ import {
   uploadBuffer,
 } from "../kernels/gpu.ts";
 import { prelude } from "../kernels/wgsl.ts";
-import { PassTimer } from "./gpu_timer.ts";
+import { PassTimer, submitRepeated } from "./gpu_timer.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -68,13 +68,7 @@ ring.flush(device);
 const timer = new PassTimer(device, "idle");
 
 /** Submits `n` probe dispatches in one pass (untimed). */
-function submit(n: number): void {
-  const enc = device.createCommandEncoder({ label: "idle" });
-  const pass = enc.beginComputePass({ label: "idle" });
-  for (let i = 0; i < n; i++) encodeDispatch(pass, ring, d, off);
-  pass.end();
-  device.queue.submit([enc.finish()]);
-}
+const submit = (n: number) => submitRepeated(device, ring, d, off, n, "idle");
 
 /** µs per probe dispatch (best of 3 passes of 50; the first pass counts, it is what a scenario left). */
 async function timeProbe(): Promise<number> {

@@ -1,11 +1,28 @@
 /**
  * GPU time of compute passes from timestamp queries, for the benchmarks: a pass is encoded between a
- * beginning and an end timestamp, submitted, and its duration read back (one awaited round trip per pass).
+ * beginning and an end timestamp, submitted, and its duration read back (one awaited round trip per pass); and
+ * untimed passes of repeated dispatches.
  *
  * @module
  */
 
 import { type Dispatch, encodeDispatch, type StepRing } from "../kernels/gpu.ts";
+
+/** Submits `n` copies of dispatch `d` (step slot at byte `offset` of `ring`) in one untimed pass. */
+export function submitRepeated(
+  device: GPUDevice,
+  ring: StepRing,
+  d: Dispatch,
+  offset: number,
+  n: number,
+  label: string,
+): void {
+  const enc = device.createCommandEncoder({ label });
+  const pass = enc.beginComputePass({ label });
+  for (let i = 0; i < n; i++) encodeDispatch(pass, ring, d, offset);
+  pass.end();
+  device.queue.submit([enc.finish()]);
+}
 
 /** Times of one pass: on the GPU, and on the CPU to encode it. */
 export interface PassTime {

@@ -15,15 +15,9 @@
  */
 
 import { parseArgs } from "node:util";
-import {
-  acquireGpu,
-  type Dispatch,
-  encodeDispatch,
-  Program,
-  StepRing,
-  storageBuffer,
-} from "../kernels/gpu.ts";
+import { acquireGpu, type Dispatch, Program, StepRing, storageBuffer } from "../kernels/gpu.ts";
 import { prelude } from "../kernels/wgsl.ts";
+import { submitRepeated } from "./gpu_timer.ts";
 
 const { values } = parseArgs({ args: Deno.args, options: { work: { type: "string", default: "40" } } });
 const workMs = Number(values.work);
@@ -64,13 +58,7 @@ function submitCopy(): void {
   enc.copyBufferToBuffer(src, 0, staging, 0, 16);
   device.queue.submit([enc.finish()]);
 }
-function submitWork(n: number): void {
-  const enc = device.createCommandEncoder({ label: "readback.work" });
-  const pass = enc.beginComputePass({ label: "readback.work" });
-  for (let i = 0; i < n; i++) encodeDispatch(pass, ring, d, off);
-  pass.end();
-  device.queue.submit([enc.finish()]);
-}
+const submitWork = (n: number) => submitRepeated(device, ring, d, off, n, "readback.work");
 async function mapMs(): Promise<number> {
   const t = performance.now();
   await staging.mapAsync(GPUMapMode.READ);
