@@ -10,6 +10,7 @@ import {
   rng,
   roundF16,
   runAndRead,
+  runProgram,
   SKIP_GPU,
   testGpu,
   weightData,
@@ -145,22 +146,21 @@ for (const dtype of ["f32", "f16"] as const) {
           { hidden: H, inter: I, topK: k, dtype, normEps: 1e-5 },
           shape,
         );
-        const group = gp.bind("gu", [
-          buf(device, "x", x),
-          buf(device, "gu", weightData(gu, dtype)),
-          buf(device, "ids", ids),
-          hb,
-          buf(device, "g", g),
-        ]);
-        const got = new Float32Array(
-          await runAndRead(
-            device,
-            ring,
-            [{ program: gp, group, grid: [Math.ceil(I / shape.outs), rows * k, 1] }],
-            { rows },
+        const got = await runProgram(
+          device,
+          ring,
+          gp,
+          [
+            buf(device, "x", x),
+            buf(device, "gu", weightData(gu, dtype)),
+            buf(device, "ids", ids),
             hb,
-            rows * k * I * 4,
-          ),
+            buf(device, "g", g),
+          ],
+          [Math.ceil(I / shape.outs), rows * k, 1],
+          rows,
+          hb,
+          rows * k * I,
         );
         const w = dtype === "f16" ? roundF16(gu) : gu;
         const ref = gateUpRef(rmsNormRef(x, g, 1e-5, rows, H), rows, ids, k, w, H, I);

@@ -12,6 +12,7 @@ import {
   rng,
   roundF16,
   runAndRead,
+  runProgram,
   SKIP_GPU,
   testGpu,
   weightData,
@@ -99,16 +100,22 @@ for (const dtype of ["f32", "f16"] as const) {
           const p: LinearParams = { label: "t", n, k, dtype, bias, mode: "add", alpha: 0.5, normEps: 1e-5 };
           const prog = await gemvProgram(device, ring, p, shape);
           const yb = buf(device, "y", y0);
-          const group = prog.bind("t", [
+          const bufs = [
             buf(device, "x", x),
             buf(device, "w", weightData(w, dtype)),
             ...(bias ? [buf(device, "b", b)] : []),
             yb,
             buf(device, "g", g),
-          ]);
-          const grid = grid2d(Math.ceil(n / shape.outs));
-          const got = new Float32Array(
-            await runAndRead(device, ring, [{ program: prog, group, grid }], { rows }, yb, rows * n * 4),
+          ];
+          const got = await runProgram(
+            device,
+            ring,
+            prog,
+            bufs,
+            grid2d(Math.ceil(n / shape.outs)),
+            rows,
+            yb,
+            rows * n,
           );
           const xn = rmsNormRef(x, g, 1e-5, rows, k);
           const ref = matmulRef(xn, dtype === "f16" ? roundF16(w) : w, rows, n, k, bias ? { bias: b } : {});

@@ -22,6 +22,7 @@ import {
   relError,
   rng,
   runAndRead,
+  runProgram,
   SKIP_GPU,
   testGpu,
   type TestScheme,
@@ -209,6 +210,13 @@ Deno.test({
     // Inputs far from unit scale: the norm must really be applied.
     const x = randomArray(r, rows * H, -6, 6), g = randomArray(r, H, 0.5, 1.5);
     const xn = rmsNormRef(x, g, 1e-5, rows, H);
+    // x, then a weight set's three buffers.
+    const setBuffers = (set: { qw: Uint32Array; qp: Uint32Array; meta: Uint32Array }) => [
+      buf(device, "x", x),
+      buf(device, "qw", set.qw),
+      buf(device, "qp", set.qp),
+      buf(device, "meta", set.meta),
+    ];
     for (const shape of [QGEMV_SHAPE, WIDE_QGEMV_SHAPE, { tpo: 4, outs: 8 }] as MatvecShape[]) {
       // qgemv (w4g128 and f16 sets), bias and residual add.
       for (const s of [[4, 128], "f16"] as TestScheme[]) {
@@ -226,24 +234,15 @@ Deno.test({
           normEps: 1e-5,
         }, shape);
         const yb = buf(device, "y", y0);
-        const group = prog.bind("t", [
-          buf(device, "x", x),
-          buf(device, "qw", set.qw),
-          buf(device, "qp", set.qp),
-          buf(device, "meta", set.meta),
-          buf(device, "b", b),
+        const got = await runProgram(
+          device,
+          ring,
+          prog,
+          [...setBuffers(set), buf(device, "b", b), yb, buf(device, "g", g)],
+          grid2d(Math.ceil(n / shape.outs)),
+          rows,
           yb,
-          buf(device, "g", g),
-        ]);
-        const got = new Float32Array(
-          await runAndRead(
-            device,
-            ring,
-            [{ program: prog, group, grid: grid2d(Math.ceil(n / shape.outs)) }],
-            { rows },
-            yb,
-            rows * n * 4,
-          ),
+          rows * n,
         );
         const ref = matmulRef(xn, w, rows, n, H, { bias: b }).map((v, i) => y0[i] + 0.5 * v);
         const err = relError(got, ref);
@@ -262,24 +261,15 @@ Deno.test({
         schemes: set.schemes,
         normEps: 1e-5,
       }, shape);
-      const group = prog.bind("gu", [
-        buf(device, "x", x),
-        buf(device, "qw", set.qw),
-        buf(device, "qp", set.qp),
-        buf(device, "m", set.meta),
-        buf(device, "ids", ids),
+      const got = await runProgram(
+        device,
+        ring,
+        prog,
+        [...setBuffers(set), buf(device, "ids", ids), hb, buf(device, "g", g)],
+        [Math.ceil(I / shape.outs), rows * k, 1],
+        rows,
         hb,
-        buf(device, "g", g),
-      ]);
-      const got = new Float32Array(
-        await runAndRead(
-          device,
-          ring,
-          [{ program: prog, group, grid: [Math.ceil(I / shape.outs), rows * k, 1] }],
-          { rows },
-          hb,
-          rows * k * I * 4,
-        ),
+        rows * k * I,
       );
       const guRef = new Float32Array(E * 2 * I * H);
       gu.forEach((q, e) => guRef.set(q.w, e * 2 * I * H));

@@ -15,6 +15,7 @@ import {
   type Dispatch,
   encodeDispatch,
   type GpuContext,
+  type Program,
   readBuffer,
   StepRing,
   type StepValues,
@@ -89,6 +90,26 @@ export async function runAndRead(
   pass.end();
   device.queue.submit([enc.finish()]);
   return await readBuffer(device, out, 0, bytes);
+}
+
+/**
+ * Binds `buffers` to `program`, runs one dispatch of `grid` with `rows` rows and reads `floats` f32 values of
+ * `out` back.
+ */
+export async function runProgram(
+  device: GPUDevice,
+  ring: StepRing,
+  program: Program,
+  buffers: GPUBuffer[],
+  grid: [number, number, number],
+  rows: number,
+  out: GPUBuffer,
+  floats: number,
+): Promise<Float32Array> {
+  const group = program.bind("t", buffers);
+  return new Float32Array(
+    await runAndRead(device, ring, [{ program, group, grid }], { rows }, out, floats * 4),
+  );
 }
 
 /** max|a - b| / max|b| (0 when b is all zeros and a equals it). */
