@@ -2,7 +2,7 @@
  * Prefill and decode throughput of the WebGPU decoder on a checkpoint (batch 1). Run on a GPU host:
  *
  *   deno run -A bench/gpu_decode.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
- *     [--tokens-per-submit N] [--fuse-norms on|off] [--temperature T --top-k K --top-p P]
+ *     [--tokens-per-submit N] [--fuse-norms on|off] [--shapes qdown=32x8x8,...] [--temperature T --top-k K --top-p P]
  *     [--kv f16|quant-2|gear-2|…] [--decode-prompt N]   # decode at a long context: --decode-prompt 32768
  *
  * Prints one JSON line: load seconds, prefill tokens/s (prompt tokens over the time of a generation of one token)
@@ -14,6 +14,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { parseShapes } from "./shape_arg.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { resolveGenerateOptions, runGeneration } from "../engine/generation.ts";
 import { GpuDecoder } from "../engine/gpu_decoder.ts";
@@ -33,6 +34,7 @@ const { values } = parseArgs({
     "tokens-per-submit": { type: "string", default: "0" },
     gemm: { type: "string", default: "auto" },
     "fuse-norms": { type: "string", default: "on" },
+    shapes: { type: "string" },
     kv: { type: "string", default: "f16" },
     temperature: { type: "string", default: "0" },
     "top-k": { type: "string", default: "0" },
@@ -61,6 +63,7 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   gemm: values.gemm === "auto" ? undefined : values.gemm === "on",
   groupedMoe: values["grouped-moe"] === "auto" ? undefined : values["grouped-moe"] === "on",
   fuseNorms: values["fuse-norms"] !== "off",
+  matvecShapes: parseShapes(values.shapes),
   kvCache: isCompressed(kv.mode) ? kv : undefined,
 });
 ckpt.close();

@@ -3,11 +3,13 @@
  * of the whole step as generation runs it (one pass, 32 steps), and that step without each kind of dispatch.
  *
  *   deno run -A bench/gpu_profile.ts --model DIR [--dtype f16] [--pos 128] [--fuse-norms on|off]
+ *     [--shapes qdown=32x8x8,...] [--ablate on|off] [--shapes qdown=32x8x8,...]
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
+import { parseShapes } from "./shape_arg.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { GpuDecoder } from "../engine/gpu_decoder.ts";
 import { acquireGpu } from "../kernels/gpu.ts";
@@ -19,6 +21,8 @@ const { values } = parseArgs({
     dtype: { type: "string", default: "f16" },
     pos: { type: "string", default: "128" },
     "fuse-norms": { type: "string", default: "on" },
+    shapes: { type: "string" },
+    ablate: { type: "string", default: "on" },
   },
 });
 if (!values.model) throw new TypeError("Cannot profile: --model DIR is required");
@@ -29,6 +33,7 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   dtype: values.dtype as "f16" | "f32",
   contextLength: pos + 16,
   fuseNorms: values["fuse-norms"] !== "off",
+  matvecShapes: parseShapes(values.shapes),
 });
 ckpt.close();
 await decoder.profileDecodeStep(pos); // warm-up
@@ -46,9 +51,11 @@ await decoder.timeDecodeStep(pos, 4); // warm-up
 const oneMs = await decoder.timeDecodeStep(pos, 32);
 console.log(`| one pass (32 steps) | ${rows.reduce((a, [, v]) => a + v.count, 0)} | ${oneMs.toFixed(3)} | |`);
 // Ablation: the one-pass step without each kind of dispatch (what it costs in a real pass).
-console.log("\n| left out | one pass ms per step | saved ms |");
-console.log("| --- | --- | --- |");
-for (const [k] of rows) {
+if (values.ablate !== "off") {
+  console.log("\n| left out | one pass ms per step | saved ms |");
+  console.log("| --- | --- | --- |");
+}
+for (const [k] of values.ablate !== "off" ? rows : []) {
   const ms = await decoder.timeDecodeStep(pos, 32, new Set([k]));
   console.log(`| ${k} | ${ms.toFixed(3)} | ${(oneMs - ms).toFixed(3)} |`);
 }

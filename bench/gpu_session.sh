@@ -23,13 +23,15 @@
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh measure   # ~8 min: step as above for f16,
 #     w4g128 and MxMoE 3.25, decode of MxMoE 2.25, w4g128 without fused norms and sampled, and GEAR's kernels
 #     at 1k-32k (bundle gpu_profile, gpu_decode, gear_kernels)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh tune      # ~8 min: packed mat-vec shapes
+#     (SHAPES="qdown=32x8x8 ..." to choose), then step profiles and decode of w4g128, MxMoE 3.25 and f16
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~7 min: decode after a 32k
 #     prompt with the f16 cache and gear-2 (bundle gpu_decode)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure or gear32k}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -216,6 +218,23 @@ measure)
   timeout 90 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --temperature 0.8 --top-k 40 \
     --top-p 0.9 >>"$logs/decode_w4.log" 2>&1
   ;;
+tune)
+  # Shapes of the packed mat-vecs (gpu_profile --shapes, one pass per step, no ablation) for w4g128, then the
+  # step profile with ablation and decode speed of w4g128 and MxMoE 3.25 with the defaults, the f16 model's,
+  # and the attention kernels at 1k-32k (bundle gpu_profile, gpu_decode and gear_kernels).
+  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+    python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
+  packed=$!
+  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
+  wait "$packed"
+  for sh in ${SHAPES:-qdown=16x16x1 qdown=32x8x8 qdown=64x4x8 qdown=16x16x8 qgateup=32x8 qgateup=8x32 qgemv=32x8 qgemv=64x4}; do
+    echo "== $sh" >>"$logs/tune.log"
+    timeout 60 deno run -A dist/gpu_profile.js --model /tmp/w4 --pos 128 --ablate off --shapes "$sh" 2>&1 |
+      grep -E "one pass|Error|error" >>"$logs/tune.log"
+  done
+  profile_and_decode w4 mx325 olmoe
+  ;;
 gear32k)
   # Decode at a 32k context with the f16 cache and with gear-2 (bench/gpu_decode.ts: the time of 128 new tokens
   # minus that of one, each after the same 32,768-token prompt; ~3 min per cache). Bundle gpu_decode.
@@ -226,7 +245,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|gear32k" >&2
   exit 2
   ;;
 esac

@@ -113,6 +113,11 @@ export interface GpuDecoderOptions {
    */
   fuseNorms?: boolean;
   /**
+   * Shapes of the packed mat-vec kernels, for tuning (default: `qgemvShape(n)` for linear layers,
+   * QGATEUP_SHAPE and QDOWN_SHAPE for experts).
+   */
+  matvecShapes?: { qgemv?: MatvecShape; qGateUp?: MatvecShape; qDown?: MatvecShape };
+  /**
    * Run prefill MoE blocks as grouped GEMMs over the tokens of each expert (default false: on an H100 the
    * per-pair mat-vecs, served from L2, are still faster than the present grouped kernel).
    */
@@ -503,6 +508,8 @@ export class GpuDecoder implements TokenSource {
     const cap = options.contextLength;
     const { ring, buffers, track, plan, R, logitRows, useGemm } = env;
     const fuseNorms = options.fuseNorms ?? true;
+    const qGateUpShape = options.matvecShapes?.qGateUp ?? QGATEUP_SHAPE;
+    const qDownShape = options.matvecShapes?.qDown ?? QDOWN_SHAPE;
     const H = c.hiddenSize, hd = c.headDim, nH = c.numHeads, nKV = c.numKvHeads, V = c.vocabSize;
     const qDim = nH * hd, kvDim = nKV * hd, qkvDim = qDim + 2 * kvDim;
     const k = c.topK;
@@ -692,7 +699,7 @@ export class GpuDecoder implements TokenSource {
       out: GPUBuffer,
       norm?: FusedNorm,
     ): Promise<Linear> => {
-      const shape = qgemvShape(p.n);
+      const shape = options.matvecShapes?.qgemv ?? qgemvShape(p.n);
       const qp = { n: p.n, k: p.k, mode: p.mode, bias: p.bias, alpha: p.alpha, schemes: set.schemes };
       const prog = await qgemvProgram(device, ring, qp, shape);
       const bufs = [input, set.qw, set.qp, set.meta, ...(bias ? [bias] : []), out];
@@ -877,16 +884,16 @@ export class GpuDecoder implements TokenSource {
       const gateUpW = packedFfn ? b.ones : await up("gate_up", dtype);
       const downW = packedFfn ? b.ones : await up("down", dtype);
       // Shapes of this layer's expert mat-vecs (packed or plain), which their grids follow.
-      const guOuts = (packedFfn ? QGATEUP_SHAPE : GATEUP_SHAPE).outs;
-      const dnOuts = (packedFfn ? QDOWN_SHAPE : DOWN_SHAPE).outs;
+      const guOuts = (packedFfn ? qGateUpShape : GATEUP_SHAPE).outs;
+      const dnOuts = (packedFfn ? qDownShape : DOWN_SHAPE).outs;
       const guQParams: QGateUpParams = { hidden: H, inter: width, topK: kk, schemes: guPacked?.schemes };
       const guFParams: GateUpParams = { hidden: H, inter: width, topK: kk, dtype };
       const guProg = packedFfn
-        ? await qGateUpProgram(device, ring, guQParams)
+        ? await qGateUpProgram(device, ring, guQParams, qGateUpShape)
         : await gateUpProgram(device, ring, guFParams);
       // The FFN norm fuses into the decode mat-vecs that read it only if every one of them can take it.
       const ffnFuse = { x: b.x, weight: ffnNormW };
-      let ffnFusable = fuseNorms && (!packedFfn || guPacked!.normFusable(QGATEUP_SHAPE));
+      let ffnFusable = fuseNorms && (!packedFfn || guPacked!.normFusable(qGateUpShape));
       let router: LayerDispatches["router"];
       let sharedGateUp: Dispatch | undefined;
       const shared = moe && S > 0;
@@ -938,7 +945,7 @@ export class GpuDecoder implements TokenSource {
           topK: kk,
           alpha: c.residualMultiplier,
           schemes: dnPacked!.schemes,
-        })
+        }, qDownShape)
         : await downProgram(device, ring, {
           hidden: H,
           inter: width,
@@ -964,16 +971,16 @@ export class GpuDecoder implements TokenSource {
           throw new GpuError(`Cannot load layer ${l}: its experts are packed but its shared expert is not`);
         }
         const sgParams = { hidden: H, inter: S, topK: 1, schemes: sgu.schemes };
-        const sgp = await qGateUpProgram(device, ring, sgParams);
+        const sgp = await qGateUpProgram(device, ring, sgParams, qGateUpShape);
         const sgBufs = [b.xn, sgu.qw, sgu.qp, sgu.meta, b.zeros, b.hs];
         sharedGateUp = {
           program: sgp,
           group: sgp.bind(`L${l}.shared-gate-up`, sgBufs),
           grid: [Math.ceil(S / guOuts), 1, 1],
         };
-        ffnFusable &&= sgu.normFusable(QGATEUP_SHAPE);
+        ffnFusable &&= sgu.normFusable(qGateUpShape);
         if (ffnFusable) {
-          const fp = await qGateUpProgram(device, ring, { ...sgParams, normEps: c.rmsNormEps });
+          const fp = await qGateUpProgram(device, ring, { ...sgParams, normEps: c.rmsNormEps }, qGateUpShape);
           fusedSharedGateUp = {
             program: fp,
             group: fp.bind(`L${l}.shared-gate-up-normed`, [b.x, ...sgBufs.slice(1), ffnNormW]),
@@ -986,7 +993,7 @@ export class GpuDecoder implements TokenSource {
           topK: 1,
           alpha: c.residualMultiplier,
           schemes: sdn.schemes,
-        });
+        }, { tpo: qDownShape.tpo, outs: qDownShape.outs }); // one expert: no teams
         sharedDown = {
           program: sdp,
           group: sdp.bind(`L${l}.shared-down`, [b.hs, sdn.qw, sdn.qp, sdn.meta, b.zeros, b.sg, b.x]),
@@ -1108,7 +1115,7 @@ export class GpuDecoder implements TokenSource {
       let fusedFfn: LayerDispatches["fusedFfn"];
       if (ffnFusable && (!router || router.logits.fused)) {
         const fp = packedFfn
-          ? await qGateUpProgram(device, ring, { ...guQParams, normEps: c.rmsNormEps })
+          ? await qGateUpProgram(device, ring, { ...guQParams, normEps: c.rmsNormEps }, qGateUpShape)
           : await gateUpProgram(device, ring, { ...guFParams, normEps: c.rmsNormEps });
         fusedFfn = {
           router: router?.logits.fused,

@@ -51,6 +51,7 @@ export function attentionWgsl(p: AttentionParams): string {
   if (p.hd % 4 !== 0) {
     throw new RangeError(`Cannot build attention: head width ${p.hd} is not a multiple of 4`);
   }
+  if (p.split) return splitAttentionWgsl(p);
   const f16 = p.kvDtype === "f16";
   const dpt = Math.ceil(p.hd / TK);
   const vLoad = f16
@@ -179,6 +180,149 @@ ${vTail}
   for (var u = 0u; u < ${dpt}u; u++) {
     let d = li + u * TK;
     if (d < HD) { out[(r * NH + h) * HD + d] = acc[u] / l; }
+  }
+}`;
+}
+
+/** Threads of a split-K attention workgroup. */
+const SPLIT_WG = 256;
+
+/**
+ * WGSL of split-K attention (decode: few rows, every key block its own workgroup), built for latency: one tile of
+ * TK keys takes a round trip for the keys and one for the values. Scores: `kt` threads per key (4, 2 or 1: the
+ * largest dividing hd / 4) each dot a strided share of the head's vec4s, issued together, summed in workgroup
+ * memory. Values: thread (key group g, vec4 column c) sums `p_j · v_j[c]` over keys j ≡ g (mod groups), all its
+ * loads in flight at once; the groups' sums are added at the end. Same bindings, grid and partials as
+ * {@linkcode attentionWgsl} with `split`.
+ */
+function splitAttentionWgsl(p: AttentionParams): string {
+  const split = p.split!;
+  if (!Number.isInteger(split) || split < 1) {
+    throw new RangeError(`Cannot build split-K attention: split ${split} is not a positive integer`);
+  }
+  const d4 = p.hd / 4;
+  if (d4 > SPLIT_WG) {
+    throw new RangeError(`Cannot build split-K attention: head width ${p.hd} is over ${4 * SPLIT_WG}`);
+  }
+  const f16 = p.kvDtype === "f16";
+  const kt = d4 % 4 === 0 ? 4 : d4 % 2 === 0 ? 2 : 1; // threads per key (scores)
+  const ni = d4 / kt; // vec4s per score thread
+  const groups = Math.min(TK, Math.floor(SPLIT_WG / d4)); // key groups (values)
+  const nj = Math.ceil(TK / groups); // keys per value thread
+  const vec = (e: string) => (f16 ? `vec4<f32>(unpack2x16float(${e}.x), unpack2x16float(${e}.y))` : e);
+  // Score loads in batches of 8, then their dots.
+  const kLines: string[] = [];
+  for (let i0 = 0; i0 < ni; i0 += 8) {
+    const is = Array.from({ length: Math.min(8, ni - i0) }, (_, i) => i0 + i);
+    for (const i of is) kLines.push(`let k${i} = kc[kb + ${i * kt}u];`);
+    kLines.push(`s += ${is.map((i) => `dot(qs[kp + ${i * kt}u], ${vec(`k${i}`)})`).join(" + ")};`);
+  }
+  const vLines: string[] = [];
+  for (let i = 0; i < nj; i++) {
+    vLines.push(`let j${i} = kg + ${i * groups}u;`);
+    vLines.push(`let v${i} = vc[vt + min(j${i}, n - 1u) * D4];`);
+  }
+  for (let i = 0; i < nj; i++) {
+    // Keys past the tile's end (j ≥ n) weigh 0; their loads read the tile's last key.
+    vLines.push(`let w${i} = select(0.0, pp[min(j${i}, TK - 1u)], j${i} < n);`);
+  }
+  vLines.push(
+    `acc = acc * corr + ${Array.from({ length: nj }, (_, i) => `w${i} * ${vec(`v${i}`)}`).join(" + ")};`,
+  );
+  vLines.push(`ls = ls * corr + ${Array.from({ length: nj }, (_, i) => `w${i}`).join(" + ")};`);
+  return `${prelude()}
+const NH: u32 = ${p.nH}u;
+const GROUP: u32 = ${p.nH / p.nKV}u;
+const NKV: u32 = ${p.nKV}u;
+const HD: u32 = ${p.hd}u;
+const D4: u32 = ${d4}u;
+const CAP: u32 = ${p.capacity}u;
+const TK: u32 = ${TK}u;
+const KT: u32 = ${kt}u;
+const KG: u32 = ${groups}u;
+const WINDOW: u32 = ${p.window}u;
+const SPLIT: u32 = ${split}u;
+const NS: u32 = ${Math.ceil(p.capacity / split)}u;
+@group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> kc: array<${f16 ? "vec2<u32>" : "vec4<f32>"}>;
+@group(0) @binding(2) var<storage, read> vc: array<${f16 ? "vec2<u32>" : "vec4<f32>"}>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+var<workgroup> qs: array<vec4<f32>, D4>;
+var<workgroup> sred: array<f32, ${TK * kt}>;
+var<workgroup> pt: array<vec4<f32>, ${TK / 4}>;
+var<workgroup> pp: array<f32, TK>;
+var<workgroup> vred: array<vec4<f32>, ${groups * d4}>;
+var<workgroup> lred: array<f32, KG>;
+@compute @workgroup_size(${SPLIT_WG})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let h = wg.x;
+  let r = wg.y;
+  if (r >= st.rows) { return; }
+  let kvh = (row_lane(r) * NKV) + h / GROUP;
+  let pos = row_pos(r);
+  var start = wg.z * SPLIT;
+  if (WINDOW > 0u && pos + 1u > WINDOW) { start = max(start, pos + 1u - WINDOW); }
+  let hi = min(pos, wg.z * SPLIT + SPLIT - 1u);
+  for (var i = li; i < D4; i += ${SPLIT_WG}u) { qs[i] = q[(r * NH + h) * D4 + i] * ${f32Lit(p.scale)}; }
+  workgroupBarrier();
+  // Score threads: key li / KT of the tile, vec4s kp, kp + KT, ...
+  let kk = li / KT;
+  let kp = li % KT;
+  // Value threads: key group kg, vec4 column vcol.
+  let kg = li / D4;
+  let vcol = li % D4;
+  var m = -3.0e38;
+  var acc = vec4<f32>(0.0);
+  var ls = 0.0;
+  for (var base = start; base <= hi; base += TK) {
+    let n = min(TK, hi + 1u - base);
+    if (li < TK * KT) {
+      var s = 0.0;
+      if (kk < n) {
+        let kb = (kvh * CAP + base + kk) * D4 + kp;
+        ${kLines.join("\n        ")}
+      }
+      sred[li] = s;
+    }
+    workgroupBarrier();
+    if (li < TK) {
+      var s = 0.0;
+      for (var u = 0u; u < KT; u++) { s += sred[li * KT + u]; }
+      pt[li / 4u][li % 4u] = select(-3.0e38, s, li < n);
+    }
+    workgroupBarrier();
+    var mv = vec4<f32>(m);
+    for (var u = 0u; u < TK / 4u; u++) { mv = max(mv, pt[u]); }
+    let mt = max(max(mv.x, mv.y), max(mv.z, mv.w));
+    if (li < TK) { pp[li] = select(0.0, exp(pt[li / 4u][li % 4u] - mt), li < n); }
+    let corr = exp(m - mt);
+    m = mt;
+    workgroupBarrier();
+    if (kg < KG) {
+      let vt = (kvh * CAP + base) * D4 + vcol;
+      ${vLines.join("\n      ")}
+    }
+    workgroupBarrier();
+  }
+  if (kg < KG) {
+    vred[li] = acc;
+    if (vcol == 0u) { lred[kg] = ls; }
+  }
+  workgroupBarrier();
+  let po = ((r * NH + h) * NS + wg.z) * (HD + 2u);
+  if (li < D4) {
+    var a = vec4<f32>(0.0);
+    for (var g = 0u; g < KG; g++) { a += vred[g * D4 + li]; }
+    out[po + 4u * li] = a.x;
+    out[po + 4u * li + 1u] = a.y;
+    out[po + 4u * li + 2u] = a.z;
+    out[po + 4u * li + 3u] = a.w;
+  }
+  if (li == 0u) {
+    var l = 0.0;
+    for (var g = 0u; g < KG; g++) { l += lred[g]; }
+    out[po + HD] = m;
+    out[po + HD + 1u] = l;
   }
 }`;
 }

@@ -73,14 +73,17 @@ for (const kvDtype of ["f32", "f16"] as const) {
       const r = rng(22);
       // The last case has more splits (258) than a merge workgroup has threads, and a head width that is not a
       // multiple of the merge's channel block.
+      // Splits of several key tiles (160: two and a half) run the online softmax across tiles.
       for (
-        const c of [
-          ...cases,
-          { nH: 4, nKV: 2, hd: 32, rows: 1, pos: 300, window: 100 },
-          { nH: 2, nKV: 1, hd: 40, rows: 1, pos: 16500, window: 0 },
-        ]
+        const [c, split] of [
+          ...cases.map((c) => [c, 64] as const),
+          [{ nH: 4, nKV: 2, hd: 32, rows: 1, pos: 300, window: 100 }, 64],
+          [{ nH: 2, nKV: 1, hd: 40, rows: 1, pos: 16500, window: 0 }, 64],
+          [cases[2], 160],
+          [{ nH: 4, nKV: 2, hd: 32, rows: 1, pos: 300, window: 100 }, 160],
+        ] as const
       ) {
-        const cap = c.pos + c.rows + 70, split = 64;
+        const cap = c.pos + c.rows + 70;
         const q = randomArray(r, c.rows * c.nH * c.hd, -1, 1);
         let k = randomArray(r, c.nKV * cap * c.hd, -1, 1), v = randomArray(r, c.nKV * cap * c.hd, -1, 1);
         if (kvDtype === "f16") {

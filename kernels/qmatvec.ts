@@ -63,6 +63,10 @@ export function wordsPerRow(bits: number, group: number, cols: number): number {
 
 /** Bit widths the vector path of the mat-vecs reads a 16-byte chunk (4 words) at a time. */
 const VECTOR_BITS = [2, 4, 8, 16] as const;
+/** Chunk loads of one thread issued together by the unrolled dot products. */
+const UNROLL = 8;
+/** Most chunks per thread that the dot products unroll (more: a loop). */
+const MAX_UNROLLED = 32;
 
 /**
  * WGSL statements accumulating one 16-byte chunk `w{r}` (vec4<u32>) of each of `rows` weight rows against the
@@ -146,8 +150,12 @@ function stageFn(k: number, schemes: readonly QuantScheme[], wg: number, norm = 
   const branches = chunkedSchemes(schemes, k).map((sc) => {
     const nx = chunkVec4s(sc);
     const dst = `xs0 + (j % ${nx}u) * ${k4 / nx}u + j / ${nx}u`;
+    // A constant trip count where the threads divide the row (the copies unroll, loads in flight together).
+    const copy = k4 % wg === 0
+      ? `for (var u = 0u; u < ${k4 / wg}u; u++) { let j = li + u * ${wg}u; ${put.replace("DST", dst)} }`
+      : `for (var j = li; j < ${k4}u; j += ${wg}u) { ${put.replace("DST", dst)} }`;
     return `if (${isScheme(sc)}) {
-    for (var j = li; j < ${k4}u; j += ${wg}u) { ${put.replace("DST", dst)} }
+    ${copy}
   }`;
   });
   return norm
@@ -170,9 +178,16 @@ fn stage_x(m: vec4<u32>, xo4: u32, xs0: u32, li: u32) {
  * bits with groups of whole chunks, or f16; 16-byte aligned), else word by word. With `schemes` (those the
  * weight set holds), each chunked scheme gets a branch with its sizes as constants, and with `staged` it reads
  * the activations from workgroup memory at `xs0`, as `stage_x` left them; without `schemes`, one branch per bit
- * width computes the sizes at run time.
+ * width computes the sizes at run time. With `tpr` (the team size TPR, known when building) the constant-size
+ * branches unroll the thread's chunks, their loads issued together.
  */
-function qdotFn(rows: 1 | 2, k: number, schemes?: readonly QuantScheme[], staged = false): string {
+function qdotFn(
+  rows: 1 | 2,
+  k: number,
+  schemes?: readonly QuantScheme[],
+  staged = false,
+  tpr = 0,
+): string {
   const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
   const ret = rows === 1 ? "f32" : "vec2<f32>";
   const accs = Array.from({ length: rows }, (_, r) => `acc${r}`).join(", ");
@@ -194,6 +209,39 @@ function qdotFn(rows: 1 | 2, k: number, schemes?: readonly QuantScheme[], staged
       }
       return ${result};`;
   };
+  // With constant sizes and a known team size the thread's chunks (c = t, t + tpr, ...) are unrolled and
+  // their loads issued UNROLL at a time, so they are in flight together (a loop waits for each in turn).
+  const unrolled = (b: number, cpr: number, groups: string, cpg: number, xAt: (i: number) => string) => {
+    const nit = Math.ceil(cpr / tpr);
+    const out: string[] = [];
+    for (let u0 = 0; u0 < nit; u0 += UNROLL) {
+      const us = Array.from({ length: Math.min(UNROLL, nit - u0) }, (_, i) => u0 + i);
+      for (const u of us) {
+        // The last chunk may lie past the row when tpr does not divide it: its loads read the row's last.
+        const cu = u === nit - 1 && cpr % tpr !== 0 ? `min(t + ${u * tpr}u, ${cpr - 1}u)` : `t + ${u * tpr}u`;
+        out.push(`let c${u} = ${cu};`);
+        for (let r = 0; r < rows; r++) {
+          out.push(`let w${r}_${u} = qw[m.z / 4u + row${r} * ${cpr}u + c${u}];`);
+          if (b !== 16) {
+            out.push(`let sm${r}_${u} = unpack2x16float(qp[m.w + row${r} * ${groups} + c${u} / ${cpg}u]);`);
+          }
+        }
+      }
+      for (const u of us) {
+        const names = Array.from({ length: rows }, (_, r) => `let w${r} = w${r}_${u};`);
+        if (b !== 16) names.push(...Array.from({ length: rows }, (_, r) => `let sm${r} = sm${r}_${u};`));
+        const body = `{
+          let c = c${u};
+          ${names.join(" ")}
+          ${xAt === global ? `let xb = xo4 + c * ${b === 16 ? 2 : 32 / b}u;` : ""}
+          ${chunkCode(b, rows, xAt)}
+        }`;
+        out.push(u === nit - 1 && cpr % tpr !== 0 ? `if (t + ${u * tpr}u < ${cpr}u) ${body}` : body);
+      }
+    }
+    return `${out.join("\n      ")}
+      return ${result};`;
+  };
   let vector: string;
   if (schemes) {
     const branches = chunkedSchemes(schemes, k).map((sc) => {
@@ -201,9 +249,14 @@ function qdotFn(rows: 1 | 2, k: number, schemes?: readonly QuantScheme[], staged
       // Staged: vec4 i of chunk c is at xs0 + i · cpr + c.
       const xAt = staged ? (i: number) => `xsh[xs0 + ${i * cpr}u + c]` : global;
       const groups = sc.bits === 16 ? "1u" : `${k / sc.group}u`;
-      const group = sc.bits === 16 ? "0u" : `c / ${sc.group / (128 / sc.bits)}u`;
+      const cpg = sc.bits === 16 ? 0 : sc.group / (128 / sc.bits);
+      const group = sc.bits === 16 ? "0u" : `c / ${cpg}u`;
       return `if (${isScheme(sc)}) {
-      ${loop(sc.bits, `${cpr}u`, groups, group, xAt)}
+      ${
+        tpr > 0 && cpr / tpr <= MAX_UNROLLED
+          ? unrolled(sc.bits, cpr, groups, cpg, xAt)
+          : loop(sc.bits, `${cpr}u`, groups, group, xAt)
+      }
     }`;
     });
     vector = branches.length === 0 ? "" : `let xo4 = xo / 4u;
@@ -478,7 +531,7 @@ ${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 ${norm ? `@group(0) @binding(${p.bias ? 6 : 5}) var<storage, read> gw: array<vec4<f32>>;` : ""}
 ${qdotWordsFn()}
 ${stagedDecl(p.k, p.schemes, staged, 1, wg, norm)}
-${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined)}
+${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined, shape.tpo)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -546,7 +599,7 @@ ${QBINDINGS}
 ${norm ? "@group(0) @binding(6) var<storage, read> gw: array<vec4<f32>>;" : ""}
 ${qdotWordsFn()}
 ${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm)}
-${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined)}
+${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -612,7 +665,9 @@ ${QBINDINGS}
 @group(0) @binding(6) var<storage, read_write> x: array<f32>;
 ${qdotWordsFn()}
 ${stagedDecl(p.inter, p.schemes, staged, p.topK, wg)}
-${qdotFn(1, p.inter, p.schemes, staged && p.schemes !== undefined)}
+var<workgroup> dmeta: array<vec4<u32>, TOPK>;
+var<workgroup> dwts: array<f32, TOPK>;
+${qdotFn(1, p.inter, p.schemes, staged && p.schemes !== undefined, shape.tpo / (shape.split ?? 1))}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -620,11 +675,17 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   if (r >= st.rows) { return; }
   let t = li % TPO;
   let c = wg.x * ${shape.outs}u + li / TPO;
+  // The row's experts' meta entries and weights, read once for all threads.
+  for (var j = li; j < TOPK; j += ${wg}u) {
+    let slot = r * TOPK + j;
+    dmeta[j] = qmeta[ids[slot]];
+    dwts[j] = wts[slot];
+  }
+  workgroupBarrier();
   ${
     staged && p.schemes
       ? `for (var j = 0u; j < TOPK; j++) {
-    let slot = r * TOPK + j;
-    stage_x(qmeta[ids[slot]], slot * K / 4u, j * K / 4u, li);
+    stage_x(dmeta[j], (r * TOPK + j) * K / 4u, j * K / 4u, li);
   }
   workgroupBarrier();`
       : ""
@@ -632,8 +693,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   var acc = 0.0;
   if (c < H) {
     for (var j = t / TPR; j < TOPK; j += SPLIT) {
-      let slot = r * TOPK + j;
-      acc += wts[slot] * qdot1(qmeta[ids[slot]], c, slot * K, j * K / 4u, t % TPR);
+      acc += dwts[j] * qdot1(dmeta[j], c, (r * TOPK + j) * K, j * K / 4u, t % TPR);
     }
   }
   let d = reduce_seg(li, t, acc);

@@ -1,0 +1,31 @@
+/**
+ * The `--shapes` argument of the GPU benchmarks: mat-vec shapes of the packed kernels to try, as
+ * `qgemv=TPOxOUTS,qgateup=TPOxOUTS,qdown=TPOxOUTSxTEAMS` (any subset).
+ *
+ * @module
+ */
+
+import type { GpuDecoderOptions } from "../engine/gpu_decoder.ts";
+import { checkMatvecShape, type MatvecShape } from "../kernels/wgsl.ts";
+
+const KEYS = { qgemv: "qgemv", qgateup: "qGateUp", qdown: "qDown" } as const;
+
+/** Parses a `--shapes` value (empty: none) into {@linkcode GpuDecoderOptions.matvecShapes}. */
+export function parseShapes(spec: string | undefined): GpuDecoderOptions["matvecShapes"] {
+  if (!spec) return undefined;
+  const out: NonNullable<GpuDecoderOptions["matvecShapes"]> = {};
+  for (const part of spec.split(",")) {
+    const [name, dims] = part.split("=");
+    const key = KEYS[name as keyof typeof KEYS];
+    const nums = (dims ?? "").split("x").map(Number);
+    if (!key || nums.length < 2 || nums.length > 3 || nums.some((n) => !Number.isInteger(n))) {
+      throw new TypeError(
+        `Cannot read --shapes part "${part}": expected qgemv=TxO, qgateup=TxO or qdown=TxO[xS]`,
+      );
+    }
+    const shape: MatvecShape = { tpo: nums[0], outs: nums[1], ...(nums[2] ? { split: nums[2] } : {}) };
+    checkMatvecShape(`the ${name} shape`, shape);
+    out[key] = shape;
+  }
+  return out;
+}
