@@ -25,8 +25,8 @@
 #     at 1k-32k (bundle gpu_profile, gpu_decode, gear_kernels)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh tune      # ~8 min: packed mat-vec shapes
 #     (SHAPES="qdown=32x8x8 ..." to choose), then step profiles and decode of w4g128, MxMoE 3.25 and f16
-#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~7 min: decode after a 32k
-#     prompt with the f16 cache and gear-2 (bundle gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~9 min: GEAR's kernels, decode
+#     after a 32k prompt with the f16 cache and gear-2 (bundle gear_kernels, gpu_decode)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
@@ -236,12 +236,15 @@ tune)
   profile_and_decode w4 mx325 olmoe
   ;;
 gear32k)
-  # Decode at a 32k context with the f16 cache and with gear-2 (bench/gpu_decode.ts: the time of 128 new tokens
-  # minus that of one, each after the same 32,768-token prompt; ~3 min per cache). Bundle gpu_decode.
+  # GEAR's attention kernels at 1k-32k, then decode at a 32k context with the f16 cache and with gear-2
+  # (bench/gpu_decode.ts: the time of 128 new tokens minus that of one, each after the same 32,768-token prompt).
+  # Bundle gear_kernels and gpu_decode.
   timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
   for kv in f16 gear-2; do
-    timeout 260 deno run -A dist/gpu_decode.js --model /tmp/olmoe --dtype f16 --reps 1 --prompt 512 \
+    timeout 230 deno run -A dist/gpu_decode.js --model /tmp/olmoe --dtype f16 --reps 1 --prompt 64 \
       --decode-prompt 32768 --kv "$kv" >>"$logs/decode_32k.log" 2>&1
+    echo "$kv rc=$?" >>"$logs/decode_32k.log"
   done
   ;;
 *)

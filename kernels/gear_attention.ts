@@ -44,45 +44,15 @@ export function gearPartialFloats(p: GearAttentionParams): number {
   return p.layout.batch * p.rowsPerSeq * p.nH * (p.layout.T / TK) * (p.layout.hd + 2);
 }
 
-/**
- * WGSL of GEAR attention. Bindings: 0 q [B, rowsPerSeq, nH, hd] f32; 1 store u32; 2 K ring, 3 V ring
- * [B, nKV, bufCap, hd] (f32, or f16 packed in u32); 4 out [B, rowsPerSeq, nH·hd] f32, or with `split` the
- * partials ({@linkcode gearPartialFloats}). Grid: (nH, rows, B), or with `split` (nH, rows, B · S) where
- * S = ⌊(pos + rows − 1) / 64⌋ + 1: sequence `st.lane + b` reads q rows b; row r is at position `st.pos + r`;
- * the compressed tokens are those before ⌊st.pos / buffer⌋·buffer. A batched step (continuous batching) has one
- * row per sequence, each of its own lane and position (`row_lane`, `row_pos` of STEP_WGSL), q rows [rows, nH,
- * hd], and grid (nH, rows, S) with S for the largest position; a split past a row's position stays empty.
- */
-export function gearAttentionWgsl(p: GearAttentionParams): string {
+/** WGSL constants of GEAR attention: shapes, the layout's sizes and section offsets. */
+function gearConstsWgsl(p: GearAttentionParams): string {
   const l = p.layout;
-  if (p.nH % l.nKV !== 0) {
-    throw new RangeError(`Cannot build GEAR attention: ${p.nH} query heads are not a multiple of ${l.nKV}`);
-  }
-  const f16 = p.ringDtype === "f16";
-  const ringType = f16 ? "u32" : "f32";
-  const read = (name: string) => f16 ? `unpack2x16float(${name}[i >> 1u])[i & 1u]` : `${name}[i]`;
+  const o = l.off;
   const ngt = l.group < TK ? TK / l.group : 1;
   const rmax = Math.max(1, l.rMax);
   const nRed = ngt + rmax;
-  const dpt = Math.ceil(l.hd / TK);
-  const o = l.off;
   const split = p.split ?? false;
-  // The score of a compressed key: its code words loaded eight at a time (a loop of one load and its codes per
-  // step waits for each load in turn), then every code against q scaled per channel.
-  const keyScore: string[] = [];
-  for (let w0 = 0; w0 < l.W; w0 += 8) {
-    const ws = Array.from({ length: Math.min(8, l.W - w0) }, (_, i) => w0 + i);
-    keyScore.push(`        ${ws.map((w) => `let kw${w} = store[cb + ${w}u];`).join(" ")}`);
-    for (const w of ws) {
-      for (let e = 0; e < l.perWord && w * l.perWord + e < l.hd; e++) {
-        keyScore.push(
-          `        sc += qd[qb + ${w * l.perWord + e}u] * f32((kw${w} >> ${e * l.bits}u) & MASK);`,
-        );
-      }
-    }
-  }
-  return `${prelude()}
-const NH: u32 = ${p.nH}u;
+  return `const NH: u32 = ${p.nH}u;
 const GROUP: u32 = ${p.nH / l.nKV}u;
 const D: u32 = ${l.hd}u;
 const NKV: u32 = ${l.nKV}u;
@@ -122,17 +92,12 @@ const O_PK: u32 = ${o.pK}u;
 const O_PV: u32 = ${o.pV}u;
 const O_OUTK: u32 = ${o.outK}u;
 const O_OUTV: u32 = ${o.outV}u;
-const O_SEG: u32 = ${o.seg}u;
-@group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read> store: array<u32>;
-@group(0) @binding(2) var<storage, read> rk: array<${ringType}>;
-@group(0) @binding(3) var<storage, read> rv: array<${ringType}>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-var<workgroup> qs: array<f32, ${l.hd}>;
-var<workgroup> pt: array<f32, ${TK}>;
-var<workgroup> qd: array<f32, ${ngt * l.hd}>;
-var<workgroup> red: array<f32, ${nRed * TK}>;
-// Outlier terms of a tile, scattered by the threads that read the entries: fixed point, so the sums are exact
+const O_SEG: u32 = ${o.seg}u;`;
+}
+
+/** WGSL of the outlier accumulators and the store's readers (the store bound as `store`). */
+function gearHelpersWgsl(l: GearLayout): string {
+  return `// Outlier terms of a tile, scattered by the threads that read the entries: fixed point, so the sums are exact
 // and do not depend on the order of the atomic adds (scores at 2^-18, outputs at 2^-20).
 var<workgroup> kacc: array<atomic<i32>, ${TK}>;
 var<workgroup> vacc: array<atomic<i32>, ${l.hd}>;
@@ -142,14 +107,6 @@ fn fixed(x: f32, s: f32) -> i32 {
   return i32(clamp(round(x * s), -2.0e9, 2.0e9));
 }
 
-fn ring_k(bh: u32, t: u32, c: u32) -> f32 {
-  let i = (bh * BUFCAP + t % BUFCAP) * D + c;
-  return ${read("rk")};
-}
-fn ring_v(bh: u32, t: u32, c: u32) -> f32 {
-  let i = (bh * BUFCAP + t % BUFCAP) * D + c;
-  return ${read("rv")};
-}
 ${OUTLIER_WGSL}
 fn half_at(word_base: u32, i: u32) -> f32 {
   return unpack2x16float(store[word_base + i / 2u])[i & 1u];
@@ -160,24 +117,15 @@ fn u16_at(base: u32, i: u32) -> u32 {
 // The int8 at byte j of the words from word_base.
 fn q8_at(word_base: u32, j: u32) -> f32 {
   return f32(bitcast<i32>(store[word_base + (j >> 2u)] << (24u - 8u * (j & 3u))) >> 24u);
-}
-// Sums red[v * TK + i] over i for every v < nv; the sums land in red[v * TK].
-fn reduce_red(li: u32, nv: u32) {
-  workgroupBarrier();
-  for (var s = TK / 2u; s > 0u; s >>= 1u) {
-    if (li < s) {
-      for (var v = 0u; v < nv; v++) { red[v * TK + li] += red[v * TK + li + s]; }
-    }
-    workgroupBarrier();
-  }
+}`;
 }
 
-@compute @workgroup_size(${TK})
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
-  let h = wg.x;
-  let r = wg.y;
-  if (r >= st.rows) { return; }
-  // Unbatched: sequence st.lane + qb of the grid's z (q and out rows of sequence qb), rows at st.pos.. .
+/**
+ * WGSL of a workgroup's row: sequence `b` (q rows of sequence `qb`), split `z`, position `pos`, tokens
+ * compressed `ccomp`, KV head `bh` of the sequence and the window's first position `start` (for `h`, `r`).
+ */
+const GEAR_ROW_WGSL =
+  `  // Unbatched: sequence st.lane + qb of the grid's z (q and out rows of sequence qb), rows at st.pos.. .
   // Batched (continuous batching): row r is a decode step of its own lane and position; z is the split.
   var qb = 0u;
   var b = 0u;
@@ -200,12 +148,393 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let kvh = h / GROUP;
   let bh = b * NKV + kvh;
   var start = 0u;
-  if (WINDOW > 0u && pos + 1u > WINDOW) { start = pos + 1u - WINDOW; }
-  var hi = pos;
-  if (SPLIT) {
-    start = max(start, z * TK);
-    hi = min(pos, z * TK + TK - 1u);
+  if (WINDOW > 0u && pos + 1u > WINDOW) { start = pos + 1u - WINDOW; }`;
+
+/** Threads of a split-K GEAR attention workgroup. */
+const SPLIT_WG = 256;
+
+/**
+ * WGSL of split-K GEAR attention (decode: one tile of 64 keys per workgroup), built for latency like split-K
+ * attention of `attention.ts`: 256 threads, so each phase's loads are in flight together. On a compressed tile:
+ * every thread folds one channel of q into the key scales of each token group and adds its share of q·min and
+ * q·P (tree-reduced); `kt` threads per key dot strided code words with the folded query; one thread per key
+ * adds min, low-rank and outlier terms; after the softmax, thread (token group g, 4-channel column) sums
+ * `p_t · (code·scale + min)` over tokens t ≡ g (mod groups), while the first 64 threads form the low-rank
+ * weights p·Q_V and the value outliers are scattered; the groups' sums are added at the end. A ring tile reads
+ * rows of the full-precision ring as vec4s. Same bindings, grid and partials as {@linkcode gearAttentionWgsl}
+ * with `split`.
+ */
+function gearSplitWgsl(p: GearAttentionParams): string {
+  const l = p.layout;
+  if (l.hd > SPLIT_WG) {
+    throw new RangeError(`Cannot build split-K GEAR attention: head width ${l.hd} is over ${SPLIT_WG}`);
   }
+  if (l.hd % 4 !== 0) {
+    throw new RangeError(`Cannot build split-K GEAR attention: head width ${l.hd} is not a multiple of 4`);
+  }
+  const f16 = p.ringDtype === "f16";
+  const d4 = l.hd / 4;
+  const ngt = l.group < TK ? TK / l.group : 1;
+  const rmax = Math.max(1, l.rMax);
+  const nRed = ngt + rmax;
+  const vec = (e: string) => (f16 ? `vec4<f32>(unpack2x16float(${e}.x), unpack2x16float(${e}.y))` : e);
+  // Threads per key: ring tiles split the head's vec4s, compressed tiles its code words.
+  const ktRing = d4 % 4 === 0 ? 4 : d4 % 2 === 0 ? 2 : 1;
+  const ktComp = l.W % 4 === 0 ? 4 : l.W % 2 === 0 ? 2 : 1;
+  const groups = Math.min(TK, Math.floor(SPLIT_WG / d4)); // token groups of the value phase
+  const nj = Math.ceil(TK / groups); // tokens per value thread
+  // Ring keys: vec4s kp, kp + kt, ... of key kk.
+  const ringKey: string[] = [];
+  const nir = d4 / ktRing;
+  for (let i0 = 0; i0 < nir; i0 += 8) {
+    const is = Array.from({ length: Math.min(8, nir - i0) }, (_, i) => i0 + i);
+    for (const i of is) ringKey.push(`let k${i} = rk[kb + ${i * ktRing}u];`);
+    ringKey.push(`s += ${is.map((i) => `dot(qs4[kp + ${i * ktRing}u], ${vec(`k${i}`)})`).join(" + ")};`);
+  }
+  // Compressed keys: code words kp, kp + kt, ... of key kk against the folded query qd of its token group.
+  const compKey: string[] = [];
+  const niw = l.W / ktComp;
+  const partial = l.hd % l.perWord !== 0; // the last word holds fewer codes
+  for (let i0 = 0; i0 < niw; i0 += 8) {
+    const is = Array.from({ length: Math.min(8, niw - i0) }, (_, i) => i0 + i);
+    for (const i of is) compKey.push(`let kw${i} = store[cb + ${i * ktComp}u];`);
+    for (const i of is) {
+      compKey.push(`cq = qb + (kp + ${i * ktComp}u) * PERW;`);
+      for (let e = 0; e < l.perWord; e++) {
+        const term = `s += qd[cq + ${e}u] * f32((kw${i} >> ${e * l.bits}u) & MASK);`;
+        // Channels past the head (the last word's unused codes) only where the head does not fill it.
+        compKey.push(partial ? `if (cq + ${e}u < qb + D) { ${term} }` : term);
+      }
+    }
+  }
+  // Values: tokens j = kg + groups·i of the tile for 4-channel column vcol.
+  const vLoads: string[] = [];
+  const vSum: string[] = [];
+  const ringV: string[] = [];
+  const perChannelParams = l.gv % 4 !== 0;
+  for (let i = 0; i < nj; i++) {
+    vLoads.push(`let j${i} = kg + ${i * groups}u;`);
+    vLoads.push(`let t${i} = tb + min(j${i}, n - 1u);`);
+    vLoads.push(`let cw${i} = store[O_CV + t${i} * W + wo];`);
+    if (perChannelParams) {
+      for (let e = 0; e < 4; e++) {
+        vLoads.push(
+          `let pr${i}_${e} = unpack2x16float(store[O_PARV + t${i} * NGV + (4u * vcol + ${e}u) / GV]);`,
+        );
+      }
+    } else {
+      vLoads.push(`let pr${i} = unpack2x16float(store[O_PARV + t${i} * NGV + gv]);`);
+    }
+    ringV.push(`let j${i} = kg + ${i * groups}u;`);
+    ringV.push(`let v${i} = rv[rb + ((base + min(j${i}, n - 1u)) % BUFCAP) * D4];`);
+  }
+  for (let i = 0; i < nj; i++) {
+    // Tokens past the tile's end (j ≥ n) weigh 0; their loads read the tile's last token.
+    const w = `select(0.0, pp[min(j${i}, TK - 1u)], j${i} < n)`;
+    vSum.push(`let w${i} = ${w};`);
+    ringV.push(`let w${i} = ${w};`);
+    const codes = `vec4<f32>(vec4<u32>(cw${i} >> sh, cw${i} >> (sh + BITS), cw${i} >> (sh + 2u * BITS), ` +
+      `cw${i} >> (sh + 3u * BITS)) & vec4<u32>(MASK))`;
+    if (perChannelParams) {
+      const sc = `vec4<f32>(${[0, 1, 2, 3].map((e) => `pr${i}_${e}.x`).join(", ")})`;
+      const mn = `vec4<f32>(${[0, 1, 2, 3].map((e) => `pr${i}_${e}.y`).join(", ")})`;
+      vSum.push(`acc += w${i} * (${codes} * ${sc} + ${mn});`);
+    } else {
+      vSum.push(`acc += w${i} * (${codes} * pr${i}.x + pr${i}.y);`);
+    }
+  }
+  ringV.push(`acc = ${Array.from({ length: nj }, (_, i) => `w${i} * ${vec(`v${i}`)}`).join(" + ")};`);
+  return `${prelude()}
+${gearConstsWgsl(p)}
+const D4: u32 = ${d4}u;
+const KTR: u32 = ${ktRing}u;
+const KTC: u32 = ${ktComp}u;
+const KG: u32 = ${groups}u;
+const WG: u32 = ${SPLIT_WG}u;
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> store: array<u32>;
+@group(0) @binding(2) var<storage, read> rk: array<${f16 ? "vec2<u32>" : "vec4<f32>"}>;
+@group(0) @binding(3) var<storage, read> rv: array<${f16 ? "vec2<u32>" : "vec4<f32>"}>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+var<workgroup> qs4: array<vec4<f32>, D4>;
+var<workgroup> qd: array<f32, ${ngt * l.hd}>;
+var<workgroup> red: array<f32, ${nRed * SPLIT_WG}>;
+var<workgroup> sred: array<f32, ${TK * Math.max(ktRing, ktComp)}>;
+var<workgroup> pt: array<vec4<f32>, ${TK / 4}>;
+var<workgroup> pp: array<f32, TK>;
+var<workgroup> vred: array<vec4<f32>, ${groups * d4}>;
+var<workgroup> lred: array<f32, KG>;
+${gearHelpersWgsl(l)}
+// Sums red[v * WG + i] over i for every v < nv; the sums land in red[v * WG].
+fn reduce_wg(li: u32, nv: u32, half0: u32) {
+  workgroupBarrier();
+  for (var s = half0; s > 0u; s >>= 1u) {
+    if (li < s) {
+      for (var v = 0u; v < nv; v++) { red[v * WG + li] += red[v * WG + li + s]; }
+    }
+    workgroupBarrier();
+  }
+}
+fn qs_at(c: u32) -> f32 {
+  return qs4[c / 4u][c % 4u];
+}
+
+@compute @workgroup_size(${SPLIT_WG})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let h = wg.x;
+  let r = wg.y;
+  if (r >= st.rows) { return; }
+${GEAR_ROW_WGSL}
+  start = max(start, z * TK);
+  let hi = min(pos, z * TK + TK - 1u);
+  let qo = ((qb * QROWS + r) * NH + h) * D;
+  if (li < D4) {
+    qs4[li] = vec4<f32>(q[qo + 4u * li], q[qo + 4u * li + 1u], q[qo + 4u * li + 2u], q[qo + 4u * li + 3u]) *
+      ${f32Lit(p.scale)};
+  }
+  if (li < TK) { atomicStore(&kacc[li], 0); }
+  if (li < D) { atomicStore(&vacc[li], 0); }
+  workgroupBarrier();
+  let po = (((qb * QROWS + r) * NH + h) * NS + z) * (D + 2u);
+  if (start > hi) {
+    // A split before the window or past the row's position: empty.
+    if (li < D) { out[po + li] = 0.0; }
+    if (li == 0u) { out[po + D] = -3.0e38; out[po + D + 1u] = 0.0; }
+    return;
+  }
+  let base = z * TK;
+  let n = hi + 1u - base;
+  let comp = base < ccomp;
+  // Score threads: key kk of the tile, share kp; value threads: token group kg, 4-channel column vcol.
+  let kk = li / select(KTR, KTC, comp);
+  let kp = li % select(KTR, KTC, comp);
+  let kg = li / D4;
+  let vcol = li % D4;
+  let tk = base + kk;
+  let kvalid = kk < TK && tk >= start && tk <= hi;
+  var seg = 0u;
+  var s = 0.0;
+  if (comp) {
+    seg = store[O_SEG + b * NBLK + base / NB];
+    // The query folded into each token group's key scales (qd), and the sums q·min and q·P to reduce.
+    let c = li;
+    for (var gt = 0u; gt < NGT; gt++) {
+      var part = 0.0;
+      if (c < D) {
+        let pr = unpack2x16float(store[O_PARK + (bh * (T / G) + (base + gt * G) / G) * D + c]);
+        qd[gt * D + c] = qs_at(c) * pr.x;
+        part = qs_at(c) * pr.y;
+      }
+      red[gt * WG + li] = part;
+    }
+    if (LOWRANK) {
+      let pb = O_PK + (bh * NBLK + seg) * PW;
+      for (var j = 0u; j < RMAX; j++) {
+        var part = 0.0;
+        if (c < D) { part = qs_at(c) * half_at(pb, c * RMAX + j); }
+        red[(NGT + j) * WG + li] = part;
+      }
+    }
+    if (KK > 0u) {
+      // The key outliers of the tile's token groups ([NGT][D][KK] contiguous in the store): q_c · value added to
+      // the score of the entry's token.
+      let kh = (bh * (T / G) + base / G) * D * KK;
+      let first = select(base % G, 0u, G <= TK);
+      for (var i = li; i < NGT * D * KK; i += WG) {
+        let e = u16_at(O_OUTK, kh + i);
+        let ch = (i % (D * KK)) / KK;
+        let tok = (i / (D * KK)) * G + (e & 0x7fu) - first;
+        if (tok < TK) { atomicAdd(&kacc[tok], fixed(qs_at(ch) * out_value(e), KFIX)); }
+      }
+    }
+    reduce_wg(li, NRED, WG / 2u);
+    if (li < TK * KTC && kvalid) {
+      let gt = select(0u, kk / G, G < TK);
+      let qb = gt * D;
+      let cb = O_CK + (bh * T + tk) * W + kp;
+      var cq = 0u;
+      ${compKey.join("\n      ")}
+      if (kp == 0u) {
+        s += red[gt * WG];
+        if (LOWRANK) {
+          let pk = O_PK + (bh * NBLK + seg) * PW;
+          for (var j = 0u; j < RMAX; j++) {
+            s += red[(NGT + j) * WG] * half_at(pk, D * RMAX + j) * q8_at(O_QK + (bh * T + tk) * RW, j);
+          }
+        }
+        if (KK > 0u) { s += f32(atomicLoad(&kacc[kk])) / KFIX; }
+      }
+    }
+  } else if (li < TK * KTR && kvalid) {
+    let kb = (bh * BUFCAP + tk % BUFCAP) * D4 + kp;
+    ${ringKey.join("\n    ")}
+  }
+  let kt = select(KTR, KTC, comp);
+  if (li < TK * kt) { sred[li] = s; }
+  workgroupBarrier();
+  if (li < TK) {
+    var sc = 0.0;
+    for (var u = 0u; u < kt; u++) { sc += sred[li * kt + u]; }
+    let t = base + li;
+    pt[li / 4u][li % 4u] = select(-3.0e38, sc, t >= start && t <= hi);
+  }
+  workgroupBarrier();
+  var mv = vec4<f32>(-3.0e38);
+  for (var u = 0u; u < TK / 4u; u++) { mv = max(mv, pt[u]); }
+  let m = max(max(mv.x, mv.y), max(mv.z, mv.w));
+  if (li < TK) {
+    let t = base + li;
+    pp[li] = select(0.0, exp(pt[li / 4u][li % 4u] - m), t >= start && t <= hi);
+  }
+  workgroupBarrier();
+  var acc = vec4<f32>(0.0);
+  if (comp) {
+    if (LOWRANK && li < TK) {
+      // p · Q_V of the tile's tokens, one per rank.
+      for (var j = 0u; j < RMAX; j++) {
+        red[j * WG + li] = pp[li] * q8_at(O_QV + (bh * T + base + min(li, n - 1u)) * RW, j);
+      }
+    }
+    if (MV > 0u) {
+      // The value outliers of the tile's tokens: p_token · value added to the entry's channel.
+      for (var i = li; i < n * MV; i += WG) {
+        let tv = i / MV;
+        let j = i % MV;
+        let e = u16_at(O_OUTV, (bh * T + base + tv) * 2u * MW + j);
+        let ch = min(j / KVF, NGV - 1u) * GV + (e & 0x7fu);
+        atomicAdd(&vacc[ch], fixed(pp[tv] * out_value(e), VFIX));
+      }
+    }
+    if (kg < KG) {
+      let tb = bh * T + base;
+      let wo = (4u * vcol) / PERW;
+      let sh = ((4u * vcol) % PERW) * BITS;
+      let gv = (4u * vcol) / GV;
+      ${vLoads.join("\n      ")}
+      ${vSum.join("\n      ")}
+    }
+    if (LOWRANK) { reduce_wg(li, RMAX, TK / 2u); }
+  } else if (kg < KG) {
+    let rb = bh * BUFCAP * D4 + vcol;
+    ${ringV.join("\n    ")}
+  }
+  if (kg < KG) {
+    vred[li] = acc;
+    if (vcol == 0u) {
+      var ls = 0.0;
+      for (var i = 0u; i < ${nj}u; i++) {
+        let j = kg + i * KG;
+        if (j < n) { ls += pp[j]; }
+      }
+      lred[kg] = ls;
+    }
+  }
+  workgroupBarrier();
+  if (li < D4) {
+    var a = vec4<f32>(0.0);
+    for (var g = 0u; g < KG; g++) { a += vred[g * D4 + li]; }
+    if (comp) {
+      if (LOWRANK) {
+        let pv = O_PV + (bh * NBLK + seg) * PW;
+        for (var j = 0u; j < RMAX; j++) {
+          let u = red[j * WG] * half_at(pv, D * RMAX + j);
+          a += u * vec4<f32>(half_at(pv, (4u * li) * RMAX + j), half_at(pv, (4u * li + 1u) * RMAX + j),
+            half_at(pv, (4u * li + 2u) * RMAX + j), half_at(pv, (4u * li + 3u) * RMAX + j));
+        }
+      }
+      if (MV > 0u) {
+        a += vec4<f32>(f32(atomicLoad(&vacc[4u * li])), f32(atomicLoad(&vacc[4u * li + 1u])),
+          f32(atomicLoad(&vacc[4u * li + 2u])), f32(atomicLoad(&vacc[4u * li + 3u]))) / VFIX;
+      }
+    }
+    out[po + 4u * li] = a.x;
+    out[po + 4u * li + 1u] = a.y;
+    out[po + 4u * li + 2u] = a.z;
+    out[po + 4u * li + 3u] = a.w;
+  }
+  if (li == 0u) {
+    var l = 0.0;
+    for (var g = 0u; g < KG; g++) { l += lred[g]; }
+    out[po + D] = m;
+    out[po + D + 1u] = l;
+  }
+}`;
+}
+
+/**
+ * WGSL of GEAR attention. Bindings: 0 q [B, rowsPerSeq, nH, hd] f32; 1 store u32; 2 K ring, 3 V ring
+ * [B, nKV, bufCap, hd] (f32, or f16 packed in u32); 4 out [B, rowsPerSeq, nH·hd] f32, or with `split` the
+ * partials ({@linkcode gearPartialFloats}). Grid: (nH, rows, B), or with `split` (nH, rows, B · S) where
+ * S = ⌊(pos + rows − 1) / 64⌋ + 1: sequence `st.lane + b` reads q rows b; row r is at position `st.pos + r`;
+ * the compressed tokens are those before ⌊st.pos / buffer⌋·buffer. A batched step (continuous batching) has one
+ * row per sequence, each of its own lane and position (`row_lane`, `row_pos` of STEP_WGSL), q rows [rows, nH,
+ * hd], and grid (nH, rows, S) with S for the largest position; a split past a row's position stays empty.
+ */
+export function gearAttentionWgsl(p: GearAttentionParams): string {
+  const l = p.layout;
+  if (p.nH % l.nKV !== 0) {
+    throw new RangeError(`Cannot build GEAR attention: ${p.nH} query heads are not a multiple of ${l.nKV}`);
+  }
+  if (p.split) return gearSplitWgsl(p);
+  const f16 = p.ringDtype === "f16";
+  const ringType = f16 ? "u32" : "f32";
+  const read = (name: string) => f16 ? `unpack2x16float(${name}[i >> 1u])[i & 1u]` : `${name}[i]`;
+  const ngt = l.group < TK ? TK / l.group : 1;
+  const rmax = Math.max(1, l.rMax);
+  const nRed = ngt + rmax;
+  const dpt = Math.ceil(l.hd / TK);
+  // The score of a compressed key: its code words loaded eight at a time (a loop of one load and its codes per
+  // step waits for each load in turn), then every code against q scaled per channel.
+  const keyScore: string[] = [];
+  for (let w0 = 0; w0 < l.W; w0 += 8) {
+    const ws = Array.from({ length: Math.min(8, l.W - w0) }, (_, i) => w0 + i);
+    keyScore.push(`        ${ws.map((w) => `let kw${w} = store[cb + ${w}u];`).join(" ")}`);
+    for (const w of ws) {
+      for (let e = 0; e < l.perWord && w * l.perWord + e < l.hd; e++) {
+        keyScore.push(
+          `        sc += qd[qb + ${w * l.perWord + e}u] * f32((kw${w} >> ${e * l.bits}u) & MASK);`,
+        );
+      }
+    }
+  }
+  return `${prelude()}
+${gearConstsWgsl(p)}
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> store: array<u32>;
+@group(0) @binding(2) var<storage, read> rk: array<${ringType}>;
+@group(0) @binding(3) var<storage, read> rv: array<${ringType}>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+var<workgroup> qs: array<f32, ${l.hd}>;
+var<workgroup> pt: array<f32, ${TK}>;
+var<workgroup> qd: array<f32, ${ngt * l.hd}>;
+var<workgroup> red: array<f32, ${nRed * TK}>;
+${gearHelpersWgsl(l)}
+fn ring_k(bh: u32, t: u32, c: u32) -> f32 {
+  let i = (bh * BUFCAP + t % BUFCAP) * D + c;
+  return ${read("rk")};
+}
+fn ring_v(bh: u32, t: u32, c: u32) -> f32 {
+  let i = (bh * BUFCAP + t % BUFCAP) * D + c;
+  return ${read("rv")};
+}
+// Sums red[v * TK + i] over i for every v < nv; the sums land in red[v * TK].
+fn reduce_red(li: u32, nv: u32) {
+  workgroupBarrier();
+  for (var s = TK / 2u; s > 0u; s >>= 1u) {
+    if (li < s) {
+      for (var v = 0u; v < nv; v++) { red[v * TK + li] += red[v * TK + li + s]; }
+    }
+    workgroupBarrier();
+  }
+}
+
+@compute @workgroup_size(${TK})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  let h = wg.x;
+  let r = wg.y;
+  if (r >= st.rows) { return; }
+${GEAR_ROW_WGSL}
+  let hi = pos;
   let qo = ((qb * QROWS + r) * NH + h) * D;
   for (var c = li; c < D; c += TK) { qs[c] = q[qo + c] * ${f32Lit(p.scale)}; }
   workgroupBarrier();
@@ -368,15 +697,6 @@ ${keyScore.join("\n")}
       }
     }
     workgroupBarrier();
-  }
-  if (SPLIT) {
-    let po = (((qb * QROWS + r) * NH + h) * NS + z) * (D + 2u);
-    for (var u = 0u; u < ${dpt}u; u++) {
-      let c = li + u * TK;
-      if (c < D) { out[po + c] = acc[u]; }
-    }
-    if (li == 0u) { out[po + D] = m; out[po + D + 1u] = l; }
-    return;
   }
   for (var u = 0u; u < ${dpt}u; u++) {
     let c = li + u * TK;

@@ -197,6 +197,9 @@ for (const ringDtype of ["f32", "f16"] as const) {
       fn: async () => {
         const { device, ring } = await testGpu();
         for (const [ci, c] of cases.entries()) {
+          // The split kernel reads an f16 ring as the f32 one but for its loads: two cases suffice there (each
+          // new pipeline takes llvmpipe ~20 s to compile).
+          if (split && ringDtype === "f16" && ci !== 0 && ci !== 3) continue;
           const l = gearLayout({ ...c, capacity: c.pos + c.rows + 40, maxRows: 8 });
           const { ring: rings, store } = cacheAt(l, c, 7 + ci);
           const [rk, rv] = ringDtype === "f16" ? rings.map(roundF16) : rings;
