@@ -3,13 +3,18 @@
  * of the whole step as generation runs it (one pass, 32 steps), and that step without each kind of dispatch.
  *
  *   deno run -A bench/gpu_profile.ts --model DIR [--dtype f16] [--pos 128] [--fuse-norms on|off]
- *     [--shapes qdown=32x8x8,...] [--ablate on|off] [--shapes qdown=32x8x8,...]
+ *     [--shapes qdown=32x8x8,...] [--ablate on|off] [--kv f16|quant-2|gear-2|…]
+ *
+ * With a compressed cache (--kv) the step attends over a store of `pos` tokens whatever they hold (the time does
+ * not depend on the values); pick a position that completes no block (the step then compresses none). [--shapes qdown=32x8x8,...]
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
 import { parseShapes } from "./shape_arg.ts";
+import { kvModeOptions } from "./kv_mode.ts";
+import { isCompressed, resolveKvCache } from "../engine/kv/kv_options.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { GpuDecoder } from "../engine/gpu_decoder.ts";
 import { acquireGpu } from "../kernels/gpu.ts";
@@ -23,13 +28,16 @@ const { values } = parseArgs({
     "fuse-norms": { type: "string", default: "on" },
     shapes: { type: "string" },
     ablate: { type: "string", default: "on" },
+    kv: { type: "string", default: "f16" },
   },
 });
 if (!values.model) throw new TypeError("Cannot profile: --model DIR is required");
 const pos = Number(values.pos);
 const ctx = await acquireGpu();
 const ckpt = await Checkpoint.open(values.model);
+const kv = resolveKvCache(values.kv === "f16" ? {} : kvModeOptions(values.kv), values.dtype as "f16" | "f32");
 const decoder = await GpuDecoder.create(ctx, ckpt, {
+  kvCache: isCompressed(kv.mode) ? kv : undefined,
   dtype: values.dtype as "f16" | "f32",
   contextLength: pos + 16,
   fuseNorms: values["fuse-norms"] !== "off",

@@ -25,13 +25,15 @@
 #     at 1k-32k (bundle gpu_profile, gpu_decode, gear_kernels)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh tune      # ~8 min: packed mat-vec shapes
 #     (SHAPES="qdown=32x8x8 ..." to choose), then step profiles and decode of w4g128, MxMoE 3.25 and f16
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh kvstep    # ~5 min: a decode step's GPU
+#     time at 1k/8k/32k context with the f16 cache, quant-2 and gear-2 (bundle gpu_profile)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~9 min: GEAR's kernels, decode
 #     after a 32k prompt with the f16 cache and gear-2 (bundle gear_kernels, gpu_decode)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune or gear32k}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -235,6 +237,20 @@ tune)
   done
   profile_and_decode w4 mx325 olmoe
   ;;
+kvstep)
+  # The GPU time of a whole decode step (one pass, 32 steps) of the f16 OLMoE shape at 1k, 8k and 32k tokens of
+  # context with the f16 cache, quant-2 and gear-2 (positions that complete no block: no compression in the
+  # step; it adds its cost once per 64 steps). Bundle gpu_profile.
+  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  for pos in 32778 8202 1034; do
+    for kv in f16 gear-2 quant-2; do
+      [ "$pos" = 1034 ] && [ "$kv" = quant-2 ] && continue
+      echo "== pos $pos kv $kv" >>"$logs/kvstep.log"
+      timeout 70 deno run -A dist/gpu_profile.js --model /tmp/olmoe --pos "$pos" --ablate off --kv "$kv" \
+        >>"$logs/kvstep.log" 2>&1
+    done
+  done
+  ;;
 gear32k)
   # GEAR's attention kernels at 1k-32k, then decode at a 32k context with the f16 cache and with gear-2
   # (bench/gpu_decode.ts: the time of 128 new tokens minus that of one, each after the same 32,768-token prompt).
@@ -248,7 +264,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|kvstep|gear32k" >&2
   exit 2
   ;;
 esac

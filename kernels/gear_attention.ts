@@ -35,6 +35,12 @@ export interface GearAttentionParams {
   rowsPerSeq: number;
   /** Split-K: each workgroup takes 64 keys and writes a partial result (merge with gearMergeWgsl). */
   split?: boolean;
+  /**
+   * Split-K with 256 threads per workgroup (each phase's loads in flight together): shorter per tile, more
+   * work in all; faster on an H200 at short contexts (1k keys: 13.5 vs 21.7 µs per layer), slower at long ones
+   * (32k: 293 vs 182 µs), where the 64-thread kernel runs (see GEAR_WIDE_MAX_SPLITS).
+   */
+  wide?: boolean;
 }
 
 const TK = GEAR_TILE;
@@ -150,8 +156,13 @@ const GEAR_ROW_WGSL =
   var start = 0u;
   if (WINDOW > 0u && pos + 1u > WINDOW) { start = pos + 1u - WINDOW; }`;
 
-/** Threads of a split-K GEAR attention workgroup. */
+/** Threads of a wide split-K GEAR attention workgroup. */
 const SPLIT_WG = 256;
+/**
+ * Most key tiles (of 64) for which decode runs the wide split-K kernel: measured on an H200 it takes 13.5 µs
+ * per layer at 1k keys (the 64-thread one 21.7) but 70.7 at 8k (52.7).
+ */
+export const GEAR_WIDE_MAX_SPLITS = 32;
 
 /**
  * WGSL of split-K GEAR attention (decode: one tile of 64 keys per workgroup), built for latency like split-K
@@ -475,7 +486,7 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
   if (p.nH % l.nKV !== 0) {
     throw new RangeError(`Cannot build GEAR attention: ${p.nH} query heads are not a multiple of ${l.nKV}`);
   }
-  if (p.split) return gearSplitWgsl(p);
+  if (p.split && p.wide) return gearSplitWgsl(p);
   const f16 = p.ringDtype === "f16";
   const ringType = f16 ? "u32" : "f32";
   const read = (name: string) => f16 ? `unpack2x16float(${name}[i >> 1u])[i & 1u]` : `${name}[i]`;
@@ -534,7 +545,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let r = wg.y;
   if (r >= st.rows) { return; }
 ${GEAR_ROW_WGSL}
-  let hi = pos;
+  var hi = pos;
+  if (SPLIT) {
+    start = max(start, z * TK);
+    hi = min(pos, z * TK + TK - 1u);
+  }
   let qo = ((qb * QROWS + r) * NH + h) * D;
   for (var c = li; c < D; c += TK) { qs[c] = q[qo + c] * ${f32Lit(p.scale)}; }
   workgroupBarrier();
@@ -698,6 +713,15 @@ ${keyScore.join("\n")}
     }
     workgroupBarrier();
   }
+  if (SPLIT) {
+    let po = (((qb * QROWS + r) * NH + h) * NS + z) * (D + 2u);
+    for (var u = 0u; u < ${dpt}u; u++) {
+      let c = li + u * TK;
+      if (c < D) { out[po + c] = acc[u]; }
+    }
+    if (li == 0u) { out[po + D] = m; out[po + D + 1u] = l; }
+    return;
+  }
   for (var u = 0u; u < ${dpt}u; u++) {
     let c = li + u * TK;
     if (c < D) { out[qo + c] = acc[u] / l; }
@@ -735,7 +759,8 @@ export function gearAttentionProgram(
   ring: StepRing,
   p: GearAttentionParams,
 ): Promise<Program> {
-  return P.get(device, ring, p.split ? "gear-attention-split" : "gear-attention", gearAttentionWgsl(p), [
+  const label = p.split ? (p.wide ? "gear-attention-split-wide" : "gear-attention-split") : "gear-attention";
+  return P.get(device, ring, label, gearAttentionWgsl(p), [
     "read",
     "read",
     "read",

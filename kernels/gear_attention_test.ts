@@ -190,9 +190,11 @@ async function runAttention(
 }
 
 for (const ringDtype of ["f32", "f16"] as const) {
-  for (const split of [false, true]) {
+  for (const [split, wide] of [[false, false], [true, false], [true, true]]) {
     Deno.test({
-      name: `gear attention (${ringDtype} ring${split ? ", split-K + merge" : ""}) matches gearAttentionRef`,
+      name: `gear attention (${ringDtype} ring${
+        split ? `, split-K${wide ? " wide" : ""} + merge` : ""
+      }) matches gearAttentionRef`,
       ignore: SKIP_GPU,
       fn: async () => {
         const { device, ring } = await testGpu();
@@ -214,6 +216,7 @@ for (const ringDtype of ["f32", "f16"] as const) {
             ringDtype,
             rowsPerSeq: c.rows,
             split,
+            wide,
           };
           const got = await runAttention(device, ring, p, c, {
             q: buf(device, "q", q),
@@ -424,7 +427,11 @@ Deno.test({
       rowsPerSeq: 1,
       split: true,
     };
-    const attn = await gearAttentionProgram(device, ring, p);
+    // The first step runs the wide split kernel, the second the 64-thread one.
+    const attns = [
+      await gearAttentionProgram(device, ring, { ...p, wide: true }),
+      await gearAttentionProgram(device, ring, p),
+    ];
     const merge = await gearMergeProgram(device, ring, p);
     const parts = buf(device, "partials", new Float32Array(gearPartialFloats(p)));
     const ob = buf(device, "o", new Float32Array(B * nH * hd));
@@ -444,6 +451,7 @@ Deno.test({
         batch: order.map((b) => ({ pos: pos[b], lane: b, ringIn: 0, step: 0 })),
       });
       const splits = Math.floor(Math.max(...pos) / 64) + 1;
+      const attn = attns[step];
       await run([
         { program: attn, group: attn.bind("a", [qB, storeB, rkB, rvB, parts]), grid: [nH, B, splits] },
         { program: merge, group: merge.bind("m", [parts, ob]), grid: [mergeGroupsX(nH, hd), B, 1] },

@@ -10,6 +10,7 @@
 
 import type { QkNorm } from "../config.ts";
 import {
+  GEAR_WIDE_MAX_SPLITS,
   type GearAttentionParams,
   gearAttentionProgram,
   gearMergeProgram,
@@ -72,6 +73,8 @@ export interface GearGpuLayer {
   attention: Dispatch;
   /** Decode attention: split-K over tiles of 64 keys, then the merge. */
   split: Dispatch;
+  /** {@linkcode split} by the 256-thread kernel: up to GEAR_WIDE_MAX_SPLITS tiles (short contexts). */
+  splitWide: Dispatch;
   /** See {@linkcode split}. */
   merge: Dispatch;
   /** Compression of the blocks a multi-row call completed (prefill rank). */
@@ -86,7 +89,7 @@ interface GearPrograms {
   compressPrefill: Program;
   compressDecode: Program;
   merge: Program;
-  attention: Map<number, { full: Program; split: Program }>;
+  attention: Map<number, { full: Program; split: Program; wide: Program }>;
 }
 
 /** The compressed KV cache of a GPU decoder: shared programs and buffers, and a builder of per-layer parts. */
@@ -171,7 +174,7 @@ export class GearGpu {
       compressPrefill: await compress(kv.prefillRank),
       compressDecode: await compress(kv.rank),
       merge: await gearMergeProgram(device, ring, splitParams),
-      attention: new Map<number, { full: Program; split: Program }>(),
+      attention: new Map<number, { full: Program; split: Program; wide: Program }>(),
     };
     const maxBinding = device.limits.maxStorageBufferBindingSize;
     if (layout.words * 4 > maxBinding) {
@@ -218,6 +221,10 @@ export class GearGpu {
       att = {
         full: await gearAttentionProgram(device, this.#ring, GearGpu.#attentionParams(l, s, window, false)),
         split: await gearAttentionProgram(device, this.#ring, GearGpu.#attentionParams(l, s, window, true)),
+        wide: await gearAttentionProgram(device, this.#ring, {
+          ...GearGpu.#attentionParams(l, s, window, true),
+          wide: true,
+        }),
       };
       P.attention.set(window, att);
     }
@@ -250,6 +257,17 @@ export class GearGpu {
         group: att.split.bind(`L${index}.gear-attention-split`, [b.q, store, ringK, ringV, this.#partials]),
         grid: [s.nH, 1, 1],
       },
+      splitWide: {
+        program: att.wide,
+        group: att.wide.bind(`L${index}.gear-attention-split-wide`, [
+          b.q,
+          store,
+          ringK,
+          ringV,
+          this.#partials,
+        ]),
+        grid: [s.nH, 1, 1],
+      },
       merge: {
         program: P.merge,
         group: P.merge.bind(`L${index}.gear-attention-merge`, [this.#partials, b.attn]),
@@ -272,8 +290,11 @@ export class GearGpu {
     emit: (d: Dispatch) => void,
     batched?: readonly number[],
   ): void {
+    // Split-K: the 256-thread kernel over few tiles (latency), the 64-thread one over many (throughput).
+    const splits = Math.floor(pos / GEAR_TILE) + 1;
+    const split = splits <= GEAR_WIDE_MAX_SPLITS ? L.splitWide : L.split;
     if (batched) {
-      emit({ ...L.split, grid: [L.split.grid[0], rows, Math.floor(pos / GEAR_TILE) + 1] });
+      emit({ ...split, grid: [split.grid[0], rows, splits] });
       emit({ ...L.merge, grid: [L.merge.grid[0], rows, 1] });
       if (batched.some((p) => compressedBefore(p + 1, L.buffer) > compressedBefore(p, L.buffer))) {
         emit({ ...L.compressDecode, grid: [L.compressDecode.grid[0], 2, rows] });
@@ -281,7 +302,7 @@ export class GearGpu {
       return;
     }
     if (rows === 1) {
-      emit({ ...L.split, grid: [L.split.grid[0], 1, Math.floor(pos / GEAR_TILE) + 1] });
+      emit({ ...split, grid: [split.grid[0], 1, splits] });
       emit(L.merge);
     } else {
       emit({ ...L.attention, grid: [L.attention.grid[0], rows, 1] });
