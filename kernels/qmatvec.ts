@@ -187,8 +187,6 @@ function qdotFn(
   schemes?: readonly QuantScheme[],
   staged = false,
   tpr = 0,
-  prefetch = false,
-  suffix = "",
 ): string {
   const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
   const ret = rows === 1 ? "f32" : "vec2<f32>";
@@ -213,30 +211,19 @@ function qdotFn(
   };
   // With constant sizes and a known team size the thread's chunks (c = t, t + tpr, ...) are unrolled and
   // their loads issued UNROLL at a time, so they are in flight together (a loop waits for each in turn).
-  // With `prefetch`, `qload` (called before the activations are staged) loads the unrolled branches' chunks and
-  // parameters into private variables pw{r}_{u}, ps{r}_{u}, which the dot products read.
-  const loadBranches: string[] = [];
-  let maxNit = 0;
   const unrolled = (b: number, cpr: number, groups: string, cpg: number, xAt: (i: number) => string) => {
     const nit = Math.ceil(cpr / tpr);
     const out: string[] = [];
-    const pre: string[] = [];
-    maxNit = Math.max(maxNit, nit);
     for (let u0 = 0; u0 < nit; u0 += UNROLL) {
       const us = Array.from({ length: Math.min(UNROLL, nit - u0) }, (_, i) => u0 + i);
       for (const u of us) {
         // The last chunk may lie past the row when tpr does not divide it: its loads read the row's last.
         const cu = u === nit - 1 && cpr % tpr !== 0 ? `min(t + ${u * tpr}u, ${cpr - 1}u)` : `t + ${u * tpr}u`;
         out.push(`let c${u} = ${cu};`);
-        if (prefetch) pre.push(`let c${u} = ${cu};`);
         for (let r = 0; r < rows; r++) {
-          const wl = `qw[m.z / 4u + row${r} * ${cpr}u + c${u}]`;
-          const sl = `unpack2x16float(qp[m.w + row${r} * ${groups} + c${u} / ${cpg}u])`;
-          out.push(`let w${r}_${u} = ${prefetch ? `pw${suffix}r${r}_${u}` : wl};`);
-          if (prefetch) pre.push(`pw${suffix}r${r}_${u} = ${wl};`);
+          out.push(`let w${r}_${u} = qw[m.z / 4u + row${r} * ${cpr}u + c${u}];`);
           if (b !== 16) {
-            out.push(`let sm${r}_${u} = ${prefetch ? `ps${suffix}r${r}_${u}` : sl};`);
-            if (prefetch) pre.push(`ps${suffix}r${r}_${u} = ${sl};`);
+            out.push(`let sm${r}_${u} = unpack2x16float(qp[m.w + row${r} * ${groups} + c${u} / ${cpg}u]);`);
           }
         }
       }
@@ -252,7 +239,6 @@ function qdotFn(
         out.push(u === nit - 1 && cpr % tpr !== 0 ? `if (t + ${u * tpr}u < ${cpr}u) ${body}` : body);
       }
     }
-    if (prefetch) loadBranches.push(pre.join("\n    "));
     return `${out.join("\n      ")}
       return ${result};`;
   };
@@ -265,17 +251,12 @@ function qdotFn(
       const groups = sc.bits === 16 ? "1u" : `${k / sc.group}u`;
       const cpg = sc.bits === 16 ? 0 : sc.group / (128 / sc.bits);
       const group = sc.bits === 16 ? "0u" : `c / ${cpg}u`;
-      const useUnrolled = tpr > 0 && cpr / tpr <= MAX_UNROLLED;
-      const body = useUnrolled
-        ? unrolled(sc.bits, cpr, groups, cpg, xAt)
-        : loop(sc.bits, `${cpr}u`, groups, group, xAt);
-      if (useUnrolled && prefetch) {
-        loadBranches.push(`if (${isScheme(sc)}) {
-    ${loadBranches.pop()}
-  }`);
-      }
       return `if (${isScheme(sc)}) {
-      ${body}
+      ${
+        tpr > 0 && cpr / tpr <= MAX_UNROLLED
+          ? unrolled(sc.bits, cpr, groups, cpg, xAt)
+          : loop(sc.bits, `${cpr}u`, groups, group, xAt)
+      }
     }`;
     });
     vector = branches.length === 0 ? "" : `let xo4 = xo / 4u;
@@ -302,26 +283,8 @@ function qdotFn(
   const generic = Array.from({ length: rows }, (_, r) => `acc${r} = qdot_words(m, row${r}, xo, t);`).join(
     " ",
   );
-  // qload: the unrolled branches' loads into private variables (nothing for other schemes: their dot products
-  // load as they go).
-  const privates: string[] = [];
-  for (let u = 0; u < maxNit; u++) {
-    for (let r = 0; r < rows; r++) {
-      privates.push(
-        `var<private> pw${suffix}r${r}_${u}: vec4<u32>;`,
-        `var<private> ps${suffix}r${r}_${u}: vec2<f32>;`,
-      );
-    }
-  }
-  const qload = prefetch
-    ? `
-${privates.join("\n")}
-fn qload${rows}${suffix}(m: vec4<u32>, ${rowArgs}, t: u32) {
-  ${loadBranches.join(" else ")}
-}`
-    : "";
-  return `${qload}
-fn qdot${rows}${suffix}(m: vec4<u32>, ${rowArgs}, xo: u32, xs0: u32, t: u32) -> ${ret} {
+  return `
+fn qdot${rows}(m: vec4<u32>, ${rowArgs}, xo: u32, xs0: u32, t: u32) -> ${ret} {
   ${decl}
   ${vector}
   ${generic}
@@ -568,7 +531,7 @@ ${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 ${norm ? `@group(0) @binding(${p.bias ? 6 : 5}) var<storage, read> gw: array<vec4<f32>>;` : ""}
 ${qdotWordsFn()}
 ${stagedDecl(p.k, p.schemes, staged, 1, wg, norm)}
-${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined, shape.tpo, true)}
+${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined, shape.tpo)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -577,8 +540,6 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   let t = li % TPO;
   let n = wid * ${shape.outs}u + li / TPO;
   let m = qmeta[0];
-  // The thread's weights load first: their latency overlaps the staging (and norm) of the activations.
-  if (n < N) { qload1(m, n, t); }
   for (var r = 0u; r < st.rows; r++) {
     ${
     norm
@@ -638,7 +599,7 @@ ${QBINDINGS}
 ${norm ? "@group(0) @binding(6) var<storage, read> gw: array<vec4<f32>>;" : ""}
 ${qdotWordsFn()}
 ${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm)}
-${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo, true)}
+${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -648,8 +609,6 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let m = qmeta[ids[slot]];
   let t = li % TPO;
   let i = wg.x * ${shape.outs}u + li / TPO;
-  // The thread's weights load first: their latency overlaps the staging (and norm) of the activations.
-  if (i < I) { qload2(m, i, I + i, t); }
   ${
     norm
       ? `let inv = inverseSqrt(reduce_all(li, stage_x(m, r * K / 4u, 0u, li)) / ${f32Lit(p.hidden)} + ${
@@ -691,14 +650,6 @@ export function qDownWgsl(p: QDownParams, shape: MatvecShape = QDOWN_SHAPE, stag
   checkK("the quantized down projection", p.inter);
   checkMatvecShape("the quantized down projection", shape);
   const wg = shape.outs * shape.tpo;
-  // Expert j = j0 + u·split of a team is its u-th (u < nu): each has its own unrolled dot product, whose weights
-  // load before the activations are staged.
-  const split = shape.split ?? 1, tpr = shape.tpo / split, nu = Math.ceil(p.topK / split);
-  const ifExpert = (u: number, body: string) =>
-    `if (j0 + ${u * split}u < TOPK) {
-      let j = j0 + ${u * split}u;
-      ${body}
-    }`;
   return `${prelude()}
 const H: u32 = ${p.hidden}u;
 const K: u32 = ${p.inter}u;
@@ -716,12 +667,7 @@ ${qdotWordsFn()}
 ${stagedDecl(p.inter, p.schemes, staged, p.topK, wg)}
 var<workgroup> dmeta: array<vec4<u32>, TOPK>;
 var<workgroup> dwts: array<f32, TOPK>;
-${
-    Array.from(
-      { length: nu },
-      (_, u) => qdotFn(1, p.inter, p.schemes, staged && p.schemes !== undefined, tpr, true, `_u${u}`),
-    ).join("\n")
-  }
+${qdotFn(1, p.inter, p.schemes, staged && p.schemes !== undefined, shape.tpo / (shape.split ?? 1))}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -736,10 +682,6 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     dwts[j] = wts[slot];
   }
   workgroupBarrier();
-  let j0 = t / TPR;
-  if (c < H) {
-    ${Array.from({ length: nu }, (_, u) => ifExpert(u, `qload1_u${u}(dmeta[j], c, t % TPR);`)).join("\n    ")}
-  }
   ${
     staged && p.schemes
       ? `for (var j = 0u; j < TOPK; j++) {
@@ -750,13 +692,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   }
   var acc = 0.0;
   if (c < H) {
-    ${
-    Array.from(
-      { length: nu },
-      (_, u) =>
-        ifExpert(u, `acc += dwts[j] * qdot1_u${u}(dmeta[j], c, (r * TOPK + j) * K, j * K / 4u, t % TPR);`),
-    ).join("\n    ")
-  }
+    for (var j = t / TPR; j < TOPK; j += SPLIT) {
+      acc += dwts[j] * qdot1(dmeta[j], c, (r * TOPK + j) * K, j * K / 4u, t % TPR);
+    }
   }
   let d = reduce_seg(li, t, acc);
   if (t == 0u && c < H) { x[r * H + c] += ${f32Lit(p.alpha)} * d; }
