@@ -1507,9 +1507,12 @@ export class GpuDecoder implements TokenSource {
         while (head) {
           // Encoded while the GPU runs `head`; its queue writes land before its own submission.
           prepared = this.#encodeBatch();
+          const since = performance.now();
           mapping = head.staging.mapAsync(GPUMapMode.READ, 0, head.bytes);
           await mapping;
           mapping = undefined;
+          // The thread was blocked while the GPU worked: not idle time for the keep-awake.
+          this.#ctx.keepAwake?.noteBusy(since);
           const tokens = new Uint32Array(head.staging.getMappedRange(0, head.bytes).slice(0));
           head.staging.unmap();
           this.#stagingPool.push(head.staging);

@@ -158,6 +158,8 @@ const GEAR_ROW_WGSL =
 
 /** Threads of a wide split-K GEAR attention workgroup. */
 const SPLIT_WG = 256;
+/** Widest head the wide split-K kernel takes (one channel per thread where it folds the query). */
+export const GEAR_WIDE_MAX_HD = SPLIT_WG;
 /**
  * Most key tiles (of 64) for which decode runs the wide split-K kernel: measured on an H200 it takes 13.5 µs
  * per layer at 1k keys (the 64-thread one 21.7) but 70.7 at 8k (52.7).

@@ -2,8 +2,10 @@ import assert from "node:assert/strict";
 import { attentionRef } from "./cpu/attention.ts";
 import { gearAttentionRef, gearCompressRef } from "./cpu/gear.ts";
 import {
+  GEAR_WIDE_MAX_HD,
   type GearAttentionParams,
   gearAttentionProgram,
+  gearAttentionWgsl,
   gearMergeProgram,
   gearPartialFloats,
 } from "./gear_attention.ts";
@@ -488,4 +490,21 @@ Deno.test({
       assert.deepEqual(seg, want, `segment table of lane ${b}`);
     }
   },
+});
+
+Deno.test("the wide split-K GEAR kernel refuses heads wider than GEAR_WIDE_MAX_HD (decode then uses the other)", () => {
+  const shape = { bits: 2, group: 64, buffer: 64, rMax: 2, outliers: 0.02, nKV: 1, batch: 1, maxRows: 4 };
+  const p = (hd: number): GearAttentionParams => ({
+    layout: gearLayout({ ...shape, hd, capacity: 256 }),
+    nH: 1,
+    scale: 0.1,
+    window: 0,
+    ringDtype: "f32",
+    rowsPerSeq: 1,
+    split: true,
+    wide: true,
+  });
+  assert.throws(() => gearAttentionWgsl(p(GEAR_WIDE_MAX_HD + 8)), RangeError);
+  assert.ok(gearAttentionWgsl(p(GEAR_WIDE_MAX_HD)).includes("@workgroup_size(256)"));
+  assert.ok(gearAttentionWgsl({ ...p(GEAR_WIDE_MAX_HD + 8), wide: false }).includes("@workgroup_size(64)"));
 });

@@ -9,7 +9,9 @@
  * So a hardware device gets a dispatch every 250 ms from a timer (which does not keep the process alive), and
  * `warmUp()` runs about a second of saturating work whenever the timer finds it fired late (the main thread
  * was busy: a model load, a conversion) or was never run; the decoder calls it after loading and before a
- * generation long enough to gain from it. The cost is the idle power of an awake GPU (on the H200: ~120 W instead of ~80 W);
+ * generation long enough to gain from it. A readback blocks the main thread until the GPU is done (Deno 2.9.6),
+ * so the decoder reports each one with `noteBusy`: ticks missed while the GPU worked do not count (otherwise a
+ * long prompt's prefill would make the next generation wait a second for a needless warm-up). The cost is the idle power of an awake GPU (on the H200: ~120 W instead of ~80 W);
  * `EDGEMIX_GPU_KEEP_AWAKE=0` turns both off (`deno task test` sets it: a timer left running by the test that
  * first acquires the GPU would trip Deno's leak checks on a GPU host). Software adapters (llvmpipe) never need
  * them.
@@ -47,6 +49,8 @@ export class GpuKeepAwake {
   #timer: ReturnType<typeof setInterval> | undefined;
   #last = 0;
   #stale = true;
+  // When a tick last found the ticks lapsed (it set #stale).
+  #staleSince = 0;
   #warming: Promise<void> | undefined;
 
   /** Starts dispatching every `intervalMs` milliseconds (a positive number). */
@@ -112,7 +116,10 @@ export class GpuKeepAwake {
 
   #tick(): void {
     const now = performance.now();
-    if (now - this.#last > KEEP_AWAKE_STALE_MS) this.#stale = true;
+    if (now - this.#last > KEEP_AWAKE_STALE_MS) {
+      this.#stale = true;
+      this.#staleSince = now;
+    }
     this.#last = now;
     try {
       this.#submit(1, 1);
@@ -143,6 +150,16 @@ export class GpuKeepAwake {
       this.#stale = false;
     })().finally(() => this.#warming = undefined);
     return this.#warming;
+  }
+
+  /**
+   * Records that the device was busy with submitted work from `since` until now (a readback waited for it, which
+   * in Deno blocks the main thread): the ticks that lapsed meanwhile were not idle time, so they do not make the
+   * device stale. A staleness found before `since` (or never having warmed up) stays.
+   */
+  noteBusy(since: number): void {
+    if (this.#stale && this.#staleSince >= since) this.#stale = false;
+    this.#last = Math.max(this.#last, performance.now());
   }
 
   /** Stops the periodic dispatches (idempotent). */

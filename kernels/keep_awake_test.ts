@@ -39,6 +39,45 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "GpuKeepAwake: ticks missed while the GPU was busy (noteBusy) do not make it stale; earlier staleness stays",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { device } = await testGpu();
+    const k = new GpuKeepAwake(device, 20);
+    try {
+      k.noteBusy(performance.now());
+      assert.equal(k.stale, true, "never warmed up: still stale");
+      await k.warmUp(50);
+      const block = () => {
+        const t0 = performance.now();
+        while (performance.now() - t0 < 1000) { /* the main thread blocked, as in a readback */ }
+      };
+      // The wait reported before any tick ran.
+      let since = performance.now();
+      block();
+      assert.equal(k.stale, true, "a second without ticks");
+      k.noteBusy(since);
+      assert.equal(k.stale, false);
+      // A tick runs first and finds the gap; the report clears it.
+      since = performance.now();
+      block();
+      await new Promise((r) => setTimeout(r, 60));
+      assert.equal(k.stale, true);
+      k.noteBusy(since);
+      assert.equal(k.stale, false);
+      // Staleness from before the busy period stays.
+      block();
+      await new Promise((r) => setTimeout(r, 60));
+      k.noteBusy(performance.now());
+      assert.equal(k.stale, true);
+    } finally {
+      k.stop();
+    }
+  },
+});
+
+Deno.test({
   name: "GpuKeepAwake rejects a non-positive interval",
   ignore: SKIP_GPU,
   fn: async () => {

@@ -10,6 +10,7 @@
 
 import type { QkNorm } from "../config.ts";
 import {
+  GEAR_WIDE_MAX_HD,
   GEAR_WIDE_MAX_SPLITS,
   type GearAttentionParams,
   gearAttentionProgram,
@@ -74,7 +75,7 @@ export interface GearGpuLayer {
   /** Decode attention: split-K over tiles of 64 keys, then the merge. */
   split: Dispatch;
   /** {@linkcode split} by the 256-thread kernel: up to GEAR_WIDE_MAX_SPLITS tiles (short contexts). */
-  splitWide: Dispatch;
+  splitWide: Dispatch | undefined;
   /** See {@linkcode split}. */
   merge: Dispatch;
   /** Compression of the blocks a multi-row call completed (prefill rank). */
@@ -89,7 +90,7 @@ interface GearPrograms {
   compressPrefill: Program;
   compressDecode: Program;
   merge: Program;
-  attention: Map<number, { full: Program; split: Program; wide: Program }>;
+  attention: Map<number, { full: Program; split: Program; wide: Program | undefined }>;
 }
 
 /** The compressed KV cache of a GPU decoder: shared programs and buffers, and a builder of per-layer parts. */
@@ -174,7 +175,7 @@ export class GearGpu {
       compressPrefill: await compress(kv.prefillRank),
       compressDecode: await compress(kv.rank),
       merge: await gearMergeProgram(device, ring, splitParams),
-      attention: new Map<number, { full: Program; split: Program; wide: Program }>(),
+      attention: new Map<number, { full: Program; split: Program; wide: Program | undefined }>(),
     };
     const maxBinding = device.limits.maxStorageBufferBindingSize;
     if (layout.words * 4 > maxBinding) {
@@ -221,10 +222,13 @@ export class GearGpu {
       att = {
         full: await gearAttentionProgram(device, this.#ring, GearGpu.#attentionParams(l, s, window, false)),
         split: await gearAttentionProgram(device, this.#ring, GearGpu.#attentionParams(l, s, window, true)),
-        wide: await gearAttentionProgram(device, this.#ring, {
-          ...GearGpu.#attentionParams(l, s, window, true),
-          wide: true,
-        }),
+        // The wide kernel holds a head in one workgroup's threads: heads over GEAR_WIDE_MAX_HD use the other.
+        wide: l.hd <= GEAR_WIDE_MAX_HD
+          ? await gearAttentionProgram(device, this.#ring, {
+            ...GearGpu.#attentionParams(l, s, window, true),
+            wide: true,
+          })
+          : undefined,
       };
       P.attention.set(window, att);
     }
@@ -257,7 +261,7 @@ export class GearGpu {
         group: att.split.bind(`L${index}.gear-attention-split`, [b.q, store, ringK, ringV, this.#partials]),
         grid: [s.nH, 1, 1],
       },
-      splitWide: {
+      splitWide: att.wide && {
         program: att.wide,
         group: att.wide.bind(`L${index}.gear-attention-split-wide`, [
           b.q,
@@ -292,7 +296,7 @@ export class GearGpu {
   ): void {
     // Split-K: the 256-thread kernel over few tiles (latency), the 64-thread one over many (throughput).
     const splits = Math.floor(pos / GEAR_TILE) + 1;
-    const split = splits <= GEAR_WIDE_MAX_SPLITS ? L.splitWide : L.split;
+    const split = (splits <= GEAR_WIDE_MAX_SPLITS ? L.splitWide : undefined) ?? L.split;
     if (batched) {
       emit({ ...split, grid: [split.grid[0], rows, splits] });
       emit({ ...L.merge, grid: [L.merge.grid[0], rows, 1] });
