@@ -2,7 +2,7 @@
  * Prefill and decode throughput of the WebGPU decoder on a checkpoint (batch 1). Run on a GPU host:
  *
  *   deno run -A bench/gpu_decode.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
- *     [--tokens-per-submit N] [--fuse-norms on|off] [--shapes qdown=32x8x8,...] [--temperature T --top-k K --top-p P]
+ *     [--tokens-per-submit N] [--fuse-norms on|off] [--shapes qdown=32x8x8,...] [--submit-chunks on|off] [--temperature T --top-k K --top-p P]
  *     [--kv f16|quant-2|gear-2|…] [--decode-prompt N]   # decode at a long context: --decode-prompt 32768
  *
  * Prints one JSON line: load seconds, prefill tokens/s (prompt tokens over the time of a generation of one token)
@@ -35,6 +35,7 @@ const { values } = parseArgs({
     gemm: { type: "string", default: "auto" },
     "fuse-norms": { type: "string", default: "on" },
     shapes: { type: "string" },
+    "submit-chunks": { type: "string", default: "off" },
     kv: { type: "string", default: "f16" },
     temperature: { type: "string", default: "0" },
     "top-k": { type: "string", default: "0" },
@@ -64,6 +65,7 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   groupedMoe: values["grouped-moe"] === "auto" ? undefined : values["grouped-moe"] === "on",
   fuseNorms: values["fuse-norms"] !== "off",
   matvecShapes: parseShapes(values.shapes),
+  submitChunks: values["submit-chunks"] === "on",
   kvCache: isCompressed(kv.mode) ? kv : undefined,
 });
 ckpt.close();
@@ -134,5 +136,8 @@ console.log(JSON.stringify({
   decodeRuns: decode,
   // CPU time to encode the timed generations (prefills included) per decode step they held.
   encodeMsPerStep: (decoder.encodeStats.ms - enc0.ms) / Math.max(1, decoder.encodeStats.steps - enc0.steps),
+  // CPU time in queue.submit per decode step (the GPU idles through it after each readback).
+  submitMsPerStep: (decoder.encodeStats.submitMs - enc0.submitMs) /
+    Math.max(1, decoder.encodeStats.steps - enc0.steps),
 }));
 decoder.dispose();

@@ -27,6 +27,8 @@
 #     (SHAPES="qdown=32x8x8 ..." to choose), then step profiles and decode of w4g128, MxMoE 3.25 and f16
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh quick     # ~4 min: w4g128 and MxMoE 3.25
 #     step profile and decode speed (bundle gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh chunks    # ~5 min: w4g128 decode with
+#     batches submitted whole and in chunks (bundle gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh kvstep    # ~5 min: a decode step's GPU
 #     time at 1k/8k/32k context with the f16 cache, quant-2 and gear-2 (bundle gpu_profile)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~9 min: GEAR's kernels, decode
@@ -35,7 +37,7 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, kvstep or gear32k}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, chunks, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -253,6 +255,18 @@ quick)
     done
   done
   ;;
+chunks)
+  # Decode speed of w4g128 with each batch submitted whole and in chunks of decode steps (gpu_decode
+  # --submit-chunks; its submitMsPerStep is the CPU time in queue.submit per step), serve's schedule and 64 steps
+  # per submission (bundle gpu_decode).
+  python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+  for sc in off on off on; do
+    for tps in 0 64; do
+      timeout 60 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --tokens-per-submit "$tps" \
+        --submit-chunks "$sc" >>"$logs/decode_w4_chunks.log" 2>&1
+    done
+  done
+  ;;
 kvstep)
   # The GPU time of a whole decode step (one pass, 32 steps) of the f16 OLMoE shape at 1k, 8k and 32k tokens of
   # context with the f16 cache, quant-2 and gear-2 (positions that complete no block: no compression in the
@@ -280,7 +294,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|chunks|kvstep|gear32k" >&2
   exit 2
   ;;
 esac

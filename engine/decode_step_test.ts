@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { Checkpoint } from "./checkpoint.ts";
+import { resolveGenerateOptions, runGeneration } from "./generation.ts";
 import { GpuDecoder } from "./gpu_decoder.ts";
 import { SKIP_GPU, testGpu } from "../kernels/test_util.ts";
 
@@ -33,5 +34,58 @@ Deno.test({
     // Only the final norm is left as its own dispatch.
     assert.equal(fused.get("rms-norm"), 1);
     assert.equal(plain.get("rms-norm"), 2 * layers + 1);
+  },
+});
+
+Deno.test({
+  name: "submitChunks: batches submitted as chunks of decode steps give the same tokens, alone and together",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const { ctx } = await testGpu();
+    const ckpt = await Checkpoint.open("fixtures/models/olmoe");
+    const V = ckpt.config.vocabSize;
+    const run = async (submitChunks: boolean) => {
+      const decoder = await GpuDecoder.create(ctx, ckpt, {
+        dtype: "f32",
+        contextLength: 96,
+        lanes: 2,
+        submitChunks,
+      });
+      try {
+        const gen = async (ids: number[], tokensPerSubmit: number, sampled: boolean) => {
+          const opts = resolveGenerateOptions(
+            {
+              maxTokens: 40,
+              ignoreEos: true,
+              tokensPerSubmit,
+              ...(sampled ? { temperature: 0.9, topK: 20, seed: 5 } : {}),
+            },
+            ids.length,
+            decoder.contextLength,
+            { eosTokenIds: [] },
+          );
+          const out: number[] = [];
+          for await (const t of runGeneration(decoder, { decode: () => "" }, ids, opts, () => {})) {
+            out.push(t);
+          }
+          return out;
+        };
+        const a = Array.from({ length: 7 }, (_, j) => (5 * j + 3) % V), b = [9, 10, 11];
+        // 40 steps per submission: chunks of 2, 4, 8, 16 and the rest; adaptive: 1, 4, 16, 19.
+        const alone = [await gen(a, 40, false), await gen(b, 0, true)];
+        const together = await Promise.all([gen(a, 40, false), gen(b, 0, true)]);
+        return { alone, together };
+      } finally {
+        decoder.dispose();
+      }
+    };
+    try {
+      const plain = await run(false), chunked = await run(true);
+      assert.deepEqual(chunked.alone, plain.alone);
+      assert.deepEqual(chunked.together, plain.together);
+      assert.ok(new Set(plain.alone[0]).size > 2, `output too uniform: ${plain.alone[0]}`);
+    } finally {
+      ckpt.close();
+    }
   },
 });

@@ -113,6 +113,12 @@ export interface GpuDecoderOptions {
    */
   fuseNorms?: boolean;
   /**
+   * Submit each generation batch as several command buffers, its decode steps in chunks of 2, 4, 8, … (default
+   * false): `queue.submit` runs on the JavaScript thread while the GPU, drained by the readback before it, waits;
+   * in chunks the GPU starts on the first while the rest are submitted. Experimental until measured on a GPU.
+   */
+  submitChunks?: boolean;
+  /**
    * Shapes of the packed mat-vec kernels, for tuning (default: `qgemvShape(n)` for linear layers,
    * QGATEUP_SHAPE and QDOWN_SHAPE for experts).
    */
@@ -235,7 +241,8 @@ interface Flight {
 
 /** A batch encoded ahead of its submission: its commands and the step-ring slots they read. */
 interface Prepared extends Flight {
-  commands: GPUCommandBuffer;
+  /** Command buffers, submitted one call each in order (one unless `submitChunks`). */
+  commands: GPUCommandBuffer[];
   slots: [number, StepValues][];
   /** Decode steps it holds. */
   steps: number;
@@ -350,6 +357,7 @@ export class GpuDecoder implements TokenSource {
   readonly #R: number;
   readonly #logitRows: number;
   readonly #useGemm: boolean;
+  readonly #submitChunks: boolean;
   readonly #buffers: GPUBuffer[];
   readonly #b: Record<string, GPUBuffer>;
   readonly #embed: Dispatch;
@@ -370,7 +378,7 @@ export class GpuDecoder implements TokenSource {
   readonly #lanes: LanePool;
   /** The sequences of the batch. */
   readonly #members = new Set<Member>();
-  readonly #encodeStats = { ms: 0, steps: 0 };
+  readonly #encodeStats = { ms: 0, steps: 0, submitMs: 0 };
   /** Readback buffers of batch submissions not in flight. */
   readonly #stagingPool: GPUBuffer[] = [];
   #pumping = false;
@@ -403,6 +411,7 @@ export class GpuDecoder implements TokenSource {
     fuse: { lmW: GPUBuffer; norm: Dispatch; copy: Dispatch };
     sample: Dispatch;
     weightBytes: number;
+    submitChunks: boolean;
   }) {
     this.config = init.config;
     this.dtype = init.dtype;
@@ -426,6 +435,7 @@ export class GpuDecoder implements TokenSource {
     this.#fuse = init.fuse;
     this.#sample = init.sample;
     this.weightBytes = init.weightBytes;
+    this.#submitChunks = init.submitChunks;
   }
 
   /** Uploads the weights of `ckpt` and builds every pipeline and bind group. */
@@ -1208,6 +1218,7 @@ export class GpuDecoder implements TokenSource {
       },
       sample,
       weightBytes,
+      submitChunks: options.submitChunks ?? false,
     });
   }
 
@@ -1568,7 +1579,10 @@ export class GpuDecoder implements TokenSource {
     }
     for (const [i, v] of p.slots) this.#ring.set(i, v);
     this.#ring.flush(this.#device);
-    this.#device.queue.submit([p.commands]);
+    const t0 = performance.now();
+    for (const cb of p.commands) this.#device.queue.submit([cb]);
+    // The GPU starts the batch only when submit returns: this time is on the critical path after a readback.
+    this.#encodeStats.submitMs += performance.now() - t0;
     return { parts: p.parts, staging: p.staging, bytes: p.bytes };
   }
 
@@ -1596,10 +1610,11 @@ export class GpuDecoder implements TokenSource {
   }
 
   /**
-   * CPU time spent encoding generation batches since load (prefills included, milliseconds) and the decode
-   * steps they held: the encode cost per step, which bounds decode speed when the GPU is faster.
+   * CPU time spent encoding generation batches since load (prefills included, milliseconds), the decode steps
+   * they held (the encode cost per step, which bounds decode speed when the GPU is faster), and the time spent
+   * in `queue.submit` for them (`submitMs`: the GPU waits for it after each readback).
    */
-  get encodeStats(): { ms: number; steps: number } {
+  get encodeStats(): { ms: number; steps: number; submitMs: number } {
     return { ...this.#encodeStats };
   }
 
@@ -1616,7 +1631,8 @@ export class GpuDecoder implements TokenSource {
         Math.max(1, Math.floor(ROWS_PER_SUBMIT / running.length)),
       ),
     );
-    const enc = device.createCommandEncoder({ label: "generate-batch" });
+    let enc = device.createCommandEncoder({ label: "generate-batch" });
+    const commands: GPUCommandBuffer[] = [];
     let slot = 0;
     const first = new Map<Member, number>();
     for (const m of running) {
@@ -1634,11 +1650,21 @@ export class GpuDecoder implements TokenSource {
     // This submission takes steps [first, end) of each sequence: step 0 is its prefill's, and decode step t
     // holds a row for every sequence with step next + t before its end.
     const end = new Map(running.map((m) => [m, Math.min(m.total, first.get(m)! + size)]));
-    const pass = enc.beginComputePass({ label: "decode-batch" });
+    let pass = enc.beginComputePass({ label: "decode-batch" });
     let steps = 0;
+    // With submitChunks, a command buffer ends after steps 2, 6, 14, 30, … (chunks doubling from 2).
+    let chunk = 2, chunkEnd = 2;
     for (let t = 0;; t++) {
       const rows = running.filter((m) => m.next + t < end.get(m)!);
       if (rows.length === 0) break;
+      if (this.#submitChunks && steps === chunkEnd) {
+        pass.end();
+        commands.push(enc.finish());
+        enc = device.createCommandEncoder({ label: "generate-batch" });
+        pass = enc.beginComputePass({ label: "decode-batch" });
+        chunk *= 2;
+        chunkEnd += chunk;
+      }
       steps++;
       const batch = rows.map((m) => {
         const step = m.next + t;
@@ -1690,7 +1716,8 @@ export class GpuDecoder implements TokenSource {
       offset += to - from;
       m.next = to;
     }
-    return { parts, staging, bytes, commands: enc.finish(), steps };
+    commands.push(enc.finish());
+    return { parts, staging, bytes, commands, steps };
   }
 
   /** A staging buffer of at least `bytes` for token readback (reused across submissions). */
