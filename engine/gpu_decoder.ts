@@ -115,7 +115,9 @@ export interface GpuDecoderOptions {
   /**
    * Submit each generation batch as several command buffers, its decode steps in chunks of 2, 4, 8, … (default
    * false): `queue.submit` runs on the JavaScript thread while the GPU, drained by the readback before it, waits;
-   * in chunks the GPU starts on the first while the rest are submitted. Experimental until measured on a GPU.
+   * in chunks the GPU starts on the first while the rest are submitted. The first batch of a generation loop
+   * (nothing in flight) submits its chunks as soon as each is encoded, so the GPU also starts on the prefill
+   * while the first decode steps are encoded. Experimental until measured on a GPU.
    */
   submitChunks?: boolean;
   /**
@@ -1512,7 +1514,8 @@ export class GpuDecoder implements TokenSource {
         let steps = 0;
         for (const m of this.#members) steps += m.total - m.next;
         if (steps >= WARM_UP_MIN_STEPS) await this.#ctx.keepAwake?.warmUp();
-        prepared = this.#encodeBatch();
+        // Nothing of this loop is in flight: with submitChunks the first chunks go to the GPU as they are encoded.
+        prepared = this.#encodeBatch(true);
         head = prepared ? this.#submit(prepared) : undefined;
         prepared = undefined;
         while (head) {
@@ -1592,7 +1595,7 @@ export class GpuDecoder implements TokenSource {
    * in its own lane), and the copies of every sequence's new tokens to one staging buffer. Undefined when no
    * sequence has steps to go. The step-ring slots it sets are recorded for {@linkcode #submit}.
    */
-  #encodeBatch(): Prepared | undefined {
+  #encodeBatch(early = false): Prepared | undefined {
     if (this.#disposed) return undefined;
     const running = [...this.#members].filter((m) => !m.closed && m.next < m.total);
     if (running.length === 0) return undefined;
@@ -1600,8 +1603,10 @@ export class GpuDecoder implements TokenSource {
     this.#recording = slots;
     const t0 = performance.now();
     try {
-      const prepared = { ...this.#encodeBatchOf(running), slots };
-      this.#encodeStats.ms += performance.now() - t0;
+      const submitted = this.#encodeStats.submitMs;
+      const prepared = { ...this.#encodeBatchOf(running, early), slots };
+      // Chunks submitted while encoding count as submission, not encoding.
+      this.#encodeStats.ms += performance.now() - t0 - (this.#encodeStats.submitMs - submitted);
       this.#encodeStats.steps += prepared.steps;
       return prepared;
     } finally {
@@ -1618,8 +1623,13 @@ export class GpuDecoder implements TokenSource {
     return { ...this.#encodeStats };
   }
 
-  /** The body of {@linkcode #encodeBatch} for the sequences `running` (it records the slots it sets). */
-  #encodeBatchOf(running: Member[]): Omit<Prepared, "slots"> {
+  /**
+   * The body of {@linkcode #encodeBatch} for the sequences `running` (it records the slots it sets). With
+   * `early` and submitChunks, each chunk but the last is submitted as soon as it is encoded (its slots flushed
+   * first): only for a batch encoded while nothing of the loop is in flight, so the GPU starts on the prefill and
+   * the first steps while the rest are encoded; the returned commands are the rest.
+   */
+  #encodeBatchOf(running: Member[], early = false): Omit<Prepared, "slots"> {
     const device = this.#device;
     if (this.#joined) this.#schedule = 0;
     this.#joined = false;
@@ -1659,7 +1669,14 @@ export class GpuDecoder implements TokenSource {
       if (rows.length === 0) break;
       if (this.#submitChunks && steps === chunkEnd) {
         pass.end();
-        commands.push(enc.finish());
+        if (early) {
+          this.#ring.flush(device);
+          const t0 = performance.now();
+          device.queue.submit([enc.finish()]);
+          this.#encodeStats.submitMs += performance.now() - t0;
+        } else {
+          commands.push(enc.finish());
+        }
         enc = device.createCommandEncoder({ label: "generate-batch" });
         pass = enc.beginComputePass({ label: "decode-batch" });
         chunk *= 2;
