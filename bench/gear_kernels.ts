@@ -1,7 +1,7 @@
 /**
  * GPU time of one layer's decode attention over a long KV cache, kernel by kernel, without a model: the f16
- * cache's split-K attention and merge against GEAR's split-K attention, merge and block compression, at the
- * OLMoE-1B-7B attention shape (16 heads × 128, no GQA) by default. Timestamp queries around a pass of `--reps`
+ * cache's split-K attention and merge against GEAR's split-K attention (the 64-thread and the 256-thread
+ * kernel), merge and block compression, at the OLMoE-1B-7B attention shape (16 heads × 128, no GQA) by default. Timestamp queries around a pass of `--reps`
  * dispatches of one kernel give its time per dispatch.
  *
  *   deno run -A bench/gear_kernels.ts [--contexts 1024,8192,32768] [--bits 2] [--heads 16] [--hd 128] [--reps 50]
@@ -22,6 +22,7 @@ import {
   partialFloats,
 } from "../kernels/attention.ts";
 import {
+  GEAR_WIDE_MAX_HD,
   type GearAttentionParams,
   gearAttentionProgram,
   gearMergeProgram,
@@ -172,6 +173,10 @@ const gearParams: GearAttentionParams = {
   split: true,
 };
 const gearSplit = await gearAttentionProgram(device, ring, gearParams);
+// The 256-thread split kernel (decode runs it over few tiles) where the head fits it.
+const gearWide = hd <= GEAR_WIDE_MAX_HD
+  ? await gearAttentionProgram(device, ring, { ...gearParams, wide: true })
+  : undefined;
 const gearMerge = await gearMergeProgram(device, ring, gearParams);
 const gearPartials = storageBuffer(device, "bench.gear-partials", gearPartialFloats(gearParams) * 4);
 
@@ -204,6 +209,13 @@ for (const pos of contexts) {
       group: gearSplit.bind("bench.gear-split", [q, store, ringK, ringV, gearPartials]),
       grid: [nH, 1, splits],
     }, pos),
+    gear_wide_split_us: gearWide
+      ? await time({
+        program: gearWide,
+        group: gearWide.bind("bench.gear-wide-split", [q, store, ringK, ringV, gearPartials]),
+        grid: [nH, 1, splits],
+      }, pos)
+      : Number.NaN,
     gear_merge_us: await time({
       program: gearMerge,
       group: gearMerge.bind("bench.gear-merge", [gearPartials, attn]),
@@ -220,16 +232,17 @@ console.log(
   } % outliers), µs per layer`,
 );
 console.log(
-  "| context | f16 split | f16 merge | f16 total | gear split | gear merge | gear total | compress (1/64 steps) |",
+  "| context | f16 split | f16 merge | f16 total | gear split | gear split, 256 threads | gear merge | gear total | compress (1/64 steps) |",
 );
-console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const r of rows) {
   const f = (x: number) => x.toFixed(1);
   console.log(
     `| ${r.context} | ${f(r.f16_split_us)} | ${f(r.f16_merge_us)} | ${
       f(r.f16_split_us + r.f16_merge_us)
     } | ` +
-      `${f(r.gear_split_us)} | ${f(r.gear_merge_us)} | ${f(r.gear_split_us + r.gear_merge_us)} | ` +
+      `${f(r.gear_split_us)} | ${f(r.gear_wide_split_us)} | ${f(r.gear_merge_us)} | ` +
+      `${f(r.gear_split_us + r.gear_merge_us)} | ` +
       `${f(r.gear_compress_us)} |`,
   );
 }
