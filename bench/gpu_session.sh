@@ -28,7 +28,7 @@
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh quick     # ~4 min: w4g128 and MxMoE 3.25
 #     step profile and decode speed (bundle gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh chunks    # ~5 min: w4g128 decode with
-#     batches submitted whole and in chunks (bundle gpu_decode)
+#     batches submitted whole and in chunks, GEAR's two split kernels (bundle gpu_decode, gear_kernels)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh kvstep    # ~5 min: a decode step's GPU
 #     time at 1k/8k/32k context with the f16 cache, quant-2 and gear-2 (bundle gpu_profile)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~9 min: GEAR's kernels, decode
@@ -258,8 +258,11 @@ quick)
 chunks)
   # Decode speed of w4g128 with each batch submitted whole and in chunks of decode steps (gpu_decode
   # --submit-chunks; its submitMsPerStep is the CPU time in queue.submit per step), serve's schedule and 64 steps
-  # per submission (bundle gpu_decode).
-  python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+  # per submission; then both GEAR split kernels at 1k-32k (bundle gpu_decode and gear_kernels).
+  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
+  timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,2048,4096,8192,32768 --reps 30 \
+    >"$logs/gear_kernels.log" 2>&1
+  wait
   for sc in off on off on; do
     for tps in 0 64; do
       timeout 60 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --tokens-per-submit "$tps" \
