@@ -8,7 +8,7 @@
 
 import type { DType } from "../engine/types.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
-import { splitMergeMain } from "./split_merge.ts";
+import { splitMergeMain, writePartialWgsl } from "./split_merge.ts";
 import { f32Lit, prelude } from "./wgsl.ts";
 
 /** Shapes and constants of attention. */
@@ -310,20 +310,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   }
   workgroupBarrier();
   let po = ((r * NH + h) * NS + wg.z) * (HD + 2u);
-  if (li < D4) {
-    var a = vec4<f32>(0.0);
-    for (var g = 0u; g < KG; g++) { a += vred[g * D4 + li]; }
-    out[po + 4u * li] = a.x;
-    out[po + 4u * li + 1u] = a.y;
-    out[po + 4u * li + 2u] = a.z;
-    out[po + 4u * li + 3u] = a.w;
-  }
-  if (li == 0u) {
-    var l = 0.0;
-    for (var g = 0u; g < KG; g++) { l += lred[g]; }
-    out[po + HD] = m;
-    out[po + HD + 1u] = l;
-  }
+  ${writePartialWgsl("HD")}
 }`;
 }
 

@@ -16,7 +16,7 @@
 import type { DType } from "../engine/types.ts";
 import { GEAR_TILE, type GearLayout, OUTLIER_WGSL } from "./gear_layout.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
-import { splitMergeMain } from "./split_merge.ts";
+import { splitMergeMain, writePartialWgsl } from "./split_merge.ts";
 import { f32Lit, prelude } from "./wgsl.ts";
 
 /** Parameters of GEAR attention. */
@@ -123,6 +123,29 @@ fn u16_at(base: u32, i: u32) -> u32 {
 // The int8 at byte j of the words from word_base.
 fn q8_at(word_base: u32, j: u32) -> f32 {
   return f32(bitcast<i32>(store[word_base + (j >> 2u)] << (24u - 8u * (j & 3u))) >> 24u);
+}
+// The key outliers of the tile at base ([NGT][D][KK] contiguous in the store), thread li of nt: each adds
+// q_c · value of its entries to the score of the entry's token (qs_at: the kernel's scaled query).
+fn scatter_key_outliers(li: u32, nt: u32, bh: u32, base: u32) {
+  let kh = (bh * (T / G) + base / G) * D * KK;
+  let first = select(base % G, 0u, G <= TK);
+  for (var i = li; i < NGT * D * KK; i += nt) {
+    let e = u16_at(O_OUTK, kh + i);
+    let c = (i % (D * KK)) / KK;
+    let tok = (i / (D * KK)) * G + (e & 0x7fu) - first;
+    if (tok < TK) { atomicAdd(&kacc[tok], fixed(qs_at(c) * out_value(e), KFIX)); }
+  }
+}
+// The value outliers of the tile's first n tokens, thread li of nt: each adds p_token · value to the entry's
+// channel (p_at: the kernel's probabilities of the tile).
+fn scatter_value_outliers(li: u32, nt: u32, bh: u32, base: u32, n: u32) {
+  for (var i = li; i < n * MV; i += nt) {
+    let tk = i / MV;
+    let j = i % MV;
+    let e = u16_at(O_OUTV, (bh * T + base + tk) * 2u * MW + j);
+    let c = min(j / KVF, NGV - 1u) * GV + (e & 0x7fu);
+    atomicAdd(&vacc[c], fixed(p_at(tk) * out_value(e), VFIX));
+  }
 }`;
 }
 
@@ -291,6 +314,9 @@ fn reduce_wg(li: u32, nv: u32, half0: u32) {
 fn qs_at(c: u32) -> f32 {
   return qs4[c / 4u][c % 4u];
 }
+fn p_at(t: u32) -> f32 {
+  return pp[t];
+}
 
 @compute @workgroup_size(${SPLIT_WG})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -348,18 +374,7 @@ ${GEAR_ROW_WGSL}
         red[(NGT + j) * WG + li] = part;
       }
     }
-    if (KK > 0u) {
-      // The key outliers of the tile's token groups ([NGT][D][KK] contiguous in the store): q_c · value added to
-      // the score of the entry's token.
-      let kh = (bh * (T / G) + base / G) * D * KK;
-      let first = select(base % G, 0u, G <= TK);
-      for (var i = li; i < NGT * D * KK; i += WG) {
-        let e = u16_at(O_OUTK, kh + i);
-        let ch = (i % (D * KK)) / KK;
-        let tok = (i / (D * KK)) * G + (e & 0x7fu) - first;
-        if (tok < TK) { atomicAdd(&kacc[tok], fixed(qs_at(ch) * out_value(e), KFIX)); }
-      }
-    }
+    if (KK > 0u) { scatter_key_outliers(li, WG, bh, base); }
     reduce_wg(li, NRED, WG / 2u);
     if (li < TK * KTC && kvalid) {
       let gt = select(0u, kk / G, G < TK);
@@ -408,16 +423,7 @@ ${GEAR_ROW_WGSL}
         red[j * WG + li] = pp[li] * q8_at(O_QV + (bh * T + base + min(li, n - 1u)) * RW, j);
       }
     }
-    if (MV > 0u) {
-      // The value outliers of the tile's tokens: p_token · value added to the entry's channel.
-      for (var i = li; i < n * MV; i += WG) {
-        let tv = i / MV;
-        let j = i % MV;
-        let e = u16_at(O_OUTV, (bh * T + base + tv) * 2u * MW + j);
-        let ch = min(j / KVF, NGV - 1u) * GV + (e & 0x7fu);
-        atomicAdd(&vacc[ch], fixed(pp[tv] * out_value(e), VFIX));
-      }
-    }
+    if (MV > 0u) { scatter_value_outliers(li, WG, bh, base, n); }
     if (kg < KG) {
       let tb = bh * T + base;
       let wo = (4u * vcol) / PERW;
@@ -443,10 +449,10 @@ ${GEAR_ROW_WGSL}
     }
   }
   workgroupBarrier();
-  if (li < D4) {
-    var a = vec4<f32>(0.0);
-    for (var g = 0u; g < KG; g++) { a += vred[g * D4 + li]; }
-    if (comp) {
+  ${
+    writePartialWgsl(
+      "D",
+      `if (comp) {
       if (LOWRANK) {
         let pv = O_PV + (bh * NBLK + seg) * PW;
         for (var j = 0u; j < RMAX; j++) {
@@ -459,17 +465,8 @@ ${GEAR_ROW_WGSL}
         a += vec4<f32>(f32(atomicLoad(&vacc[4u * li])), f32(atomicLoad(&vacc[4u * li + 1u])),
           f32(atomicLoad(&vacc[4u * li + 2u])), f32(atomicLoad(&vacc[4u * li + 3u]))) / VFIX;
       }
-    }
-    out[po + 4u * li] = a.x;
-    out[po + 4u * li + 1u] = a.y;
-    out[po + 4u * li + 2u] = a.z;
-    out[po + 4u * li + 3u] = a.w;
-  }
-  if (li == 0u) {
-    var l = 0.0;
-    for (var g = 0u; g < KG; g++) { l += lred[g]; }
-    out[po + D] = m;
-    out[po + D + 1u] = l;
+    }`,
+    )
   }
 }`;
 }
@@ -522,6 +519,12 @@ var<workgroup> pt: array<f32, ${TK}>;
 var<workgroup> qd: array<f32, ${ngt * l.hd}>;
 var<workgroup> red: array<f32, ${nRed * TK}>;
 ${gearHelpersWgsl(l)}
+fn qs_at(c: u32) -> f32 {
+  return qs[c];
+}
+fn p_at(t: u32) -> f32 {
+  return pt[t];
+}
 fn ring_k(bh: u32, t: u32, c: u32) -> f32 {
   let i = (bh * BUFCAP + t % BUFCAP) * D + c;
   return ${read("rk")};
@@ -590,16 +593,7 @@ ${GEAR_ROW_WGSL}
       if (MV > 0u) { for (var c = li; c < D; c += TK) { atomicStore(&vacc[c], 0); } }
       reduce_red(li, NRED);
       if (KK > 0u) {
-        // The key outliers of the tile's token groups, [NGT][D][KK] contiguous in the store: each thread adds
-        // q_c · value of its entries to the score of the entry's token.
-        let kh = (bh * (T / G) + base / G) * D * KK;
-        let first = select(base % G, 0u, G <= TK);
-        for (var i = li; i < NGT * D * KK; i += TK) {
-          let e = u16_at(O_OUTK, kh + i);
-          let c = (i % (D * KK)) / KK;
-          let tok = (i / (D * KK)) * G + (e & 0x7fu) - first;
-          if (tok < TK) { atomicAdd(&kacc[tok], fixed(qs[c] * out_value(e), KFIX)); }
-        }
+        scatter_key_outliers(li, TK, bh, base);
         workgroupBarrier();
       }
       if (valid) {
@@ -646,14 +640,7 @@ ${keyScore.join("\n")}
         reduce_red(li, RMAX);
       }
       if (MV > 0u) {
-        // The value outliers of the tile's tokens: each thread adds p_token · value to the entry's channel.
-        for (var i = li; i < n * MV; i += TK) {
-          let tk = i / MV;
-          let j = i % MV;
-          let e = u16_at(O_OUTV, (bh * T + base + tk) * 2u * MW + j);
-          let c = min(j / KVF, NGV - 1u) * GV + (e & 0x7fu);
-          atomicAdd(&vacc[c], fixed(pt[tk] * out_value(e), VFIX));
-        }
+        scatter_value_outliers(li, TK, bh, base, n);
         workgroupBarrier();
       }
       let pb = O_PV + (bh * NBLK + seg) * PW;

@@ -88,3 +88,27 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   if (li < ${MERGE_CHANNELS}u && c < MD) { out[ob + c] = mred[li] / l; }
 }`;
 }
+
+/**
+ * WGSL that ends a split-K tile kernel whose value threads form KG key groups × D4 vec4 columns: threads li < D4
+ * add the groups' sums in `vred` ([KG, D4] vec4), then run `extra` (WGSL that may add to `a`), and write the
+ * partial's accumulators at `po` of `out`; thread 0 writes the running max `m` and the sum of the groups'
+ * probability sums in `lred` ([KG]) after them. `hd` names the head width constant.
+ */
+export function writePartialWgsl(hd: string, extra = ""): string {
+  return `if (li < D4) {
+    var a = vec4<f32>(0.0);
+    for (var g = 0u; g < KG; g++) { a += vred[g * D4 + li]; }
+    ${extra}
+    out[po + 4u * li] = a.x;
+    out[po + 4u * li + 1u] = a.y;
+    out[po + 4u * li + 2u] = a.z;
+    out[po + 4u * li + 3u] = a.w;
+  }
+  if (li == 0u) {
+    var l = 0.0;
+    for (var g = 0u; g < KG; g++) { l += lred[g]; }
+    out[po + ${hd}] = m;
+    out[po + ${hd} + 1u] = l;
+  }`;
+}
