@@ -2,7 +2,7 @@
  * Prefill and decode throughput of the WebGPU decoder on a checkpoint (batch 1). Run on a GPU host:
  *
  *   deno run -A bench/gpu_decode.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
- *     [--tokens-per-submit N] [--fuse-norms on|off] [--shapes qdown=32x8x8,...] [--submit-chunks on|off] [--temperature T --top-k K --top-p P]
+ *     [--tokens-per-submit N] [--fuse-norms on|off] [--shapes qdown=32x8x8,...] [--overlap call|timer|off] [--temperature T --top-k K --top-p P]
  *     [--kv f16|quant-2|gear-2|…] [--decode-prompt N]   # decode at a long context: --decode-prompt 32768
  *
  * Prints one JSON line: load seconds, prefill tokens/s (prompt tokens over the time of a generation of one token)
@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 import { parseShapes } from "./shape_arg.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { resolveGenerateOptions, runGeneration } from "../engine/generation.ts";
-import { GpuDecoder } from "../engine/gpu_decoder.ts";
+import { GpuDecoder, type ReadbackOverlap } from "../engine/gpu_decoder.ts";
 import { isCompressed, resolveKvCache } from "../engine/kv/kv_options.ts";
 import { acquireGpu } from "../kernels/gpu.ts";
 import { kvModeOptions } from "./kv_mode.ts";
@@ -35,7 +35,7 @@ const { values } = parseArgs({
     gemm: { type: "string", default: "auto" },
     "fuse-norms": { type: "string", default: "on" },
     shapes: { type: "string" },
-    "submit-chunks": { type: "string", default: "off" },
+    overlap: { type: "string", default: "call" },
     kv: { type: "string", default: "f16" },
     temperature: { type: "string", default: "0" },
     "top-k": { type: "string", default: "0" },
@@ -43,6 +43,11 @@ const { values } = parseArgs({
     "grouped-moe": { type: "string", default: "auto" },
   },
 });
+if (!["call", "timer", "off"].includes(values.overlap)) {
+  throw new TypeError(
+    `Cannot run the benchmark: --overlap must be call, timer or off, not ${values.overlap}`,
+  );
+}
 if (!values.model) throw new TypeError("Cannot run the benchmark: --model DIR is required");
 const promptLen = Number(values.prompt), decodeLen = Number(values.decode), reps = Number(values.reps);
 const decodePrompt = Number(values["decode-prompt"]);
@@ -65,7 +70,7 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   groupedMoe: values["grouped-moe"] === "auto" ? undefined : values["grouped-moe"] === "on",
   fuseNorms: values["fuse-norms"] !== "off",
   matvecShapes: parseShapes(values.shapes),
-  submitChunks: values["submit-chunks"] === "on",
+  readbackOverlap: values.overlap as ReadbackOverlap,
   kvCache: isCompressed(kv.mode) ? kv : undefined,
 });
 ckpt.close();

@@ -27,8 +27,9 @@
 #     (SHAPES="qdown=32x8x8 ..." to choose), then step profiles and decode of w4g128, MxMoE 3.25 and f16
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh quick     # ~4 min: w4g128 and MxMoE 3.25
 #     step profile and decode speed (bundle gpu_profile, gpu_decode)
-#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh chunks    # ~5 min: w4g128 decode with
-#     batches submitted whole and in chunks, GEAR's two split kernels (bundle gpu_decode, gear_kernels)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh overlap   # ~7 min: readback overlap probe,
+#     w4g128 decode by ReadbackOverlap, GEAR's split kernel at 32k by store part (bundle readback_overlap,
+#     gpu_decode, gear_kernels)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh kvstep    # ~5 min: a decode step's GPU
 #     time at 1k/8k/32k context with the f16 cache, quant-2 and gear-2 (bundle gpu_profile)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~9 min: GEAR's kernels, decode
@@ -37,7 +38,7 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, chunks, kvstep or gear32k}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, overlap, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -255,18 +256,22 @@ quick)
     done
   done
   ;;
-chunks)
-  # Decode speed of w4g128 with each batch submitted whole and in chunks of decode steps (gpu_decode
-  # --submit-chunks; its submitMsPerStep is the CPU time in queue.submit per step), serve's schedule and 64 steps
-  # per submission; then both GEAR split kernels at 1k-32k (bundle gpu_decode and gear_kernels).
+overlap)
+  # Whether work submitted while a readback waits overlaps its 10 ms sleep (readback_overlap), then w4g128 decode
+  # with each ReadbackOverlap (gpu_decode --overlap) at serve's schedule, 64 and 128 steps per submission, and
+  # GEAR's split kernel at 32k by part of the store (bundle readback_overlap, gpu_decode, gear_kernels).
   (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
-  timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,2048,4096,8192,32768 --reps 30 \
-    >"$logs/gear_kernels.log" 2>&1
+  timeout 60 deno run -A dist/readback_overlap.js --work 20 >"$logs/readback_overlap.log" 2>&1
+  for rs in "4 0.02" "0 0" "2 0" "0 0.02"; do
+    set -- $rs
+    timeout 40 deno run -A dist/gear_kernels.js --contexts 32768 --reps 30 --rank "$1" --outliers "$2" \
+      >>"$logs/gear_parts.log" 2>&1
+  done
   wait
-  for sc in off on off on; do
-    for tps in 0 64; do
+  for ov in call timer off; do
+    for tps in 0 64 128; do
       timeout 60 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --tokens-per-submit "$tps" \
-        --submit-chunks "$sc" >>"$logs/decode_w4_chunks.log" 2>&1
+        --overlap "$ov" >>"$logs/decode_w4_overlap.log" 2>&1
     done
   done
   ;;
@@ -297,7 +302,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|chunks|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|overlap|kvstep|gear32k" >&2
   exit 2
   ;;
 esac

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Checkpoint } from "./checkpoint.ts";
 import { resolveGenerateOptions, runGeneration } from "./generation.ts";
-import { GpuDecoder } from "./gpu_decoder.ts";
+import { GpuDecoder, type ReadbackOverlap } from "./gpu_decoder.ts";
 import { SKIP_GPU, testGpu } from "../kernels/test_util.ts";
 
 /** Dispatches of a decode step by program label, from the decoder's per-dispatch profile. */
@@ -38,18 +38,19 @@ Deno.test({
 });
 
 Deno.test({
-  name: "submitChunks: batches submitted as chunks of decode steps give the same tokens, alone and together",
+  name:
+    "readbackOverlap: each way of submitting batches around the readback gives the same tokens, alone and together",
   ignore: SKIP_GPU,
   fn: async () => {
     const { ctx } = await testGpu();
     const ckpt = await Checkpoint.open("fixtures/models/olmoe");
     const V = ckpt.config.vocabSize;
-    const run = async (submitChunks: boolean) => {
+    const run = async (readbackOverlap: ReadbackOverlap) => {
       const decoder = await GpuDecoder.create(ctx, ckpt, {
         dtype: "f32",
         contextLength: 96,
         lanes: 2,
-        submitChunks,
+        readbackOverlap,
       });
       try {
         const gen = async (ids: number[], tokensPerSubmit: number, sampled: boolean) => {
@@ -71,7 +72,8 @@ Deno.test({
           return out;
         };
         const a = Array.from({ length: 7 }, (_, j) => (5 * j + 3) % V), b = [9, 10, 11];
-        // 40 steps per submission: chunks of 2, 4, 8, 16 and the rest; adaptive: 1, 4, 16, 19.
+        // 40 steps per submission: the prefill and 39 decode steps in chunks of 2, 2, 4, 8, 16 and 7; adaptive:
+        // 1, 16 and 23 steps, each batch's first chunk encoded before the readback of the one before.
         const alone = [await gen(a, 40, false), await gen(b, 0, true)];
         const together = await Promise.all([gen(a, 40, false), gen(b, 0, true)]);
         return { alone, together };
@@ -80,9 +82,12 @@ Deno.test({
       }
     };
     try {
-      const plain = await run(false), chunked = await run(true);
-      assert.deepEqual(chunked.alone, plain.alone);
-      assert.deepEqual(chunked.together, plain.together);
+      const plain = await run("off");
+      for (const mode of ["call", "timer"] as const) {
+        const other = await run(mode);
+        assert.deepEqual(other.alone, plain.alone, mode);
+        assert.deepEqual(other.together, plain.together, mode);
+      }
       assert.ok(new Set(plain.alone[0]).size > 2, `output too uniform: ${plain.alone[0]}`);
     } finally {
       ckpt.close();

@@ -113,13 +113,14 @@ export interface GpuDecoderOptions {
    */
   fuseNorms?: boolean;
   /**
-   * Submit each generation batch as several command buffers, its decode steps in chunks of 2, 4, 8, … (default
-   * false): `queue.submit` runs on the JavaScript thread while the GPU, drained by the readback before it, waits;
-   * in chunks the GPU starts on the first while the rest are submitted. The first batch of a generation loop
-   * (nothing in flight) submits its chunks as soon as each is encoded, so the GPU also starts on the prefill
-   * while the first decode steps are encoded. Experimental until measured on a GPU.
+   * When the next generation batch goes to the GPU relative to the readback of the current one (default
+   * "call"). Deno's `mapAsync` waits (blocking) for every submitted command buffer, then sleeps 10 ms before it
+   * resolves, the JavaScript thread free meanwhile: "call" submits the next batch's first steps right after the
+   * `mapAsync` call returns, "timer" from a zero-delay timer set after it, "off" once the readback resolves (the
+   * GPU idles through the sleep). Which of the first two overlaps the sleep depends on whether the runtime polls
+   * the operation inside the call (`bench/readback_overlap.ts` tells); either way the tokens are the same.
    */
-  submitChunks?: boolean;
+  readbackOverlap?: ReadbackOverlap;
   /**
    * Shapes of the packed mat-vec kernels, for tuning (default: `qgemvShape(n)` for linear layers,
    * QGATEUP_SHAPE and QDOWN_SHAPE for experts).
@@ -140,11 +141,17 @@ export interface GpuDecoderOptions {
   lanes?: number;
 }
 
+/** When a generation batch is submitted relative to the readback before it (GpuDecoderOptions.readbackOverlap). */
+export type ReadbackOverlap = "off" | "call" | "timer";
+
 /**
- * Steps of the adaptive submission schedule: small first (early first tokens), then large (throughput: every
- * readback costs the GPU ~10 ms of idle time in Deno, ~6 % of a 64-step batch of the OLMoE shape on an H200).
+ * Steps of the adaptive submission schedule: the first token alone, then batches long enough that the GPU is
+ * still busy with one when the readback before it resolves (~10 ms after the GPU finished the batch before, in
+ * Deno) and the head of the next is encoded: 16 steps of the OLMoE shape take ~20 ms on an H200. Each readback
+ * costs the GPU ~0.3 ms when the next batch is submitted during its wait (ReadbackOverlap "call"), so past 64
+ * steps longer batches gain little and make a stop take effect later.
  */
-const ADAPTIVE_BATCHES = [1, 4, 16, 64];
+const ADAPTIVE_BATCHES = [1, 16, 64];
 /** Keys per workgroup of decode attention (split-K). */
 const ATTENTION_SPLIT = 64;
 /**
@@ -241,13 +248,33 @@ interface Flight {
   bytes: number;
 }
 
-/** A batch encoded ahead of its submission: its commands and the step-ring slots they read. */
-interface Prepared extends Flight {
-  /** Command buffers, submitted one call each in order (one unless `submitChunks`). */
-  commands: GPUCommandBuffer[];
+/**
+ * A batch submission being encoded: its sequences, each one's steps [first, end) (decode steps from `from`,
+ * after its prefill), and how far its decode steps are encoded.
+ */
+interface Building extends Flight {
+  running: Member[];
+  first: Map<Member, number>;
+  from: Map<Member, number>;
+  end: Map<Member, number>;
+  /** Decode steps of the batch (the longest of its sequences' ranges), and those encoded so far. */
+  span: number;
+  t: number;
+  /** Next step-ring slot. */
+  slot: number;
+  /** The encoder holding the prefills, until the first chunk takes it. */
+  enc: GPUCommandEncoder | undefined;
+  /** Slots set since the last chunk (the prefills'). */
   slots: [number, StepValues][];
-  /** Decode steps it holds. */
+}
+
+/** Encoded decode steps of a batch: one command buffer and the step-ring slots it reads. */
+interface Chunk {
+  command: GPUCommandBuffer;
+  slots: [number, StepValues][];
   steps: number;
+  /** It ends the batch (the token copies are in it). */
+  last: boolean;
 }
 
 /**
@@ -359,7 +386,7 @@ export class GpuDecoder implements TokenSource {
   readonly #R: number;
   readonly #logitRows: number;
   readonly #useGemm: boolean;
-  readonly #submitChunks: boolean;
+  readonly #overlap: ReadbackOverlap;
   readonly #buffers: GPUBuffer[];
   readonly #b: Record<string, GPUBuffer>;
   readonly #embed: Dispatch;
@@ -384,7 +411,7 @@ export class GpuDecoder implements TokenSource {
   /** Readback buffers of batch submissions not in flight. */
   readonly #stagingPool: GPUBuffer[] = [];
   #pumping = false;
-  /** While a batch is encoded ahead: the step-ring slots it sets, written again when it is submitted. */
+  /** While a chunk of a batch is encoded: the step-ring slots it sets, written again when it is submitted. */
   #recording: [number, StepValues][] | undefined;
   /** A sequence joined since the last batch submission (the next ones start small again). */
   #joined = false;
@@ -413,7 +440,7 @@ export class GpuDecoder implements TokenSource {
     fuse: { lmW: GPUBuffer; norm: Dispatch; copy: Dispatch };
     sample: Dispatch;
     weightBytes: number;
-    submitChunks: boolean;
+    overlap: ReadbackOverlap;
   }) {
     this.config = init.config;
     this.dtype = init.dtype;
@@ -437,7 +464,7 @@ export class GpuDecoder implements TokenSource {
     this.#fuse = init.fuse;
     this.#sample = init.sample;
     this.weightBytes = init.weightBytes;
-    this.#submitChunks = init.submitChunks;
+    this.#overlap = init.overlap;
   }
 
   /** Uploads the weights of `ckpt` and builds every pipeline and bind group. */
@@ -1220,7 +1247,7 @@ export class GpuDecoder implements TokenSource {
       },
       sample,
       weightBytes,
-      submitChunks: options.submitChunks ?? false,
+      overlap: options.readbackOverlap ?? "call",
     });
   }
 
@@ -1497,15 +1524,17 @@ export class GpuDecoder implements TokenSource {
 
   /**
    * Runs submissions while any sequence of the batch has steps to go; one loop at a time. Deno's `mapAsync`
-   * blocks the thread until every submitted command buffer has finished and ~10 ms more
-   * (`bench/readback_latency.ts`), so each readback leaves the GPU idle: the next batch is encoded while the GPU
-   * runs the current one, and submitted as soon as the readback returns, before the tokens are delivered.
+   * waits (blocking the thread) until every submitted command buffer has finished, then sleeps ~10 ms before it
+   * resolves (`bench/readback_latency.ts`, `bench/readback_overlap.ts`): the next batch's first steps are
+   * encoded while the GPU runs the current batch and submitted as soon as the GPU is done (see
+   * ReadbackOverlap), the rest of it encoded and submitted chunk by chunk while the GPU runs those, and only
+   * then are the read-back tokens delivered.
    */
   #pump(): void {
     if (this.#pumping) return;
     this.#pumping = true;
-    let prepared: Prepared | undefined;
-    let head: Flight | undefined;
+    let cur: Building | undefined;
+    let next: Building | undefined;
     let mapping: Promise<void> | undefined;
     const loop = async () => {
       try {
@@ -1514,26 +1543,37 @@ export class GpuDecoder implements TokenSource {
         let steps = 0;
         for (const m of this.#members) steps += m.total - m.next;
         if (steps >= WARM_UP_MIN_STEPS) await this.#ctx.keepAwake?.warmUp();
-        // Nothing of this loop is in flight: with submitChunks the first chunks go to the GPU as they are encoded.
-        prepared = this.#encodeBatch(true);
-        head = prepared ? this.#submit(prepared) : undefined;
-        prepared = undefined;
-        while (head) {
-          // Encoded while the GPU runs `head`; its queue writes land before its own submission.
-          prepared = this.#encodeBatch();
+        // Nothing of this loop is in flight: the chunks go to the GPU as they are encoded, from 2 steps.
+        cur = this.#beginBatch();
+        if (cur && !this.#submitRest(cur, this.#encodeChunk(cur, 2))) cur = undefined;
+        while (cur) {
+          // The next batch's first steps, encoded while the GPU runs `cur` (at most about half its steps, so
+          // the encoding ends before the GPU does), submitted once the GPU is done with `cur`.
+          next = this.#beginBatch();
+          const head = next ? this.#encodeChunk(next, Math.max(2, Math.floor(cur.span / 2))) : undefined;
+          const go = () => {
+            if (next && !this.#submitRest(next, head!)) next = undefined;
+          };
           const since = performance.now();
-          mapping = head.staging.mapAsync(GPUMapMode.READ, 0, head.bytes);
+          mapping = cur.staging.mapAsync(GPUMapMode.READ, 0, cur.bytes);
+          // Handled below; a rejection while the next batch is submitted must not go unhandled meanwhile.
+          mapping.catch(() => {});
+          if (this.#overlap === "call") go();
+          else if (this.#overlap === "timer") {
+            await new Promise<void>((resolve) => setTimeout(() => resolve(go()), 0));
+          }
           await mapping;
           mapping = undefined;
           // The thread was blocked while the GPU worked: not idle time for the keep-awake.
           this.#ctx.keepAwake?.noteBusy(since);
-          const tokens = new Uint32Array(head.staging.getMappedRange(0, head.bytes).slice(0));
-          head.staging.unmap();
-          this.#stagingPool.push(head.staging);
-          const done = head;
-          // The GPU is idle since the readback drained it: the next batch goes first, the tokens after.
-          head = prepared ? this.#submit(prepared) : undefined;
-          prepared = undefined;
+          const tokens = new Uint32Array(cur.staging.getMappedRange(0, cur.bytes).slice(0));
+          cur.staging.unmap();
+          this.#stagingPool.push(cur.staging);
+          const done = cur;
+          cur = undefined;
+          if (this.#overlap === "off") go();
+          cur = next;
+          next = undefined;
           for (const part of done.parts) {
             const m = part.member;
             if (m.closed) continue;
@@ -1553,14 +1593,11 @@ export class GpuDecoder implements TokenSource {
           m.wake?.();
         }
       } finally {
-        if (head) {
-          if (mapping) {
-            await mapping.catch(() => {});
-            if (head.staging.mapState === "mapped") head.staging.unmap();
-          }
-          this.#stagingPool.push(head.staging);
+        if (mapping) {
+          await mapping.catch(() => {});
+          if (cur?.staging.mapState === "mapped") cur.staging.unmap();
         }
-        if (prepared) this.#stagingPool.push(prepared.staging);
+        for (const b of [cur, next]) if (b) this.#stagingPool.push(b.staging);
         this.#pumping = false;
         // A sequence that joined while the loop was ending.
         if ([...this.#members].some((m) => !m.closed && m.next < m.total && m.error === undefined)) {
@@ -1572,64 +1609,15 @@ export class GpuDecoder implements TokenSource {
   }
 
   /**
-   * Submits a batch encoded by {@linkcode #encodeBatch}, its step-ring slots written again first (other calls
-   * may have used the slots since). Undefined, and nothing submitted, once the decoder is disposed.
+   * Starts the next submission of the batch: picks its size, encodes the prefill of every sequence that joined
+   * since the last one (into the encoder of its first chunk) and assigns each running sequence its steps.
+   * Undefined when no sequence has steps to go or the decoder is disposed.
    */
-  #submit(p: Prepared): Flight | undefined {
-    if (this.#disposed) {
-      this.#stagingPool.push(p.staging);
-      return undefined;
-    }
-    for (const [i, v] of p.slots) this.#ring.set(i, v);
-    this.#ring.flush(this.#device);
-    const t0 = performance.now();
-    for (const cb of p.commands) this.#device.queue.submit([cb]);
-    // The GPU starts the batch only when submit returns: this time is on the critical path after a readback.
-    this.#encodeStats.submitMs += performance.now() - t0;
-    return { parts: p.parts, staging: p.staging, bytes: p.bytes };
-  }
-
-  /**
-   * Encodes, without submitting, the next submission of the batch: the prefill of every sequence that joined
-   * since the last one, then decode steps whose rows are the sequences still running (each at its own position,
-   * in its own lane), and the copies of every sequence's new tokens to one staging buffer. Undefined when no
-   * sequence has steps to go. The step-ring slots it sets are recorded for {@linkcode #submit}.
-   */
-  #encodeBatch(early = false): Prepared | undefined {
+  #beginBatch(): Building | undefined {
     if (this.#disposed) return undefined;
     const running = [...this.#members].filter((m) => !m.closed && m.next < m.total);
     if (running.length === 0) return undefined;
-    const slots: [number, StepValues][] = [];
-    this.#recording = slots;
     const t0 = performance.now();
-    try {
-      const submitted = this.#encodeStats.submitMs;
-      const prepared = { ...this.#encodeBatchOf(running, early), slots };
-      // Chunks submitted while encoding count as submission, not encoding.
-      this.#encodeStats.ms += performance.now() - t0 - (this.#encodeStats.submitMs - submitted);
-      this.#encodeStats.steps += prepared.steps;
-      return prepared;
-    } finally {
-      this.#recording = undefined;
-    }
-  }
-
-  /**
-   * CPU time spent encoding generation batches since load (prefills included, milliseconds), the decode steps
-   * they held (the encode cost per step, which bounds decode speed when the GPU is faster), and the time spent
-   * in `queue.submit` for them (`submitMs`: the GPU waits for it after each readback).
-   */
-  get encodeStats(): { ms: number; steps: number; submitMs: number } {
-    return { ...this.#encodeStats };
-  }
-
-  /**
-   * The body of {@linkcode #encodeBatch} for the sequences `running` (it records the slots it sets). With
-   * `early` and submitChunks, each chunk but the last is submitted as soon as it is encoded (its slots flushed
-   * first): only for a batch encoded while nothing of the loop is in flight, so the GPU starts on the prefill and
-   * the first steps while the rest are encoded; the returned commands are the rest.
-   */
-  #encodeBatchOf(running: Member[], early = false): Omit<Prepared, "slots"> {
     const device = this.#device;
     if (this.#joined) this.#schedule = 0;
     this.#joined = false;
@@ -1641,9 +1629,12 @@ export class GpuDecoder implements TokenSource {
         Math.max(1, Math.floor(ROWS_PER_SUBMIT / running.length)),
       ),
     );
-    let enc = device.createCommandEncoder({ label: "generate-batch" });
-    const commands: GPUCommandBuffer[] = [];
+    const slots: [number, StepValues][] = [];
+    this.#recording = slots;
+    const enc = device.createCommandEncoder({ label: "generate-batch" });
     let slot = 0;
+    // This submission takes steps [first, end) of each sequence: step 0 is its prefill's, and decode step t
+    // holds a row for every sequence with step from + t before its end.
     const first = new Map<Member, number>();
     for (const m of running) {
       first.set(m, m.next);
@@ -1657,84 +1648,138 @@ export class GpuDecoder implements TokenSource {
       slot = this.#encodePrefill(enc, m.ids, slot, m.lane);
       m.next = 1;
     }
-    // This submission takes steps [first, end) of each sequence: step 0 is its prefill's, and decode step t
-    // holds a row for every sequence with step next + t before its end.
+    this.#recording = undefined;
+    const from = new Map(running.map((m) => [m, m.next]));
     const end = new Map(running.map((m) => [m, Math.min(m.total, first.get(m)! + size)]));
-    let pass = enc.beginComputePass({ label: "decode-batch" });
-    let steps = 0;
-    // With submitChunks, a command buffer ends after steps 2, 6, 14, 30, … (chunks doubling from 2).
-    let chunk = 2, chunkEnd = 2;
-    for (let t = 0;; t++) {
-      const rows = running.filter((m) => m.next + t < end.get(m)!);
-      if (rows.length === 0) break;
-      if (this.#submitChunks && steps === chunkEnd) {
-        pass.end();
-        if (early) {
-          this.#ring.flush(device);
-          const t0 = performance.now();
-          device.queue.submit([enc.finish()]);
-          this.#encodeStats.submitMs += performance.now() - t0;
-        } else {
-          commands.push(enc.finish());
-        }
-        enc = device.createCommandEncoder({ label: "generate-batch" });
-        pass = enc.beginComputePass({ label: "decode-batch" });
-        chunk *= 2;
-        chunkEnd += chunk;
-      }
-      steps++;
-      const batch = rows.map((m) => {
-        const step = m.next + t;
-        return { pos: m.ids.length + step - 1, lane: m.lane, ringIn: step - 1, step };
-      });
-      const maxPos = Math.max(...batch.map((r) => r.pos));
-      // One row is a plain step (the compressed cache's kernels read its position from the slot header).
-      const one = batch.length === 1 ? batch[0] : undefined;
-      const off = this.#slot(
-        slot++,
-        one
-          ? {
-            pos: one.pos,
-            rows: 1,
-            step: one.step,
-            srcRing: true,
-            ringIn: one.ringIn,
-            logitsRow: 0,
-            lane: one.lane,
-          }
-          : { pos: 0, rows: rows.length, step: 0, srcRing: true, ringIn: 0, logitsRow: 0, batch },
-      );
-      const n: [number, number, number] = [rows.length, 1, 1];
-      encodeDispatch(pass, this.#ring, { ...this.#embed, grid: n }, off);
-      this.#encodeLayers(pass, off, rows.length, maxPos, one ? undefined : batch.map((r) => r.pos));
-      encodeDispatch(pass, this.#ring, { ...this.#finalNorm, grid: n }, off);
-      encodeDispatch(pass, this.#ring, this.#lmHead.gemv, off);
-      // Layer fused decoding runs only alone, so its one row is row 0.
-      this.#encodeFusedHead(pass, off);
-      encodeDispatch(pass, this.#ring, { ...this.#sample, grid: n }, off);
-    }
-    pass.end();
     // Each sequence's new tokens [first, end) go to the staging buffer, one after the other.
     const parts: Flight["parts"] = [];
     let offset = 0;
-    const bytes = running.reduce((a, m) => a + (end.get(m)! - first.get(m)!) * 4, 0);
-    const staging = this.#takeStaging(bytes);
-    const stride = this.contextLength + 1;
     for (const m of running) {
-      const from = first.get(m)!, to = end.get(m)!;
-      enc.copyBufferToBuffer(
-        this.#b.tokens,
-        (m.lane * stride + from) * 4,
-        staging,
-        offset * 4,
-        (to - from) * 4,
-      );
-      parts.push({ member: m, offset, count: to - from });
-      offset += to - from;
-      m.next = to;
+      const count = end.get(m)! - first.get(m)!;
+      parts.push({ member: m, offset, count });
+      offset += count;
+      m.next = end.get(m)!;
     }
-    commands.push(enc.finish());
-    return { parts, staging, bytes, commands, steps };
+    const bytes = offset * 4;
+    const span = Math.max(...running.map((m) => end.get(m)! - from.get(m)!));
+    this.#encodeStats.ms += performance.now() - t0;
+    return {
+      running,
+      first,
+      from,
+      end,
+      span,
+      t: 0,
+      slot,
+      enc,
+      slots,
+      parts,
+      staging: this.#takeStaging(bytes),
+      bytes,
+    };
+  }
+
+  /**
+   * Encodes the next `count` decode steps of `b` (with its prefills if this is its first chunk, and the copies
+   * of the new tokens to its staging buffer if it ends the batch) as one command buffer; the step-ring slots it
+   * sets go with it. Sequences closed since `b` began get no more rows (their lanes may be reused).
+   */
+  #encodeChunk(b: Building, count: number): Chunk {
+    const device = this.#device;
+    const t0 = performance.now();
+    const slots = b.slots;
+    b.slots = [];
+    this.#recording = slots;
+    try {
+      const enc = b.enc ?? device.createCommandEncoder({ label: "generate-batch" });
+      b.enc = undefined;
+      const pass = enc.beginComputePass({ label: "decode-batch" });
+      const stop = Math.min(b.span, b.t + count);
+      const steps = stop - b.t;
+      for (; b.t < stop; b.t++) {
+        const t = b.t;
+        const rows = b.running.filter((m) => !m.closed && b.from.get(m)! + t < b.end.get(m)!);
+        if (rows.length === 0) continue;
+        const batch = rows.map((m) => {
+          const step = b.from.get(m)! + t;
+          return { pos: m.ids.length + step - 1, lane: m.lane, ringIn: step - 1, step };
+        });
+        const maxPos = Math.max(...batch.map((r) => r.pos));
+        // One row is a plain step (the compressed cache's kernels read its position from the slot header).
+        const one = batch.length === 1 ? batch[0] : undefined;
+        const off = this.#slot(
+          b.slot++,
+          one
+            ? {
+              pos: one.pos,
+              rows: 1,
+              step: one.step,
+              srcRing: true,
+              ringIn: one.ringIn,
+              logitsRow: 0,
+              lane: one.lane,
+            }
+            : { pos: 0, rows: rows.length, step: 0, srcRing: true, ringIn: 0, logitsRow: 0, batch },
+        );
+        const n: [number, number, number] = [rows.length, 1, 1];
+        encodeDispatch(pass, this.#ring, { ...this.#embed, grid: n }, off);
+        this.#encodeLayers(pass, off, rows.length, maxPos, one ? undefined : batch.map((r) => r.pos));
+        encodeDispatch(pass, this.#ring, { ...this.#finalNorm, grid: n }, off);
+        encodeDispatch(pass, this.#ring, this.#lmHead.gemv, off);
+        // Layer fused decoding runs only alone, so its one row is row 0.
+        this.#encodeFusedHead(pass, off);
+        encodeDispatch(pass, this.#ring, { ...this.#sample, grid: n }, off);
+      }
+      pass.end();
+      const last = b.t >= b.span;
+      if (last) {
+        const stride = this.contextLength + 1;
+        for (const part of b.parts) {
+          if (part.count === 0) continue;
+          enc.copyBufferToBuffer(
+            this.#b.tokens,
+            (part.member.lane * stride + b.first.get(part.member)!) * 4,
+            b.staging,
+            part.offset * 4,
+            part.count * 4,
+          );
+        }
+      }
+      this.#encodeStats.steps += steps;
+      return { command: enc.finish(), slots, steps, last };
+    } finally {
+      this.#recording = undefined;
+      this.#encodeStats.ms += performance.now() - t0;
+    }
+  }
+
+  /**
+   * Submits `chunk` of `b`, then encodes and submits the rest of `b` chunk by chunk, each as large as the work
+   * already submitted (so its encoding ends while the GPU still runs the earlier ones). False, and the rest
+   * left, once the decoder is disposed.
+   */
+  #submitRest(b: Building, chunk: Chunk): boolean {
+    let inFlight = 0;
+    for (let c: Chunk | undefined = chunk; c; c = c.last ? undefined : this.#encodeChunk(b, inFlight)) {
+      if (this.#disposed) return false;
+      // Other calls (logits, inspect) may have used the slots since they were set.
+      for (const [i, v] of c.slots) this.#ring.set(i, v);
+      this.#ring.flush(this.#device);
+      const t0 = performance.now();
+      this.#device.queue.submit([c.command]);
+      this.#encodeStats.submitMs += performance.now() - t0;
+      inFlight += c.steps;
+    }
+    return true;
+  }
+
+  /**
+   * CPU time spent encoding generation batches since load (prefills included, milliseconds), the decode steps
+   * they held (the encode cost per step, which bounds decode speed when the GPU is faster), and the time spent
+   * in `queue.submit` for them (`submitMs`).
+   */
+  get encodeStats(): { ms: number; steps: number; submitMs: number } {
+    return { ...this.#encodeStats };
   }
 
   /** A staging buffer of at least `bytes` for token readback (reused across submissions). */

@@ -71,7 +71,7 @@ export interface GenerateOptions {
   stop?: readonly (number | string)[];
   /** Keep generating past the model's end-of-sequence tokens (default false). */
   ignoreEos?: boolean;
-  /** Decode steps encoded into one GPU submission (default: grows 1, 4, 16, 64). Output never depends on it. */
+  /** Decode steps encoded into one GPU submission (default: grows 1, 16, 64). Output never depends on it. */
   tokensPerSubmit?: number;
   /** Cancels generation; the tokens produced so far are kept. */
   signal?: AbortSignal;
