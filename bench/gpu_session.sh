@@ -27,6 +27,16 @@
 #     (SHAPES="qdown=32x8x8 ..." to choose), then step profiles and decode of w4g128, MxMoE 3.25 and f16
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh quick     # ~4 min: w4g128 and MxMoE 3.25
 #     step profile and decode speed (bundle gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mx2       # ~5 min: step profiles of
+#     MxMoE 3.25, w4g128 and w2g128, decode of w4g128 and MxMoE 3.25 (bundle gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxshapes  # ~5 min: MxMoE 3.25 step time
+#     by packed shape, decode of w4g128 and MxMoE 3.25 (MX_SHAPES=... to choose; bundle gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh codes     # ~7 min: GEAR's split kernels,
+#     w4g128 and MxMoE 3.25 step profiles and decode, a step at 32k with f16 and gear-2 (bundle gear_kernels,
+#     gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh final     # ~8 min: GEAR's split kernels,
+#     decode of w4g128, MxMoE 3.25 and f16 at serve's schedule, 64 and 128 per submission, sampled w4g128
+#     (bundle gear_kernels, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh overlap   # ~7 min: readback overlap probe,
 #     w4g128 decode by ReadbackOverlap, GEAR's split kernel at 32k by store part (bundle readback_overlap,
 #     gpu_decode, gear_kernels)
@@ -38,7 +48,7 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, overlap, kvstep or gear32k}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -256,6 +266,93 @@ quick)
     done
   done
   ;;
+mx2)
+  # Step time of MxMoE 3.25, w4g128 and w2g128 (uniform 2-bit experts), then decode of w4g128 and MxMoE 3.25
+  # with serve's schedule and 64 per submission (bundle gpu_profile, gpu_decode).
+  python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
+  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+    python3 bench/make_packed_olmoe.py --out /tmp/w2 --experts w2g128 >"$logs/w2.log" 2>&1) &
+  timeout 60 deno run -A dist/gpu_profile.js --model /tmp/mx325 --pos 128 >"$logs/profile_mx325.log" 2>&1
+  wait
+  for m in w4 w2; do
+    timeout 60 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 >"$logs/profile_$m.log" 2>&1
+  done
+  for m in w4 mx325; do
+    for tps in 0 64; do
+      echo "== $m tps $tps" >>"$logs/decode.log"
+      timeout 60 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
+        >>"$logs/decode.log" 2>&1
+    done
+  done
+  ;;
+mxshapes)
+  # MxMoE 3.25 (w4g128 and w2g128 experts) step time with other packed gate/up and down shapes, then decode
+  # with the fastest of them tried here beside w4g128 and MxMoE with the defaults (bundle gpu_profile, gpu_decode).
+  python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
+  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
+  for sh in none qgateup=8x32 qgateup=32x8 qdown=8x32 qgateup=8x32,qdown=8x32; do
+    echo "== shapes $sh" >>"$logs/shapes.log"
+    args=(); [ "$sh" != none ] && args=(--shapes "$sh")
+    timeout 60 deno run -A dist/gpu_profile.js --model /tmp/mx325 --pos 128 --ablate off "${args[@]}" \
+      >>"$logs/shapes.log" 2>&1
+  done
+  wait
+  for run in "w4 none" "mx325 none" "mx325 ${MX_SHAPES:-qgateup=8x32}"; do
+    set -- $run
+    args=(); [ "$2" != none ] && args=(--shapes "$2")
+    for tps in 0 64; do
+      echo "== $1 $2 tps $tps" >>"$logs/decode.log"
+      timeout 60 deno run -A dist/gpu_decode.js --model "/tmp/$1" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
+        "${args[@]}" >>"$logs/decode.log" 2>&1
+    done
+  done
+  ;;
+codes)
+  # After the codes' int-to-float conversion was replaced: GEAR's split kernels at 1k-32k (and plain 2-bit at
+  # 32k), w4g128 and MxMoE 3.25 step profiles and decode (serve's schedule, 64 per submission), and a step's GPU
+  # time at a 32k context with the f16 cache and gear-2 (bundle gear_kernels, gpu_profile, gpu_decode).
+  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+    python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
+  (timeout 150 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1) &
+  timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,2048,4096,8192,32768 --reps 30 \
+    >"$logs/gear_kernels.log" 2>&1
+  timeout 40 deno run -A dist/gear_kernels.js --contexts 32768 --reps 30 --rank 0 --outliers 0 \
+    >>"$logs/gear_parts.log" 2>&1
+  wait
+  profile_and_decode w4 mx325
+  for kv in f16 gear-2; do
+    echo "== pos 32778 kv $kv" >>"$logs/kvstep.log"
+    timeout 70 deno run -A dist/gpu_profile.js --model /tmp/olmoe --pos 32778 --ablate off --kv "$kv" \
+      >>"$logs/kvstep.log" 2>&1
+  done
+  ;;
+final)
+  # GEAR's split kernels at 1k-32k (and at 32k by part of the store), then decode with serve's schedule, 64 and
+  # 128 steps per submission for w4g128 and MxMoE 3.25, serve's schedule and 64 for f16, sampled w4g128
+  # (bundle gear_kernels and gpu_decode).
+  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+    python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
+  (timeout 150 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1) &
+  timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,2048,4096,8192,32768 --reps 30 \
+    >"$logs/gear_kernels.log" 2>&1
+  for rs in "0 0" "2 0"; do
+    set -- $rs
+    timeout 40 deno run -A dist/gear_kernels.js --contexts 32768 --reps 30 --rank "$1" --outliers "$2" \
+      >>"$logs/gear_parts.log" 2>&1
+  done
+  wait
+  for m in w4 mx325 olmoe; do
+    for tps in 0 64 128; do
+      [ "$m" = olmoe ] && [ "$tps" = 128 ] && continue
+      echo "== $m tps $tps" >>"$logs/decode.log"
+      timeout 60 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
+        >>"$logs/decode.log" 2>&1
+    done
+  done
+  echo "== w4 sampled" >>"$logs/decode.log"
+  timeout 60 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --temperature 0.7 --top-k 40 \
+    --top-p 0.9 >>"$logs/decode.log" 2>&1
+  ;;
 overlap)
   # Whether work submitted while a readback waits overlaps its 10 ms sleep (readback_overlap), then w4g128 decode
   # with each ReadbackOverlap (gpu_decode --overlap) at serve's schedule, 64 and 128 steps per submission, and
@@ -302,7 +399,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|overlap|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
   exit 2
   ;;
 esac

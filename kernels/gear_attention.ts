@@ -36,9 +36,9 @@ export interface GearAttentionParams {
   /** Split-K: each workgroup takes 64 keys and writes a partial result (merge with gearMergeWgsl). */
   split?: boolean;
   /**
-   * Split-K with 256 threads per workgroup (each phase's loads in flight together): shorter per tile, more
-   * work in all; faster on an H200 at short contexts (1k keys: 13.5 vs 21.7 µs per layer), slower at long ones
-   * (32k: 293 vs 182 µs), where the 64-thread kernel runs (see GEAR_WIDE_MAX_SPLITS).
+   * Split-K with 256 threads per workgroup (every load of a tile issued before its first barrier): faster on an
+   * H200 at short contexts (1k keys: 13.6 vs 21.6 µs per layer), slower at long ones (32k: 294 vs 238 µs), where
+   * the 64-thread kernel runs (see GEAR_WIDE_MAX_SPLITS).
    */
   wide?: boolean;
 }
@@ -184,21 +184,23 @@ const SPLIT_WG = 256;
 /** Widest head the wide split-K kernel takes (one channel per thread where it folds the query). */
 export const GEAR_WIDE_MAX_HD = SPLIT_WG;
 /**
- * Most key tiles (of 64) for which decode runs the wide split-K kernel: measured on an H200 it takes 13.5 µs
- * per layer at 1k keys (the 64-thread one 21.7) but 70.7 at 8k (52.7).
+ * Most key tiles (of 64) for which decode runs the wide split-K kernel: measured on an H200 it takes 13.6 and
+ * 19.4 µs per layer at 1k and 2k keys (the 64-thread one 21.6 and 23.2) but 33.0 at 4k (28.3).
  */
 export const GEAR_WIDE_MAX_SPLITS = 32;
 
 /**
  * WGSL of split-K GEAR attention (decode: one tile of 64 keys per workgroup), built for latency like split-K
- * attention of `attention.ts`: 256 threads, so each phase's loads are in flight together. On a compressed tile:
- * every thread folds one channel of q into the key scales of each token group and adds its share of q·min and
- * q·P (tree-reduced); `kt` threads per key dot strided code words with the folded query; one thread per key
- * adds min, low-rank and outlier terms; after the softmax, thread (token group g, 4-channel column) sums
- * `p_t · (code·scale + min)` over tokens t ≡ g (mod groups), while the first 64 threads form the low-rank
- * weights p·Q_V and the value outliers are scattered; the groups' sums are added at the end. A ring tile reads
- * rows of the full-precision ring as vec4s. Same bindings, grid and partials as {@linkcode gearAttentionWgsl}
- * with `split`.
+ * attention of `attention.ts`: 256 threads, and every global load of the tile issued up front, before the first
+ * barrier (key codes, the keys' Q rows, the channel parameters; the value codes, parameters and Q rows), so the
+ * tile waits on memory about once. Thread c < hd folds channel c of q into the key scales (q·scale), the key
+ * minima (q·min) and the low-rank factor (q·P); per class of channels (those of the code words one key thread
+ * reads), a few threads sum q·min and q·P; `kt` threads per key dot their code words with the folded query and
+ * add their class's q·min and q·P·Q_K terms, so no tree reduction runs; one thread per key adds the outlier
+ * terms. After the softmax, thread (token group g, 4-channel column) sums `p_t · (code·scale + min)` and the
+ * low-rank term `(Σ p_t·Q_V[t]) · P_Vᵀ` over tokens t ≡ g (mod groups) while the value outliers are scattered;
+ * the groups' sums are added at the end. A ring tile reads rows of the full-precision ring as vec4s. Same
+ * bindings, grid and partials as {@linkcode gearAttentionWgsl} with `split`.
  */
 function gearSplitWgsl(p: GearAttentionParams): string {
   const l = p.layout;
@@ -212,110 +214,139 @@ function gearSplitWgsl(p: GearAttentionParams): string {
   const d4 = l.hd / 4;
   const ngt = l.group < TK ? TK / l.group : 1;
   const rmax = Math.max(1, l.rMax);
-  const nRed = ngt + rmax;
+  const lowRank = l.rMax > 0;
   const vec = (e: string) => (f16 ? `vec4<f32>(unpack2x16float(${e}.x), unpack2x16float(${e}.y))` : e);
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   // Threads per key: ring tiles split the head's vec4s, compressed tiles its code words.
   const ktRing = d4 % 4 === 0 ? 4 : d4 % 2 === 0 ? 2 : 1;
   const ktComp = l.W % 4 === 0 ? 4 : l.W % 2 === 0 ? 2 : 1;
   const groups = Math.min(TK, Math.floor(SPLIT_WG / d4)); // token groups of the value phase
   const nj = Math.ceil(TK / groups); // tokens per value thread
+  const niw = l.W / ktComp; // code words per key thread
+  const partial = l.hd % l.perWord !== 0; // the last word holds fewer codes
   // Ring keys: vec4s kp, kp + kt, ... of key kk.
   const ringKey: string[] = [];
   const nir = d4 / ktRing;
   for (let i0 = 0; i0 < nir; i0 += 8) {
-    const is = Array.from({ length: Math.min(8, nir - i0) }, (_, i) => i0 + i);
+    const is = range(Math.min(8, nir - i0)).map((i) => i0 + i);
     for (const i of is) ringKey.push(`let k${i} = rk[kb + ${i * ktRing}u];`);
     ringKey.push(`s += ${is.map((i) => `dot(qs4[kp + ${i * ktRing}u], ${vec(`k${i}`)})`).join(" + ")};`);
   }
-  // Compressed keys: code words kp, kp + kt, ... of key kk against the folded query qd of its token group.
-  const compKey: string[] = [];
-  const niw = l.W / ktComp;
-  const partial = l.hd % l.perWord !== 0; // the last word holds fewer codes
-  for (let i0 = 0; i0 < niw; i0 += 8) {
-    const is = Array.from({ length: Math.min(8, niw - i0) }, (_, i) => i0 + i);
-    for (const i of is) compKey.push(`let kw${i} = store[cb + ${i * ktComp}u];`);
-    for (const i of is) {
-      compKey.push(`cq = qb + (kp + ${i * ktComp}u) * PERW;`);
-      for (let e = 0; e < l.perWord; e++) {
-        const term = `s += qd[cq + ${e}u] * f32((kw${i} >> ${e * l.bits}u) & MASK);`;
-        // Channels past the head (the last word's unused codes) only where the head does not fill it.
-        compKey.push(partial ? `if (cq + ${e}u < qb + D) { ${term} }` : term);
-      }
-    }
+  // Loads issued up front: the key thread's code words (and its key's Q row), the folding thread's key
+  // parameters, the value thread's code words, parameters (and Q rows) of its tokens.
+  const decls: string[] = [];
+  const loads: string[] = [];
+  for (let i = 0; i < niw; i++) {
+    decls.push(`var kw${i} = 0u;`);
+    loads.push(`kw${i} = store[cb + ${i * ktComp}u];`);
   }
-  // Values: tokens j = kg + groups·i of the tile for 4-channel column vcol.
-  const vLoads: string[] = [];
-  const vSum: string[] = [];
-  const ringV: string[] = [];
+  for (let w = 0; w < l.RW && lowRank; w++) {
+    decls.push(`var qkw${w} = 0u;`);
+    loads.push(`qkw${w} = store[O_QK + (bh * T + tkc) * RW + ${w}u];`);
+  }
+  for (let g = 0; g < ngt; g++) {
+    decls.push(`var prk${g} = 0u;`);
+    loads.push(`if (li < D) { prk${g} = store[O_PARK + (bh * (T / G) + (base + ${g}u * G) / G) * D + li]; }`);
+  }
   const perChannelParams = l.gv % 4 !== 0;
+  const vLoads: string[] = [];
   for (let i = 0; i < nj; i++) {
-    vLoads.push(`let j${i} = kg + ${i * groups}u;`);
-    vLoads.push(`let t${i} = tb + min(j${i}, n - 1u);`);
-    vLoads.push(`let cw${i} = store[O_CV + t${i} * W + wo];`);
+    decls.push(`var cw${i} = 0u;`);
+    vLoads.push(`let t${i} = tb + min(kg + ${i * groups}u, n - 1u);`);
+    vLoads.push(`cw${i} = store[O_CV + t${i} * W + wo];`);
     if (perChannelParams) {
       for (let e = 0; e < 4; e++) {
-        vLoads.push(
-          `let pr${i}_${e} = unpack2x16float(store[O_PARV + t${i} * NGV + (4u * vcol + ${e}u) / GV]);`,
-        );
+        decls.push(`var pr${i}_${e} = 0u;`);
+        vLoads.push(`pr${i}_${e} = store[O_PARV + t${i} * NGV + (4u * vcol + ${e}u) / GV];`);
       }
     } else {
-      vLoads.push(`let pr${i} = unpack2x16float(store[O_PARV + t${i} * NGV + gv]);`);
+      decls.push(`var pr${i} = 0u;`);
+      vLoads.push(`pr${i} = store[O_PARV + t${i} * NGV + gv];`);
     }
-    ringV.push(`let j${i} = kg + ${i * groups}u;`);
-    ringV.push(`let v${i} = rv[rb + ((base + min(j${i}, n - 1u)) % BUFCAP) * D4];`);
+    for (let w = 0; w < l.RW && lowRank; w++) {
+      decls.push(`var qvw${i}_${w} = 0u;`);
+      vLoads.push(`qvw${i}_${w} = store[O_QV + t${i} * RW + ${w}u];`);
+    }
   }
+  // Compressed keys: code words kp, kp + kt, ... of key kk against the folded query of its token group.
+  const compKey: string[] = [];
+  for (let i = 0; i < niw; i++) {
+    compKey.push(`cq = qb + (kp + ${i * ktComp}u) * PERW;`);
+    for (let e = 0; e < l.perWord; e++) {
+      const term = `s += qd[cq + ${e}u] * f32((kw${i} >> ${e * l.bits}u) & MASK);`;
+      // Channels past the head (the last word's unused codes) only where the head does not fill it.
+      compKey.push(partial ? `if (cq + ${e}u < qb + D) { ${term} }` : term);
+    }
+  }
+  // The class sums of this key thread: q·min of its token group, and q·P_j · scale_j · Q_K[t, j].
+  compKey.push(`s += cls[gt * KTC + kp];`);
+  for (let j = 0; j < l.rMax; j++) {
+    compKey.push(`s += cls[(NGT + ${j}u) * KTC + kp] * ksc[${j}u] * q8_of(qkw${j >> 2}, ${j}u);`);
+  }
+  // Values: tokens j = kg + groups·i of the tile for 4-channel column vcol.
+  const vSum: string[] = [];
+  const ringV: string[] = [];
   for (let i = 0; i < nj; i++) {
     // Tokens past the tile's end (j ≥ n) weigh 0; their loads read the tile's last token.
-    const w = `select(0.0, pp[min(j${i}, TK - 1u)], j${i} < n)`;
+    const w = `select(0.0, pp[min(kg + ${i * groups}u, TK - 1u)], kg + ${i * groups}u < n)`;
     vSum.push(`let w${i} = ${w};`);
     ringV.push(`let w${i} = ${w};`);
+    ringV.push(`let v${i} = rv[rb + ((base + min(kg + ${i * groups}u, n - 1u)) % BUFCAP) * D4];`);
     const codes = `vec4<f32>(vec4<u32>(cw${i} >> sh, cw${i} >> (sh + BITS), cw${i} >> (sh + 2u * BITS), ` +
       `cw${i} >> (sh + 3u * BITS)) & vec4<u32>(MASK))`;
     if (perChannelParams) {
-      const sc = `vec4<f32>(${[0, 1, 2, 3].map((e) => `pr${i}_${e}.x`).join(", ")})`;
-      const mn = `vec4<f32>(${[0, 1, 2, 3].map((e) => `pr${i}_${e}.y`).join(", ")})`;
+      const pr = range(4).map((e) => `unpack2x16float(pr${i}_${e})`);
+      const sc = `vec4<f32>(${pr.map((x) => `${x}.x`).join(", ")})`;
+      const mn = `vec4<f32>(${pr.map((x) => `${x}.y`).join(", ")})`;
       vSum.push(`acc += w${i} * (${codes} * ${sc} + ${mn});`);
     } else {
-      vSum.push(`acc += w${i} * (${codes} * pr${i}.x + pr${i}.y);`);
+      vSum.push(`let pr${i}f = unpack2x16float(pr${i});`);
+      vSum.push(`acc += w${i} * (${codes} * pr${i}f.x + pr${i}f.y);`);
     }
   }
-  ringV.push(`acc = ${Array.from({ length: nj }, (_, i) => `w${i} * ${vec(`v${i}`)}`).join(" + ")};`);
+  for (let j = 0; j < l.rMax; j++) {
+    // (Σ_t p_t · Q_V[t, j]) · scale_j over this thread's tokens, times column j of P_V for its channels.
+    const u = range(nj).map((i) => `w${i} * q8_of(qvw${i}_${j >> 2}, ${j}u)`).join(" + ");
+    vSum.push(`acc += (${u}) * vsc[${j}u] * pvc[${j}u];`);
+  }
+  ringV.push(`acc = ${range(nj).map((i) => `w${i} * ${vec(`v${i}`)}`).join(" + ")};`);
+  const nCls = (ngt + l.rMax) * ktComp;
   return `${prelude()}
 ${gearConstsWgsl(p)}
 const D4: u32 = ${d4}u;
 const KTR: u32 = ${ktRing}u;
 const KTC: u32 = ${ktComp}u;
+const NIW: u32 = ${niw}u;
 const KG: u32 = ${groups}u;
 const WG: u32 = ${SPLIT_WG}u;
+const NCLS: u32 = ${nCls}u;
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> store: array<u32>;
 @group(0) @binding(2) var<storage, read> rk: array<${f16 ? "vec2<u32>" : "vec4<f32>"}>;
 @group(0) @binding(3) var<storage, read> rv: array<${f16 ? "vec2<u32>" : "vec4<f32>"}>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 var<workgroup> qs4: array<vec4<f32>, D4>;
+// The folded query: q·scale and q·min per token group and channel, q·P per rank and channel.
 var<workgroup> qd: array<f32, ${ngt * l.hd}>;
-var<workgroup> red: array<f32, ${nRed * SPLIT_WG}>;
+var<workgroup> qm: array<f32, ${ngt * l.hd}>;
+var<workgroup> qp: array<f32, ${rmax * l.hd}>;
+// Class sums: q·min of each token group, then q·P of each rank, over the channels of each key thread's words.
+var<workgroup> cls: array<f32, ${Math.max(1, nCls)}>;
 var<workgroup> sred: array<f32, ${TK * Math.max(ktRing, ktComp)}>;
 var<workgroup> pt: array<vec4<f32>, ${TK / 4}>;
 var<workgroup> pp: array<f32, TK>;
 var<workgroup> vred: array<vec4<f32>, ${groups * d4}>;
 var<workgroup> lred: array<f32, KG>;
 ${gearHelpersWgsl(l)}
-// Sums red[v * WG + i] over i for every v < nv; the sums land in red[v * WG].
-fn reduce_wg(li: u32, nv: u32, half0: u32) {
-  workgroupBarrier();
-  for (var s = half0; s > 0u; s >>= 1u) {
-    if (li < s) {
-      for (var v = 0u; v < nv; v++) { red[v * WG + li] += red[v * WG + li + s]; }
-    }
-    workgroupBarrier();
-  }
-}
 fn qs_at(c: u32) -> f32 {
   return qs4[c / 4u][c % 4u];
 }
 fn p_at(t: u32) -> f32 {
   return pp[t];
+}
+// The int8 at byte (j mod 4) of word w.
+fn q8_of(w: u32, j: u32) -> f32 {
+  return f32(bitcast<i32>(w << (24u - 8u * (j & 3u))) >> 24u);
 }
 
 @compute @workgroup_size(${SPLIT_WG})
@@ -327,13 +358,6 @@ ${GEAR_ROW_WGSL}
   start = max(start, z * TK);
   let hi = min(pos, z * TK + TK - 1u);
   let qo = ((qb * QROWS + r) * NH + h) * D;
-  if (li < D4) {
-    qs4[li] = vec4<f32>(q[qo + 4u * li], q[qo + 4u * li + 1u], q[qo + 4u * li + 2u], q[qo + 4u * li + 3u]) *
-      ${f32Lit(p.scale)};
-  }
-  if (li < TK) { atomicStore(&kacc[li], 0); }
-  if (li < D) { atomicStore(&vacc[li], 0); }
-  workgroupBarrier();
   let po = (((qb * QROWS + r) * NH + h) * NS + z) * (D + 2u);
   if (start > hi) {
     // A split before the window or past the row's position: empty.
@@ -350,48 +374,81 @@ ${GEAR_ROW_WGSL}
   let kg = li / D4;
   let vcol = li % D4;
   let tk = base + kk;
+  let tkc = min(tk, base + TK - 1u);
   let kvalid = kk < TK && tk >= start && tk <= hi;
+  let tb = bh * T + base;
+  let wo = (4u * vcol) / PERW;
+  let sh = ((4u * vcol) % PERW) * BITS;
+  let gv = (4u * vcol) / GV;
+  var qc = 0.0;
+  if (li < D) { qc = q[qo + li] * ${f32Lit(p.scale)}; }
   var seg = 0u;
+  ${decls.join("\n  ")}
+  var ksc: array<f32, ${rmax}>;
+  var vsc: array<f32, ${rmax}>;
+  var pvc: array<vec4<f32>, ${rmax}>;
+  if (comp) {
+    // Every load of the tile at once.
+    let cb = O_CK + (bh * T + tkc) * W + kp;
+    ${loads.join("\n    ")}
+    if (kg < KG) {
+      ${vLoads.join("\n      ")}
+    }
+    seg = store[O_SEG + b * NBLK + base / NB];
+    if (LOWRANK) {
+      let pk = O_PK + (bh * NBLK + seg) * PW;
+      let pv = O_PV + (bh * NBLK + seg) * PW;
+      for (var j = 0u; j < RMAX; j++) {
+        ksc[j] = half_at(pk, D * RMAX + j);
+        vsc[j] = half_at(pv, D * RMAX + j);
+        pvc[j] = vec4<f32>(half_at(pv, (4u * vcol) * RMAX + j), half_at(pv, (4u * vcol + 1u) * RMAX + j),
+          half_at(pv, (4u * vcol + 2u) * RMAX + j), half_at(pv, (4u * vcol + 3u) * RMAX + j));
+        if (li < D) { qp[j * D + li] = qc * half_at(pk, li * RMAX + j); }
+      }
+    }
+    if (li < D) {
+      ${
+    range(ngt).map((g) =>
+      `let pr${g}k = unpack2x16float(prk${g});
+      qd[${g}u * D + li] = qc * pr${g}k.x;
+      qm[${g}u * D + li] = qc * pr${g}k.y;`
+    ).join("\n      ")
+  }
+    }
+  }
+  if (li < D4) {
+    qs4[li] = vec4<f32>(q[qo + 4u * li], q[qo + 4u * li + 1u], q[qo + 4u * li + 2u], q[qo + 4u * li + 3u]) *
+      ${f32Lit(p.scale)};
+  }
+  if (li < TK) { atomicStore(&kacc[li], 0); }
+  if (li < D) { atomicStore(&vacc[li], 0); }
+  workgroupBarrier();
   var s = 0.0;
   if (comp) {
-    seg = store[O_SEG + b * NBLK + base / NB];
-    // The query folded into each token group's key scales (qd), and the sums q·min and q·P to reduce.
-    let c = li;
-    for (var gt = 0u; gt < NGT; gt++) {
-      var part = 0.0;
-      if (c < D) {
-        let pr = unpack2x16float(store[O_PARK + (bh * (T / G) + (base + gt * G) / G) * D + c]);
-        qd[gt * D + c] = qs_at(c) * pr.x;
-        part = qs_at(c) * pr.y;
-      }
-      red[gt * WG + li] = part;
-    }
-    if (LOWRANK) {
-      let pb = O_PK + (bh * NBLK + seg) * PW;
-      for (var j = 0u; j < RMAX; j++) {
-        var part = 0.0;
-        if (c < D) { part = qs_at(c) * half_at(pb, c * RMAX + j); }
-        red[(NGT + j) * WG + li] = part;
-      }
-    }
     if (KK > 0u) { scatter_key_outliers(li, WG, bh, base); }
-    reduce_wg(li, NRED, WG / 2u);
+    if (li < NCLS) {
+      // Class sum v of key share c: over the channels of code words c, c + KTC, ...
+      let v = li / KTC;
+      let c = li % KTC;
+      var sum = 0.0;
+      for (var i = 0u; i < NIW; i++) {
+        let c0 = (c + i * KTC) * PERW;
+        for (var e = 0u; e < PERW; e++) {
+          let ch = c0 + e;
+          if (ch < D) {
+            if (v < NGT) { sum += qm[v * D + ch]; } else { sum += qp[(v - NGT) * D + ch]; }
+          }
+        }
+      }
+      cls[li] = sum;
+    }
+    workgroupBarrier();
     if (li < TK * KTC && kvalid) {
       let gt = select(0u, kk / G, G < TK);
       let qb = gt * D;
-      let cb = O_CK + (bh * T + tk) * W + kp;
       var cq = 0u;
       ${compKey.join("\n      ")}
-      if (kp == 0u) {
-        s += red[gt * WG];
-        if (LOWRANK) {
-          let pk = O_PK + (bh * NBLK + seg) * PW;
-          for (var j = 0u; j < RMAX; j++) {
-            s += red[(NGT + j) * WG] * half_at(pk, D * RMAX + j) * q8_at(O_QK + (bh * T + tk) * RW, j);
-          }
-        }
-        if (KK > 0u) { s += f32(atomicLoad(&kacc[kk])) / KFIX; }
-      }
+      if (kp == 0u && KK > 0u) { s += f32(atomicLoad(&kacc[kk])) / KFIX; }
     }
   } else if (li < TK * KTR && kvalid) {
     let kb = (bh * BUFCAP + tk % BUFCAP) * D4 + kp;
@@ -417,22 +474,10 @@ ${GEAR_ROW_WGSL}
   workgroupBarrier();
   var acc = vec4<f32>(0.0);
   if (comp) {
-    if (LOWRANK && li < TK) {
-      // p · Q_V of the tile's tokens, one per rank.
-      for (var j = 0u; j < RMAX; j++) {
-        red[j * WG + li] = pp[li] * q8_at(O_QV + (bh * T + base + min(li, n - 1u)) * RW, j);
-      }
-    }
     if (MV > 0u) { scatter_value_outliers(li, WG, bh, base, n); }
     if (kg < KG) {
-      let tb = bh * T + base;
-      let wo = (4u * vcol) / PERW;
-      let sh = ((4u * vcol) % PERW) * BITS;
-      let gv = (4u * vcol) / GV;
-      ${vLoads.join("\n      ")}
       ${vSum.join("\n      ")}
     }
-    if (LOWRANK) { reduce_wg(li, RMAX, TK / 2u); }
   } else if (kg < KG) {
     let rb = bh * BUFCAP * D4 + vcol;
     ${ringV.join("\n    ")}
@@ -452,19 +497,9 @@ ${GEAR_ROW_WGSL}
   ${
     writePartialWgsl(
       "D",
-      `if (comp) {
-      if (LOWRANK) {
-        let pv = O_PV + (bh * NBLK + seg) * PW;
-        for (var j = 0u; j < RMAX; j++) {
-          let u = red[j * WG] * half_at(pv, D * RMAX + j);
-          a += u * vec4<f32>(half_at(pv, (4u * li) * RMAX + j), half_at(pv, (4u * li + 1u) * RMAX + j),
-            half_at(pv, (4u * li + 2u) * RMAX + j), half_at(pv, (4u * li + 3u) * RMAX + j));
-        }
-      }
-      if (MV > 0u) {
-        a += vec4<f32>(f32(atomicLoad(&vacc[4u * li])), f32(atomicLoad(&vacc[4u * li + 1u])),
-          f32(atomicLoad(&vacc[4u * li + 2u])), f32(atomicLoad(&vacc[4u * li + 3u]))) / VFIX;
-      }
+      `if (comp && MV > 0u) {
+      a += vec4<f32>(f32(atomicLoad(&vacc[4u * li])), f32(atomicLoad(&vacc[4u * li + 1u])),
+        f32(atomicLoad(&vacc[4u * li + 2u])), f32(atomicLoad(&vacc[4u * li + 3u]))) / VFIX;
     }`,
     )
   }
