@@ -48,7 +48,7 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, gearregs, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -266,6 +266,19 @@ quick)
     done
   done
   ;;
+gearregs)
+  # GEAR's split kernels at 8k and 32k, plain 2-bit and the full store (bundle gear_kernels). EDGEMIX_GEAR_VEARLY
+  # switched a scratch variant of the 256-thread kernel (value loads after the softmax) on 2026-12-02; the code
+  # no longer reads it, so both passes now measure the same kernels.
+  for early in 1 0; do
+    for rs in "0 0" "4 0.02"; do
+      set -- $rs
+      echo "== early $early rank $1 outliers $2" >>"$logs/gear_regs.log"
+      EDGEMIX_GEAR_VEARLY=$early timeout 50 deno run -A dist/gear_kernels.js --contexts 8192,32768 --reps 30 \
+        --rank "$1" --outliers "$2" >>"$logs/gear_regs.log" 2>&1
+    done
+  done
+  ;;
 mx2)
   # Step time of MxMoE 3.25, w4g128 and w2g128 (uniform 2-bit experts), then decode of w4g128 and MxMoE 3.25
   # with serve's schedule and 64 per submission (bundle gpu_profile, gpu_decode).
@@ -399,7 +412,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|gearregs|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
   exit 2
   ;;
 esac

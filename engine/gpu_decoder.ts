@@ -8,8 +8,9 @@
  *   per layer RMSNorm → qkv → q/k norm + rope + KV append → attention → o-proj (+residual) → RMSNorm →
  *   router → expert gate/up → (shared expert) → expert down (+residual), then final norm → LM head → sampler;
  * - several steps are encoded into one submission, and each one's tokens come back through its own staging
- *   buffer; the next submission is encoded while the GPU runs the current one (Deno's readback blocks until the
- *   queue is empty, so encoding after it would leave the GPU idle); the caller discards what follows a stop;
+ *   buffer; Deno's readback blocks until the queue is empty and resolves ~10 ms later, so the next submission's
+ *   first steps are encoded while the GPU runs the current one and submitted inside that wait, the rest chunk
+ *   by chunk while the GPU runs them (see #pump); the caller discards what follows a stop;
  * - continuous batching: the KV cache, the token ring, the prompt ids and the sampler parameters have one lane
  *   per sequence that may generate at once; a decode step has one row per running sequence (its position,
  *   lane and step come from the step slot, see STEP_WGSL), new sequences' prefills go into the next submission
