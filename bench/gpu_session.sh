@@ -267,16 +267,13 @@ quick)
   done
   ;;
 gearregs)
-  # GEAR's split kernels at 8k and 32k, plain 2-bit and the full store (bundle gear_kernels). EDGEMIX_GEAR_VEARLY
-  # switched a scratch variant of the 256-thread kernel (value loads after the softmax) on 2026-12-02; the code
-  # no longer reads it, so both passes now measure the same kernels.
-  for early in 1 0; do
-    for rs in "0 0" "4 0.02"; do
-      set -- $rs
-      echo "== early $early rank $1 outliers $2" >>"$logs/gear_regs.log"
-      EDGEMIX_GEAR_VEARLY=$early timeout 50 deno run -A dist/gear_kernels.js --contexts 8192,32768 --reps 30 \
-        --rank "$1" --outliers "$2" >>"$logs/gear_regs.log" 2>&1
-    done
+  # GEAR's split kernels at 8k and 32k, plain 2-bit and the full store (bundle gear_kernels). On 2026-12-02 this
+  # also ran a scratch variant of the 256-thread kernel (value loads after the softmax, no change; not kept).
+  for rs in "0 0" "4 0.02"; do
+    set -- $rs
+    echo "== rank $1 outliers $2" >>"$logs/gear_regs.log"
+    timeout 50 deno run -A dist/gear_kernels.js --contexts 8192,32768 --reps 30 --rank "$1" --outliers "$2" \
+      >>"$logs/gear_regs.log" 2>&1
   done
   ;;
 mx2)
