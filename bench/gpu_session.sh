@@ -27,6 +27,9 @@
 #     (SHAPES="qdown=32x8x8 ..." to choose), then step profiles and decode of w4g128, MxMoE 3.25 and f16
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh quick     # ~4 min: w4g128 and MxMoE 3.25
 #     step profile and decode speed (bundle gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxvsw4    # ~8 min: MxMoE 3.25 vs w4g128
+#     decode alternated on one machine, then MxMoE 2.25 (bundle gpu_decode); `mx225`: MxMoE 2.25 alone (~2 min);
+#     `gearregs`: GEAR's split kernels at 8k/32k, plain and full store (~1 min; bundle gear_kernels)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mx2       # ~5 min: step profiles of
 #     MxMoE 3.25, w4g128 and w2g128, decode of w4g128 and MxMoE 3.25 (bundle gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxshapes  # ~5 min: MxMoE 3.25 step time
@@ -48,7 +51,7 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, gearregs, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, mxvsw4, mx225, gearregs, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -266,6 +269,36 @@ quick)
     done
   done
   ;;
+mxvsw4)
+  # MxMoE 3.25 against uniform w4g128 on one machine: decode runs alternated (4 rounds, serve's schedule and 64
+  # per submission, 3 repetitions each), then MxMoE 2.25 (bundle gpu_decode).
+  python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+  python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
+  (python3 bench/make_packed_olmoe.py --out /tmp/mx225 --experts w2g128 >"$logs/mx225.log" 2>&1) &
+  for round in 1 2 3 4; do
+    for m in w4 mx325; do
+      for tps in 0 64; do
+        echo "== round $round $m tps $tps" >>"$logs/decode.log"
+        timeout 60 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 3 --tokens-per-submit "$tps" \
+          >>"$logs/decode.log" 2>&1
+      done
+    done
+  done
+  wait
+  for tps in 0 64; do
+    echo "== mx225 tps $tps" >>"$logs/decode.log"
+    timeout 60 deno run -A dist/gpu_decode.js --model /tmp/mx225 --dtype f16 --reps 3 --tokens-per-submit "$tps" \
+      >>"$logs/decode.log" 2>&1
+  done
+  ;;
+mx225)
+  # MxMoE 2.25 (every expert w2g128) decode with serve's schedule and 64 per submission (bundle gpu_decode).
+  python3 bench/make_packed_olmoe.py --out /tmp/mx225 --experts w2g128 >"$logs/mx225.log" 2>&1
+  for tps in 0 64; do
+    timeout 60 deno run -A dist/gpu_decode.js --model /tmp/mx225 --dtype f16 --reps 2 --tokens-per-submit "$tps" \
+      >>"$logs/decode_mx225.log" 2>&1
+  done
+  ;;
 gearregs)
   # GEAR's split kernels at 8k and 32k, plain 2-bit and the full store (bundle gear_kernels). On 2026-12-02 this
   # also ran a scratch variant of the 256-thread kernel (value loads after the softmax, no change; not kept).
@@ -409,7 +442,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|gearregs|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|mxvsw4|mx225|gearregs|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
   exit 2
   ;;
 esac
