@@ -270,12 +270,12 @@ quick)
   done
   ;;
 mxvsw4)
-  # MxMoE 3.25 against uniform w4g128 on one machine: decode runs alternated (4 rounds, serve's schedule and 64
+  # MxMoE 3.25 against uniform w4g128 on one machine: decode runs alternated (3 rounds, serve's schedule and 64
   # per submission, 3 repetitions each), then MxMoE 2.25 (bundle gpu_decode).
   python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
   python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
   (python3 bench/make_packed_olmoe.py --out /tmp/mx225 --experts w2g128 >"$logs/mx225.log" 2>&1) &
-  for round in 1 2 3 4; do
+  for round in 1 2 3; do
     for m in w4 mx325; do
       for tps in 0 64; do
         echo "== round $round $m tps $tps" >>"$logs/decode.log"
