@@ -29,7 +29,8 @@
 #     step profile and decode speed (bundle gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxvsw4    # ~8 min: MxMoE 3.25 vs w4g128
 #     decode alternated on one machine, then MxMoE 2.25 (bundle gpu_decode); `mx225`: MxMoE 2.25 alone (~2 min);
-#     `gearregs`: GEAR's split kernels at 8k/32k, plain and full store (~1 min; bundle gear_kernels)
+#     `gearregs`: GEAR's split kernels at 8k/32k, plain and full store (~1 min; bundle gear_kernels);
+#     `sampler`: w4g128 greedy and sampled at temperature 0.7 and 0.1 (~3 min; bundle gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mx2       # ~5 min: step profiles of
 #     MxMoE 3.25, w4g128 and w2g128, decode of w4g128 and MxMoE 3.25 (bundle gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxshapes  # ~5 min: MxMoE 3.25 step time
@@ -51,7 +52,7 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, mxvsw4, mx225, gearregs, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
+what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -269,6 +270,15 @@ quick)
     done
   done
   ;;
+sampler)
+  # w4g128 decode greedy and sampled (top-k 40, top-p 0.9) at temperature 0.7 and 0.1 (bundle gpu_decode).
+  python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+  for t in 0 0.7 0.1; do
+    echo "== temperature $t" >>"$logs/decode.log"
+    timeout 60 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --temperature "$t" --top-k 40 \
+      --top-p 0.9 >>"$logs/decode.log" 2>&1
+  done
+  ;;
 mxvsw4)
   # MxMoE 3.25 against uniform w4g128 on one machine: decode runs alternated (3 rounds, serve's schedule and 64
   # per submission, 3 repetitions each), then MxMoE 2.25 (bundle gpu_decode).
@@ -442,7 +452,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|mxvsw4|mx225|gearregs|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
   exit 2
   ;;
 esac

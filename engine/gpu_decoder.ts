@@ -683,6 +683,8 @@ export class GpuDecoder implements TokenSource {
       gu: act("moe-gate-up", groupedAny ? R * k * 2 * I : 1),
       ysl: act("moe-expert-out", groupedAny ? R * k * H : 1),
       logits: act("logits", logitRows * V),
+      // The sampler's scratch rows (its top-k/top-p candidates), [logitRows, V] f32.
+      samplerScratch: act("sampler-scratch", logitRows * V),
       inputIds: track(storageBuffer(device, "input-ids", R * 4)),
       // Prompt ids [lanes, cap] u32: each lane's prompt, written before its prefill.
       promptIds: track(storageBuffer(device, "prompt-ids", lanes * cap * 4)),
@@ -826,7 +828,7 @@ export class GpuDecoder implements TokenSource {
     const sampleProg = await sampleProgram(device, ring, V);
     const sample: Dispatch = {
       program: sampleProg,
-      group: sampleProg.bind("sample", [b.logits, b.sampler, b.tokens]),
+      group: sampleProg.bind("sample", [b.logits, b.sampler, b.tokens, b.samplerScratch]),
       grid: [1, 1, 1],
     };
 

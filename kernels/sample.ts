@@ -1,7 +1,10 @@
 /**
  * Token sampling on the GPU, one workgroup: arg-max for greedy decoding, otherwise temperature, top-k and
  * top-p by value thresholds found with a bisection over the bit patterns of the logits, and a draw from the
- * seeded counter-based generator of kernels/cpu/sampling.ts. The chosen id is written into the token ring,
+ * seeded counter-based generator of kernels/cpu/sampling.ts. The bisections (64 passes) read only the logits
+ * within 30 of the largest after the temperature, copied first (in id order) to a scratch row: e^-30 ≈ 1e-13,
+ * so the others weigh nothing in a threshold's mass, and a top-k set larger than the copied ones differs from
+ * the exact one only by such ids. A peaked distribution leaves a few hundred of a 50k vocabulary. The chosen id is written into the token ring,
  * where the next step's embedding lookup reads it: sampling never waits for the CPU. In a batched step each
  * row (one workgroup each) samples its own sequence with its lane's parameters.
  *
@@ -49,9 +52,27 @@ function overRow(stmt: (v: string, i: string) => string): string {
 }
 
 /**
+ * WGSL applying `stmt(v)` to the `n` values of the scratch row (the candidates), eight at a time per thread as
+ * {@linkcode overRow}.
+ */
+function overCandidates(stmt: (v: string) => string): string {
+  const loads = Array.from({ length: 8 }, (_, j) => `let v${j} = scr[row + i0 + ${j}u];`).join(" ");
+  const body = Array.from({ length: 8 }, (_, j) => `{ ${stmt(`v${j}`)} }`).join("\n      ");
+  return `{
+    var i0 = li * 8u;
+    for (; i0 + 8u <= n; i0 += WG * 8u) {
+      ${loads}
+      ${body}
+    }
+    for (var i = i0; i < min(i0 + 8u, n); i++) { let v = scr[row + i]; ${stmt("v")} }
+  }`;
+}
+
+/**
  * WGSL of the sampler. Bindings: 0 logits [rows, V] f32 (row r reads row `st.logits_row + r`); 1 sampler
  * parameters [lanes] (SAMPLER_UNIFORM_BYTES each; row r uses lane `row_lane(r)`'s); 2 token ring
- * [lanes, ring_stride] u32 (row r writes slot `row_step(r)` of its lane). Grid: rows workgroups.
+ * [lanes, ring_stride] u32 (row r writes slot `row_step(r)` of its lane); 3 scratch, the logits' shape (row r
+ * uses the logits row's place). Grid: rows workgroups.
  */
 export function sampleWgsl(vocab: number): string {
   const chunk = Math.ceil(vocab / WG);
@@ -63,8 +84,10 @@ struct Sampler { temperature: f32, top_k: u32, top_p: f32, seed: u32 }
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<storage, read> sps: array<Sampler>;
 @group(0) @binding(2) var<storage, read_write> ring: array<u32>;
+@group(0) @binding(3) var<storage, read_write> scr: array<f32>;
 var<workgroup> rv: array<f32, ${WG}>;
 var<workgroup> ri: array<u32, ${WG}>;
+var<workgroup> ncand: u32;
 
 fn pcg(v: u32) -> u32 {
   let state = v * 747796405u + 2891336453u;
@@ -130,18 +153,37 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   }
   let tinv = 1.0 / sp.temperature;
   let m = lmax / sp.temperature;
+  // The candidates: the logits within 30 of the largest after the temperature, each thread's in its visiting
+  // order after those of the threads before it (an exclusive prefix sum of the counts), so the scratch row and
+  // every sum over it are the same on every run.
+  let cut = lmax - 30.0 * sp.temperature;
+  var cl = 0u;
+  ${overRow((v) => `cl += select(0u, 1u, ${v} >= cut);`)}
+  ri[li] = cl;
+  workgroupBarrier();
+  for (var s = 1u; s < WG; s <<= 1u) {
+    let t = select(0u, ri[li - s], li >= s);
+    workgroupBarrier();
+    ri[li] += t;
+    workgroupBarrier();
+  }
+  var slot = ri[li] - cl;
+  if (li == WG - 1u) { ncand = ri[li]; }
+  let n = workgroupUniformLoad(&ncand);
+  ${overRow((v) => `if (${v} >= cut) { scr[row + slot] = ${v}; slot++; }`)}
+  storageBarrier();
   // Top-k: the largest key threshold that still keeps at least top_k ids.
   var thr = 0u;
   if (sp.top_k > 0u && sp.top_k < V) {
     for (var b = 31i; b >= 0i; b--) {
       let cand = thr | (1u << u32(b));
       var cnt = 0u;
-      ${overRow((v) => `cnt += select(0u, 1u, fkey(${v}) >= cand);`)}
+      ${overCandidates((v) => `cnt += select(0u, 1u, fkey(${v}) >= cand);`)}
       if (sum_u(li, cnt) >= sp.top_k) { thr = cand; }
     }
   }
   var zl = 0.0;
-  ${overRow((v) => `if (fkey(${v}) >= thr) { zl += exp(${v} * tinv - m); }`)}
+  ${overCandidates((v) => `if (fkey(${v}) >= thr) { zl += exp(${v} * tinv - m); }`)}
   let z = sum_f(li, zl);
   // Top-p: the largest threshold whose kept mass still reaches top_p of the mass.
   if (sp.top_p < 1.0) {
@@ -149,7 +191,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
     for (var b = 31i; b >= 0i; b--) {
       let cand = pthr | (1u << u32(b));
       var ml = 0.0;
-      ${overRow((v) => `let k = fkey(${v}); if (k >= cand && k >= thr) { ml += exp(${v} * tinv - m); }`)}
+      ${
+    overCandidates((v) => `let k = fkey(${v}); if (k >= cand && k >= thr) { ml += exp(${v} * tinv - m); }`)
+  }
       if (sum_f(li, ml) >= sp.top_p * z) { pthr = cand; }
     }
     thr = max(thr, pthr);
@@ -215,5 +259,5 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 
 /** The sampler program. */
 export function sampleProgram(device: GPUDevice, ring: StepRing, vocab: number): Promise<Program> {
-  return P.get(device, ring, "sample", sampleWgsl(vocab), ["read", "read", "write"]);
+  return P.get(device, ring, "sample", sampleWgsl(vocab), ["read", "read", "write", "write"]);
 }

@@ -15,7 +15,8 @@ async function gpuSample(
   const prog = await sampleProgram(device, ring, V);
   const params = buf(device, "sampler", new Uint8Array(samplerUniform(p)));
   const rb = buf(device, "ring", new Uint32Array(Math.max(...steps) + 1).fill(0xffffffff));
-  const group = prog.bind("t", [buf(device, "logits", logits), params, rb]);
+  const scratch = buf(device, "scratch", new Float32Array(logits.length));
+  const group = prog.bind("t", [buf(device, "logits", logits), params, rb, scratch]);
   const out: number[] = [];
   for (const step of steps) {
     await runAndRead(
@@ -83,6 +84,36 @@ Deno.test({
 });
 
 Deno.test({
+  name: "sample kernel: a peaked row (500 of 50,304 logits within 30 of the largest) draws as sampleRef",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    const r = rng(54);
+    const V = 50304;
+    // The rest lie 56 or more below the largest after any temperature here: they weigh e^-56 or less.
+    const logits = randomArray(r, V, -200, -60);
+    const live = new Set<number>();
+    while (live.size < 500) live.add(Math.min(V - 1, Math.floor(r(0, 1) * V)));
+    for (const i of live) logits[i] = r(-4, 4);
+    const steps = Array.from({ length: 16 }, (_, i) => i);
+    for (
+      const p of [
+        { temperature: 1, topK: 0, topP: 0.9, seed: 11 },
+        { temperature: 0.7, topK: 40, topP: 1, seed: 12 },
+        // More than the 500 candidates: the kept set is theirs (the rest weigh nothing).
+        { temperature: 1, topK: 1000, topP: 1, seed: 13 },
+        { temperature: 1.5, topK: 0, topP: 1, seed: 14 },
+      ]
+    ) {
+      const got = await gpuSample(logits, V, 0, p, steps);
+      const ref = steps.map((s) => sampleRef(logits, p, s));
+      const same = got.filter((t, i) => t === ref[i]).length;
+      assert.ok(same >= steps.length - 1, `${JSON.stringify(p)}: ${got} vs ${ref}`);
+      for (const t of got) assert.ok(live.has(t), `${JSON.stringify(p)}: drew ${t}, outside the live ids`);
+    }
+  },
+});
+
+Deno.test({
   name: "sample kernel: a batched step samples each row with its lane's parameters into its lane's ring",
   ignore: SKIP_GPU,
   fn: async () => {
@@ -101,7 +132,12 @@ Deno.test({
     const params = new Uint8Array(lanes.length * SAMPLER_UNIFORM_BYTES);
     lanes.forEach((p, i) => params.set(new Uint8Array(samplerUniform(p)), i * SAMPLER_UNIFORM_BYTES));
     const rb = buf(device, "ring", new Uint32Array(lanes.length * stride).fill(0xffffffff));
-    const group = prog.bind("t", [buf(device, "logits", logits), buf(device, "sampler", params), rb]);
+    const group = prog.bind("t", [
+      buf(device, "logits", logits),
+      buf(device, "sampler", params),
+      rb,
+      buf(device, "scratch", new Float32Array(logits.length)),
+    ]);
     const got = new Uint32Array(
       await runAndRead(
         device,
