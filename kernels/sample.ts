@@ -5,8 +5,8 @@
  * within 30 of the largest after the temperature, copied first (in id order) to a scratch row: e^-30 ≈ 1e-13,
  * so the others weigh nothing in a threshold's mass, and a top-k set larger than the copied ones differs from
  * the exact one only by such ids; the more peaked the row, the fewer the passes read. The chosen id is written
- * into the token ring, where the next step's embedding lookup reads it: sampling never waits for the CPU. In a batched step each
- * row (one workgroup each) samples its own sequence with its lane's parameters.
+ * into the token ring, where the next step's embedding lookup reads it: sampling never waits for the CPU. In a
+ * batched step each row (one workgroup each) samples its own sequence with its lane's parameters.
  *
  * @module
  */
