@@ -6,6 +6,8 @@
  *
  *   deno run -A bench/gear_kernels.ts [--contexts 1024,8192,32768] [--bits 2] [--heads 16] [--hd 128] [--reps 50]
  *     [--rank 4] [--outliers 0.02]      # --rank 0 --outliers 0: plain KIVI quantization (quant-2)
+ *     [--pad-kb N]                      # GEAR kernels with N KiB more workgroup memory each (a diagnostic:
+ *                                       # fewer workgroups fit an SM; if the time does not move, fewer ran)
  *
  * The GEAR store is filled the way decoding fills it: block after block of random f16 keys and values written
  * to the full-precision ring and compressed by the real compress kernel (at --rank, as at prefill). Prints a
@@ -25,12 +27,13 @@ import {
   GEAR_WIDE_MAX_HD,
   type GearAttentionParams,
   gearAttentionProgram,
+  gearAttentionWgsl,
   gearMergeProgram,
   gearPartialFloats,
 } from "../kernels/gear_attention.ts";
 import { gearCompressProgram, gearScratchFloats } from "../kernels/gear_compress.ts";
 import { gearLayout, ringWords } from "../kernels/gear_layout.ts";
-import { acquireGpu, type Dispatch, StepRing, storageBuffer } from "../kernels/gpu.ts";
+import { acquireGpu, type Dispatch, Program, StepRing, storageBuffer } from "../kernels/gpu.ts";
 import { mergeGroupsX } from "../kernels/split_merge.ts";
 import { PassTimer, submitRepeated } from "./gpu_timer.ts";
 
@@ -44,6 +47,7 @@ const { values } = parseArgs({
     reps: { type: "string", default: "50" },
     rank: { type: "string", default: "4" },
     outliers: { type: "string", default: "0.02" },
+    "pad-kb": { type: "string", default: "0" },
   },
 });
 const contexts = values.contexts.split(",").map(Number);
@@ -172,11 +176,32 @@ const gearParams: GearAttentionParams = {
   rowsPerSeq: 1,
   split: true,
 };
-const gearSplit = await gearAttentionProgram(device, ring, gearParams);
+const padKb = Number(values["pad-kb"]);
+if (!Number.isInteger(padKb) || padKb < 0) {
+  throw new TypeError(
+    `Cannot run the benchmark: --pad-kb must be a whole number of KiB, not ${values["pad-kb"]}`,
+  );
+}
+/**
+ * A GEAR attention program; with --pad-kb its WGSL gets an extra workgroup array of that size, written only
+ * when a run-time value says so (never here), so the driver keeps it and fewer workgroups fit an SM.
+ */
+function gearProgram(p: GearAttentionParams) {
+  if (padKb === 0) return gearAttentionProgram(device, ring, p);
+  const code = gearAttentionWgsl(p)
+    .replace(
+      "@compute @workgroup_size",
+      `var<workgroup> occupancy_pad: array<f32, ${padKb * 256}>;\n@compute @workgroup_size`,
+    )
+    .replace(
+      "  let r = wg.y;\n",
+      "  let r = wg.y;\n  if (st.rows == 0xffffffffu) { occupancy_pad[li] = 1.0; }\n",
+    );
+  return Program.get(device, ring, `gear-pad-${padKb}`, code, ["read", "read", "read", "read", "write"]);
+}
+const gearSplit = await gearProgram(gearParams);
 // The 256-thread split kernel (decode runs it over few tiles) where the head fits it.
-const gearWide = hd <= GEAR_WIDE_MAX_HD
-  ? await gearAttentionProgram(device, ring, { ...gearParams, wide: true })
-  : undefined;
+const gearWide = hd <= GEAR_WIDE_MAX_HD ? await gearProgram({ ...gearParams, wide: true }) : undefined;
 const gearMerge = await gearMergeProgram(device, ring, gearParams);
 const gearPartials = storageBuffer(device, "bench.gear-partials", gearPartialFloats(gearParams) * 4);
 

@@ -29,7 +29,8 @@
 #     step profile and decode speed (bundle gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxvsw4    # ~8 min: MxMoE 3.25 vs w4g128
 #     decode alternated on one machine, then MxMoE 2.25 (bundle gpu_decode); `mx225`: MxMoE 2.25 alone (~2 min);
-#     `gearregs`: GEAR's split kernels at 8k/32k, plain and full store (~1 min; bundle gear_kernels);
+#     `gearregs`: GEAR's split kernels at 8k/32k, plain and full store, and at 32k with workgroup memory padded
+#     (an occupancy diagnostic; ~2 min; bundle gear_kernels);
 #     `sampler`: w4g128 greedy and sampled at temperature 0.7 and 0.1 (~3 min; bundle gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mx2       # ~5 min: step profiles of
 #     MxMoE 3.25, w4g128 and w2g128, decode of w4g128 and MxMoE 3.25 (bundle gpu_profile, gpu_decode)
@@ -310,13 +311,20 @@ mx225)
   done
   ;;
 gearregs)
-  # GEAR's split kernels at 8k and 32k, plain 2-bit and the full store (bundle gear_kernels). On 2026-12-02 this
-  # also ran a scratch variant of the 256-thread kernel (value loads after the softmax, no change; not kept).
+  # GEAR's split kernels at 8k and 32k, plain 2-bit and the full store, then at 32k with 8, 16 and 32 KiB of
+  # extra workgroup memory per workgroup (gear_kernels --pad-kb: fewer workgroups fit an SM; a time that does not
+  # move says no more than that many ran at once). On 2026-12-02 this mode also ran a scratch variant of the
+  # 256-thread kernel (value loads after the softmax: no change; not kept). Bundle gear_kernels.
   for rs in "0 0" "4 0.02"; do
     set -- $rs
     echo "== rank $1 outliers $2" >>"$logs/gear_regs.log"
     timeout 50 deno run -A dist/gear_kernels.js --contexts 8192,32768 --reps 30 --rank "$1" --outliers "$2" \
       >>"$logs/gear_regs.log" 2>&1
+    for pad in 8 16 32; do
+      echo "== rank $1 outliers $2 pad $pad KiB" >>"$logs/gear_regs.log"
+      timeout 50 deno run -A dist/gear_kernels.js --contexts 32768 --reps 30 --rank "$1" --outliers "$2" \
+        --pad-kb "$pad" >>"$logs/gear_regs.log" 2>&1
+    done
   done
   ;;
 mx2)
