@@ -1563,7 +1563,17 @@ export class GpuDecoder implements TokenSource {
           mapping.catch(() => {});
           if (this.#overlap === "call") go();
           else if (this.#overlap === "timer") {
-            await new Promise<void>((resolve) => setTimeout(() => resolve(go()), 0));
+            // An error of the submission rejects here (a throw inside the timer callback would go uncaught).
+            await new Promise<void>((resolve, reject) =>
+              setTimeout(() => {
+                try {
+                  go();
+                  resolve();
+                } catch (e) {
+                  reject(e);
+                }
+              }, 0)
+            );
           }
           await mapping;
           mapping = undefined;
