@@ -58,6 +58,15 @@ out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 
+# A packed OLMoE-shape checkpoint /tmp/NAME with experts in SCHEMES (round-robin; bench/make_packed_olmoe.py).
+packed() {
+  python3 bench/make_packed_olmoe.py --out "/tmp/$1" --experts "$2" >"$logs/$1.log" 2>&1
+}
+# The f16 OLMoE-shape checkpoint /tmp/olmoe (bench/olmoe_torch.py, random weights, no torch run).
+olmoe_f16() {
+  timeout 150 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+}
+
 # For each checkpoint /tmp/NAME: a decode step's profile at position 128 (with the ablation of each kind of
 # dispatch in one pass), and decode speed with serve's schedule and with 64 steps per submission.
 profile_and_decode() {
@@ -132,7 +141,7 @@ serve | http)
     # LLMLingua-2 at XLM-RoBERTa-large shape in PyTorch and onnxruntime.
     timeout 150 python3 bench/compress_torch.py --out /tmp/lingua-bench >"$logs/compress.log" 2>&1
     # gear-2 at long contexts, on the full OLMoE-1B-7B shape.
-    timeout 150 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+    olmoe_f16
     timeout 200 deno run -A dist/gpu_gear.js --model /tmp/olmoe --modes gear-2 --contexts 1024,8192,32768 \
       --decode 225 >"$logs/gear.log" 2>&1
   fi
@@ -154,8 +163,8 @@ bench)
 kernels)
   # The GPU's idle state (bench/gpu_idle.ts, the device's own keep-awake off), then costs of dispatches and
   # kernels, then end-to-end decode with a profile of one step per checkpoint.
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
-    python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
+  (packed w4 w4g128
+    packed mx325 w4g128,w2g128) &
   for sc in "fresh 0" "idle 0" "idle 250" "busy 0" "burn 0"; do
     set -- $sc
     EDGEMIX_GPU_KEEP_AWAKE=0 timeout 40 deno run -A dist/gpu_idle.js --scenario "$1" --keep-awake "$2" \
@@ -164,7 +173,7 @@ kernels)
   timeout 60 deno run -A dist/dispatch_cost.js >"$logs/dispatch.log" 2>&1
   timeout 200 deno run -A dist/matvec_kernels.js >"$logs/matvec.log" 2>&1
   timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
-  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  olmoe_f16
   wait
   for m in olmoe w4 mx325; do
     timeout 90 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 >"$logs/decode_$m.log" 2>&1
@@ -180,7 +189,7 @@ loop)
     --format=csv -lms 100 >"$logs/smi.csv" 2>&1 &
   smi=$!
   mark() { echo "$(date +%H:%M:%S.%N) $*" >>"$logs/marks.log"; }
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
+  (packed w4 w4g128) &
   w4=$!
   mark readback
   timeout 60 deno run -A dist/readback_latency.js --work 40 >"$logs/readback.log" 2>&1
@@ -192,7 +201,7 @@ loop)
       >>"$logs/idle.log" 2>&1
   done
   mark olmoe
-  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  olmoe_f16
   wait "$w4"
   for m in w4 olmoe; do
     mark "profile $m"
@@ -211,8 +220,8 @@ loop)
 step)
   # Packed checkpoints only: a decode step's profile with the ablation of each kind of dispatch in one pass,
   # and decode speed with serve's schedule and 64 steps per submission (bundle gpu_profile and gpu_decode).
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
-  python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
+  (packed w4 w4g128) &
+  packed mx325 w4g128,w2g128
   wait
   profile_and_decode w4 mx325
   ;;
@@ -220,13 +229,13 @@ measure)
   # The decode kernels' state in one call: GEAR's attention kernels at long contexts, step profiles with ablation
   # and decode speed for f16, w4g128 and MxMoE 3.25, w4g128 without fused norms and sampled, MxMoE 2.25's decode
   # (bundle gpu_profile, gpu_decode and gear_kernels).
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
-    python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
+  (packed w4 w4g128
+    packed mx325 w4g128,w2g128) &
   packed=$!
   # MxMoE 2.25 at this shape is every expert w2g128 (docs/benchmarks.md).
-  (python3 bench/make_packed_olmoe.py --out /tmp/mx225 --experts w2g128 >"$logs/mx225.log" 2>&1) &
+  (packed mx225 w2g128) &
   packed2=$!
-  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  olmoe_f16
   timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
   wait "$packed"
   profile_and_decode olmoe w4 mx325
@@ -244,10 +253,10 @@ tune)
   # Shapes of the packed mat-vecs (gpu_profile --shapes, one pass per step, no ablation) for w4g128, then the
   # step profile with ablation and decode speed of w4g128 and MxMoE 3.25 with the defaults, the f16 model's,
   # and the attention kernels at 1k-32k (bundle gpu_profile, gpu_decode and gear_kernels).
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
-    python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
+  (packed w4 w4g128
+    packed mx325 w4g128,w2g128) &
   packed=$!
-  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  olmoe_f16
   timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
   wait "$packed"
   for sh in ${SHAPES:-qdown=16x16x1 qdown=32x8x8 qdown=64x4x8 qdown=16x16x8 qgateup=32x8 qgateup=8x32 qgemv=32x8 qgemv=64x4}; do
@@ -260,8 +269,8 @@ tune)
 quick)
   # Packed checkpoints only, briefly: a decode step's profile (no ablation) and decode speed with serve's schedule
   # and 64 steps per submission, w4g128 also at 128 (bundle gpu_profile, gpu_decode).
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
-  python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
+  (packed w4 w4g128) &
+  packed mx325 w4g128,w2g128
   wait
   for m in w4 mx325; do
     timeout 60 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 --ablate off >"$logs/profile_$m.log" 2>&1
@@ -273,7 +282,7 @@ quick)
   ;;
 sampler)
   # w4g128 decode greedy and sampled (top-k 40, top-p 0.9) at temperature 0.7 and 0.1 (bundle gpu_decode).
-  python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
+  packed w4 w4g128
   for t in 0 0.7 0.1; do
     echo "== temperature $t" >>"$logs/decode.log"
     timeout 60 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --temperature "$t" --top-k 40 \
@@ -283,9 +292,9 @@ sampler)
 mxvsw4)
   # MxMoE 3.25 against uniform w4g128 on one machine: decode runs alternated (3 rounds, serve's schedule and 64
   # per submission, 3 repetitions each), then MxMoE 2.25 (bundle gpu_decode).
-  python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
-  python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
-  (python3 bench/make_packed_olmoe.py --out /tmp/mx225 --experts w2g128 >"$logs/mx225.log" 2>&1) &
+  packed w4 w4g128
+  packed mx325 w4g128,w2g128
+  (packed mx225 w2g128) &
   for round in 1 2 3; do
     for m in w4 mx325; do
       for tps in 0 64; do
@@ -304,7 +313,7 @@ mxvsw4)
   ;;
 mx225)
   # MxMoE 2.25 (every expert w2g128) decode with serve's schedule and 64 per submission (bundle gpu_decode).
-  python3 bench/make_packed_olmoe.py --out /tmp/mx225 --experts w2g128 >"$logs/mx225.log" 2>&1
+  packed mx225 w2g128
   for tps in 0 64; do
     timeout 60 deno run -A dist/gpu_decode.js --model /tmp/mx225 --dtype f16 --reps 2 --tokens-per-submit "$tps" \
       >>"$logs/decode_mx225.log" 2>&1
@@ -330,9 +339,9 @@ gearregs)
 mx2)
   # Step time of MxMoE 3.25, w4g128 and w2g128 (uniform 2-bit experts), then decode of w4g128 and MxMoE 3.25
   # with serve's schedule and 64 per submission (bundle gpu_profile, gpu_decode).
-  python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
-    python3 bench/make_packed_olmoe.py --out /tmp/w2 --experts w2g128 >"$logs/w2.log" 2>&1) &
+  packed mx325 w4g128,w2g128
+  (packed w4 w4g128
+    packed w2 w2g128) &
   timeout 60 deno run -A dist/gpu_profile.js --model /tmp/mx325 --pos 128 >"$logs/profile_mx325.log" 2>&1
   wait
   for m in w4 w2; do
@@ -349,8 +358,8 @@ mx2)
 mxshapes)
   # MxMoE 3.25 (w4g128 and w2g128 experts) step time with other packed gate/up and down shapes, then decode
   # with the fastest of them tried here beside w4g128 and MxMoE with the defaults (bundle gpu_profile, gpu_decode).
-  python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
+  packed mx325 w4g128,w2g128
+  (packed w4 w4g128) &
   for sh in none qgateup=8x32 qgateup=32x8 qdown=8x32 qgateup=8x32,qdown=8x32; do
     echo "== shapes $sh" >>"$logs/shapes.log"
     args=(); [ "$sh" != none ] && args=(--shapes "$sh")
@@ -372,9 +381,9 @@ codes)
   # After the codes' int-to-float conversion was replaced: GEAR's split kernels at 1k-32k (and plain 2-bit at
   # 32k), w4g128 and MxMoE 3.25 step profiles and decode (serve's schedule, 64 per submission), and a step's GPU
   # time at a 32k context with the f16 cache and gear-2 (bundle gear_kernels, gpu_profile, gpu_decode).
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
-    python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
-  (timeout 150 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1) &
+  (packed w4 w4g128
+    packed mx325 w4g128,w2g128) &
+  (olmoe_f16) &
   timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,2048,4096,8192,32768 --reps 30 \
     >"$logs/gear_kernels.log" 2>&1
   timeout 40 deno run -A dist/gear_kernels.js --contexts 32768 --reps 30 --rank 0 --outliers 0 \
@@ -391,9 +400,9 @@ final)
   # GEAR's split kernels at 1k-32k (and at 32k by part of the store), then decode with serve's schedule, 64 and
   # 128 steps per submission for w4g128 and MxMoE 3.25, serve's schedule and 64 for f16, sampled w4g128
   # (bundle gear_kernels and gpu_decode).
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1
-    python3 bench/make_packed_olmoe.py --out /tmp/mx325 --experts w4g128,w2g128 >"$logs/mx325.log" 2>&1) &
-  (timeout 150 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1) &
+  (packed w4 w4g128
+    packed mx325 w4g128,w2g128) &
+  (olmoe_f16) &
   timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,2048,4096,8192,32768 --reps 30 \
     >"$logs/gear_kernels.log" 2>&1
   for rs in "0 0" "2 0"; do
@@ -418,7 +427,7 @@ overlap)
   # Whether work submitted while a readback waits overlaps its 10 ms sleep (readback_overlap), then w4g128 decode
   # with each ReadbackOverlap (gpu_decode --overlap) at serve's schedule, 64 and 128 steps per submission, and
   # GEAR's split kernel at 32k by part of the store (bundle readback_overlap, gpu_decode, gear_kernels).
-  (python3 bench/make_packed_olmoe.py --out /tmp/w4 --experts w4g128 >"$logs/w4.log" 2>&1) &
+  (packed w4 w4g128) &
   timeout 60 deno run -A dist/readback_overlap.js --work 20 >"$logs/readback_overlap.log" 2>&1
   for rs in "4 0.02" "0 0" "2 0" "0 0.02"; do
     set -- $rs
@@ -437,7 +446,7 @@ kvstep)
   # The GPU time of a whole decode step (one pass, 32 steps) of the f16 OLMoE shape at 1k, 8k and 32k tokens of
   # context with the f16 cache, quant-2 and gear-2 (positions that complete no block: no compression in the
   # step; it adds its cost once per 64 steps). Bundle gpu_profile.
-  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  olmoe_f16
   for pos in 32778 8202 1034; do
     for kv in f16 gear-2 quant-2; do
       [ "$pos" = 1034 ] && [ "$kv" = quant-2 ] && continue
@@ -451,7 +460,7 @@ gear32k)
   # GEAR's attention kernels at 1k-32k, then decode at a 32k context with the f16 cache and with gear-2
   # (bench/gpu_decode.ts: the time of 128 new tokens minus that of one, each after the same 32,768-token prompt).
   # Bundle gear_kernels and gpu_decode.
-  timeout 120 python3 bench/olmoe_torch.py --out /tmp/olmoe --skip-torch >"$logs/olmoe.log" 2>&1
+  olmoe_f16
   timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
   for kv in f16 gear-2; do
     timeout 230 deno run -A dist/gpu_decode.js --model /tmp/olmoe --dtype f16 --reps 1 --prompt 64 \
