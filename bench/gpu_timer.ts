@@ -1,12 +1,13 @@
 /**
  * GPU time of compute passes from timestamp queries, for the benchmarks: a pass is encoded between a
  * beginning and an end timestamp, submitted, and its duration read back (one awaited round trip per pass); and
- * untimed passes of repeated dispatches.
+ * untimed passes of repeated dispatches, and a busy-work kernel to fill them.
  *
  * @module
  */
 
-import { type Dispatch, encodeDispatch, type StepRing } from "../kernels/gpu.ts";
+import { type Dispatch, encodeDispatch, Program, type StepRing, storageBuffer } from "../kernels/gpu.ts";
+import { prelude } from "../kernels/wgsl.ts";
 
 /** Submits `n` copies of dispatch `d` (step slot at byte `offset` of `ring`) in one untimed pass. */
 export function submitRepeated(
@@ -22,6 +23,41 @@ export function submitRepeated(
   for (let i = 0; i < n; i++) encodeDispatch(pass, ring, d, offset);
   pass.end();
   device.queue.submit([enc.finish()]);
+}
+
+/**
+ * Busy work for the readback benchmarks: a kernel whose `groups` workgroups × 256 threads each read a 64 KiB
+ * buffer `rounds` times (a: [16384] f32). Returns a function submitting `n` dispatches of it in one pass (step
+ * slot 0 of `ring`).
+ */
+export async function spinWork(
+  device: GPUDevice,
+  ring: StepRing,
+  label: string,
+  rounds: number,
+  groups: number,
+): Promise<(n: number) => void> {
+  const spin = await Program.get(
+    device,
+    ring,
+    label,
+    `${prelude()}
+@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+  var s = 0.0;
+  for (var r = 0u; r < ${rounds}u; r++) {
+    for (var i = li; i < 16384u; i += 256u) { s += a[i] * f32(r); }
+  }
+  if (s == 1234.5) { a[wg.x] = s; }
+}`,
+    ["write"],
+  );
+  const a = storageBuffer(device, `${label}.a`, 16384 * 4);
+  const d: Dispatch = { program: spin, group: spin.bind(label, [a]), grid: [groups, 1, 1] };
+  const off = ring.set(0, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+  ring.flush(device);
+  return (n) => submitRepeated(device, ring, d, off, n, `${label}.work`);
 }
 
 /** Times of one pass: on the GPU, and on the CPU to encode it. */

@@ -15,50 +15,29 @@
  */
 
 import { parseArgs } from "node:util";
-import { acquireGpu, type Dispatch, Program, StepRing, storageBuffer } from "../kernels/gpu.ts";
-import { prelude } from "../kernels/wgsl.ts";
-import { submitRepeated } from "./gpu_timer.ts";
+import { acquireGpu, StepRing, storageBuffer } from "../kernels/gpu.ts";
+import { spinWork } from "./gpu_timer.ts";
 
 const { values } = parseArgs({ args: Deno.args, options: { work: { type: "string", default: "40" } } });
 const workMs = Number(values.work);
 const ctx = await acquireGpu();
 const device = ctx.device;
 const ring = new StepRing(device, 2);
-// spin: each of 1,024 workgroups × 256 threads reads a 64 KiB buffer 64 times (about 0.3–1 ms on an H200).
-const spin = await Program.get(
-  device,
-  ring,
-  "readback-spin",
-  `${prelude()}
-@group(0) @binding(0) var<storage, read_write> a: array<f32>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
-  var s = 0.0;
-  for (var r = 0u; r < 64u; r++) {
-    for (var i = li; i < 16384u; i += 256u) { s += a[i] * f32(r); }
-  }
-  if (s == 1234.5) { a[wg.x] = s; }
-}`,
-  ["write"],
-);
-// a: [16384] f32; src: [4] u32; staging: [4] u32 mappable.
-const a = storageBuffer(device, "readback.a", 16384 * 4);
+// Spin work: each of 1,024 workgroups × 256 threads reads a 64 KiB buffer 64 times (about 0.3–1 ms on an H200).
+const submitWork = await spinWork(device, ring, "readback-spin", 64, 1024);
+// src: [4] u32; staging: [4] u32 mappable.
 const src = storageBuffer(device, "readback.src", 16);
 const staging = device.createBuffer({
   label: "readback.staging",
   size: 16,
   usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
 });
-const d: Dispatch = { program: spin, group: spin.bind("readback-spin", [a]), grid: [1024, 1, 1] };
-const off = ring.set(0, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
-ring.flush(device);
 
 function submitCopy(): void {
   const enc = device.createCommandEncoder({ label: "readback.copy" });
   enc.copyBufferToBuffer(src, 0, staging, 0, 16);
   device.queue.submit([enc.finish()]);
 }
-const submitWork = (n: number) => submitRepeated(device, ring, d, off, n, "readback.work");
 async function mapMs(): Promise<number> {
   const t = performance.now();
   await staging.mapAsync(GPUMapMode.READ);

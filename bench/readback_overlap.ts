@@ -16,34 +16,17 @@
  */
 
 import { parseArgs } from "node:util";
-import { acquireGpu, type Dispatch, Program, StepRing, storageBuffer } from "../kernels/gpu.ts";
-import { prelude } from "../kernels/wgsl.ts";
-import { submitRepeated } from "./gpu_timer.ts";
+import { acquireGpu, StepRing, storageBuffer } from "../kernels/gpu.ts";
+import { spinWork } from "./gpu_timer.ts";
 
 const { values } = parseArgs({ args: Deno.args, options: { work: { type: "string", default: "20" } } });
 const workMs = Number(values.work);
 const ctx = await acquireGpu();
 const device = ctx.device;
 const ring = new StepRing(device, 2);
-// spin: each of 256 workgroups × 256 threads reads a 64 KiB buffer 16 times.
-const spin = await Program.get(
-  device,
-  ring,
-  "overlap-spin",
-  `${prelude()}
-@group(0) @binding(0) var<storage, read_write> a: array<f32>;
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
-  var s = 0.0;
-  for (var r = 0u; r < 16u; r++) {
-    for (var i = li; i < 16384u; i += 256u) { s += a[i] * f32(r); }
-  }
-  if (s == 1234.5) { a[wg.x] = s; }
-}`,
-  ["write"],
-);
-// a: [16384] f32; src: [4] u32; staging1, staging2: [4] u32 mappable.
-const a = storageBuffer(device, "overlap.a", 16384 * 4);
+// Spin work: each of 256 workgroups × 256 threads reads a 64 KiB buffer 16 times.
+const spin = await spinWork(device, ring, "overlap-spin", 16, 256);
+// src: [4] u32; staging1, staging2: [4] u32 mappable.
 const src = storageBuffer(device, "overlap.src", 16);
 const staging = [1, 2].map((i) =>
   device.createBuffer({
@@ -52,13 +35,10 @@ const staging = [1, 2].map((i) =>
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   })
 );
-const d: Dispatch = { program: spin, group: spin.bind("overlap-spin", [a]), grid: [256, 1, 1] };
-const off = ring.set(0, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
-ring.flush(device);
 
 /** Submits `n` spin dispatches, then a copy into staging buffer `i`. */
 function batch(n: number, i: number): void {
-  submitRepeated(device, ring, d, off, n, "overlap.work");
+  spin(n);
   const enc = device.createCommandEncoder({ label: "overlap.copy" });
   enc.copyBufferToBuffer(src, 0, staging[i], 0, 16);
   device.queue.submit([enc.finish()]);
