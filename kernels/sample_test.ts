@@ -32,6 +32,18 @@ async function gpuSample(
   return out;
 }
 
+/**
+ * Draws of `p` at `steps` from the GPU against `sampleRef`'s: the same rules and random numbers, so equal except
+ * where float rounding moves an exact boundary (one step at most). Returns the GPU's draws.
+ */
+async function drawsMatchRef(logits: Float32Array, V: number, p: SamplingParams, steps: number[]) {
+  const got = await gpuSample(logits, V, 0, p, steps);
+  const ref = steps.map((s) => sampleRef(logits, p, s));
+  const same = got.filter((t, i) => t === ref[i]).length;
+  assert.ok(same >= steps.length - 1, `V ${V} ${JSON.stringify(p)}: ${got} vs ${ref}`);
+  return got;
+}
+
 Deno.test({
   name: "sample kernel: greedy equals argmaxRef (lowest id on ties) on the chosen row",
   ignore: SKIP_GPU,
@@ -67,11 +79,7 @@ Deno.test({
           { temperature: 1, topK: 50, topP: 0.5, seed: 4 },
         ]
       ) {
-        const got = await gpuSample(logits, V, 0, p, steps);
-        const ref = steps.map((s) => sampleRef(logits, p, s));
-        // The same rules and random numbers: equal except where float rounding moves an exact boundary.
-        const same = got.filter((t, i) => t === ref[i]).length;
-        assert.ok(same >= steps.length - 1, `V ${V} ${JSON.stringify(p)}: ${got} vs ${ref}`);
+        const got = await drawsMatchRef(logits, V, p, steps);
         const sorted = Array.from(logits).sort((a, b) => b - a);
         if (p.topK > 0) {
           for (const t of got) assert.ok(logits[t] >= sorted[p.topK - 1], `top-k ${p.topK} kept ${t}`);
@@ -104,10 +112,7 @@ Deno.test({
         { temperature: 1.5, topK: 0, topP: 1, seed: 14 },
       ]
     ) {
-      const got = await gpuSample(logits, V, 0, p, steps);
-      const ref = steps.map((s) => sampleRef(logits, p, s));
-      const same = got.filter((t, i) => t === ref[i]).length;
-      assert.ok(same >= steps.length - 1, `${JSON.stringify(p)}: ${got} vs ${ref}`);
+      const got = await drawsMatchRef(logits, V, p, steps);
       for (const t of got) assert.ok(live.has(t), `${JSON.stringify(p)}: drew ${t}, outside the live ids`);
     }
   },
