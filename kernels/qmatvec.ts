@@ -83,18 +83,8 @@ const WORDWISE_VEC4S = 16;
  */
 function chunkCode(bits: number, rows: number, xAt: (i: number) => string): string {
   const nx = (bits === 16 ? 8 : 128 / bits) / 4; // vec4s of activations per chunk
-  const lines = Array.from({ length: nx }, (_, i) => `let x${i} = ${xAt(i)};`);
-  if (bits === 16) {
-    for (let r = 0; r < rows; r++) {
-      lines.push(
-        `acc${r} += dot(vec4<f32>(unpack2x16float(w${r}.x), unpack2x16float(w${r}.y)), x0) + ` +
-          `dot(vec4<f32>(unpack2x16float(w${r}.z), unpack2x16float(w${r}.w)), x1);`,
-      );
-    }
-    return lines.join("\n        ");
-  }
   const perWord = nx / 4; // vec4s of activations per word
-  if (nx >= WORDWISE_VEC4S) {
+  if (bits !== 16 && nx >= WORDWISE_VEC4S) {
     // Word by word, each word's activations loaded just before its codes use them, so fewer of the chunk's
     // activations are live at once (2-bit: 64 per chunk; MxMoE's mixed gate/up took 0.438 ms per step with the
     // chunk's activations loaded up front, 0.314 so, on an H200).
@@ -117,6 +107,16 @@ function chunkCode(bits: number, rows: number, xAt: (i: number) => string): stri
       out.push(`acc${r} += sm${r}.x * (${dr[r].join(" + ")}) + sm${r}.y * (${sxs.join(" + ")});`);
     }
     return out.join("\n        ");
+  }
+  const lines = Array.from({ length: nx }, (_, i) => `let x${i} = ${xAt(i)};`);
+  if (bits === 16) {
+    for (let r = 0; r < rows; r++) {
+      lines.push(
+        `acc${r} += dot(vec4<f32>(unpack2x16float(w${r}.x), unpack2x16float(w${r}.y)), x0) + ` +
+          `dot(vec4<f32>(unpack2x16float(w${r}.z), unpack2x16float(w${r}.w)), x1);`,
+      );
+    }
+    return lines.join("\n        ");
   }
   const sum = Array.from({ length: nx }, (_, i) => `x${i}`).join(" + ");
   lines.push(`let sx = dot(${sum}, vec4<f32>(1.0));`);
