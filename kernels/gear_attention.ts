@@ -45,6 +45,9 @@ export interface GearAttentionParams {
 
 const TK = GEAR_TILE;
 
+/** 0, 1, …, n − 1. */
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
 /** Floats of the split-K partials: [B, rowsPerSeq, nH, ceil(T / 64), hd + 2]. */
 export function gearPartialFloats(p: GearAttentionParams): number {
   return p.layout.batch * p.rowsPerSeq * p.nH * (p.layout.T / TK) * (p.layout.hd + 2);
@@ -179,6 +182,13 @@ const GEAR_ROW_WGSL =
   var start = 0u;
   if (WINDOW > 0u && pos + 1u > WINDOW) { start = pos + 1u - WINDOW; }`;
 
+/**
+ * Tokens whose value loads a thread of the 64-thread kernel issues together, where its channels share a code
+ * word (else half as many). On an H200 at 32k (plain 2-bit / rank 4 and 2 % outliers, µs per layer): 4 tokens
+ * 107.1 / 162.5, 8 tokens 103.2 / 151.9, 16 tokens 98.9 / 149.1.
+ */
+const VALUE_BATCH = 16;
+
 /** Threads of a wide split-K GEAR attention workgroup. */
 const SPLIT_WG = 256;
 /** Widest head the wide split-K kernel takes (one channel per thread where it folds the query). */
@@ -216,7 +226,6 @@ function gearSplitWgsl(p: GearAttentionParams): string {
   const rmax = Math.max(1, l.rMax);
   const lowRank = l.rMax > 0;
   const vec = (e: string) => (f16 ? `vec4<f32>(unpack2x16float(${e}.x), unpack2x16float(${e}.y))` : e);
-  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   // Threads per key: ring tiles split the head's vec4s, compressed tiles its code words.
   const ktRing = d4 % 4 === 0 ? 4 : d4 % 2 === 0 ? 2 : 1;
   const ktComp = l.W % 4 === 0 ? 4 : l.W % 2 === 0 ? 2 : 1;
@@ -542,6 +551,59 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
       }
     }
   }
+  // The weighted sum of a compressed tile's values; thread li owns channels li·dpt .. li·dpt + dpt − 1 (one
+  // code word and one parameter group per token where dpt divides both, as for a 128-wide head). The kernel is
+  // bound by a tile's rounds of dependent loads (on an H200 its time at 32k grew in proportion as fewer
+  // workgroups fitted an SM), so each round issues the loads of VALUE_BATCH tokens together: 4 rounds per tile,
+  // not 32 (a round per four tokens and channel; 124.5 → 98.9 µs per layer at 32k, plain 2-bit). Tried and
+  // slower (128.7 against 103.2 with 8-token rounds): each thread summing one code word over 8 tokens (one
+  // round), the groups' sums then added in workgroup memory, with the key words loaded at the tile's start.
+  // Outlier scatters loading 4 entries per thread before adding them: no change (151.6 against 151.9 µs).
+  const share = l.perWord % dpt === 0 && l.gv % dpt === 0;
+  const slots = share ? [0] : range(dpt);
+  const slot = (u: number) => (share ? 0 : u);
+  const vb = share ? VALUE_BATCH : VALUE_BATCH / 2;
+  const vs: string[] = [];
+  vs.push("let pb = O_PV + (bh * NBLK + seg) * PW;", "let tb = bh * T + base;");
+  for (const u of range(dpt)) {
+    // Channels past the head (dpt · 64 > hd) read the head's last channel; their sums are never written.
+    vs.push(`let cl${u} = min(li * ${dpt}u + ${u}u, D - 1u);`, `let sh${u} = (cl${u} % PERW) * BITS;`);
+    vs.push(`var a${u} = acc[${u}] * corr;`);
+  }
+  for (const k of slots) vs.push(`let wo${k} = cl${k} / PERW;`, `let gv${k} = cl${k} / GV;`);
+  const term = (u: number, i: string, w: string, pr: string) =>
+    `pt[${i}] * (f32((${w} >> sh${u}) & MASK) * ${pr}.x + ${pr}.y)`;
+  const round: string[] = [];
+  for (let i = 0; i < vb; i++) {
+    for (const k of slots) {
+      round.push(`let w${k}_${i} = store[O_CV + (tb + j + ${i}u) * W + wo${k}];`);
+      round.push(`let p${k}_${i} = unpack2x16float(store[O_PARV + (tb + j + ${i}u) * NGV + gv${k}]);`);
+    }
+  }
+  for (const u of range(dpt)) {
+    const terms = range(vb).map((i) => term(u, `j + ${i}u`, `w${slot(u)}_${i}`, `p${slot(u)}_${i}`));
+    round.push(`a${u} += ${terms.join(" +\n            ")};`);
+  }
+  const tail: string[] = [];
+  for (const k of slots) {
+    tail.push(`let w${k} = store[O_CV + (tb + j) * W + wo${k}];`);
+    tail.push(`let p${k} = unpack2x16float(store[O_PARV + (tb + j) * NGV + gv${k}]);`);
+  }
+  for (const u of range(dpt)) tail.push(`a${u} += ${term(u, "j", `w${slot(u)}`, `p${slot(u)}`)};`);
+  vs.push(`var j = 0u;
+      for (; j + ${vb}u <= n; j += ${vb}u) {
+        ${round.join("\n        ")}
+      }
+      for (; j < n; j++) {
+        ${tail.join("\n        ")}
+      }`);
+  for (const u of range(dpt)) {
+    vs.push(`if (LOWRANK) {
+        for (var j = 0u; j < RMAX; j++) { a${u} += red[j * TK] * half_at(pb, cl${u} * RMAX + j); }
+      }`);
+    vs.push(`if (MV > 0u) { a${u} += f32(atomicLoad(&vacc[cl${u}])) / VFIX; }`, `acc[${u}] = a${u};`);
+  }
+  const valueSum = `      ${vs.join("\n      ")}`;
   return `${prelude()}
 ${gearConstsWgsl(p)}
 @group(0) @binding(0) var<storage, read> q: array<f32>;
@@ -678,46 +740,10 @@ ${keyScore.join("\n")}
         scatter_value_outliers(li, TK, bh, base, n);
         workgroupBarrier();
       }
-      let pb = O_PV + (bh * NBLK + seg) * PW;
-      for (var u = 0u; u < ${dpt}u; u++) {
-        let c = li + u * TK;
-        if (c < D) {
-          var a = acc[u] * corr;
-          let wo = c / PERW;
-          let sh = (c % PERW) * BITS;
-          let gv = c / GV;
-          // Four tokens at a time: their code and parameter loads are in flight together.
-          let tb = bh * T + base;
-          var j = 0u;
-          for (; j + 4u <= n; j += 4u) {
-            let t0 = tb + j;
-            let c0 = store[O_CV + t0 * W + wo];
-            let c1 = store[O_CV + (t0 + 1u) * W + wo];
-            let c2 = store[O_CV + (t0 + 2u) * W + wo];
-            let c3 = store[O_CV + (t0 + 3u) * W + wo];
-            let p0 = unpack2x16float(store[O_PARV + t0 * NGV + gv]);
-            let p1 = unpack2x16float(store[O_PARV + (t0 + 1u) * NGV + gv]);
-            let p2 = unpack2x16float(store[O_PARV + (t0 + 2u) * NGV + gv]);
-            let p3 = unpack2x16float(store[O_PARV + (t0 + 3u) * NGV + gv]);
-            a += (pt[j] * (f32((c0 >> sh) & MASK) * p0.x + p0.y) + pt[j + 1u] * (f32((c1 >> sh) & MASK) * p1.x + p1.y)) +
-              (pt[j + 2u] * (f32((c2 >> sh) & MASK) * p2.x + p2.y) + pt[j + 3u] * (f32((c3 >> sh) & MASK) * p3.x + p3.y));
-          }
-          for (; j < n; j++) {
-            let tj = tb + j;
-            let code = (store[O_CV + tj * W + wo] >> sh) & MASK;
-            let pr = unpack2x16float(store[O_PARV + tj * NGV + gv]);
-            a += pt[j] * (f32(code) * pr.x + pr.y);
-          }
-          if (LOWRANK) {
-            for (var j = 0u; j < RMAX; j++) { a += red[j * TK] * half_at(pb, c * RMAX + j); }
-          }
-          if (MV > 0u) { a += f32(atomicLoad(&vacc[c])) / VFIX; }
-          acc[u] = a;
-        }
-      }
+${valueSum}
     } else {
       for (var u = 0u; u < ${dpt}u; u++) {
-        let c = li + u * TK;
+        let c = li * ${dpt}u + u;
         if (c < D) {
           var a = acc[u] * corr;
           // Eight tokens at a time: their loads are in flight together.
@@ -740,14 +766,14 @@ ${keyScore.join("\n")}
   if (SPLIT) {
     let po = (((qb * QROWS + r) * NH + h) * NS + z) * (D + 2u);
     for (var u = 0u; u < ${dpt}u; u++) {
-      let c = li + u * TK;
+      let c = li * ${dpt}u + u;
       if (c < D) { out[po + c] = acc[u]; }
     }
     if (li == 0u) { out[po + D] = m; out[po + D + 1u] = l; }
     return;
   }
   for (var u = 0u; u < ${dpt}u; u++) {
-    let c = li + u * TK;
+    let c = li * ${dpt}u + u;
     if (c < D) { out[qo + c] = acc[u] / l; }
   }
 }`;

@@ -101,7 +101,41 @@ const cases: Case[] = [
     pos: 150,
     window: 77,
   },
+  {
+    // 64-thread kernels: 32 code words per token, more than their word-wise value path takes; each thread's two
+    // channels share a code word.
+    bits: 8,
+    hd: 128,
+    group: 32,
+    buffer: 64,
+    rMax: 1,
+    outliers: 0.05,
+    nKV: 1,
+    nH: 1,
+    batch: 1,
+    rows: 1,
+    pos: 200,
+    window: 0,
+  },
+  {
+    // 64-thread kernels, per-channel value path: three channels per thread in different code words (8 codes per
+    // word), the last threads' past the head.
+    bits: 4,
+    hd: 160,
+    group: 64,
+    buffer: 64,
+    rMax: 2,
+    outliers: 0.02,
+    nKV: 1,
+    nH: 2,
+    batch: 1,
+    rows: 2,
+    pos: 140,
+    window: 0,
+  },
 ];
+/** The first of the cases only the 64-thread kernels run (the wide one is tested by the others). */
+const NARROW_ONLY = cases.length - 2;
 
 /**
  * A cache state at `pos`: the tokens before pos as they would be after compressing each block in turn
@@ -204,6 +238,7 @@ for (const ringDtype of ["f32", "f16"] as const) {
           // The split kernel reads an f16 ring as the f32 one but for its loads: two cases suffice there (each
           // new pipeline takes llvmpipe ~20 s to compile).
           if (split && ringDtype === "f16" && ci !== 0 && ci !== 3) continue;
+          if (wide && ci >= NARROW_ONLY) continue;
           const l = gearLayout({ ...c, capacity: c.pos + c.rows + 40, maxRows: 8 });
           const { ring: rings, store } = cacheAt(l, c, 7 + ci);
           const [rk, rv] = ringDtype === "f16" ? rings.map(roundF16) : rings;
