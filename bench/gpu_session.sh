@@ -32,6 +32,11 @@
 #     `gearregs`: GEAR's split kernels at 8k/32k, plain and full store, and at 32k with workgroup memory padded
 #     (an occupancy diagnostic; ~2 min; bundle gear_kernels);
 #     `sampler`: w4g128 greedy and sampled at temperature 0.7 and 0.1 (~3 min; bundle gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearvalues  # ~4 min: GEAR's 64-thread
+#     kernel before and after (bundles gear_kernels_old, gear_kernels_rounds, gear_kernels), a step at 32k with
+#     f16 and gear-2 (bundle gpu_profile); `gearbatch` (~1 min): the kernel by VALUE_BATCH (bundles
+#     gear_kernels_vb4, gear_kernels_vb16, gear_kernels_or, gear_kernels)
+#   bash bench/gpu_session.sh long      # ~8 min, no carry: the reader trained further on rows of 4,096 tokens
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mx2       # ~5 min: step profiles of
 #     MxMoE 3.25, w4g128 and w2g128, decode of w4g128 and MxMoE 3.25 (bundle gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxshapes  # ~5 min: MxMoE 3.25 step time
@@ -53,7 +58,7 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -95,6 +100,19 @@ continue)
   # Carry nothing: the tree with the reader is 48 MB, and this needs only Python.
   timeout 40 python3 tools/train_reader.py --dry-run --init fixtures/models/reader >"$logs/reader_dry.log" 2>&1
   timeout 540 python3 tools/train_reader.py --init fixtures/models/reader --minutes 7.5 \
+    --lr "${CONTINUE_LR:-5e-4}" --warmup 0.02 --out /tmp/reader >"$logs/reader.log" 2>&1
+  echo "train_reader rc=$?" >>"$logs/reader.log"
+  if [ -d /tmp/reader ]; then
+    tar czf /tmp/reader.tgz -C /tmp reader
+    split -b 15M -d /tmp/reader.tgz "$out/reader.tgz.part"
+  fi
+  ;;
+long)
+  # The reader trained further on rows of 4,096 tokens (it was trained on 1,024), so GEAR's quality can be
+  # measured at 2,048 and 4,096 tokens on a model that is not extrapolating there: a dry run, then ~8 min.
+  # Carry nothing (the tree with the reader is 51 MB).
+  timeout 40 python3 tools/train_reader.py --dry-run --init fixtures/models/reader >"$logs/reader_dry.log" 2>&1
+  timeout 510 python3 tools/train_reader.py --init fixtures/models/reader --minutes 6.5 --seq-len 4096 --batch 16 \
     --lr "${CONTINUE_LR:-5e-4}" --warmup 0.02 --out /tmp/reader >"$logs/reader.log" 2>&1
   echo "train_reader rc=$?" >>"$logs/reader.log"
   if [ -d /tmp/reader ]; then
@@ -319,6 +337,42 @@ mx225)
       >>"$logs/decode_mx225.log" 2>&1
   done
   ;;
+gearvalues)
+  # GEAR's 64-thread kernel: as on 2026-12-02 at the start of the day (dist/gear_kernels_old.js), with value
+  # loads in rounds of 8 tokens per channel pair (dist/gear_kernels_rounds.js), and now (word-wise values, key
+  # words and outliers loaded early; dist/gear_kernels.js) at 1k-32k, plain 2-bit and the full store; a decode
+  # step at 32,778 tokens with the f16 cache and gear-2 (bundle gear_kernels three times, gpu_profile).
+  olmoe_f16 &
+  for rs in "0 0" "4 0.02"; do
+    set -- $rs
+    for b in gear_kernels_old gear_kernels_rounds gear_kernels; do
+      echo "== $b rank $1 outliers $2" >>"$logs/gear_values.log"
+      timeout 60 deno run -A "dist/$b.js" --contexts 1024,2048,4096,8192,32768 --reps 30 --rank "$1" \
+        --outliers "$2" >>"$logs/gear_values.log" 2>&1
+    done
+  done
+  wait
+  for kv in f16 gear-2 f16 gear-2; do
+    echo "== pos 32778 kv $kv" >>"$logs/kvstep.log"
+    timeout 70 deno run -A dist/gpu_profile.js --model /tmp/olmoe --pos 32778 --ablate off --kv "$kv" \
+      >>"$logs/kvstep.log" 2>&1
+  done
+  ;;
+gearbatch)
+  # GEAR's 64-thread kernel by VALUE_BATCH (tokens per round of value loads; dist/gear_kernels.js 8,
+  # dist/gear_kernels_vb4.js, dist/gear_kernels_vb16.js) and with outlier scatters loading 4 entries per thread
+  # before adding them (dist/gear_kernels_or.js), plain 2-bit and the full store at 8k and 32k, two passes.
+  for pass in 1 2; do
+    for rs in "0 0" "4 0.02"; do
+      set -- $rs
+      for b in gear_kernels gear_kernels_vb4 gear_kernels_vb16 gear_kernels_or; do
+        echo "== $b rank $1 outliers $2" >>"$logs/gear_batch.log"
+        timeout 60 deno run -A "dist/$b.js" --contexts 8192,32768 --reps 30 --rank "$1" --outliers "$2" \
+          >>"$logs/gear_batch.log" 2>&1
+      done
+    done
+  done
+  ;;
 gearregs)
   # GEAR's split kernels at 8k and 32k, plain 2-bit and the full store, then at 32k with 8, 16 and 32 KiB of
   # extra workgroup memory per workgroup (gear_kernels --pad-kb: fewer workgroups fit an SM; a time that does not
@@ -469,7 +523,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
   exit 2
   ;;
 esac

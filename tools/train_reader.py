@@ -872,7 +872,7 @@ def build_model(args, vocab_size: int, tok, tie: bool):
         num_key_value_heads=args.kv_heads,
         num_local_experts=args.experts,
         num_experts_per_tok=args.top_k,
-        max_position_embeddings=2048,
+        max_position_embeddings=max(2048, args.seq_len),
         rope_theta=10000.0,
         rms_norm_eps=1e-5,
         initializer_range=0.02,
@@ -898,6 +898,8 @@ def load_init(args):
     model.config.output_router_logits = True
     model.config.router_aux_loss_coef = float(args.aux_coef)
     model.config.dtype = "float32"
+    # Rows longer than the model was trained on extend the positions it declares.
+    model.config.max_position_embeddings = max(model.config.max_position_embeddings, args.seq_len)
     return model
 
 
