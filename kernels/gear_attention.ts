@@ -194,8 +194,9 @@ const SPLIT_WG = 256;
 /** Widest head the wide split-K kernel takes (one channel per thread where it folds the query). */
 export const GEAR_WIDE_MAX_HD = SPLIT_WG;
 /**
- * Most key tiles (of 64) for which decode runs the wide split-K kernel: measured on an H200 it takes 13.6 and
- * 19.4 µs per layer at 1k and 2k keys (the 64-thread one 21.6 and 23.2) but 33.0 at 4k (28.3).
+ * Most key tiles (of 64) for which decode runs the wide split-K kernel: measured on an H200 (16 heads × 128,
+ * rank 4, 2 % outliers) it takes 13.4 and 19.3 µs per layer at 1k and 2k keys (the 64-thread one 19.0 and 20.2)
+ * but 32.9 at 4k (24.9).
  */
 export const GEAR_WIDE_MAX_SPLITS = 32;
 
