@@ -102,8 +102,7 @@ const cases: Case[] = [
     window: 77,
   },
   {
-    // 64-thread kernels: 32 code words per token, more than their word-wise value path takes; each thread's two
-    // channels share a code word.
+    // 64-thread kernels: 32 code words per token (8 bits), each thread's two channels in one code word.
     bits: 8,
     hd: 128,
     group: 32,
@@ -118,8 +117,8 @@ const cases: Case[] = [
     window: 0,
   },
   {
-    // 64-thread kernels, per-channel value path: three channels per thread in different code words (8 codes per
-    // word), the last threads' past the head.
+    // 64-thread kernels: three channels per thread in different code words (8 codes per word), the last
+    // threads' past the head.
     bits: 4,
     hd: 160,
     group: 64,
