@@ -8,6 +8,8 @@
  *     [--rank 4] [--outliers 0.02]      # --rank 0 --outliers 0: plain KIVI quantization (quant-2)
  *     [--pad-kb N]                      # GEAR kernels with N KiB more workgroup memory each (a diagnostic:
  *                                       # fewer workgroups fit an SM; if the time does not move, fewer ran)
+ *     [--tiles-per-split 2,4]           # also the 64-thread split kernel over that many 64-key tiles per
+ *                                       # workgroup, with its merge (a table of its own)
  *
  * The GEAR store is filled the way decoding fills it: block after block of random f16 keys and values written
  * to the full-precision ring and compressed by the real compress kernel (at --rank, as at prefill). Prints a
@@ -48,6 +50,7 @@ const { values } = parseArgs({
     rank: { type: "string", default: "4" },
     outliers: { type: "string", default: "0.02" },
     "pad-kb": { type: "string", default: "0" },
+    "tiles-per-split": { type: "string", default: "" },
   },
 });
 const contexts = values.contexts.split(",").map(Number);
@@ -57,6 +60,12 @@ const bits = Number(values.bits),
   hd = Number(values.hd),
   reps = Number(values.reps);
 const maxPos = Math.max(...contexts);
+const tileCounts = values["tiles-per-split"] ? values["tiles-per-split"].split(",").map(Number) : [];
+for (const t of tileCounts) {
+  if (!Number.isInteger(t) || t < 1) {
+    throw new TypeError(`Cannot run the benchmark: --tiles-per-split takes whole numbers ≥ 1, not ${t}`);
+  }
+}
 const TILE = 64;
 
 const ctx = await acquireGpu();
@@ -205,6 +214,15 @@ const gearWide = hd <= GEAR_WIDE_MAX_HD ? await gearProgram({ ...gearParams, wid
 const gearMerge = await gearMergeProgram(device, ring, gearParams);
 const gearPartials = storageBuffer(device, "bench.gear-partials", gearPartialFloats(gearParams) * 4);
 
+// The 64-thread split kernel over several tiles per workgroup, each with its merge and partials.
+const multi = await Promise.all(tileCounts.map(async (tiles) => {
+  const p = { ...gearParams, tilesPerSplit: tiles };
+  const split = await gearProgram(p);
+  const merge = await gearMergeProgram(device, ring, p);
+  const partials = storageBuffer(device, `bench.gear-partials-t${tiles}`, gearPartialFloats(p) * 4);
+  return { tiles, split, merge, partials };
+}));
+
 const timer = new PassTimer(device);
 
 /** GPU microseconds per dispatch of `d` at `pos` (best of 5 passes of `reps` dispatches). */
@@ -217,7 +235,7 @@ async function time(d: Dispatch, pos: number): Promise<number> {
 const rows: Record<string, number>[] = [];
 for (const pos of contexts) {
   const splits = Math.floor(pos / TILE) + 1;
-  const r = {
+  const r: Record<string, number> = {
     context: pos,
     f16_split_us: await time({
       program: f16Split,
@@ -248,6 +266,18 @@ for (const pos of contexts) {
     }, pos),
     gear_compress_us: await time({ program: compress, group: compressGroup, grid: [nH, 2, 1] }, pos - 1),
   };
+  for (const m of multi) {
+    r[`gear_split_t${m.tiles}_us`] = await time({
+      program: m.split,
+      group: m.split.bind(`bench.gear-split-t${m.tiles}`, [q, store, ringK, ringV, m.partials]),
+      grid: [nH, 1, Math.floor(pos / (TILE * m.tiles)) + 1],
+    }, pos);
+    r[`gear_merge_t${m.tiles}_us`] = await time({
+      program: m.merge,
+      group: m.merge.bind(`bench.gear-merge-t${m.tiles}`, [m.partials, attn]),
+      grid: [mergeGroupsX(nH, hd), 1, 1],
+    }, pos);
+  }
   rows.push(r);
   console.log(JSON.stringify({ device: ctx.adapterName, bits, rank, outliers, nH, hd, ...r }));
 }
@@ -270,4 +300,22 @@ for (const r of rows) {
       `${f(r.gear_split_us + r.gear_merge_us)} | ` +
       `${f(r.gear_compress_us)} |`,
   );
+}
+if (multi.length > 0) {
+  console.log("\n64-thread split kernel by tiles per workgroup: split + merge, µs per layer");
+  console.log(`| context | 1 tile | ${multi.map((m) => `${m.tiles} tiles`).join(" | ")} |`);
+  console.log(`| --- | --- | ${multi.map(() => "---").join(" | ")} |`);
+  for (const r of rows) {
+    const f = (x: number) => x.toFixed(1);
+    const cells = multi.map((m) =>
+      `${f(r[`gear_split_t${m.tiles}_us`])} + ${f(r[`gear_merge_t${m.tiles}_us`])} = ${
+        f(r[`gear_split_t${m.tiles}_us`] + r[`gear_merge_t${m.tiles}_us`])
+      }`
+    );
+    console.log(
+      `| ${r.context} | ${f(r.gear_split_us)} + ${f(r.gear_merge_us)} = ${
+        f(r.gear_split_us + r.gear_merge_us)
+      } | ${cells.join(" | ")} |`,
+    );
+  }
 }

@@ -35,7 +35,8 @@
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearvalues  # ~4 min: GEAR's 64-thread
 #     kernel before and after (bundles gear_kernels_old, gear_kernels_rounds, gear_kernels), a step at 32k with
 #     f16 and gear-2 (bundle gpu_profile); `gearbatch` (~1 min): the kernel by VALUE_BATCH (bundles
-#     gear_kernels_vb4, gear_kernels_vb16, gear_kernels_or, gear_kernels)
+#     gear_kernels_vb4, gear_kernels_vb16, gear_kernels_or, gear_kernels); `geartiles` (~2 min): the 64-thread
+#     kernel over 1, 2, 4, 8 tiles per workgroup (bundle gear_kernels)
 #   bash bench/gpu_session.sh long      # ~8 min, no carry: the reader trained further on rows of 4,096 tokens
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mx2       # ~5 min: step profiles of
 #     MxMoE 3.25, w4g128 and w2g128, decode of w4g128 and MxMoE 3.25 (bundle gpu_profile, gpu_decode)
@@ -58,7 +59,7 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -373,6 +374,18 @@ gearbatch)
     done
   done
   ;;
+geartiles)
+  # GEAR's 64-thread split kernel over 1, 2, 4 and 8 tiles of 64 keys per workgroup (with its merge) at 4k-32k,
+  # plain 2-bit and the full store, two passes (bundle gear_kernels; ~2 min).
+  for pass in 1 2; do
+    for rs in "0 0" "4 0.02"; do
+      set -- $rs
+      echo "== pass $pass rank $1 outliers $2" >>"$logs/gear_tiles.log"
+      timeout 90 deno run -A dist/gear_kernels.js --contexts 4096,8192,16384,32768 --reps 30 --rank "$1" \
+        --outliers "$2" --tiles-per-split 2,4,8 >>"$logs/gear_tiles.log" 2>&1
+    done
+  done
+  ;;
 gearregs)
   # GEAR's split kernels at 8k and 32k, plain 2-bit and the full store, then at 32k with 8, 16 and 32 KiB of
   # extra workgroup memory per workgroup (gear_kernels --pad-kb: fewer workgroups fit an SM; a time that does not
@@ -523,7 +536,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
   exit 2
   ;;
 esac

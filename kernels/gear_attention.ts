@@ -41,16 +41,30 @@ export interface GearAttentionParams {
    * the 64-thread kernel runs (see GEAR_WIDE_MAX_SPLITS).
    */
   wide?: boolean;
+  /**
+   * Split-K of the 64-thread kernel: tiles of 64 keys per workgroup (default 1), walked in turn with an online
+   * softmax; fewer partials to write and merge at long contexts. The wide kernel takes one tile.
+   */
+  tilesPerSplit?: number;
 }
 
 const TK = GEAR_TILE;
 
+/** Keys per split-K workgroup of `p`: 64 for the wide kernel, 64 · tilesPerSplit for the 64-thread one. */
+export function gearSplitKeys(p: GearAttentionParams): number {
+  const s = p.wide ? 1 : p.tilesPerSplit ?? 1;
+  if (!Number.isInteger(s) || s < 1) {
+    throw new RangeError(`Cannot build split-K GEAR attention: tilesPerSplit ${s} is not a positive integer`);
+  }
+  return TK * s;
+}
+
 /** 0, 1, …, n − 1. */
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
-/** Floats of the split-K partials: [B, rowsPerSeq, nH, ceil(T / 64), hd + 2]. */
+/** Floats of the split-K partials: [B, rowsPerSeq, nH, ceil(T / gearSplitKeys(p)), hd + 2]. */
 export function gearPartialFloats(p: GearAttentionParams): number {
-  return p.layout.batch * p.rowsPerSeq * p.nH * (p.layout.T / TK) * (p.layout.hd + 2);
+  return p.layout.batch * p.rowsPerSeq * p.nH * Math.ceil(p.layout.T / gearSplitKeys(p)) * (p.layout.hd + 2);
 }
 
 /** WGSL constants of GEAR attention: shapes, the layout's sizes and section offsets. */
@@ -89,7 +103,8 @@ const NGT: u32 = ${ngt}u;
 const NRED: u32 = ${nRed}u;
 const WINDOW: u32 = ${p.window}u;
 const SPLIT: bool = ${split};
-const NS: u32 = ${l.T / TK}u;
+const SPLITK: u32 = ${gearSplitKeys(p)}u;
+const NS: u32 = ${Math.ceil(l.T / gearSplitKeys(p))}u;
 const QROWS: u32 = ${p.rowsPerSeq}u;
 const O_CK: u32 = ${o.codesK}u;
 const O_CV: u32 = ${o.codesV}u;
@@ -170,7 +185,7 @@ const GEAR_ROW_WGSL =
     ccomp = (pos / NB) * NB;
   } else {
     var nsz = 1u;
-    if (SPLIT) { nsz = (st.pos + st.rows - 1u) / TK + 1u; }
+    if (SPLIT) { nsz = (st.pos + st.rows - 1u) / SPLITK + 1u; }
     qb = wg.z / nsz;
     z = wg.z % nsz;
     b = st.lane + qb;
@@ -520,7 +535,7 @@ ${GEAR_ROW_WGSL}
  * WGSL of GEAR attention. Bindings: 0 q [B, rowsPerSeq, nH, hd] f32; 1 store u32; 2 K ring, 3 V ring
  * [B, nKV, bufCap, hd] (f32, or f16 packed in u32); 4 out [B, rowsPerSeq, nH·hd] f32, or with `split` the
  * partials ({@linkcode gearPartialFloats}). Grid: (nH, rows, B), or with `split` (nH, rows, B · S) where
- * S = ⌊(pos + rows − 1) / 64⌋ + 1: sequence `st.lane + b` reads q rows b; row r is at position `st.pos + r`;
+ * S = ⌊(pos + rows − 1) / K⌋ + 1, K = {@linkcode gearSplitKeys}: sequence `st.lane + b` reads q rows b; row r is at position `st.pos + r`;
  * the compressed tokens are those before ⌊st.pos / buffer⌋·buffer. A batched step (continuous batching) has one
  * row per sequence, each of its own lane and position (`row_lane`, `row_pos` of STEP_WGSL), q rows [rows, nH,
  * hd], and grid (nH, rows, S) with S for the largest position; a split past a row's position stays empty.
@@ -650,8 +665,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
 ${GEAR_ROW_WGSL}
   var hi = pos;
   if (SPLIT) {
-    start = max(start, z * TK);
-    hi = min(pos, z * TK + TK - 1u);
+    start = max(start, z * SPLITK);
+    hi = min(pos, z * SPLITK + SPLITK - 1u);
   }
   let qo = ((qb * QROWS + r) * NH + h) * D;
   for (var c = li; c < D; c += TK) { qs[c] = q[qo + c] * ${f32Lit(p.scale)}; }
@@ -781,23 +796,23 @@ ${valueSum}
 }
 
 /**
- * WGSL of the split-K merge for GEAR attention (`split_merge.ts`). Bindings: 0 partials; 1 out
- * [B, rowsPerSeq, nH·hd] f32. Grid: (`mergeGroupsX(nH, hd)` of split_merge.ts, rows, B).
+ * WGSL of the split-K merge for GEAR attention (`split_merge.ts`), for the split kernel of the same `p` (its
+ * keys per split). Bindings: 0 partials; 1 out [B, rowsPerSeq, nH·hd] f32. Grid: (`mergeGroupsX(nH, hd)` of split_merge.ts, rows, B).
  */
 export function gearMergeWgsl(p: GearAttentionParams): string {
   const l = p.layout;
   return `${prelude()}
 const NH: u32 = ${p.nH}u;
 const D: u32 = ${l.hd}u;
-const TK: u32 = ${TK}u;
-const NS: u32 = ${l.T / TK}u;
+const SPLITK: u32 = ${gearSplitKeys(p)}u;
+const NS: u32 = ${Math.ceil(l.T / gearSplitKeys(p))}u;
 const QROWS: u32 = ${p.rowsPerSeq}u;
 @group(0) @binding(0) var<storage, read> part: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 ${
     splitMergeMain(
       l.hd,
-      `let used = row_pos(r) / TK + 1u;
+      `let used = row_pos(r) / SPLITK + 1u;
   let base = ((b * QROWS + r) * NH + h) * NS;
   let ob = ((b * QROWS + r) * NH + h) * D;`,
     )

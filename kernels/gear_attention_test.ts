@@ -8,6 +8,7 @@ import {
   gearAttentionWgsl,
   gearMergeProgram,
   gearPartialFloats,
+  gearSplitKeys,
 } from "./gear_attention.ts";
 import { gearCompressProgram, gearScratchFloats } from "./gear_compress.ts";
 import { compressedBefore, type GearLayout, gearLayout } from "./gear_layout.ts";
@@ -195,7 +196,7 @@ async function runAttention(
     const prog = await gearAttentionProgram(device, ring, p);
     const merge = await gearMergeProgram(device, ring, p);
     const pb = buf(device, "partials", new Float32Array(gearPartialFloats(p)));
-    const splits = Math.floor((c.pos + c.rows - 1) / 64) + 1;
+    const splits = Math.floor((c.pos + c.rows - 1) / gearSplitKeys(p)) + 1;
     list.push({
       program: prog,
       group: prog.bind("a", [buffers.q, buffers.store, buffers.rk, buffers.rv, pb]),
@@ -225,10 +226,17 @@ async function runAttention(
 }
 
 for (const ringDtype of ["f32", "f16"] as const) {
-  for (const [split, wide] of [[false, false], [true, false], [true, true]]) {
+  // [split, wide, tiles per split of the 64-thread kernel]
+  const kernels: [boolean, boolean, number][] = [
+    [false, false, 1],
+    [true, false, 1],
+    [true, true, 1],
+    [true, false, 3],
+  ];
+  for (const [split, wide, tiles] of kernels) {
     Deno.test({
       name: `gear attention (${ringDtype} ring${
-        split ? `, split-K${wide ? " wide" : ""} + merge` : ""
+        split ? `, split-K${wide ? " wide" : ""}${tiles > 1 ? ` ${tiles} tiles per split` : ""} + merge` : ""
       }) matches gearAttentionRef`,
       ignore: SKIP_GPU,
       fn: async () => {
@@ -238,6 +246,8 @@ for (const ringDtype of ["f32", "f16"] as const) {
           // new pipeline takes llvmpipe ~20 s to compile).
           if (split && ringDtype === "f16" && ci !== 0 && ci !== 3) continue;
           if (wide && ci >= NARROW_ONLY) continue;
+          // Several tiles per split: the cases with the most tiles (its own pipelines, compiled slowly).
+          if (tiles > 1 && ci !== 0 && ci !== 4) continue;
           const l = gearLayout({ ...c, capacity: c.pos + c.rows + 40, maxRows: 8 });
           const { ring: rings, store } = cacheAt(l, c, 7 + ci);
           const [rk, rv] = ringDtype === "f16" ? rings.map(roundF16) : rings;
@@ -253,6 +263,7 @@ for (const ringDtype of ["f32", "f16"] as const) {
             rowsPerSeq: c.rows,
             split,
             wide,
+            tilesPerSplit: tiles,
           };
           const got = await runAttention(device, ring, p, c, {
             q: buf(device, "q", q),
