@@ -37,8 +37,8 @@ export interface GearAttentionParams {
   split?: boolean;
   /**
    * Split-K with 256 threads per workgroup (every load of a tile issued before its first barrier): faster on an
-   * H200 at short contexts (1k keys: 13.6 vs 21.6 µs per layer), slower at long ones (32k: 294 vs 238 µs), where
-   * the 64-thread kernel runs (see GEAR_WIDE_MAX_SPLITS).
+   * H200 at short contexts (1k keys: 13.4 vs 19.0 µs per layer, rank 4 and 2 % outliers), slower at long ones
+   * (32k: 218.7 vs 149.1 µs), where the 64-thread kernel runs (see GEAR_WIDE_MAX_SPLITS).
    */
   wide?: boolean;
   /**
