@@ -29,6 +29,7 @@
 #     step profile and decode speed (bundle gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxvsw4    # ~8 min: MxMoE 3.25 vs w4g128
 #     decode alternated on one machine, then MxMoE 2.25 (bundle gpu_decode); `mx225`: MxMoE 2.25 alone (~2 min);
+#     `mxstep`: their step's GPU time alternated (~3 min; bundle gpu_profile);
 #     `gearregs`: GEAR's split kernels at 8k/32k, plain and full store, and at 32k with workgroup memory padded
 #     (an occupancy diagnostic; ~2 min; bundle gear_kernels);
 #     `sampler`: w4g128 greedy and sampled at temperature 0.7 and 0.1 (~3 min; bundle gpu_decode)
@@ -59,7 +60,7 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, mxstep, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -386,6 +387,18 @@ geartiles)
     done
   done
   ;;
+mxstep)
+  # The GPU time of a decode step (one pass of 32 steps at position 128, per kernel) of w4g128 and MxMoE 3.25,
+  # alternated 3 times (bundle gpu_profile; ~3 min).
+  packed w4 w4g128
+  packed mx325 w4g128,w2g128
+  for round in 1 2 3; do
+    for m in w4 mx325; do
+      echo "== round $round $m" >>"$logs/mxstep.log"
+      timeout 60 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 --ablate off >>"$logs/mxstep.log" 2>&1
+    done
+  done
+  ;;
 gearregs)
   # GEAR's split kernels at 8k and 32k, plain 2-bit and the full store, then at 32k with 8, 16 and 32 KiB of
   # extra workgroup memory per workgroup (gear_kernels --pad-kb: fewer workgroups fit an SM; a time that does not
@@ -536,7 +549,7 @@ gear32k)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
   exit 2
   ;;
 esac
