@@ -86,6 +86,18 @@ profile_and_decode() {
   done
 }
 
+# Decode of /tmp/NAME with serve's schedule and 64 steps per submission, REPS repetitions each, appended to
+# $logs/LOG, each run headed "== LABEL tps N" (no heading when LABEL is empty); further arguments go to gpu_decode.
+decode_tps() {
+  local m=$1 reps=$2 log=$3 label=$4
+  shift 4
+  for tps in 0 64; do
+    [ -n "$label" ] && echo "== $label tps $tps" >>"$logs/$log"
+    timeout 60 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps "$reps" --tokens-per-submit "$tps" \
+      "$@" >>"$logs/$log" 2>&1
+  done
+}
+
 case "$what" in
 train)
   # The default reader (tools/train_reader.py): a dry run first (seconds), then the real run (~9 min).
@@ -316,28 +328,15 @@ mxvsw4)
   packed mx325 w4g128,w2g128
   (packed mx225 w2g128) &
   for round in 1 2 3; do
-    for m in w4 mx325; do
-      for tps in 0 64; do
-        echo "== round $round $m tps $tps" >>"$logs/decode.log"
-        timeout 60 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 3 --tokens-per-submit "$tps" \
-          >>"$logs/decode.log" 2>&1
-      done
-    done
+    for m in w4 mx325; do decode_tps "$m" 3 decode.log "round $round $m"; done
   done
   wait
-  for tps in 0 64; do
-    echo "== mx225 tps $tps" >>"$logs/decode.log"
-    timeout 60 deno run -A dist/gpu_decode.js --model /tmp/mx225 --dtype f16 --reps 3 --tokens-per-submit "$tps" \
-      >>"$logs/decode.log" 2>&1
-  done
+  decode_tps mx225 3 decode.log mx225
   ;;
 mx225)
   # MxMoE 2.25 (every expert w2g128) decode with serve's schedule and 64 per submission (bundle gpu_decode).
   packed mx225 w2g128
-  for tps in 0 64; do
-    timeout 60 deno run -A dist/gpu_decode.js --model /tmp/mx225 --dtype f16 --reps 2 --tokens-per-submit "$tps" \
-      >>"$logs/decode_mx225.log" 2>&1
-  done
+  decode_tps mx225 2 decode_mx225.log ""
   ;;
 gearvalues)
   # GEAR's 64-thread kernel: as on 2026-12-02 at the start of the day (dist/gear_kernels_old.js), with value
@@ -427,13 +426,7 @@ mx2)
   for m in w4 w2; do
     timeout 60 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 >"$logs/profile_$m.log" 2>&1
   done
-  for m in w4 mx325; do
-    for tps in 0 64; do
-      echo "== $m tps $tps" >>"$logs/decode.log"
-      timeout 60 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
-        >>"$logs/decode.log" 2>&1
-    done
-  done
+  for m in w4 mx325; do decode_tps "$m" 2 decode.log "$m"; done
   ;;
 mxshapes)
   # MxMoE 3.25 (w4g128 and w2g128 experts) step time with other packed gate/up and down shapes, then decode
@@ -450,11 +443,7 @@ mxshapes)
   for run in "w4 none" "mx325 none" "mx325 ${MX_SHAPES:-qgateup=8x32}"; do
     set -- $run
     args=(); [ "$2" != none ] && args=(--shapes "$2")
-    for tps in 0 64; do
-      echo "== $1 $2 tps $tps" >>"$logs/decode.log"
-      timeout 60 deno run -A dist/gpu_decode.js --model "/tmp/$1" --dtype f16 --reps 2 --tokens-per-submit "$tps" \
-        "${args[@]}" >>"$logs/decode.log" 2>&1
-    done
+    decode_tps "$1" 2 decode.log "$1 $2" "${args[@]}"
   done
   ;;
 codes)
