@@ -37,7 +37,9 @@
 #     kernel before and after (bundles gear_kernels_old, gear_kernels_rounds, gear_kernels), a step at 32k with
 #     f16 and gear-2 (bundle gpu_profile); `gearbatch` (~1 min): the kernel by VALUE_BATCH (bundles
 #     gear_kernels_vb4, gear_kernels_vb16, gear_kernels_or, gear_kernels); `geartiles` (~2 min): the 64-thread
-#     kernel over 1, 2, 4, 8 tiles per workgroup (bundle gear_kernels)
+#     kernel over 1, 2, 4, 8 tiles per workgroup (bundle gear_kernels); `gearab` (~4 min): two builds of the
+#     split kernels alternated, a step at 32k with f16 and gear-2 (bundles gear_kernels_base, gear_kernels,
+#     gpu_profile)
 #   bash bench/gpu_session.sh long      # ~8 min, no carry: the reader trained further on rows of 4,096 tokens
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mx2       # ~5 min: step profiles of
 #     MxMoE 3.25, w4g128 and w2g128, decode of w4g128 and MxMoE 3.25 (bundle gpu_profile, gpu_decode)
@@ -60,7 +62,7 @@
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, mxstep, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -508,6 +510,31 @@ overlap)
     for tps in 0 64 128; do
       timeout 60 deno run -A dist/gpu_decode.js --model /tmp/w4 --dtype f16 --reps 2 --tokens-per-submit "$tps" \
         --overlap "$ov" >>"$logs/decode_w4_overlap.log" 2>&1
+    done
+  done
+  ;;
+gearab)
+  # GEAR's split kernels of two builds alternated (dist/gear_kernels_base.js, e.g. bundled from the last commit,
+  # and dist/gear_kernels.js), two passes, plain 2-bit and the full store; then the GPU time of a decode step at
+  # 32,778 tokens of context with the f16 cache and with gear-2, alternated twice (bundle gpu_profile; ~4 min).
+  for pass in 1 2; do
+    for rs in "0 0" "4 0.02"; do
+      for v in base new; do
+        set -- $rs
+        b=dist/gear_kernels.js
+        [ "$v" = base ] && b=dist/gear_kernels_base.js
+        echo "== pass $pass $v rank $1 outliers $2" >>"$logs/gear_ab.log"
+        timeout 90 deno run -A "$b" --contexts 1024,4096,8192,32768 --reps 30 --rank "$1" --outliers "$2" \
+          >>"$logs/gear_ab.log" 2>&1
+      done
+    done
+  done
+  olmoe_f16
+  for round in 1 2; do
+    for kv in f16 gear-2; do
+      echo "== round $round kv $kv" >>"$logs/kvstep.log"
+      timeout 70 deno run -A dist/gpu_profile.js --model /tmp/olmoe --pos 32778 --ablate off --kv "$kv" \
+        >>"$logs/kvstep.log" 2>&1
     done
   done
   ;;

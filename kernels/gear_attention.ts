@@ -197,13 +197,6 @@ const GEAR_ROW_WGSL =
   var start = 0u;
   if (WINDOW > 0u && pos + 1u > WINDOW) { start = pos + 1u - WINDOW; }`;
 
-/**
- * Tokens whose value loads a thread of the 64-thread kernel issues together, where its channels share a code
- * word (else half as many). On an H200 at 32k (plain 2-bit / rank 4 and 2 % outliers, µs per layer): 4 tokens
- * 107.1 / 162.5, 8 tokens 103.2 / 151.9, 16 tokens 98.9 / 149.1.
- */
-const VALUE_BATCH = 16;
-
 /** Threads of a wide split-K GEAR attention workgroup. */
 const SPLIT_WG = 256;
 /** Widest head the wide split-K kernel takes (one channel per thread where it folds the query). */
@@ -550,93 +543,198 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
   const ringType = f16 ? "u32" : "f32";
   const read = (name: string) => f16 ? `unpack2x16float(${name}[i >> 1u])[i & 1u]` : `${name}[i]`;
   const ngt = l.group < TK ? TK / l.group : 1;
-  const rmax = Math.max(1, l.rMax);
-  const nRed = ngt + rmax;
+  const R = l.rMax;
   const dpt = Math.ceil(l.hd / TK);
-  // The score of a compressed key: its code words loaded eight at a time (a loop of one load and its codes per
-  // step waits for each load in turn), then every code against q scaled per channel.
-  const keyScore: string[] = [];
-  for (let w0 = 0; w0 < l.W; w0 += 8) {
-    const ws = Array.from({ length: Math.min(8, l.W - w0) }, (_, i) => w0 + i);
-    keyScore.push(`        ${ws.map((w) => `let kw${w} = store[cb + ${w}u];`).join(" ")}`);
-    for (const w of ws) {
-      for (let e = 0; e < l.perWord && w * l.perWord + e < l.hd; e++) {
-        keyScore.push(
-          `        sc += qd[qb + ${w * l.perWord + e}u] * f32((kw${w} >> ${e * l.bits}u) & MASK);`,
-        );
-      }
+  const d4 = Math.ceil(l.hd / 4);
+  const tk4 = TK / 4;
+  // Sums over the workgroup per compressed tile: for the keys q·min of each token group and q·P_K of each rank;
+  // for the values p·min of each value group, p·scale_j·Q_V[t, j] of each rank and Σ p.
+  const nrk = ngt + R;
+  const nrv = l.nGV + R + 1;
+  const nr = Math.max(nrk, nrv);
+  const nko = l.kK > 0 ? Math.ceil((ngt * l.hd * l.kK) / TK) : 0;
+  // Phase 0 of a compressed tile: every load that depends on nothing but the tile, issued together (thread li
+  // reads token li's key and value code words, value parameters, Q rows and value outliers; its channels' key
+  // parameters; its share of the key outliers). The kernel is bound by each workgroup's chain of dependent load
+  // rounds (on an H200 its time at 32k grew in proportion as fewer workgroups fitted an SM), so a tile waits
+  // on memory twice: these loads, then the segment's P rows.
+  const p0: string[] = ["let tt = tb + li;", "seg = store[O_SEG + b * NBLK + base / NB];"];
+  for (let w = 0; w < l.W; w++) p0.push(`let kw${w} = store[O_CK + tt * W + ${w}u];`);
+  for (let w = 0; w < l.W; w++) p0.push(`let vw${w} = store[O_CV + tt * W + ${w}u];`);
+  for (let g = 0; g < l.nGV; g++) p0.push(`let vp${g} = unpack2x16float(store[O_PARV + tt * NGV + ${g}u]);`);
+  for (let w = 0; w < l.RW && R > 0; w++) {
+    p0.push(`let qk${w} = store[O_QK + tt * RW + ${w}u];`, `let qv${w} = store[O_QV + tt * RW + ${w}u];`);
+  }
+  for (let g = 0; g < ngt; g++) {
+    for (let u = 0; u < dpt; u++) {
+      p0.push(
+        `let kp${g}_${u} = unpack2x16float(store[O_PARK + (bh * (T / G) + (base + ${g}u * G) / G) * D + ` +
+          `min(li + ${u * TK}u, D - 1u)]);`,
+      );
     }
   }
-  // The weighted sum of a compressed tile's values; thread li owns channels li·dpt .. li·dpt + dpt − 1 (one
-  // code word and one parameter group per token where dpt divides both, as for a 128-wide head). The kernel is
-  // bound by a tile's rounds of dependent loads (on an H200 its time at 32k grew in proportion as fewer
-  // workgroups fitted an SM), so each round issues the loads of VALUE_BATCH tokens together: 4 rounds per tile,
-  // not 32 (a round per four tokens and channel; 124.5 → 98.9 µs per layer at 32k, plain 2-bit). Tried and
-  // slower (128.7 against 103.2 with 8-token rounds): each thread summing one code word over 8 tokens (one
-  // round), the groups' sums then added in workgroup memory, with the key words loaded at the tile's start.
-  // Outlier scatters loading 4 entries per thread before adding them: no change (151.6 against 151.9 µs).
+  if (nko > 0) {
+    p0.push("let kh = (bh * (T / G) + base / G) * D * KK;");
+    for (let k = 0; k < nko; k++) {
+      p0.push(`let ko${k} = u16_at(O_OUTK, kh + min(li + ${k * TK}u, NKOT - 1u));`);
+    }
+  }
+  for (let w = 0; w < l.MW && l.mV > 0; w++) p0.push(`let vo${w} = store[O_OUTV + tt * MW + ${w}u];`);
+  // Phase 1: the segment's factors; fold q into the key scales (qd), q·min and q·P_K partials; stage the values.
+  const p1: string[] = [];
+  if (R > 0) {
+    p1.push("let pk = O_PK + (bh * NBLK + seg) * PW;", "let pv = O_PV + (bh * NBLK + seg) * PW;");
+    for (let j = 0; j < R; j++) {
+      p1.push(`let ksc${j} = half_at(pk, D * RMAX + ${j}u);`, `let vsc${j} = half_at(pv, D * RMAX + ${j}u);`);
+    }
+  }
+  for (let u = 0; u < dpt; u++) {
+    p1.push(
+      `let cf${u} = li + ${u * TK}u;`,
+      `let okf${u} = cf${u} < D;`,
+      `let qf${u} = qs[min(cf${u}, D - 1u)];`,
+    );
+  }
+  for (let g = 0; g < ngt; g++) {
+    const parts: string[] = [];
+    for (let u = 0; u < dpt; u++) {
+      // Channels D .. 4·d4 − 1 pad qd's rows with zeros (the last code word's unused codes).
+      p1.push(
+        `if (cf${u} < ${4 * d4}u) { qd[${
+          g * d4
+        }u + cf${u} / 4u][cf${u} % 4u] = select(0.0, qf${u} * kp${g}_${u}.x, okf${u}); }`,
+      );
+      parts.push(`select(0.0, qf${u} * kp${g}_${u}.y, okf${u})`);
+    }
+    p1.push(`red[${g}u * TK + li] = ${parts.join(" + ")};`);
+  }
+  for (let j = 0; j < R; j++) {
+    const parts = range(dpt).map((u) =>
+      `select(0.0, qf${u} * half_at(pk, min(cf${u}, D - 1u) * RMAX + ${j}u), okf${u})`
+    );
+    p1.push(`red[${ngt + j}u * TK + li] = ${parts.join(" + ")};`);
+  }
+  for (let w = 0; w < l.W; w++) p1.push(`vsh[${w * tk4}u + li / 4u][li % 4u] = vw${w};`);
+  // The thread's value channels cl_u = li·dpt + u (adjacent: one code word and parameter group for a 128-wide
+  // head) and their rows of P_V.
   const share = l.perWord % dpt === 0 && l.gv % dpt === 0;
-  const slots = share ? [0] : range(dpt);
-  const slot = (u: number) => (share ? 0 : u);
-  const vb = share ? VALUE_BATCH : VALUE_BATCH / 2;
-  const vs: string[] = [];
-  vs.push("let pb = O_PV + (bh * NBLK + seg) * PW;", "let tb = bh * T + base;");
-  for (const u of range(dpt)) {
-    // Channels past the head (dpt · 64 > hd) read the head's last channel; their sums are never written.
-    vs.push(`let cl${u} = min(li * ${dpt}u + ${u}u, D - 1u);`, `let sh${u} = (cl${u} % PERW) * BITS;`);
-    vs.push(`var a${u} = acc[${u}] * corr;`);
+  for (let u = 0; u < dpt; u++) {
+    p1.push(`let cl${u} = min(li * ${dpt}u + ${u}u, D - 1u);`);
+    p1.push(
+      `let wo${u} = cl${u} / PERW;`,
+      `let sh${u} = (cl${u} % PERW) * BITS;`,
+      `let gv${u} = cl${u} / GV;`,
+    );
+    for (let j = 0; j < R; j++) p1.push(`let pvr${u}_${j} = half_at(pv, cl${u} * RMAX + ${j}u);`);
   }
-  for (const k of slots) vs.push(`let wo${k} = cl${k} / PERW;`, `let gv${k} = cl${k} / GV;`);
-  const term = (u: number, i: string, w: string, pr: string) =>
-    `pt[${i}] * (f32((${w} >> sh${u}) & MASK) * ${pr}.x + ${pr}.y)`;
-  const round: string[] = [];
-  for (let i = 0; i < vb; i++) {
-    for (const k of slots) {
-      round.push(`let w${k}_${i} = store[O_CV + (tb + j + ${i}u) * W + wo${k}];`);
-      round.push(`let p${k}_${i} = unpack2x16float(store[O_PARV + (tb + j + ${i}u) * NGV + gv${k}]);`);
+  // The score of token li: its code words against the folded query of its token group, vec4 by vec4.
+  const score: string[] = [];
+  for (let w = 0; w < l.W; w++) {
+    for (let e0 = 0; e0 < l.perWord; e0 += 4) {
+      const c0 = w * l.perWord + e0;
+      if (c0 >= l.hd) break;
+      const sh = range(4).map((e) => `${(e0 + e) * l.bits}u`).join(", ");
+      score.push(
+        `sc += dot(qd[qg + ${
+          c0 / 4
+        }u], vec4<f32>((vec4<u32>(kw${w}) >> vec4<u32>(${sh})) & vec4<u32>(MASK)));`,
+      );
     }
   }
-  for (const u of range(dpt)) {
-    const terms = range(vb).map((i) => term(u, `j + ${i}u`, `w${slot(u)}_${i}`, `p${slot(u)}_${i}`));
-    round.push(`a${u} += ${terms.join(" +\n            ")};`);
+  score.push("sc += rsum(gt);");
+  for (let j = 0; j < R; j++) score.push(`sc += rsum(${ngt + j}u) * ksc${j} * q8_of(qk${j >> 2}, ${j}u);`);
+  // Softmax weights of token li: p·scale per value group (wt), and the value-side partials.
+  const p4: string[] = [];
+  for (let g = 0; g < l.nGV; g++) {
+    p4.push(`wt[${g * tk4}u + li / 4u][li % 4u] = pr * vp${g}.x;`, `red[${g}u * TK + li] = pr * vp${g}.y;`);
   }
-  const tail: string[] = [];
+  for (let j = 0; j < R; j++) {
+    p4.push(`red[${l.nGV + j}u * TK + li] = pr * vsc${j} * q8_of(qv${j >> 2}, ${j}u);`);
+  }
+  p4.push(`red[${l.nGV + R}u * TK + li] = pr;`);
+  for (let j = 0; j < l.mV; j++) {
+    p4.push(`{
+          let e = (vo${j >> 1} >> ${(j & 1) * 16}u) & 0xffffu;
+          let c = min(${j}u / KVF, NGV - 1u) * GV + (e & 0x7fu);
+          atomicAdd(&vacc[c], fixed(pr * out_value(e), VFIX));
+        }`);
+  }
+  // The weighted codes of the thread's channels, four tokens at a time.
+  const vsum: string[] = [];
+  const slots = share ? [0] : range(dpt);
+  for (let u = 0; u < dpt; u++) vsum.push(`var a${u} = 0.0;`);
+  vsum.push("for (var t4 = 0u; t4 < TK4; t4++) {");
   for (const k of slots) {
-    tail.push(`let w${k} = store[O_CV + (tb + j) * W + wo${k}];`);
-    tail.push(`let p${k} = unpack2x16float(store[O_PARV + (tb + j) * NGV + gv${k}]);`);
+    vsum.push(`  let c4_${k} = vsh[wo${k} * TK4 + t4];`, `  let w4_${k} = wt[gv${k} * TK4 + t4];`);
   }
-  for (const u of range(dpt)) tail.push(`a${u} += ${term(u, "j", `w${slot(u)}`, `p${slot(u)}`)};`);
-  vs.push(`var j = 0u;
-      for (; j + ${vb}u <= n; j += ${vb}u) {
-        ${round.join("\n        ")}
-      }
-      for (; j < n; j++) {
-        ${tail.join("\n        ")}
-      }`);
-  for (const u of range(dpt)) {
-    vs.push(`if (LOWRANK) {
-        for (var j = 0u; j < RMAX; j++) { a${u} += red[j * TK] * half_at(pb, cl${u} * RMAX + j); }
-      }`);
-    vs.push(`if (MV > 0u) { a${u} += f32(atomicLoad(&vacc[cl${u}])) / VFIX; }`, `acc[${u}] = a${u};`);
+  for (let u = 0; u < dpt; u++) {
+    const k = share ? 0 : u;
+    vsum.push(`  a${u} += dot(w4_${k}, vec4<f32>((c4_${k} >> vec4<u32>(sh${u})) & vec4<u32>(MASK)));`);
   }
-  const valueSum = `      ${vs.join("\n      ")}`;
+  vsum.push("}");
+  const fin: string[] = ["l = l * corr + rsum(NRV - 1u);"];
+  for (let u = 0; u < dpt; u++) {
+    const lr = range(R).map((j) => ` + rsum(${l.nGV + j}u) * pvr${u}_${j}`).join("");
+    const ov = l.mV > 0 ? ` + f32(atomicLoad(&vacc[cl${u}])) / VFIX` : "";
+    fin.push(`acc[${u}] = acc[${u}] * corr + a${u} + rsum(gv${u})${lr}${ov};`);
+  }
+  const keyOut: string[] = [];
+  for (let k = 0; k < nko; k++) {
+    keyOut.push(`{
+          let i = li + ${k * TK}u;
+          let c = (i % (D * KK)) / KK;
+          let tok = (i / (D * KK)) * G + (ko${k} & 0x7fu) - first;
+          if (i < NKOT && tok < TK) { atomicAdd(&kacc[tok], fixed(qs[c] * out_value(ko${k}), KFIX)); }
+        }`);
+  }
+  const ind = (xs: string[], n: number) => xs.join(`\n${" ".repeat(n)}`);
   return `${prelude()}
 ${gearConstsWgsl(p)}
+const TK4: u32 = ${tk4}u;
+const D4: u32 = ${d4}u;
+const NRK: u32 = ${nrk}u;
+const NRV: u32 = ${nrv}u;
+const NKOT: u32 = ${Math.max(1, ngt * l.hd * l.kK)}u;
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> store: array<u32>;
 @group(0) @binding(2) var<storage, read> rk: array<${ringType}>;
 @group(0) @binding(3) var<storage, read> rv: array<${ringType}>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// q · score scale [hd]; the scores of a tile [TK] as vec4s.
 var<workgroup> qs: array<f32, ${l.hd}>;
-var<workgroup> pt: array<f32, ${TK}>;
-var<workgroup> qd: array<f32, ${ngt * l.hd}>;
-var<workgroup> red: array<f32, ${nRed * TK}>;
+var<workgroup> pt: array<vec4<f32>, ${tk4}>;
+// A compressed tile: the folded query q·scale [token group, channel] (rows padded to 4·D4 with zeros), the value
+// code words [word, token] and the weights p·scale [value group, token], as vec4s.
+var<workgroup> qd: array<vec4<f32>, ${ngt * d4}>;
+var<workgroup> vsh: array<vec4<u32>, ${l.W * tk4}>;
+var<workgroup> wt: array<vec4<f32>, ${l.nGV * tk4}>;
+// Per-thread partials of the tile's sums [sum, TK], then sums of eight [sum, 8] (two vec4s per sum).
+var<workgroup> red: array<f32, ${nr * TK}>;
+var<workgroup> red2: array<vec4<f32>, ${2 * nr}>;
 ${gearHelpersWgsl(l)}
 fn qs_at(c: u32) -> f32 {
   return qs[c];
 }
 fn p_at(t: u32) -> f32 {
-  return pt[t];
+  return pt[t / 4u][t % 4u];
+}
+// The int8 at byte (j mod 4) of word w.
+fn q8_of(w: u32, j: u32) -> f32 {
+  return f32(bitcast<i32>(w << (24u - 8u * (j & 3u))) >> 24u);
+}
+// First stage of the tile's sums: thread li < 8·n adds the partials of sum li / 8 of threads 8·(li % 8) ...
+fn sum_stage(li: u32, n: u32) {
+  if (li < 8u * n) {
+    let v = li / 8u;
+    let k = li % 8u;
+    var s = 0.0;
+    for (var i = 0u; i < 8u; i++) { s += red[v * TK + k * 8u + i]; }
+    red2[v * 2u + k / 4u][k % 4u] = s;
+  }
+}
+// Sum v of the tile (after sum_stage and a barrier).
+fn rsum(v: u32) -> f32 {
+  return dot(red2[2u * v] + red2[2u * v + 1u], vec4<f32>(1.0));
 }
 fn ring_k(bh: u32, t: u32, c: u32) -> f32 {
   let i = (bh * BUFCAP + t % BUFCAP) * D + c;
@@ -645,16 +743,6 @@ fn ring_k(bh: u32, t: u32, c: u32) -> f32 {
 fn ring_v(bh: u32, t: u32, c: u32) -> f32 {
   let i = (bh * BUFCAP + t % BUFCAP) * D + c;
   return ${read("rv")};
-}
-// Sums red[v * TK + i] over i for every v < nv; the sums land in red[v * TK].
-fn reduce_red(li: u32, nv: u32) {
-  workgroupBarrier();
-  for (var s = TK / 2u; s > 0u; s >>= 1u) {
-    if (li < s) {
-      for (var v = 0u; v < nv; v++) { red[v * TK + li] += red[v * TK + li + s]; }
-    }
-    workgroupBarrier();
-  }
 }
 
 @compute @workgroup_size(${TK})
@@ -678,86 +766,58 @@ ${GEAR_ROW_WGSL}
     let t = base + li;
     let valid = t >= start && t <= hi;
     let n = min(TK, hi + 1u - base);
-    let comp = base < ccomp;
-    var s = -3.0e38;
-    var seg = 0u;
-    if (comp) {
-      seg = store[O_SEG + b * NBLK + base / NB];
-      for (var v = 0u; v < NRED; v++) { red[v * TK + li] = 0.0; }
-      for (var gt = 0u; gt < NGT; gt++) {
-        let tg = (base + gt * G) / G;
-        var part = 0.0;
-        for (var c = li; c < D; c += TK) {
-          let pr = unpack2x16float(store[O_PARK + (bh * (T / G) + tg) * D + c]);
-          qd[gt * D + c] = qs[c] * pr.x;
-          part += qs[c] * pr.y;
-        }
-        red[gt * TK + li] = part;
-      }
-      if (LOWRANK) {
-        let pb = O_PK + (bh * NBLK + seg) * PW;
-        for (var j = 0u; j < RMAX; j++) {
-          var part = 0.0;
-          for (var c = li; c < D; c += TK) { part += qs[c] * half_at(pb, c * RMAX + j); }
-          red[(NGT + j) * TK + li] = part;
-        }
-      }
-      if (KK > 0u) { atomicStore(&kacc[li], 0); }
-      if (MV > 0u) { for (var c = li; c < D; c += TK) { atomicStore(&vacc[c], 0); } }
-      reduce_red(li, NRED);
-      if (KK > 0u) {
-        scatter_key_outliers(li, TK, bh, base);
-        workgroupBarrier();
-      }
+    let tb = bh * T + base;
+    if (base < ccomp) {
+      var seg = 0u;
+      ${ind(p0, 6)}
+      atomicStore(&kacc[li], 0);
+      for (var c = li; c < D; c += TK) { atomicStore(&vacc[c], 0); }
+      ${ind(p1, 6)}
+      workgroupBarrier();
+      let first = select(base % G, 0u, G <= TK);
+      ${ind(keyOut, 6)}
+      sum_stage(li, NRK);
+      workgroupBarrier();
+      let gt = select(0u, li / G, G < TK);
+      let qg = gt * D4;
+      var sc = 0.0;
+      ${ind(score, 6)}
+      if (KK > 0u) { sc += f32(atomicLoad(&kacc[li])) / KFIX; }
+      let s = select(-3.0e38, sc, valid);
+      pt[li / 4u][li % 4u] = s;
+      workgroupBarrier();
+      var mv = vec4<f32>(-3.0e38);
+      for (var u = 0u; u < TK4; u++) { mv = max(mv, pt[u]); }
+      let mt = max(m, max(max(mv.x, mv.y), max(mv.z, mv.w)));
+      let corr = exp(m - mt);
+      m = mt;
+      let pr = select(0.0, exp(s - mt), valid);
+      ${ind(p4, 6)}
+      workgroupBarrier();
+      sum_stage(li, NRV);
+      ${ind(vsum, 6)}
+      workgroupBarrier();
+      ${ind(fin, 6)}
+    } else {
+      var s = -3.0e38;
       if (valid) {
-        let gt = select(0u, li / G, G < TK);
-        var sc = red[gt * TK];
-        let cb = O_CK + (bh * T + t) * W;
-        let qb = gt * D;
-${keyScore.join("\n")}
-        if (LOWRANK) {
-          let pk = O_PK + (bh * NBLK + seg) * PW;
-          for (var j = 0u; j < RMAX; j++) {
-            sc += red[(NGT + j) * TK] * half_at(pk, D * RMAX + j) * q8_at(O_QK + (bh * T + t) * RW, j);
-          }
-        }
-        if (KK > 0u) { sc += f32(atomicLoad(&kacc[li])) / KFIX; }
+        var sc = 0.0;
+        for (var c = 0u; c < D; c++) { sc += qs[c] * ring_k(bh, t, c); }
         s = sc;
       }
+      pt[li / 4u][li % 4u] = s;
       workgroupBarrier();
-    } else if (valid) {
-      var sc = 0.0;
-      for (var c = 0u; c < D; c++) { sc += qs[c] * ring_k(bh, t, c); }
-      s = sc;
-    }
-    pt[li] = s;
-    workgroupBarrier();
-    var mt = m;
-    for (var j = 0u; j < TK; j++) { mt = max(mt, pt[j]); }
-    workgroupBarrier();
-    pt[li] = select(0.0, exp(s - mt), valid);
-    let corr = exp(m - mt);
-    m = mt;
-    workgroupBarrier();
-    var lt = 0.0;
-    for (var j = 0u; j < TK; j++) { lt += pt[j]; }
-    l = l * corr + lt;
-    if (comp) {
-      if (LOWRANK) {
-        let pv = O_PV + (bh * NBLK + seg) * PW;
-        for (var j = 0u; j < RMAX; j++) {
-          var v = 0.0;
-          if (li < n) { v = pt[li] * half_at(pv, D * RMAX + j) * q8_at(O_QV + (bh * T + t) * RW, j); }
-          red[j * TK + li] = v;
-        }
-        reduce_red(li, RMAX);
-      }
-      if (MV > 0u) {
-        scatter_value_outliers(li, TK, bh, base, n);
-        workgroupBarrier();
-      }
-${valueSum}
-    } else {
+      var mv = vec4<f32>(-3.0e38);
+      for (var u = 0u; u < TK4; u++) { mv = max(mv, pt[u]); }
+      let mt = max(m, max(max(mv.x, mv.y), max(mv.z, mv.w)));
+      workgroupBarrier();
+      pt[li / 4u][li % 4u] = select(0.0, exp(s - mt), valid);
+      let corr = exp(m - mt);
+      m = mt;
+      workgroupBarrier();
+      var lt = 0.0;
+      for (var u = 0u; u < TK4; u++) { lt += dot(pt[u], vec4<f32>(1.0)); }
+      l = l * corr + lt;
       for (var u = 0u; u < ${dpt}u; u++) {
         let c = li * ${dpt}u + u;
         if (c < D) {
@@ -769,10 +829,10 @@ ${valueSum}
             let v0 = ring_v(bh, t0, c); let v1 = ring_v(bh, t0 + 1u, c); let v2 = ring_v(bh, t0 + 2u, c);
             let v3 = ring_v(bh, t0 + 3u, c); let v4 = ring_v(bh, t0 + 4u, c); let v5 = ring_v(bh, t0 + 5u, c);
             let v6 = ring_v(bh, t0 + 6u, c); let v7 = ring_v(bh, t0 + 7u, c);
-            a += (pt[j] * v0 + pt[j + 1u] * v1 + pt[j + 2u] * v2 + pt[j + 3u] * v3) +
-              (pt[j + 4u] * v4 + pt[j + 5u] * v5 + pt[j + 6u] * v6 + pt[j + 7u] * v7);
+            a += (p_at(j) * v0 + p_at(j + 1u) * v1 + p_at(j + 2u) * v2 + p_at(j + 3u) * v3) +
+              (p_at(j + 4u) * v4 + p_at(j + 5u) * v5 + p_at(j + 6u) * v6 + p_at(j + 7u) * v7);
           }
-          for (; j < n; j++) { a += pt[j] * ring_v(bh, base + j, c); }
+          for (; j < n; j++) { a += p_at(j) * ring_v(bh, base + j, c); }
           acc[u] = a;
         }
       }
@@ -794,7 +854,6 @@ ${valueSum}
   }
 }`;
 }
-
 /**
  * WGSL of the split-K merge for GEAR attention (`split_merge.ts`), for the split kernel of the same `p` (its
  * keys per split). Bindings: 0 partials; 1 out [B, rowsPerSeq, nH·hd] f32. Grid: (`mergeGroupsX(nH, hd)` of split_merge.ts, rows, B).
