@@ -516,7 +516,8 @@ overlap)
 gearab)
   # GEAR's split kernels of two builds alternated (dist/gear_kernels_base.js, e.g. bundled from the last commit,
   # and dist/gear_kernels.js), two passes, plain 2-bit and the full store; then the GPU time of a decode step at
-  # 32,778 tokens of context with the f16 cache and with gear-2, alternated twice (bundle gpu_profile; ~4 min).
+  # 32,778 tokens of context with the f16 cache and with gear-2, and of gear-2's step at 32,831 (it completes a
+  # block: its compression, once per 64 steps), alternated twice (bundle gpu_profile; ~4 min).
   for pass in 1 2; do
     for rs in "0 0" "4 0.02"; do
       for v in base new; do
@@ -524,16 +525,17 @@ gearab)
         b=dist/gear_kernels.js
         [ "$v" = base ] && b=dist/gear_kernels_base.js
         echo "== pass $pass $v rank $1 outliers $2" >>"$logs/gear_ab.log"
-        timeout 90 deno run -A "$b" --contexts 1024,4096,8192,32768 --reps 30 --rank "$1" --outliers "$2" \
+        timeout 90 deno run -A "$b" --contexts 1024,2048,4096,8192,32768 --reps 30 --rank "$1" --outliers "$2" \
           >>"$logs/gear_ab.log" 2>&1
       done
     done
   done
   olmoe_f16
   for round in 1 2; do
-    for kv in f16 gear-2; do
-      echo "== round $round kv $kv" >>"$logs/kvstep.log"
-      timeout 70 deno run -A dist/gpu_profile.js --model /tmp/olmoe --pos 32778 --ablate off --kv "$kv" \
+    for run in "f16 32778" "gear-2 32778" "gear-2 32831"; do
+      set -- $run
+      echo "== round $round kv $1 pos $2" >>"$logs/kvstep.log"
+      timeout 70 deno run -A dist/gpu_profile.js --model /tmp/olmoe --pos "$2" --ablate off --kv "$1" \
         >>"$logs/kvstep.log" 2>&1
     done
   done

@@ -36,9 +36,9 @@ export interface GearAttentionParams {
   /** Split-K: each workgroup takes 64 keys and writes a partial result (merge with gearMergeWgsl). */
   split?: boolean;
   /**
-   * Split-K with 256 threads per workgroup (every load of a tile issued before its first barrier): faster on an
-   * H200 at short contexts (1k keys: 13.4 vs 19.0 µs per layer, rank 4 and 2 % outliers), slower at long ones
-   * (32k: 218.7 vs 149.1 µs), where the 64-thread kernel runs (see GEAR_WIDE_MAX_SPLITS).
+   * Split-K with 256 threads per workgroup (every load of a tile issued before its first barrier): on an H200
+   * (rank 4, 2 % outliers) a little faster than the 64-thread kernel at 1k keys (13.6 vs 14.4 µs per layer),
+   * slower beyond (2k: 19.3 vs 14.6; 32k: 218.7 vs 91.2), where the 64-thread kernel runs (GEAR_WIDE_MAX_SPLITS).
    */
   wide?: boolean;
   /**
@@ -203,10 +203,10 @@ const SPLIT_WG = 256;
 export const GEAR_WIDE_MAX_HD = SPLIT_WG;
 /**
  * Most key tiles (of 64) for which decode runs the wide split-K kernel: measured on an H200 (16 heads × 128,
- * rank 4, 2 % outliers) it takes 13.4 and 19.3 µs per layer at 1k and 2k keys (the 64-thread one 19.0 and 20.2)
- * but 32.9 at 4k (24.9).
+ * rank 4, 2 % outliers, 2026-12-02) it takes 13.6 and 19.3 µs per layer at 1,024 and 2,048 keys (17 and 33
+ * tiles), the 64-thread one 14.4 and 14.6.
  */
-export const GEAR_WIDE_MAX_SPLITS = 32;
+export const GEAR_WIDE_MAX_SPLITS = 17;
 
 /**
  * WGSL of split-K GEAR attention (decode: one tile of 64 keys per workgroup), built for latency like split-K
@@ -558,7 +558,7 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
   // parameters; its share of the key outliers). The kernel is bound by each workgroup's chain of dependent load
   // rounds (on an H200 its time at 32k grew in proportion as fewer workgroups fitted an SM), so a tile waits
   // on memory twice: these loads, then the segment's P rows.
-  const p0: string[] = ["let tt = tb + li;", "seg = store[O_SEG + b * NBLK + base / NB];"];
+  const p0: string[] = ["let tt = tb + li;"];
   for (let w = 0; w < l.W; w++) p0.push(`let kw${w} = store[O_CK + tt * W + ${w}u];`);
   for (let w = 0; w < l.W; w++) p0.push(`let vw${w} = store[O_CV + tt * W + ${w}u];`);
   for (let g = 0; g < l.nGV; g++) p0.push(`let vp${g} = unpack2x16float(store[O_PARV + tt * NGV + ${g}u]);`);
@@ -580,21 +580,30 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
     }
   }
   for (let w = 0; w < l.MW && l.mV > 0; w++) p0.push(`let vo${w} = store[O_OUTV + tt * MW + ${w}u];`);
-  // Phase 1: the segment's factors; fold q into the key scales (qd), q·min and q·P_K partials; stage the values.
-  const p1: string[] = [];
+  // The segment's factors (its index was loaded a tile ahead): the Q column scales, the rows of P_K of the
+  // channels the thread folds (cf_u) and of P_V of its value channels (cl_u = li·dpt + u: adjacent, one code
+  // word and parameter group for a 128-wide head).
+  const share = l.perWord % dpt === 0 && l.gv % dpt === 0;
+  for (let u = 0; u < dpt; u++) {
+    p0.push(`let cf${u} = li + ${u * TK}u;`, `let cl${u} = min(li * ${dpt}u + ${u}u, D - 1u);`);
+  }
   if (R > 0) {
-    p1.push("let pk = O_PK + (bh * NBLK + seg) * PW;", "let pv = O_PV + (bh * NBLK + seg) * PW;");
+    p0.push("let pk = O_PK + (bh * NBLK + seg) * PW;", "let pv = O_PV + (bh * NBLK + seg) * PW;");
     for (let j = 0; j < R; j++) {
-      p1.push(`let ksc${j} = half_at(pk, D * RMAX + ${j}u);`, `let vsc${j} = half_at(pv, D * RMAX + ${j}u);`);
+      p0.push(`let ksc${j} = half_at(pk, D * RMAX + ${j}u);`, `let vsc${j} = half_at(pv, D * RMAX + ${j}u);`);
+    }
+    for (let u = 0; u < dpt; u++) {
+      for (let j = 0; j < R; j++) {
+        p0.push(
+          `let pkr${u}_${j} = half_at(pk, min(cf${u}, D - 1u) * RMAX + ${j}u);`,
+          `let pvr${u}_${j} = half_at(pv, cl${u} * RMAX + ${j}u);`,
+        );
+      }
     }
   }
-  for (let u = 0; u < dpt; u++) {
-    p1.push(
-      `let cf${u} = li + ${u * TK}u;`,
-      `let okf${u} = cf${u} < D;`,
-      `let qf${u} = qs[min(cf${u}, D - 1u)];`,
-    );
-  }
+  // Phase 1: fold q into the key scales (qd), q·min and q·P_K partials; stage the values.
+  const p1: string[] = [];
+  for (let u = 0; u < dpt; u++) p1.push(`let okf${u} = cf${u} < D;`, `let qf${u} = qs[min(cf${u}, D - 1u)];`);
   for (let g = 0; g < ngt; g++) {
     const parts: string[] = [];
     for (let u = 0; u < dpt; u++) {
@@ -609,23 +618,16 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
     p1.push(`red[${g}u * TK + li] = ${parts.join(" + ")};`);
   }
   for (let j = 0; j < R; j++) {
-    const parts = range(dpt).map((u) =>
-      `select(0.0, qf${u} * half_at(pk, min(cf${u}, D - 1u) * RMAX + ${j}u), okf${u})`
-    );
+    const parts = range(dpt).map((u) => `select(0.0, qf${u} * pkr${u}_${j}, okf${u})`);
     p1.push(`red[${ngt + j}u * TK + li] = ${parts.join(" + ")};`);
   }
   for (let w = 0; w < l.W; w++) p1.push(`vsh[${w * tk4}u + li / 4u][li % 4u] = vw${w};`);
-  // The thread's value channels cl_u = li·dpt + u (adjacent: one code word and parameter group for a 128-wide
-  // head) and their rows of P_V.
-  const share = l.perWord % dpt === 0 && l.gv % dpt === 0;
   for (let u = 0; u < dpt; u++) {
-    p1.push(`let cl${u} = min(li * ${dpt}u + ${u}u, D - 1u);`);
     p1.push(
       `let wo${u} = cl${u} / PERW;`,
       `let sh${u} = (cl${u} % PERW) * BITS;`,
       `let gv${u} = cl${u} / GV;`,
     );
-    for (let j = 0; j < R; j++) p1.push(`let pvr${u}_${j} = half_at(pv, cl${u} * RMAX + ${j}u);`);
   }
   // The score of token li: its code words against the folded query of its token group, vec4 by vec4.
   const score: string[] = [];
@@ -756,6 +758,8 @@ ${GEAR_ROW_WGSL}
     start = max(start, z * SPLITK);
     hi = min(pos, z * SPLITK + SPLITK - 1u);
   }
+  // The segment of the first tile, loaded with q (a compressed tile's loads then wait on nothing).
+  var segn = store[O_SEG + b * NBLK + min(((start / TK) * TK) / NB, NBLK - 1u)];
   let qo = ((qb * QROWS + r) * NH + h) * D;
   for (var c = li; c < D; c += TK) { qs[c] = q[qo + c] * ${f32Lit(p.scale)}; }
   workgroupBarrier();
@@ -767,8 +771,9 @@ ${GEAR_ROW_WGSL}
     let valid = t >= start && t <= hi;
     let n = min(TK, hi + 1u - base);
     let tb = bh * T + base;
+    let seg = segn;
+    if (base + TK <= hi) { segn = store[O_SEG + b * NBLK + min((base + TK) / NB, NBLK - 1u)]; }
     if (base < ccomp) {
-      var seg = 0u;
       ${ind(p0, 6)}
       atomicStore(&kacc[li], 0);
       for (var c = li; c < D; c += TK) { atomicStore(&vacc[c], 0); }
