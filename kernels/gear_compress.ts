@@ -34,6 +34,12 @@ export interface GearCompressParams {
   seed: number;
   /** Precision of the full-precision ring (f16: packed two per u32). */
   ringDtype: DType;
+  /**
+   * Workgroup memory the program may use (bytes; {@linkcode gearCompressProgram} passes the device's limit,
+   * default 0). Where a block's residual fits, a one-block segment (every decode step's) keeps it there for the
+   * power iteration instead of the scratch buffer.
+   */
+  workgroupBytes?: number;
 }
 
 const WG = 128;
@@ -62,6 +68,12 @@ export function gearCompressWgsl(p: GearCompressParams): string {
   const read = (name: string) => f16 ? `unpack2x16float(${name}[i >> 1u])[i & 1u]` : `${name}[i]`;
   const R = p.rank;
   const o = l.off;
+  // Tokens of a segment whose residual [NSH, hd] f32 is staged in workgroup memory (0: none), beside ps and red.
+  const fixedBytes = 4 * (l.hd * Math.max(R, 1) + WG);
+  const nsh = R > 0 && fixedBytes + 4 * l.buffer * l.hd <= (p.workgroupBytes ?? 0) ? l.buffer : 0;
+  // Staged rows are XOR-swizzled within aligned blocks of up to 32 channels (the largest power of two dividing
+  // hd), so threads reading one channel of many tokens, or many channels of one token, hit distinct banks.
+  const swz = Math.min(32, l.hd & -l.hd) - 1;
   const lowRank = R > 0
     ? `
   // --- 3. residual R [n, D] into scratch ---
@@ -70,9 +82,11 @@ export function gearCompressWgsl(p: GearCompressParams): string {
     let c = i % D;
     let x = ring_at(kind, bh, t, c);
     let pr = par_of(kind, bh, t, c);
-    scr[sb + i] = x - (f32(code_of(x, pr.x, pr.y)) * pr.x + pr.y) - corr_of(kind, bh, t, c);
+    let v = x - (f32(code_of(x, pr.x, pr.y)) * pr.x + pr.y) - corr_of(kind, bh, t, c);
+    if (shr) { rsh[ridx(i / D, c)] = v; } else { scr[sb + i] = v; }
   }
   storageBarrier();
+  workgroupBarrier();
   // --- 4. power iteration ---
   for (var i = li; i < D * RANK; i += WG) { ps[i] = power_start(SEED, kind, h, c0 / NB, i); }
   workgroupBarrier();
@@ -81,7 +95,7 @@ export function gearCompressWgsl(p: GearCompressParams): string {
     for (var t = li; t < n; t += WG) {
       for (var j = 0u; j < RANK; j++) {
         var s = 0.0;
-        for (var c = 0u; c < D; c++) { s += scr[sb + t * D + c] * ps[c * RANK + j]; }
+        for (var c = 0u; c < D; c++) { s += res_at(shr, sb, t, c) * ps[c * RANK + j]; }
         scr[qb + t * RANK + j] = s;
       }
     }
@@ -103,7 +117,7 @@ export function gearCompressWgsl(p: GearCompressParams): string {
     for (var c = li; c < D; c += WG) {
       for (var j = 0u; j < RANK; j++) {
         var s = 0.0;
-        for (var t = 0u; t < n; t++) { s += scr[sb + t * D + c] * scr[qb + t * RANK + j]; }
+        for (var t = 0u; t < n; t++) { s += res_at(shr, sb, t, c) * scr[qb + t * RANK + j]; }
         ps[c * RANK + j] = s;
       }
     }
@@ -191,6 +205,17 @@ const O_SEG: u32 = ${o.seg}u;
 var<workgroup> ps: array<f32, ${l.hd * Math.max(R, 1)}>;
 var<workgroup> red: array<f32, ${WG}>;
 var<private> qsc: array<f32, ${Math.max(R, 1)}>;
+// The residual of a segment of at most NSH tokens [NSH, D] f32, rows swizzled (ridx).
+const NSH: u32 = ${nsh}u;
+var<workgroup> rsh: array<f32, ${Math.max(1, nsh * l.hd)}>;
+fn ridx(t: u32, c: u32) -> u32 {
+  return t * D + (c ^ (t & ${swz}u));
+}
+// Residual entry (token t of the segment, channel c): staged (shr) or in the scratch buffer from sb.
+fn res_at(shr: bool, sb: u32, t: u32, c: u32) -> f32 {
+  if (shr) { return rsh[ridx(t, c)]; }
+  return scr[sb + t * D + c];
+}
 
 fn ring_at(kind: u32, bh: u32, t: u32, c: u32) -> f32 {
   let i = (bh * BUFCAP + t % BUFCAP) * D + c;
@@ -311,6 +336,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   if (c1 <= c0) { return; }
   let n = c1 - c0;
   let sb = (bh * 2u + kind) * REGION;
+  let shr = n <= NSH;
   let qb = sb + BUFCAP * D;
   // --- 1. per group: outliers, scale and min ---
   // A thread takes a unit whose outlier entries fill whole words: the key groups of a token group and two
@@ -419,7 +445,11 @@ export function gearCompressProgram(
   ring: StepRing,
   p: GearCompressParams,
 ): Promise<Program> {
-  return P.get(device, ring, `gear-compress-r${p.rank}`, gearCompressWgsl(p), [
+  const code = gearCompressWgsl({
+    ...p,
+    workgroupBytes: p.workgroupBytes ?? device.limits.maxComputeWorkgroupStorageSize,
+  });
+  return P.get(device, ring, `gear-compress-r${p.rank}`, code, [
     "write",
     "read",
     "read",
