@@ -6,7 +6,8 @@
  *     [--shapes qdown=32x8x8,...] [--ablate on|off] [--kv f16|quant-2|gear-2|…]
  *
  * With a compressed cache (--kv) the step attends over a store of `pos` tokens whatever they hold (the time does
- * not depend on the values); pick a position that completes no block (the step then compresses none). [--shapes qdown=32x8x8,...]
+ * not depend on the values); pick a position that completes no block (the step then compresses none), or one
+ * that completes one (the step then includes its compression, which decode runs once per block).
  *
  * @module
  */
