@@ -142,27 +142,30 @@ fn u16_at(base: u32, i: u32) -> u32 {
 fn q8_at(word_base: u32, j: u32) -> f32 {
   return f32(bitcast<i32>(store[word_base + (j >> 2u)] << (24u - 8u * (j & 3u))) >> 24u);
 }
-// The key outliers of the tile at base ([NGT][D][KK] contiguous in the store), thread li of nt: each adds
-// q_c · value of its entries to the score of the entry's token (qs_at: the kernel's scaled query).
+// Key outlier entry i of the tile's [NGT][D][KK] entries, e its u16: adds q_c · value to the score of the
+// entry's token (first: the tile's first token within its group; qs_at: the kernel's scaled query).
+fn add_key_outlier(i: u32, e: u32, first: u32) {
+  let c = (i % (D * KK)) / KK;
+  let tok = (i / (D * KK)) * G + (e & 0x7fu) - first;
+  if (tok < TK) { atomicAdd(&kacc[tok], fixed(qs_at(c) * out_value(e), KFIX)); }
+}
+// Value outlier j of a token of weight p, e its u16: adds p · value to the entry's channel.
+fn add_value_outlier(j: u32, e: u32, p: f32) {
+  let c = min(j / KVF, NGV - 1u) * GV + (e & 0x7fu);
+  atomicAdd(&vacc[c], fixed(p * out_value(e), VFIX));
+}
+// The key outliers of the tile at base ([NGT][D][KK] contiguous in the store), thread li of nt.
 fn scatter_key_outliers(li: u32, nt: u32, bh: u32, base: u32) {
   let kh = (bh * (T / G) + base / G) * D * KK;
   let first = select(base % G, 0u, G <= TK);
-  for (var i = li; i < NGT * D * KK; i += nt) {
-    let e = u16_at(O_OUTK, kh + i);
-    let c = (i % (D * KK)) / KK;
-    let tok = (i / (D * KK)) * G + (e & 0x7fu) - first;
-    if (tok < TK) { atomicAdd(&kacc[tok], fixed(qs_at(c) * out_value(e), KFIX)); }
-  }
+  for (var i = li; i < NGT * D * KK; i += nt) { add_key_outlier(i, u16_at(O_OUTK, kh + i), first); }
 }
-// The value outliers of the tile's first n tokens, thread li of nt: each adds p_token · value to the entry's
-// channel (p_at: the kernel's probabilities of the tile).
+// The value outliers of the tile's first n tokens, thread li of nt (p_at: the kernel's probabilities).
 fn scatter_value_outliers(li: u32, nt: u32, bh: u32, base: u32, n: u32) {
   for (var i = li; i < n * MV; i += nt) {
     let tk = i / MV;
     let j = i % MV;
-    let e = u16_at(O_OUTV, (bh * T + base + tk) * 2u * MW + j);
-    let c = min(j / KVF, NGV - 1u) * GV + (e & 0x7fu);
-    atomicAdd(&vacc[c], fixed(p_at(tk) * out_value(e), VFIX));
+    add_value_outlier(j, u16_at(O_OUTV, (bh * T + base + tk) * 2u * MW + j), p_at(tk));
   }
 }`;
 }
@@ -655,11 +658,7 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
   }
   p4.push(`red[${l.nGV + R}u * TK + li] = pr;`);
   for (let j = 0; j < l.mV; j++) {
-    p4.push(`{
-          let e = (vo${j >> 1} >> ${(j & 1) * 16}u) & 0xffffu;
-          let c = min(${j}u / KVF, NGV - 1u) * GV + (e & 0x7fu);
-          atomicAdd(&vacc[c], fixed(pr * out_value(e), VFIX));
-        }`);
+    p4.push(`add_value_outlier(${j}u, (vo${j >> 1} >> ${(j & 1) * 16}u) & 0xffffu, pr);`);
   }
   // The weighted codes of the thread's channels, four tokens at a time.
   const vsum: string[] = [];
@@ -682,12 +681,7 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
   }
   const keyOut: string[] = [];
   for (let k = 0; k < nko; k++) {
-    keyOut.push(`{
-          let i = li + ${k * TK}u;
-          let c = (i % (D * KK)) / KK;
-          let tok = (i / (D * KK)) * G + (ko${k} & 0x7fu) - first;
-          if (i < NKOT && tok < TK) { atomicAdd(&kacc[tok], fixed(qs[c] * out_value(ko${k}), KFIX)); }
-        }`);
+    keyOut.push(`if (li + ${k * TK}u < NKOT) { add_key_outlier(li + ${k * TK}u, ko${k}, first); }`);
   }
   const ind = (xs: string[], n: number) => xs.join(`\n${" ".repeat(n)}`);
   return `${prelude()}
