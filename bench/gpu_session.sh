@@ -56,8 +56,8 @@
 #     gpu_decode, gear_kernels)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh kvstep    # ~5 min: a decode step's GPU
 #     time at 1k/8k/32k context with the f16 cache, quant-2 and gear-2 (bundle gpu_profile)
-#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~9 min: GEAR's kernels, decode
-#     after a 32k prompt with the f16 cache and gear-2 (bundle gear_kernels, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~3 min: GEAR's kernels, steady
+#     decode after a 32k prompt with gear-2 and the f16 cache (bundle gear_kernels, gpu_gear)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
@@ -555,19 +555,20 @@ kvstep)
   done
   ;;
 gear32k)
-  # GEAR's attention kernels at 1k-32k, then decode at a 32k context with the f16 cache and with gear-2
-  # (bench/gpu_decode.ts: the time of 128 new tokens minus that of one, each after the same 32,768-token prompt).
-  # Bundle gear_kernels and gpu_decode.
+  # GEAR's attention kernels at 1k-32k, then steady-state decode at a 32k context with gear-2 and with the f16
+  # cache (bench/gpu_gear.ts: tokens/s between batch arrivals, the prefill excluded; subtracting two
+  # generations that each hold a 32k-token prefill, as gpu_decode.ts --decode-prompt does, is swamped by the
+  # prefills' spread). Bundle gear_kernels and gpu_gear; ~3 min.
   olmoe_f16
   timeout 60 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 >"$logs/gear_kernels.log" 2>&1
-  for kv in f16 gear-2; do
-    timeout 230 deno run -A dist/gpu_decode.js --model /tmp/olmoe --dtype f16 --reps 1 --prompt 64 \
-      --decode-prompt 32768 --kv "$kv" >>"$logs/decode_32k.log" 2>&1
+  for kv in gear-2 f16; do
+    timeout 150 deno run -A dist/gpu_gear.js --model /tmp/olmoe --modes "$kv" --contexts 32768 \
+      >>"$logs/decode_32k.log" 2>&1
     echo "$kv rc=$?" >>"$logs/decode_32k.log"
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
   exit 2
   ;;
 esac
