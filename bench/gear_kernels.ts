@@ -8,6 +8,10 @@
  *     [--rank 4] [--outliers 0.02]      # --rank 0 --outliers 0: plain KIVI quantization (quant-2)
  *     [--pad-kb N]                      # GEAR kernels with N KiB more workgroup memory each (a diagnostic:
  *                                       # fewer workgroups fit an SM; if the time does not move, fewer ran)
+ *     [--ablate codes,params,prows,seg,barriers,score,vsum,sums,p1,p4]  # a diagnostic (results wrong,
+ *                                       # timing only): the 64-thread kernel without those global loads
+ *                                       # (codes, key/value parameters, the segment's P rows, the segment
+ *                                       # index), barriers, or parts of its arithmetic
  *     [--tiles-per-split 2,4]           # also the 64-thread split kernel over that many 64-key tiles per
  *                                       # workgroup, with its merge (a table of its own)
  *
@@ -50,6 +54,7 @@ const { values } = parseArgs({
     rank: { type: "string", default: "4" },
     outliers: { type: "string", default: "0.02" },
     "pad-kb": { type: "string", default: "0" },
+    ablate: { type: "string", default: "" },
     "tiles-per-split": { type: "string", default: "" },
   },
 });
@@ -191,11 +196,54 @@ if (!Number.isInteger(padKb) || padKb < 0) {
     `Cannot run the benchmark: --pad-kb must be a whole number of KiB, not ${values["pad-kb"]}`,
   );
 }
+const ablations = values.ablate ? values.ablate.split(",") : [];
+for (const a of ablations) {
+  if (!["codes", "params", "prows", "seg", "barriers", "score", "vsum", "sums", "p1", "p4"].includes(a)) {
+    throw new TypeError(`Cannot run the benchmark: unknown --ablate part ${a}`);
+  }
+}
+/** The GEAR WGSL `code` without the global loads (or barriers) --ablate names: a timing diagnostic. */
+function ablate(code: string): string {
+  let c = code;
+  if (ablations.includes("codes")) {
+    c = c.replace(/store\[O_C([KV]) \+ (\w+) \* W \+ ([^\]]+)\]/g, "(($2 + $3) * 2654435761u)");
+  }
+  if (ablations.includes("params")) c = c.replace(/store\[O_PAR[KV] \+ [^;]*\]\)/g, "0x3c003c00u)");
+  if (ablations.includes("prows")) c = c.replace(/half_at\(p[kv], [^;]*\);/g, "0.5;");
+  if (ablations.includes("seg")) c = c.replace(/store\[O_SEG \+ [^;]*\];/g, "0u;");
+  if (ablations.includes("barriers")) c = c.replaceAll("workgroupBarrier();", "");
+  // Compute parts of the 64-thread kernel: the score's dot products, the value sums, the two-stage sums, the
+  // query fold (p1) and the softmax weights' stores (p4).
+  if (ablations.includes("score")) c = c.replace(/^\s*sc \+= dot\(qd.*$/gm, "");
+  if (ablations.includes("vsum")) c = c.replace(/^\s*a\d \+= dot\(w4_.*$/gm, "");
+  if (ablations.includes("sums")) c = c.replace(/^\s*sum_stage\(li, NR[KV]\);$/gm, "");
+  if (ablations.includes("p1")) {
+    c = c.replace(/^\s*(if \(cf\d < \d+u\) \{ qd|red\[\d+u \* TK \+ li\] = select).*$/gm, "");
+  }
+  if (ablations.includes("p4")) c = c.replace(/^\s*(wt|red)\[\d+u (\+|\* TK \+) li.*pr \*.*$/gm, "");
+  return c;
+}
 /**
  * A GEAR attention program; with --pad-kb its WGSL gets an extra workgroup array of that size, written only
  * when a run-time value says so (never here), so the driver keeps it and fewer workgroups fit an SM.
  */
 function gearProgram(p: GearAttentionParams) {
+  // (The 256-thread kernel is not ablated.)
+  if (ablations.length > 0 && !p.wide) {
+    return Program.get(
+      device,
+      ring,
+      `gear-ablate-${p.wide ? "wide" : ""}${ablations.join("-")}`,
+      ablate(gearAttentionWgsl(p)),
+      [
+        "read",
+        "read",
+        "read",
+        "read",
+        "write",
+      ],
+    );
+  }
   if (padKb === 0) return gearAttentionProgram(device, ring, p);
   const code = gearAttentionWgsl(p)
     .replace(

@@ -606,7 +606,11 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
   }
   // Phase 1: fold q into the key scales (qd), q·min and q·P_K partials; stage the values.
   const p1: string[] = [];
-  for (let u = 0; u < dpt; u++) p1.push(`let okf${u} = cf${u} < D;`, `let qf${u} = qs[min(cf${u}, D - 1u)];`);
+  // q's channels cf_u, in registers since the start: stored to qs here, after the tile's loads were issued (so
+  // they do not wait on q's), and read by other threads after the barrier below.
+  for (let u = 0; u < dpt; u++) {
+    p1.push(`let okf${u} = cf${u} < D;`, `let qf${u} = qr${u};`, `if (okf${u}) { qs[cf${u}] = qr${u}; }`);
+  }
   for (let g = 0; g < ngt; g++) {
     const parts: string[] = [];
     for (let u = 0; u < dpt; u++) {
@@ -755,8 +759,17 @@ ${GEAR_ROW_WGSL}
   // The segment of the first tile, loaded with q (a compressed tile's loads then wait on nothing).
   var segn = store[O_SEG + b * NBLK + min(((start / TK) * TK) / NB, NBLK - 1u)];
   let qo = ((qb * QROWS + r) * NH + h) * D;
-  for (var c = li; c < D; c += TK) { qs[c] = q[qo + c] * ${f32Lit(p.scale)}; }
-  workgroupBarrier();
+  // q · score scale for channels li, li + TK, … (qs is written in each tile's first phase).
+  ${
+    ind(
+      range(dpt).map((u) =>
+        `let qr${u} = select(0.0, q[qo + min(li + ${u * TK}u, D - 1u)], li + ${u * TK}u < D) * ${
+          f32Lit(p.scale)
+        };`
+      ),
+      2,
+    )
+  }
   var m = -3.0e38;
   var l = 0.0;
   var acc: array<f32, ${dpt}>;
@@ -798,6 +811,8 @@ ${GEAR_ROW_WGSL}
       workgroupBarrier();
       ${ind(fin, 6)}
     } else {
+      ${ind(range(dpt).map((u) => `if (li + ${u * TK}u < D) { qs[li + ${u * TK}u] = qr${u}; }`), 6)}
+      workgroupBarrier();
       var s = -3.0e38;
       if (valid) {
         var sc = 0.0;
