@@ -12,12 +12,21 @@
  *    Q stored as int8 per column scale, P as f16;
  * 5. the segment table entries of the new blocks.
  *
- * It matches `gearCompressRef` of `cpu/gear.ts` (up to float summation order and rare code ties).
+ * With a fit policy (`gear_fit.ts`), step 1 may pick each group's range by least squares instead: a thread per
+ * group reads its values once into a private array and scores the 64 shrinks of the min/max range on the grid
+ * there, 8 to a pass over the values (the outlier entries of a chunk of groups are packed into words by a
+ * thread per unit after a barrier). Refit rounds repeat steps 1–4 on Y = X − L (L = Q·Pᵀ of the last round), which is kept where the
+ * residual goes; the residual stays X − dequant − outliers, and the factors of the last round are stored.
+ *
+ * It matches `gearCompressRef` of `cpu/gear.ts` (up to float summation order and rare code ties; with refits,
+ * the rounds after the first quantize an L that differs by float rounding, so a few more codes and ranges can
+ * flip).
  *
  * @module
  */
 
 import type { DType } from "../engine/types.ts";
+import { checkFitPolicy, FIT_STEP, FIT_STEPS, GEAR_FIT_DEFAULT, type GearFitPolicy } from "./gear_fit.ts";
 import { type GearLayout, HASH_WGSL, OUTLIER_WGSL } from "./gear_layout.ts";
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
 import { prelude } from "./wgsl.ts";
@@ -40,6 +49,12 @@ export interface GearCompressParams {
    * power iteration instead of the scratch buffer.
    */
   workgroupBytes?: number;
+  /**
+   * How the segment is fitted (default {@linkcode GEAR_FIT_DEFAULT}: min/max ranges, no refits); refits need a
+   * low-rank part, so a rank-0 program does none. Code for the least-squares ranges and the refit rounds is
+   * generated only when asked for.
+   */
+  fit?: GearFitPolicy;
 }
 
 const WG = 128;
@@ -68,21 +83,106 @@ export function gearCompressWgsl(p: GearCompressParams): string {
   const read = (name: string) => f16 ? `unpack2x16float(${name}[i >> 1u])[i & 1u]` : `${name}[i]`;
   const R = p.rank;
   const o = l.off;
-  // Tokens of a segment whose residual [NSH, hd] f32 is staged in workgroup memory (0: none), beside ps and red.
-  const fixedBytes = 4 * (l.hd * Math.max(R, 1) + WG);
+  const fit = p.fit ?? GEAR_FIT_DEFAULT;
+  checkFitPolicy(fit);
+  const mse = fit.fit === "mse";
+  // With the mse fit, the outlier entries of a chunk of groups pass through gent [WG, KMAX] u32 (where any).
+  const ents = mse && (l.kK > 0 || l.mV > 0);
+  const kMax = Math.max(l.kK, l.kVFull, 1);
+  // Tokens of a segment whose residual [NSH, hd] f32 is staged in workgroup memory (0: none), beside ps, red
+  // and gent.
+  const fixedBytes = 4 * (l.hd * Math.max(R, 1) + WG + (ents ? WG * kMax : 0));
   const nsh = R > 0 && fixedBytes + 4 * l.buffer * l.hd <= (p.workgroupBytes ?? 0) ? l.buffer : 0;
   // Staged rows are XOR-swizzled within aligned blocks of up to 32 channels (the largest power of two dividing
   // hd), so threads reading one channel of many tokens, or many channels of one token, hit distinct banks.
   const swz = Math.min(32, l.hd & -l.hd) - 1;
-  const lowRank = R > 0
+  // Refits refit the low-rank part: a rank-0 program has none.
+  const refits = R > 0 ? fit.refits : 0;
+  // What the quantization reads at (absolute token t, channel c): the ring; with refits Y = X − L [n, D] f32,
+  // kept where the residual goes (rsh or scratch; res_at), Y = X on the first round.
+  const src = (t: string, c: string) =>
+    refits > 0 ? `res_at(shr, sb, ${t} - c0, ${c})` : `ring_at(kind, bh, ${t}, ${c})`;
+  // Entry i of the group in step 1: read once into vals [GLEN] f32 by the mse fit, else from the source.
+  const gval = (i: string) => mse ? `vals[${i}]` : src(`t0 + ${i} * stT`, `ch0 + ${i} * stC`);
+  const load = mse
+    ? `      var vals: array<f32, GLEN>;
+      for (var i = 0u; i < len; i++) { vals[i] = ${src("t0 + i * stT", "ch0 + i * stC")}; }
+`
+    : "";
+  // The b of the mse grid, four to a vec4.
+  const quads = Array.from({ length: FIT_STEPS / 4 }, (_, q) => q);
+  const range = mse
+    ? `      // The outliers' values, then the kept values moved to the front of vals (in order), their min and max.
+      var ov: array<f32, 16>;
+      for (var j = 0u; j < nrem; j++) { ov[j] = vals[rem[j]]; }
+      var m = 0u;
+      var mn = 3.4e38; var mx = -3.4e38;
+      for (var i = 0u; i < len; i++) {
+        var gone = false;
+        for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
+        if (gone) { continue; }
+        let v = vals[i];
+        vals[m] = v;
+        m++;
+        mn = min(mn, v); mx = max(mx, v);
+      }
+      // Least squares over the grid lo = mn + a·r·FSTEP, hi = mx − b·r·FSTEP (a, b < FSTEPS, r = mx − mn) of
+      // the stored (f16) scale and min; the first best in (a, b) order, so min/max wins ties. Per a, one pass
+      // over the values scores every b, four to a vec4 (codes by the scale's reciprocal: 0 for a zero scale).
+      let r = mx - mn;
+      var sc = 0.0; var m16 = 0.0; var best = 0.0;
+      for (var a = 0u; a < FSTEPS; a++) {
+        let lo = mn + r * (f32(a) * FSTEP);
+        let z = f16r(lo);
+${
+      quads.map((q) =>
+        `        let s${q} = f16r4((mx - r * (vec4<f32>(${
+          [0, 1, 2, 3].map((e) => `${4 * q + e}.0`).join(", ")
+        }) * FSTEP) - lo) / LEVELS);
+        let i${q} = select(vec4<f32>(0.0), 1.0 / s${q}, s${q} != vec4<f32>(0.0));
+        var e${q} = vec4<f32>(0.0);`
+      ).join("\n")
+    }
+        for (var i = 0u; i < m; i++) {
+          let u = vals[i] - z;
+${
+      quads.map((q) =>
+        `          let d${q} = u - clamp(floor(u * i${q} + 0.5), vec4<f32>(0.0), vec4<f32>(LEVELS)) * s${q};
+          e${q} += d${q} * d${q};`
+      ).join("\n")
+    }
+        }
+${
+      quads.flatMap((q) =>
+        [..."xyzw"].map((lane, e) =>
+          `        if (${
+            q + e === 0 ? "a == 0u || " : ""
+          }e${q}.${lane} < best) { best = e${q}.${lane}; sc = s${q}.${lane}; m16 = z; }`
+        )
+      ).join("\n")
+    }
+      }`
+    : `      var mn = 3.4e38; var mx = -3.4e38;
+      for (var i = 0u; i < len; i++) {
+        var gone = false;
+        for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
+        if (gone) { continue; }
+        let v = ${gval("i")};
+        mn = min(mn, v); mx = max(mx, v);
+      }
+      let sc = f16r((mx - mn) / LEVELS);
+      let m16 = f16r(mn);`;
+  const lowRankFit = R > 0
     ? `
-  // --- 3. residual R [n, D] into scratch ---
+  // --- 3. residual R [n, D] into scratch ---${
+      refits > 0 ? "\n  // (over Y, each entry by the thread that read it)" : ""
+    }
   for (var i = li; i < n * D; i += WG) {
     let t = c0 + i / D;
     let c = i % D;
     let x = ring_at(kind, bh, t, c);
-    let pr = par_of(kind, bh, t, c);
-    let v = x - (f32(code_of(x, pr.x, pr.y)) * pr.x + pr.y) - corr_of(kind, bh, t, c);
+    let pr = par_of(kind, bh, t, c);${refits > 0 ? "\n    let y = res_at(shr, sb, i / D, c);" : ""}
+    let v = x - (f32(code_of(${refits > 0 ? "y" : "x"}, pr.x, pr.y)) * pr.x + pr.y) - corr_of(kind, bh, t, c);
     if (shr) { rsh[ridx(i / D, c)] = v; } else { scr[sb + i] = v; }
   }
   storageBarrier();
@@ -122,7 +222,10 @@ export function gearCompressWgsl(p: GearCompressParams): string {
       }
     }
     workgroupBarrier();
-  }
+  }`
+    : "";
+  const lowRankStore = R > 0
+    ? `
   let qo = select(O_QV, O_QK, kind == 0u);
   for (var i = li; i < n * RW; i += WG) {
     let t = i / RW;
@@ -156,6 +259,188 @@ export function gearCompressWgsl(p: GearCompressParams): string {
   let po = select(O_PV, O_PK, kind == 0u) + (bh * NBLK + c0 / NB) * PW;
   for (var w = li; w < PW; w += WG) { store[po + w] = 0u; }`
     : "";
+  // Outlier selection of the group in step 1 (rem: the indices removed, in order).
+  const outlierSelect = `      var rem: array<u32, 16>;
+      var nrem = 0u;
+      for (var it = 0u; it < k; it++) {
+        if (len - nrem < 3u) { break; }
+        var iMax = 0xffffffffu; var iMin = 0xffffffffu; var vMax = 0.0; var vMin = 0.0;
+        for (var i = 0u; i < len; i++) {
+          var gone = false;
+          for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
+          if (gone) { continue; }
+          let v = ${gval("i")};
+          if (iMax == 0xffffffffu || v > vMax) { iMax = i; vMax = v; }
+          if (iMin == 0xffffffffu || v < vMin) { iMin = i; vMin = v; }
+        }
+        var max2 = -3.4e38; var min2 = 3.4e38;
+        for (var i = 0u; i < len; i++) {
+          var gone = false;
+          for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
+          if (gone) { continue; }
+          let v = ${gval("i")};
+          if (i != iMax && v > max2) { max2 = v; }
+          if (i != iMin && v < min2) { min2 = v; }
+        }
+        rem[nrem] = select(iMin, iMax, vMax - max2 >= min2 - vMin);
+        nrem++;
+      }
+`;
+  // Step 1: with the mse fit a thread per group, else a thread per unit.
+  const step1 = mse
+    ? `  // --- 1. per group: outliers, least-squares scale and min ---
+  // A thread takes a group (the key group of a channel, or a value group of a token), in chunks of whole
+  // units (the key groups of two channels, or every value group of a token) whose outlier entries fill whole
+  // words: after a barrier, a thread per unit packs them from gent.
+  let nunits = select(n, (n / G) * DP, kind == 0u);
+  let subs = select(NGV, 2u, kind == 0u);
+  let upc = WG / subs;
+  for (var u0 = 0u; u0 < nunits; u0 += upc) {
+    let ui = u0 + li / subs;
+    let sub = li % subs;
+    if (li < upc * subs && ui < nunits && (kind == 1u || 2u * (ui % DP) + sub < D)) {
+      var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var pat: u32;
+      if (kind == 0u) {
+        let tg = c0 / G + ui / DP;
+        let c = 2u * (ui % DP) + sub;
+        t0 = tg * G; ch0 = c; len = G; stT = 1u; stC = 0u; k = KK;
+        pat = O_PARK + (bh * (T / G) + tg) * D + c;
+      } else {
+        let t = c0 + ui;
+        t0 = t; ch0 = sub * GV; len = select(GV, D - sub * GV, sub == NGV - 1u); stT = 0u; stC = 1u;
+        k = select(KVF, KVL, sub == NGV - 1u);
+        pat = O_PARV + (bh * T + t) * NGV + sub;
+      }
+${load}${outlierSelect}${range}
+      store[pat] = pack2x16float(vec2<f32>(sc, m16));${
+      ents
+        ? `
+      for (var j = 0u; j < nrem; j++) {
+        let x = ov[j];
+        let cv = x - (f32(code_of(x, sc, m16)) * sc + m16);
+        gent[li * KMAX + j] = enc_out(rem[j], f16b(cv));
+      }
+      for (var j = nrem; j < k; j++) { gent[li * KMAX + j] = 0u; }`
+        : ""
+    }
+    }${
+      ents
+        ? `
+    workgroupBarrier();
+    if (li < upc && u0 + li < nunits) {
+      let uj = u0 + li;
+      var ents: array<u32, NENT>;
+      var hw0 = (bh * T + c0 + uj) * 2u * MW;
+      var nw = MW;
+      if (kind == 0u) {
+        hw0 = ((bh * (T / G) + c0 / G + uj / DP) * D + 2u * (uj % DP)) * KK;
+        nw = KK;
+      }
+      for (var g = 0u; g < subs; g++) {
+        let k = select(select(KVF, KVL, g == NGV - 1u), KK, kind == 0u);
+        let eat = select(g * KVF, g * KK, kind == 0u);
+        for (var j = 0u; j < k; j++) { ents[eat + j] = gent[(li * subs + g) * KMAX + j]; }
+      }
+      let ob = select(O_OUTV, O_OUTK, kind == 0u) + hw0 / 2u;
+      for (var w = 0u; w < nw; w++) { store[ob + w] = ents[2u * w] | (ents[2u * w + 1u] << 16u); }
+    }
+    workgroupBarrier();`
+        : ""
+    }
+  }
+  storageBarrier();
+`
+    : `  // --- 1. per group: outliers, scale and min ---
+  // A thread takes a unit whose outlier entries fill whole words: the key groups of a token group and two
+  // channels (hd is even when there are outliers), or every value group of one token.
+  let nunits = select(n, (n / G) * DP, kind == 0u);
+  let subs = select(NGV, 2u, kind == 0u);
+  for (var ui = li; ui < nunits; ui += WG) {
+    var ents: array<u32, NENT>;
+    var hw0 = (bh * T + c0 + ui) * 2u * MW;
+    var nw = MW;
+    if (kind == 0u) {
+      hw0 = ((bh * (T / G) + c0 / G + ui / DP) * D + 2u * (ui % DP)) * KK;
+      nw = KK;
+    }
+    for (var sub = 0u; sub < subs; sub++) {
+      var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var eat: u32; var pat: u32;
+      if (kind == 0u) {
+        let tg = c0 / G + ui / DP;
+        let c = 2u * (ui % DP) + sub;
+        if (c >= D) { continue; }
+        t0 = tg * G; ch0 = c; len = G; stT = 1u; stC = 0u; k = KK;
+        eat = sub * KK;
+        pat = O_PARK + (bh * (T / G) + tg) * D + c;
+      } else {
+        let t = c0 + ui;
+        let g = sub;
+        t0 = t; ch0 = g * GV; len = select(GV, D - g * GV, g == NGV - 1u); stT = 0u; stC = 1u;
+        k = select(KVF, KVL, g == NGV - 1u);
+        eat = g * KVF;
+        pat = O_PARV + (bh * T + t) * NGV + g;
+      }
+${outlierSelect}${range}
+      store[pat] = pack2x16float(vec2<f32>(sc, m16));
+      for (var j = 0u; j < nrem; j++) {
+        let i = rem[j];
+        let x = ${src("t0 + i * stT", "ch0 + i * stC")};
+        let cv = x - (f32(code_of(x, sc, m16)) * sc + m16);
+        ents[eat + j] = enc_out(i, f16b(cv));
+      }
+    }
+    let ob = select(O_OUTV, O_OUTK, kind == 0u) + hw0 / 2u;
+    for (var w = 0u; w < nw; w++) { store[ob + w] = ents[2u * w] | (ents[2u * w + 1u] << 16u); }
+  }
+  storageBarrier();
+`;
+  // Steps 1 and 2.
+  const quantize = `${step1}  // --- 2. codes ---
+  let co = select(O_CV, O_CK, kind == 0u);
+  for (var i = li; i < n * W; i += WG) {
+    let t = c0 + i / W;
+    let w = i % W;
+    var word = 0u;
+    for (var e = 0u; e < PERW; e++) {
+      let c = w * PERW + e;
+      if (c < D) {
+        let pr = par_of(kind, bh, t, c);
+        word |= code_of(${src("t", "c")}, pr.x, pr.y) << (e * BITS);
+      }
+    }
+    store[co + (bh * T + t) * W + w] = word;
+  }
+  storageBarrier();
+`;
+  // With refits: Y = X, then rounds of steps 1–4, each but the last followed by Y = X − L for the next.
+  const body = refits > 0
+    ? `
+  // --- Y = X for the first round ---
+  for (var i = li; i < n * D; i += WG) {
+    let v = ring_at(kind, bh, c0 + i / D, i % D);
+    if (shr) { rsh[ridx(i / D, i % D)] = v; } else { scr[sb + i] = v; }
+  }
+  storageBarrier();
+  workgroupBarrier();
+  for (var rf = 0u; rf <= REFITS; rf++) {
+${quantize}
+  workgroupBarrier();${lowRankFit}
+  if (rf < REFITS) {
+    // --- Y = X − L, L(t, c) = Σ_j Qdeq[t, j]·f16(P[c, j]), over the residual the last loop read ---
+    storageBarrier();
+    for (var i = li; i < n * D; i += WG) {
+      let t = i / D;
+      let c = i % D;
+      var lr = 0.0;
+      for (var j = 0u; j < RANK; j++) { lr += scr[qb + t * RANK + j] * f16r(ps[c * RANK + j]); }
+      let v = ring_at(kind, bh, c0 + t, c) - lr;
+      if (shr) { rsh[ridx(t, c)] = v; } else { scr[sb + i] = v; }
+    }
+    storageBarrier();
+    workgroupBarrier();
+  }
+  }${lowRankStore}`
+    : `${quantize}${lowRankFit}${lowRankStore}`;
   return `${prelude()}
 ${HASH_WGSL}
 ${OUTLIER_WGSL}
@@ -197,13 +482,21 @@ const O_PK: u32 = ${o.pK}u;
 const O_PV: u32 = ${o.pV}u;
 const O_OUTK: u32 = ${o.outK}u;
 const O_OUTV: u32 = ${o.outV}u;
-const O_SEG: u32 = ${o.seg}u;
+const O_SEG: u32 = ${o.seg}u;${
+    mse
+      ? `
+const GLEN: u32 = ${l.group}u;
+const KMAX: u32 = ${kMax}u;
+const FSTEPS: u32 = ${FIT_STEPS}u;
+const FSTEP: f32 = ${FIT_STEP};`
+      : ""
+  }${refits > 0 ? `\nconst REFITS: u32 = ${refits}u;` : ""}
 @group(0) @binding(0) var<storage, read_write> store: array<u32>;
 @group(0) @binding(1) var<storage, read> rk: array<${ringType}>;
 @group(0) @binding(2) var<storage, read> rv: array<${ringType}>;
 @group(0) @binding(3) var<storage, read_write> scr: array<f32>;
 var<workgroup> ps: array<f32, ${l.hd * Math.max(R, 1)}>;
-var<workgroup> red: array<f32, ${WG}>;
+var<workgroup> red: array<f32, ${WG}>;${ents ? `\nvar<workgroup> gent: array<u32, ${WG * kMax}>;` : ""}
 var<private> qsc: array<f32, ${Math.max(R, 1)}>;
 // The residual of a segment of at most NSH tokens [NSH, D] f32, rows swizzled (ridx).
 const NSH: u32 = ${nsh}u;
@@ -225,7 +518,15 @@ fn ring_at(kind: u32, bh: u32, t: u32, c: u32) -> f32 {
 fn f16r(x: f32) -> f32 {
   return unpack2x16float(pack2x16float(vec2<f32>(clamp(x, -65504.0, 65504.0), 0.0))).x;
 }
-fn f16b(x: f32) -> u32 {
+${
+    mse
+      ? `fn f16r4(x: vec4<f32>) -> vec4<f32> {
+  let c = clamp(x, vec4<f32>(-65504.0), vec4<f32>(65504.0));
+  return vec4<f32>(unpack2x16float(pack2x16float(c.xy)), unpack2x16float(pack2x16float(c.zw)));
+}
+`
+      : ""
+  }fn f16b(x: f32) -> u32 {
   return pack2x16float(vec2<f32>(clamp(x, -65504.0, 65504.0), 0.0)) & 0xffffu;
 }
 fn code_of(x: f32, sc: f32, mn: f32) -> u32 {
@@ -338,100 +639,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let sb = (bh * 2u + kind) * REGION;
   let shr = n <= NSH;
   let qb = sb + BUFCAP * D;
-  // --- 1. per group: outliers, scale and min ---
-  // A thread takes a unit whose outlier entries fill whole words: the key groups of a token group and two
-  // channels (hd is even when there are outliers), or every value group of one token.
-  let nunits = select(n, (n / G) * DP, kind == 0u);
-  let subs = select(NGV, 2u, kind == 0u);
-  for (var ui = li; ui < nunits; ui += WG) {
-    var ents: array<u32, NENT>;
-    var hw0 = (bh * T + c0 + ui) * 2u * MW;
-    var nw = MW;
-    if (kind == 0u) {
-      hw0 = ((bh * (T / G) + c0 / G + ui / DP) * D + 2u * (ui % DP)) * KK;
-      nw = KK;
-    }
-    for (var sub = 0u; sub < subs; sub++) {
-      var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var eat: u32; var pat: u32;
-      if (kind == 0u) {
-        let tg = c0 / G + ui / DP;
-        let c = 2u * (ui % DP) + sub;
-        if (c >= D) { continue; }
-        t0 = tg * G; ch0 = c; len = G; stT = 1u; stC = 0u; k = KK;
-        eat = sub * KK;
-        pat = O_PARK + (bh * (T / G) + tg) * D + c;
-      } else {
-        let t = c0 + ui;
-        let g = sub;
-        t0 = t; ch0 = g * GV; len = select(GV, D - g * GV, g == NGV - 1u); stT = 0u; stC = 1u;
-        k = select(KVF, KVL, g == NGV - 1u);
-        eat = g * KVF;
-        pat = O_PARV + (bh * T + t) * NGV + g;
-      }
-      var rem: array<u32, 16>;
-      var nrem = 0u;
-      for (var it = 0u; it < k; it++) {
-        if (len - nrem < 3u) { break; }
-        var iMax = 0xffffffffu; var iMin = 0xffffffffu; var vMax = 0.0; var vMin = 0.0;
-        for (var i = 0u; i < len; i++) {
-          var gone = false;
-          for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
-          if (gone) { continue; }
-          let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
-          if (iMax == 0xffffffffu || v > vMax) { iMax = i; vMax = v; }
-          if (iMin == 0xffffffffu || v < vMin) { iMin = i; vMin = v; }
-        }
-        var max2 = -3.4e38; var min2 = 3.4e38;
-        for (var i = 0u; i < len; i++) {
-          var gone = false;
-          for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
-          if (gone) { continue; }
-          let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
-          if (i != iMax && v > max2) { max2 = v; }
-          if (i != iMin && v < min2) { min2 = v; }
-        }
-        rem[nrem] = select(iMin, iMax, vMax - max2 >= min2 - vMin);
-        nrem++;
-      }
-      var mn = 3.4e38; var mx = -3.4e38;
-      for (var i = 0u; i < len; i++) {
-        var gone = false;
-        for (var j = 0u; j < nrem; j++) { if (rem[j] == i) { gone = true; } }
-        if (gone) { continue; }
-        let v = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
-        mn = min(mn, v); mx = max(mx, v);
-      }
-      let sc = f16r((mx - mn) / LEVELS);
-      let m16 = f16r(mn);
-      store[pat] = pack2x16float(vec2<f32>(sc, m16));
-      for (var j = 0u; j < nrem; j++) {
-        let i = rem[j];
-        let x = ring_at(kind, bh, t0 + i * stT, ch0 + i * stC);
-        let cv = x - (f32(code_of(x, sc, m16)) * sc + m16);
-        ents[eat + j] = enc_out(i, f16b(cv));
-      }
-    }
-    let ob = select(O_OUTV, O_OUTK, kind == 0u) + hw0 / 2u;
-    for (var w = 0u; w < nw; w++) { store[ob + w] = ents[2u * w] | (ents[2u * w + 1u] << 16u); }
-  }
-  storageBarrier();
-  // --- 2. codes ---
-  let co = select(O_CV, O_CK, kind == 0u);
-  for (var i = li; i < n * W; i += WG) {
-    let t = c0 + i / W;
-    let w = i % W;
-    var word = 0u;
-    for (var e = 0u; e < PERW; e++) {
-      let c = w * PERW + e;
-      if (c < D) {
-        let pr = par_of(kind, bh, t, c);
-        word |= code_of(ring_at(kind, bh, t, c), pr.x, pr.y) << (e * BITS);
-      }
-    }
-    store[co + (bh * T + t) * W + w] = word;
-  }
-  storageBarrier();
-${lowRank}
+${body}
   // --- 5. segment table ---
   if (h == 0u && kind == 0u) {
     for (var j = c0 / NB + li; j < c1 / NB; j += WG) { store[O_SEG + b * NBLK + j] = c0 / NB; }
@@ -449,7 +657,8 @@ export function gearCompressProgram(
     ...p,
     workgroupBytes: p.workgroupBytes ?? device.limits.maxComputeWorkgroupStorageSize,
   });
-  return P.get(device, ring, `gear-compress-r${p.rank}`, code, [
+  const fit = p.fit && (p.fit.fit !== "minmax" || p.fit.refits > 0) ? `-${p.fit.fit}-f${p.fit.refits}` : "";
+  return P.get(device, ring, `gear-compress-r${p.rank}${fit}`, code, [
     "write",
     "read",
     "read",

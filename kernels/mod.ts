@@ -17,6 +17,7 @@ export * from "./sample.ts";
 export * from "./copy_row.ts";
 export * from "./gear_attention.ts";
 export * from "./gear_compress.ts";
+export * from "./gear_fit.ts";
 export * from "./gear_layout.ts";
 export * from "./moe_grouped.ts";
 export * from "./qgemm.ts";

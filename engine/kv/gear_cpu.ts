@@ -5,7 +5,8 @@
  * - its attention reads the compressed tokens [0, ⌊pos/buffer⌋·buffer) and the ring;
  * - after the call, the whole blocks of `buffer` tokens it completed are compressed together as one segment
  *   (`gearCompressRef`), with the prefill rank when the call had more than one row (a prompt chunk) and the
- *   decode rank otherwise. Prompts are read in chunks of `chunkRows`, as the GPU decoder reads them.
+ *   decode rank otherwise, and the mode's fit (`gear_fit.ts`). Prompts are read in chunks of `chunkRows`, as
+ *   the GPU decoder reads them.
  *
  * The cache keeps the packed store (what the GPU holds and what accounting counts) and, for speed, a dense f32
  * view of what it stands for (the reconstruction of compressed tokens, the exact values of the others), which
@@ -17,6 +18,7 @@
 import { gearCompressRef, gearReconstructRef } from "../../kernels/cpu/gear.ts";
 import { compressedBefore, type GearLayout, gearLayout } from "../../kernels/gear_layout.ts";
 import { kvBytes, type KvShape, plainBytesPerToken, type Segment } from "./accounting.ts";
+import { gearFitPolicy } from "./gear_fit.ts";
 import { isCompressed, type ResolvedKvCache } from "./kv_options.ts";
 
 /** A compressed KV cache of one sequence on the CPU. */
@@ -120,6 +122,8 @@ export class GearCpuCache {
         rank,
         this.kv.loops,
         this.kv.seed,
+        undefined,
+        gearFitPolicy(this.kv.mode),
       );
       for (let h = 0; h < l.nKV; h++) {
         const at = (h * this.capacity + c0) * l.hd;

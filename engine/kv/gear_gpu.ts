@@ -30,6 +30,7 @@ import { qkRopeProgram } from "../../kernels/qk_rope.ts";
 import { mergeGroupsX } from "../../kernels/split_merge.ts";
 import { GpuError } from "../errors.ts";
 import type { DType } from "../types.ts";
+import { gearFitPolicy } from "./gear_fit.ts";
 import type { ResolvedKvCache } from "./kv_options.ts";
 
 /** Model dimensions the GPU cache needs. */
@@ -168,6 +169,7 @@ export class GearGpu {
         loops: kv.loops,
         seed: kv.seed,
         ringDtype: shape.dtype,
+        fit: gearFitPolicy(kv.mode),
       });
     const splitParams = GearGpu.#attentionParams(layout, shape, 0, true);
     const programs: GearPrograms = {

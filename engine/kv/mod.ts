@@ -7,5 +7,6 @@
 
 export * from "./accounting.ts";
 export * from "./gear_cpu.ts";
+export * from "./gear_fit.ts";
 export * from "./gear_gpu.ts";
 export * from "./kv_options.ts";

@@ -4,7 +4,8 @@
  * - {@linkcode gearCompressRef}: compresses the tokens [c0, c1) of the full-precision ring into the store:
  *   per group outlier selection, asymmetric b-bit quantization (keys per channel over groups of g tokens,
  *   values per token over groups of channels), packing, and the rank-r approximation of the residual by power
- *   iteration from a seeded start with a small (Gram–Schmidt) QR, per KV head;
+ *   iteration from a seeded start with a small (Gram–Schmidt) QR, per KV head; optionally with least-squares
+ *   ranges and rounds of refitting the quantized part to X − L ({@linkcode GearFitPolicy}, `gear_fit.ts`);
  * - {@linkcode gearReconstructRef}: the dense keys or values a compressed range stands for;
  * - {@linkcode gearAttentionRef}: causal attention over the compressed tokens plus the full-precision ring.
  *
@@ -14,6 +15,7 @@
  * @module
  */
 
+import { checkFitPolicy, FIT_STEP, FIT_STEPS, GEAR_FIT_DEFAULT, type GearFitPolicy } from "../gear_fit.ts";
 import { compressedBefore, encodeOutlier, type GearLayout, powerStart } from "../gear_layout.ts";
 
 const f16Scratch = new Float16Array(1);
@@ -78,6 +80,41 @@ export function selectOutliers(vals: ArrayLike<number>, k: number): number[] {
 /** Scale and min of a group with range [mn, mx] at `levels` = 2^b − 1, rounded to f16 as stored. */
 export function quantParams(mn: number, mx: number, levels: number): [number, number] {
   return [roundF16Value(Math.fround(Math.fround(mx - mn) / levels)), roundF16Value(mn)];
+}
+
+/**
+ * The range [lo, hi] within [mn, mx] for the entries of `vals` not in `removed` that {@linkcode GearFitPolicy}
+ * "mse" takes: the grid point (lo = mn + a·r/32, hi = mx − b·r/32, a, b in 0..7, r = mx − mn) whose stored scale
+ * and min give the least squared error, the first such in (a, b) order (min/max itself on ties).
+ */
+export function fitRange(
+  vals: ArrayLike<number>,
+  removed: readonly number[],
+  mn: number,
+  mx: number,
+  levels: number,
+): [number, number] {
+  const kept: number[] = [];
+  for (let i = 0; i < vals.length; i++) if (!removed.includes(i)) kept.push(vals[i]);
+  const r = Math.fround(mx - mn);
+  let best: [number, number] = [mn, mx], bestE = Infinity;
+  for (let a = 0; a < FIT_STEPS; a++) {
+    const lo = Math.fround(mn + Math.fround(r * (a * FIT_STEP)));
+    for (let b = 0; b < FIT_STEPS; b++) {
+      const hi = Math.fround(mx - Math.fround(r * (b * FIT_STEP)));
+      const [scale, min] = quantParams(lo, hi, levels);
+      let e = 0;
+      for (const x of kept) {
+        const d = x - dequant(quantCode(x, scale, min, levels), scale, min);
+        e += d * d;
+      }
+      if (e < bestE) {
+        bestE = e;
+        best = [lo, hi];
+      }
+    }
+  }
+  return best;
 }
 
 /** The code of `x` for a group of (scale, min): clamp(floor((x − min)/scale + 1/2), 0, levels); 0 when scale is 0. */
@@ -193,7 +230,8 @@ function setU16s(store: Uint32Array, at: number, i: number, vals: readonly numbe
 /**
  * Compresses the tokens [c0, c1) (whole blocks; c0 = the tokens already compressed) of every sequence (or of
  * those in `lanes`) and KV head from the rings `ringK`, `ringV` [B, nKV, bufCap, hd] into `store` as one segment
- * of rank `rank` (0: quantization and outliers only), with `loops` power-iteration rounds seeded by `seed`.
+ * of rank `rank` (0: quantization and outliers only), with `loops` power-iteration rounds seeded by `seed`,
+ * fitted as `policy` says ({@linkcode GearFitPolicy}; default: min/max ranges, no refits).
  */
 export function gearCompressRef(
   l: GearLayout,
@@ -206,6 +244,7 @@ export function gearCompressRef(
   loops: number,
   seed: number,
   lanes?: readonly number[],
+  policy: GearFitPolicy = GEAR_FIT_DEFAULT,
 ): void {
   if (c0 % l.buffer !== 0 || c1 % l.buffer !== 0 || c1 < c0 || c1 > l.T) {
     throw new RangeError(
@@ -213,6 +252,7 @@ export function gearCompressRef(
     );
   }
   if (rank > l.rMax) throw new RangeError(`Cannot compress with rank ${rank}: the layout holds ${l.rMax}`);
+  checkFitPolicy(policy);
   const n = c1 - c0;
   if (n === 0) return;
   const { hd: d, group: g, W, perWord, bits } = l;
@@ -274,49 +314,58 @@ export function gearCompressRef(
           }
         }
       }
-      for (const gr of groups) {
-        const vals = new Float32Array(gr.len);
-        for (let i = 0; i < gr.len; i++) vals[i] = X(gr.t0 + i * gr.stepT, gr.c0 + i * gr.stepC);
-        const removed = selectOutliers(vals, gr.k);
-        let mn = Infinity, mx = -Infinity;
-        for (let i = 0; i < gr.len; i++) {
-          if (removed.includes(i)) continue;
-          mn = Math.min(mn, vals[i]);
-          mx = Math.max(mx, vals[i]);
-        }
-        const [scale, min] = quantParams(mn, mx, levels);
-        const word = packHalves(scale, min);
-        if (kind === 0) store[l.off.parK + (bh * (l.T / g) + gr.t0 / g) * d + gr.c0] = word;
-        else store[l.off.parV + (bh * l.T + gr.t0) * l.nGV + gr.c0 / l.gv] = word;
-        removed.forEach((i, j) => {
-          const x = vals[i];
-          const cv = Math.fround(x - dequant(quantCode(x, scale, min, levels), scale, min));
-          const t = gr.t0 + i * gr.stepT, c = gr.c0 + i * gr.stepC;
-          // The entry's index is its place in the group: the token in a key group, the channel in a value group.
-          const e = encodeOutlier(i, f16Bits(cv));
-          corr[(t - c0) * d + c] = f16Value(e & 0xff80);
-          outs[gr.at + j] = e;
-        });
-      }
-      if (outs.length > 0) setU16s(store, outBase, outAt, outs);
-      // Codes, packed along the channels of each token; the residual for the low-rank part.
+      // The quantized part fits Y = X − L (L: the low-rank part of the previous fit; 0 at first); the residual
+      // the low-rank part then approximates is X − dequant − outliers.
+      const lowRank = new Float64Array(n * d);
+      const Y = (t: number, c: number) => Math.fround(X(t, c) - lowRank[(t - c0) * d + c]);
       const res = new Float64Array(n * d);
-      const codesAt = kind === 0 ? l.off.codesK : l.off.codesV;
-      for (let t = c0; t < c1; t++) {
-        for (let w = 0; w < W; w++) {
-          let word = 0;
-          for (let e = 0; e < perWord; e++) {
-            const c = w * perWord + e;
-            if (c >= d) break;
-            const x = X(t, c);
-            const [scale, min] = par(t, c);
-            const code = quantCode(x, scale, min, levels);
-            word = (word | (code << (e * bits))) >>> 0;
-            res[(t - c0) * d + c] = x - dequant(code, scale, min) - corr[(t - c0) * d + c];
+      const quantizePass = () => {
+        corr.fill(0);
+        outs.fill(0);
+        for (const gr of groups) {
+          const vals = new Float32Array(gr.len);
+          for (let i = 0; i < gr.len; i++) vals[i] = Y(gr.t0 + i * gr.stepT, gr.c0 + i * gr.stepC);
+          const removed = selectOutliers(vals, gr.k);
+          let mn = Infinity, mx = -Infinity;
+          for (let i = 0; i < gr.len; i++) {
+            if (removed.includes(i)) continue;
+            mn = Math.min(mn, vals[i]);
+            mx = Math.max(mx, vals[i]);
           }
-          store[codesAt + (bh * l.T + t) * W + w] = word;
+          if (policy.fit === "mse") [mn, mx] = fitRange(vals, removed, mn, mx, levels);
+          const [scale, min] = quantParams(mn, mx, levels);
+          const word = packHalves(scale, min);
+          if (kind === 0) store[l.off.parK + (bh * (l.T / g) + gr.t0 / g) * d + gr.c0] = word;
+          else store[l.off.parV + (bh * l.T + gr.t0) * l.nGV + gr.c0 / l.gv] = word;
+          removed.forEach((i, j) => {
+            const x = vals[i];
+            const cv = Math.fround(x - dequant(quantCode(x, scale, min, levels), scale, min));
+            const t = gr.t0 + i * gr.stepT, c = gr.c0 + i * gr.stepC;
+            // The entry's index is its place in the group: the token in a key group, the channel in a value group.
+            const e = encodeOutlier(i, f16Bits(cv));
+            corr[(t - c0) * d + c] = f16Value(e & 0xff80);
+            outs[gr.at + j] = e;
+          });
         }
-      }
+        if (outs.length > 0) setU16s(store, outBase, outAt, outs);
+        // Codes, packed along the channels of each token; the residual for the low-rank part.
+        const codesAt = kind === 0 ? l.off.codesK : l.off.codesV;
+        for (let t = c0; t < c1; t++) {
+          for (let w = 0; w < W; w++) {
+            let word = 0;
+            for (let e = 0; e < perWord; e++) {
+              const c = w * perWord + e;
+              if (c >= d) break;
+              const [scale, min] = par(t, c);
+              const code = quantCode(Y(t, c), scale, min, levels);
+              word = (word | (code << (e * bits))) >>> 0;
+              res[(t - c0) * d + c] = X(t, c) - dequant(code, scale, min) - corr[(t - c0) * d + c];
+            }
+            store[codesAt + (bh * l.T + t) * W + w] = word;
+          }
+        }
+      };
+      quantizePass();
       if (l.rMax === 0) continue;
       const qAt = kind === 0 ? l.off.qK : l.off.qV;
       const pAt = (kind === 0 ? l.off.pK : l.off.pV) + (bh * l.nBlk + blk0) * l.PW;
@@ -324,7 +373,18 @@ export function gearCompressRef(
       if (rank > 0) {
         const p0 = new Float64Array(d * rank);
         for (let i = 0; i < d * rank; i++) p0[i] = powerStart(seed, kind, h, blk0, i);
-        const { p, q8, qScale } = powerIteration(res, n, d, rank, loops, p0);
+        let { q, p, q8, qScale } = powerIteration(res, n, d, rank, loops, p0);
+        for (let round = 0; round < policy.refits; round++) {
+          for (let t = 0; t < n; t++) {
+            for (let c = 0; c < d; c++) {
+              let s = 0;
+              for (let j = 0; j < rank; j++) s += q[t * rank + j] * p[c * rank + j];
+              lowRank[t * d + c] = s;
+            }
+          }
+          quantizePass();
+          ({ q, p, q8, qScale } = powerIteration(res, n, d, rank, loops, p0));
+        }
         for (let t = c0; t < c1; t++) {
           for (let w = 0; w < l.RW; w++) {
             let word = 0;
