@@ -622,11 +622,11 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
       );
       parts.push(`select(0.0, qf${u} * kp${g}_${u}.y, okf${u})`);
     }
-    p1.push(`red[${g}u * TK + li] = ${parts.join(" + ")};`);
+    p1.push(`red[${g * tk4}u + li / 4u][li % 4u] = ${parts.join(" + ")};`);
   }
   for (let j = 0; j < R; j++) {
     const parts = range(dpt).map((u) => `select(0.0, qf${u} * pkr${u}_${j}, okf${u})`);
-    p1.push(`red[${ngt + j}u * TK + li] = ${parts.join(" + ")};`);
+    p1.push(`red[${(ngt + j) * tk4}u + li / 4u][li % 4u] = ${parts.join(" + ")};`);
   }
   for (let w = 0; w < l.W; w++) p1.push(`vsh[${w * tk4}u + li / 4u][li % 4u] = vw${w};`);
   for (let u = 0; u < dpt; u++) {
@@ -655,12 +655,15 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
   // Softmax weights of token li: p·scale per value group (wt), and the value-side partials.
   const p4: string[] = [];
   for (let g = 0; g < l.nGV; g++) {
-    p4.push(`wt[${g * tk4}u + li / 4u][li % 4u] = pr * vp${g}.x;`, `red[${g}u * TK + li] = pr * vp${g}.y;`);
+    p4.push(
+      `wt[${g * tk4}u + li / 4u][li % 4u] = pr * vp${g}.x;`,
+      `red[${g * tk4}u + li / 4u][li % 4u] = pr * vp${g}.y;`,
+    );
   }
   for (let j = 0; j < R; j++) {
-    p4.push(`red[${l.nGV + j}u * TK + li] = pr * vsc${j} * q8_of(qv${j >> 2}, ${j}u);`);
+    p4.push(`red[${(l.nGV + j) * tk4}u + li / 4u][li % 4u] = pr * vsc${j} * q8_of(qv${j >> 2}, ${j}u);`);
   }
-  p4.push(`red[${l.nGV + R}u * TK + li] = pr;`);
+  p4.push(`red[${(l.nGV + R) * tk4}u + li / 4u][li % 4u] = pr;`);
   for (let j = 0; j < l.mV; j++) {
     p4.push(`add_value_outlier(${j}u, (vo${j >> 1} >> ${(j & 1) * 16}u) & 0xffffu, pr);`);
   }
@@ -708,8 +711,9 @@ var<workgroup> pt: array<vec4<f32>, ${tk4}>;
 var<workgroup> qd: array<vec4<f32>, ${ngt * d4}>;
 var<workgroup> vsh: array<vec4<u32>, ${l.W * tk4}>;
 var<workgroup> wt: array<vec4<f32>, ${l.nGV * tk4}>;
-// Per-thread partials of the tile's sums [sum, TK], then sums of eight [sum, 8] (two vec4s per sum).
-var<workgroup> red: array<f32, ${nr * TK}>;
+// Per-thread partials of the tile's sums [sum, TK] (as vec4s: a thread of sum_stage reads its eight in two
+// loads), then sums of eight [sum, 8] (two vec4s per sum).
+var<workgroup> red: array<vec4<f32>, ${nr * tk4}>;
 var<workgroup> red2: array<vec4<f32>, ${2 * nr}>;
 ${gearHelpersWgsl(l)}
 fn qs_at(c: u32) -> f32 {
@@ -727,9 +731,8 @@ fn sum_stage(li: u32, n: u32) {
   if (li < 8u * n) {
     let v = li / 8u;
     let k = li % 8u;
-    var s = 0.0;
-    for (var i = 0u; i < 8u; i++) { s += red[v * TK + k * 8u + i]; }
-    red2[v * 2u + k / 4u][k % 4u] = s;
+    let i = v * TK4 + 2u * k;
+    red2[v * 2u + k / 4u][k % 4u] = dot(red[i] + red[i + 1u], vec4<f32>(1.0));
   }
 }
 // Sum v of the tile (after sum_stage and a barrier).
