@@ -6,6 +6,8 @@
  *
  *   deno run -A bench/gear_kernels.ts [--contexts 1024,8192,32768] [--bits 2] [--heads 16] [--hd 128] [--reps 50]
  *     [--rank 4] [--outliers 0.02]      # --rank 0 --outliers 0: plain KIVI quantization (quant-2)
+ *     [--fit minmax|joint]              # the compression's fit: min/max ranges (quant, gear-l) or mode gear's
+ *                                       # joint fit (least-squares ranges, 2 refits)
  *     [--pad-kb N]                      # GEAR kernels with N KiB more workgroup memory each (a diagnostic:
  *                                       # fewer workgroups fit an SM; if the time does not move, fewer ran)
  *     [--ablate codes,params,prows,seg,barriers,score,vsum,sums,p1,p4]  # a diagnostic (results wrong,
@@ -38,6 +40,7 @@ import {
   gearPartialFloats,
 } from "../kernels/gear_attention.ts";
 import { gearCompressProgram, gearScratchFloats } from "../kernels/gear_compress.ts";
+import { GEAR_JOINT_FIT } from "../engine/kv/gear_fit.ts";
 import { gearLayout, ringWords } from "../kernels/gear_layout.ts";
 import { acquireGpu, type Dispatch, Program, StepRing, storageBuffer } from "../kernels/gpu.ts";
 import { mergeGroupsX } from "../kernels/split_merge.ts";
@@ -55,6 +58,7 @@ const { values } = parseArgs({
     outliers: { type: "string", default: "0.02" },
     "pad-kb": { type: "string", default: "0" },
     ablate: { type: "string", default: "" },
+    fit: { type: "string", default: "minmax" },
     "tiles-per-split": { type: "string", default: "" },
   },
 });
@@ -113,12 +117,16 @@ function randomHalves(n: number, phase: number): Uint32Array<ArrayBuffer> {
 }
 
 // Fill the store: each block of 64 tokens goes through the ring and the compress kernel.
+if (values.fit !== "minmax" && values.fit !== "joint") {
+  throw new TypeError(`Cannot run the benchmark: --fit takes minmax or joint, not ${values.fit}`);
+}
 const compress = await gearCompressProgram(device, ring, {
   layout,
   rank,
   loops: 3,
   seed: 7,
   ringDtype: "f16",
+  fit: values.fit === "joint" ? GEAR_JOINT_FIT : undefined,
 });
 const compressGroup = compress.bind("bench.gear-compress", [store, ringK, ringV, scratch]);
 const ringHalves = nH * layout.bufCap * hd;

@@ -58,11 +58,13 @@
 #     time at 1k/8k/32k context with the f16 cache, quant-2 and gear-2 (bundle gpu_profile)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~3 min: GEAR's kernels, steady
 #     decode after a 32k prompt with gear-2 and the f16 cache (bundle gear_kernels, gpu_gear)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearfit   # ~5 min: GEAR's kernels with the
+#     joint fit's compression, a step at 32k, steady decode at 32k (bundle gear_kernels, gpu_profile, gpu_gear)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep or gear32k}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k or gearfit}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -567,8 +569,30 @@ gear32k)
     echo "$kv rc=$?" >>"$logs/decode_32k.log"
   done
   ;;
+gearfit)
+  # GEAR's kernels with mode gear's joint fit in the compression (decode rank 2 and prefill rank 4), the f16
+  # cache's for comparison, then a decode step at 32k with f16 and gear-2 and gear-2's block-completing step,
+  # then steady decode at 32k with both caches (bundles gear_kernels, gpu_profile, gpu_gear; ~5 min).
+  for r in 2 4; do
+    echo "== fit joint rank $r" >>"$logs/gear_kernels.log"
+    timeout 90 deno run -A dist/gear_kernels.js --contexts 1024,8192,32768 --reps 30 --rank "$r" --fit joint \
+      >>"$logs/gear_kernels.log" 2>&1
+  done
+  olmoe_f16
+  for run in "f16 32778" "gear-2 32778" "gear-2 32831"; do
+    set -- $run
+    echo "== kv $1 pos $2" >>"$logs/kvstep.log"
+    timeout 70 deno run -A dist/gpu_profile.js --model /tmp/olmoe --pos "$2" --ablate off --kv "$1" \
+      >>"$logs/kvstep.log" 2>&1
+  done
+  for kv in gear-2 f16; do
+    timeout 100 deno run -A dist/gpu_gear.js --model /tmp/olmoe --modes "$kv" --contexts 32768 \
+      >>"$logs/decode_32k.log" 2>&1
+    echo "$kv rc=$?" >>"$logs/decode_32k.log"
+  done
+  ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k" >&2
+  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|gearfit" >&2
   exit 2
   ;;
 esac
