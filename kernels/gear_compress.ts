@@ -110,10 +110,10 @@ export function gearCompressWgsl(p: GearCompressParams): string {
   // With the mse fit, the outlier entries of a chunk of groups pass through gent [WG, KMAX] u32 (where any).
   const ents = mse && (l.kK > 0 || l.mV > 0);
   const kMax = Math.max(l.kK, l.kVFull, 1);
-  // Tokens of a segment whose residual [NSH, hd] f32 is staged in workgroup memory (0: none), beside ps, red
-  // and gent.
+  // Tokens of a segment whose residual [NSH, hd] f32 and Q [NSH, rank] f32 are staged in workgroup memory
+  // (0: none), beside ps, red and gent.
   const fixedBytes = 4 * (l.hd * Math.max(R, 1) + WG + (ents ? WG * kMax : 0));
-  const nsh = R > 0 && fixedBytes + 4 * l.buffer * l.hd <= (p.workgroupBytes ?? 0) ? l.buffer : 0;
+  const nsh = R > 0 && fixedBytes + 4 * l.buffer * (l.hd + R) <= (p.workgroupBytes ?? 0) ? l.buffer : 0;
   // Staged rows are XOR-swizzled within aligned blocks of up to 32 channels (the largest power of two dividing
   // hd), so threads reading one channel of many tokens, or many channels of one token, hit distinct banks.
   const swz = Math.min(32, l.hd & -l.hd) - 1;
@@ -221,34 +221,38 @@ ${
   workgroupBarrier();
   for (var it = 0u; it < LOOPS; it++) {
     gs_p(li);
+    // Q = R·P (each residual entry read once for every rank; the sums run over c in order).
     for (var t = li; t < n; t += WG) {
-      for (var j = 0u; j < RANK; j++) {
-        var s = 0.0;
-        for (var c = 0u; c < D; c++) { s += res_at(shr, sb, t, c) * ps[c * RANK + j]; }
-        scr[qb + t * RANK + j] = s;
+      var acc = array<f32, RANK>(); // zeroed per pass: naga zeroes an uninitialized one only once
+      for (var c = 0u; c < D; c++) {
+        let x = res_at(shr, sb, t, c);
+        for (var j = 0u; j < RANK; j++) { acc[j] += x * ps[c * RANK + j]; }
       }
+      for (var j = 0u; j < RANK; j++) { q_put(shr, qb, t * RANK + j, acc[j]); }
     }
-    storageBarrier();
+    q_barrier(shr);
     if (it == LOOPS - 1u) {
-      gs_q(li, qb, n);
+      gs_q(li, qb, n, shr);
       // Q to int8 per column: scale max|q| / 127 (f16); P below is computed from the dequantized Q.
       for (var j = 0u; j < RANK; j++) {
         var part = 0.0;
-        for (var t = li; t < n; t += WG) { part = max(part, abs(scr[qb + t * RANK + j])); }
+        for (var t = li; t < n; t += WG) { part = max(part, abs(q_get(shr, qb, t * RANK + j))); }
         qsc[j] = f16r(reduce_max(part, li) / 127.0);
       }
       for (var i = li; i < n * RANK; i += WG) {
         let sc = qsc[i % RANK];
-        scr[qb + i] = select(0.0, f32(q8_code(scr[qb + i], sc)) * sc, sc > 0.0);
+        q_put(shr, qb, i, select(0.0, f32(q8_code(q_get(shr, qb, i), sc)) * sc, sc > 0.0));
       }
-      storageBarrier();
+      q_barrier(shr);
     }
+    // P = Rᵀ·Q (each residual entry read once for every rank; the sums run over t in order).
     for (var c = li; c < D; c += WG) {
-      for (var j = 0u; j < RANK; j++) {
-        var s = 0.0;
-        for (var t = 0u; t < n; t++) { s += res_at(shr, sb, t, c) * scr[qb + t * RANK + j]; }
-        ps[c * RANK + j] = s;
+      var acc = array<f32, RANK>(); // zeroed per pass: naga zeroes an uninitialized one only once
+      for (var t = 0u; t < n; t++) {
+        let x = res_at(shr, sb, t, c);
+        for (var j = 0u; j < RANK; j++) { acc[j] += x * q_get(shr, qb, t * RANK + j); }
       }
+      for (var j = 0u; j < RANK; j++) { ps[c * RANK + j] = acc[j]; }
     }
     workgroupBarrier();
   }`
@@ -263,7 +267,7 @@ ${
     for (var e = 0u; e < 4u; e++) {
       let j = 4u * w + e;
       if (j < RANK && qsc[j] > 0.0) {
-        word |= (u32(q8_code(scr[qb + t * RANK + j], qsc[j])) & 0xffu) << (8u * e);
+        word |= (u32(q8_code(q_get(shr, qb, t * RANK + j), qsc[j])) & 0xffu) << (8u * e);
       }
     }
     store[qo + (bh * T + c0 + t) * RW + w] = word;
@@ -358,7 +362,9 @@ ${load}${outlierSelect}${range}
     workgroupBarrier();
     if (li < upc && u0 + li < nunits) {
       let uj = u0 + li;
-      var ents: array<u32, NENT>;
+      // Zeroed explicitly: naga hoists a loop's function-scope variables and zeroes them once, not per pass, and
+      // a group with fewer outliers than entries leaves the rest 0.
+      var ents = array<u32, NENT>();
       var hw0 = (bh * T + c0 + uj) * 2u * MW;
       var nw = MW;
       if (kind == 0u) {
@@ -385,7 +391,7 @@ ${load}${outlierSelect}${range}
   let nunits = select(n, (n / G) * DP, kind == 0u);
   let subs = select(NGV, 2u, kind == 0u);
   for (var ui = li; ui < nunits; ui += WG) {
-    var ents: array<u32, NENT>;
+    var ents = array<u32, NENT>(); // zeroed per unit (see above)
     var hw0 = (bh * T + c0 + ui) * 2u * MW;
     var nw = MW;
     if (kind == 0u) {
@@ -474,7 +480,7 @@ ${quantize}
         (j, k) =>
           `    let x${k} = ring_at(kind, bh, c0 + ${j} / D, ${j} % D);
     var lr${k} = 0.0;
-    for (var r = 0u; r < RANK; r++) { lr${k} += scr[qb + (${j} / D) * RANK + r] * f16r(ps[(${j} % D) * RANK + r]); }`,
+    for (var r = 0u; r < RANK; r++) { lr${k} += q_get(shr, qb, (${j} / D) * RANK + r) * f16r(ps[(${j} % D) * RANK + r]); }`,
         (j, k) =>
           `      if (shr) { rsh[ridx(${j} / D, ${j} % D)] = x${k} - lr${k}; } else { scr[sb + ${j}] = x${k} - lr${k}; }`,
       )
@@ -546,6 +552,8 @@ var<private> qsc: array<f32, ${Math.max(R, 1)}>;
 // The residual of a segment of at most NSH tokens [NSH, D] f32, rows swizzled (ridx).
 const NSH: u32 = ${nsh}u;
 var<workgroup> rsh: array<f32, ${Math.max(1, nsh * l.hd)}>;
+// Q of such a segment [NSH, RANK] f32 (q_get).
+var<workgroup> qsh: array<f32, ${Math.max(1, nsh * Math.max(R, 1))}>;
 fn ridx(t: u32, c: u32) -> u32 {
   return t * D + (c ^ (t & ${swz}u));
 }
@@ -553,6 +561,18 @@ fn ridx(t: u32, c: u32) -> u32 {
 fn res_at(shr: bool, sb: u32, t: u32, c: u32) -> f32 {
   if (shr) { return rsh[ridx(t, c)]; }
   return scr[sb + t * D + c];
+}
+// Entry i of Q [n, RANK] f32: staged in qsh with the residual (shr), else in the scratch buffer from qb.
+fn q_get(shr: bool, qb: u32, i: u32) -> f32 {
+  if (shr) { return qsh[i]; }
+  return scr[qb + i];
+}
+fn q_put(shr: bool, qb: u32, i: u32, v: f32) {
+  if (shr) { qsh[i] = v; } else { scr[qb + i] = v; }
+}
+// The barrier after Q's entries were written, for where they live.
+fn q_barrier(shr: bool) {
+  if (shr) { workgroupBarrier(); } else { storageBarrier(); }
 }
 
 fn ring_at(kind: u32, bh: u32, t: u32, c: u32) -> f32 {
@@ -648,21 +668,23 @@ fn gs_p(li: u32) {
     workgroupBarrier();
   }
 }
-fn gs_q(li: u32, qb: u32, n: u32) {
+fn gs_q(li: u32, qb: u32, n: u32, shr: bool) {
   for (var j = 0u; j < RANK; j++) {
     for (var k = 0u; k < j; k++) {
       var part = 0.0;
-      for (var t = li; t < n; t += WG) { part += scr[qb + t * RANK + j] * scr[qb + t * RANK + k]; }
+      for (var t = li; t < n; t += WG) { part += q_get(shr, qb, t * RANK + j) * q_get(shr, qb, t * RANK + k); }
       let d = reduce(part, li);
-      for (var t = li; t < n; t += WG) { scr[qb + t * RANK + j] -= d * scr[qb + t * RANK + k]; }
-      storageBarrier();
+      for (var t = li; t < n; t += WG) {
+        q_put(shr, qb, t * RANK + j, q_get(shr, qb, t * RANK + j) - d * q_get(shr, qb, t * RANK + k));
+      }
+      q_barrier(shr);
     }
     var part = 0.0;
-    for (var t = li; t < n; t += WG) { part += scr[qb + t * RANK + j] * scr[qb + t * RANK + j]; }
+    for (var t = li; t < n; t += WG) { part += q_get(shr, qb, t * RANK + j) * q_get(shr, qb, t * RANK + j); }
     let nn = sqrt(reduce(part, li));
     let inv = select(0.0, 1.0 / nn, nn > 1e-20);
-    for (var t = li; t < n; t += WG) { scr[qb + t * RANK + j] *= inv; }
-    storageBarrier();
+    for (var t = li; t < n; t += WG) { q_put(shr, qb, t * RANK + j, q_get(shr, qb, t * RANK + j) * inv); }
+    q_barrier(shr);
   }
 }
 
