@@ -59,27 +59,6 @@ export interface GearCompressParams {
 
 const WG = 128;
 
-/** Elements a thread takes per round of the element-wise loops (their loads issued together). */
-const UNROLL = 4;
-
-/**
- * WGSL of `for (i = li; i < N; i += WG)` taking UNROLL elements per round: `loads(j, k)` for every element of
- * the round (index j clamped into [0, N), so they can be issued at once, before any result is used), then
- * `body(j, k)` for those below N. `k` names the element's values (suffix).
- */
-function unrolled(
-  N: string,
-  loads: (j: string, k: number) => string,
-  body: (j: string, k: number) => string,
-) {
-  const ks = Array.from({ length: UNROLL }, (_, k) => k);
-  return `for (var i0 = li; i0 < ${N}; i0 += ${UNROLL * WG}u) {
-${ks.map((k) => `    let j${k} = min(i0 + ${k * WG}u, ${N} - 1u);`).join("\n")}
-${ks.map((k) => loads(`j${k}`, k)).join("\n")}
-${ks.map((k) => `    if (i0 + ${k * WG}u < ${N}) {\n${body(`j${k}`, k)}\n    }`).join("\n")}
-  }`;
-}
-
 /** Floats of the compress scratch buffer: per (sequence, head, K/V) the residual and Q of up to bufCap tokens. */
 export function gearScratchFloats(l: GearLayout): number {
   return l.batch * l.nKV * 2 * l.bufCap * (l.hd + Math.max(1, l.rMax));
@@ -198,22 +177,14 @@ ${
   // --- 3. residual R [n, D] into scratch ---${
       refits > 0 ? "\n  // (over Y, each entry by the thread that read it)" : ""
     }
-  ${
-      unrolled(
-        "n * D",
-        (j, k) =>
-          `    let x${k} = ring_at(kind, bh, c0 + ${j} / D, ${j} % D);
-    let pr${k} = par_of(kind, bh, c0 + ${j} / D, ${j} % D);
-    let co${k} = corr_of(kind, bh, c0 + ${j} / D, ${j} % D);${
-            refits > 0 ? `\n    let y${k} = res_at(shr, sb, ${j} / D, ${j} % D);` : ""
-          }`,
-        (j, k) =>
-          `      let v = x${k} - (f32(code_of(${
-            refits > 0 ? `y${k}` : `x${k}`
-          }, pr${k}.x, pr${k}.y)) * pr${k}.x + pr${k}.y) - co${k};
-      if (shr) { rsh[ridx(${j} / D, ${j} % D)] = v; } else { scr[sb + ${j}] = v; }`,
-      )
-    }
+  for (var i = li; i < n * D; i += WG) {
+    let t = c0 + i / D;
+    let c = i % D;
+    let x = ring_at(kind, bh, t, c);
+    let pr = par_of(kind, bh, t, c);${refits > 0 ? "\n    let y = res_at(shr, sb, i / D, c);" : ""}
+    let v = x - (f32(code_of(${refits > 0 ? "y" : "x"}, pr.x, pr.y)) * pr.x + pr.y) - corr_of(kind, bh, t, c);
+    if (shr) { rsh[ridx(i / D, c)] = v; } else { scr[sb + i] = v; }
+  }
   storageBarrier();
   workgroupBarrier();
   // --- 4. power iteration ---
@@ -435,21 +406,14 @@ ${outlierSelect}${range}
   for (var i = li; i < n * W; i += WG) {
     let t = c0 + i / W;
     let w = i % W;
-    // The word's channels (clamped into the head; codes past it stay 0), every load issued before any code.
-${
-    Array.from({ length: l.perWord }, (_, e) =>
-      `    let ch${e} = min(w * PERW + ${e}u, D - 1u);
-    let pw${e} = par_of(kind, bh, t, ch${e});
-    let xw${e} = ${src("t", `ch${e}`)};`).join("\n")
-  }
     var word = 0u;
-${
-    Array.from({ length: l.perWord }, (_, e) =>
-      `    if (w * PERW + ${e}u < D) { word |= code_of(xw${e}, pw${e}.x, pw${e}.y) << ${e * l.bits}u; }`)
-      .join(
-        "\n",
-      )
-  }
+    for (var e = 0u; e < PERW; e++) {
+      let c = w * PERW + e;
+      if (c < D) {
+        let pr = par_of(kind, bh, t, c);
+        word |= code_of(${src("t", "c")}, pr.x, pr.y) << (e * BITS);
+      }
+    }
     store[co + (bh * T + t) * W + w] = word;
   }
   storageBarrier();
@@ -458,14 +422,10 @@ ${
   const body = refits > 0
     ? `
   // --- Y = X for the first round ---
-  ${
-      unrolled(
-        "n * D",
-        (j, k) => `    let x${k} = ring_at(kind, bh, c0 + ${j} / D, ${j} % D);`,
-        (j, k) =>
-          `      if (shr) { rsh[ridx(${j} / D, ${j} % D)] = x${k}; } else { scr[sb + ${j}] = x${k}; }`,
-      )
-    }
+  for (var i = li; i < n * D; i += WG) {
+    let v = ring_at(kind, bh, c0 + i / D, i % D);
+    if (shr) { rsh[ridx(i / D, i % D)] = v; } else { scr[sb + i] = v; }
+  }
   storageBarrier();
   workgroupBarrier();
   for (var rf = 0u; rf <= REFITS; rf++) {
@@ -474,16 +434,13 @@ ${quantize}
   if (rf < REFITS) {
     // --- Y = X − L, L(t, c) = Σ_j Qdeq[t, j]·f16(P[c, j]), over the residual the last loop read ---
     storageBarrier();
-    ${
-      unrolled(
-        "n * D",
-        (j, k) =>
-          `    let x${k} = ring_at(kind, bh, c0 + ${j} / D, ${j} % D);
-    var lr${k} = 0.0;
-    for (var r = 0u; r < RANK; r++) { lr${k} += q_get(shr, qb, (${j} / D) * RANK + r) * f16r(ps[(${j} % D) * RANK + r]); }`,
-        (j, k) =>
-          `      if (shr) { rsh[ridx(${j} / D, ${j} % D)] = x${k} - lr${k}; } else { scr[sb + ${j}] = x${k} - lr${k}; }`,
-      )
+    for (var i = li; i < n * D; i += WG) {
+      let t = i / D;
+      let c = i % D;
+      var lr = 0.0;
+      for (var j = 0u; j < RANK; j++) { lr += q_get(shr, qb, t * RANK + j) * f16r(ps[c * RANK + j]); }
+      let v = ring_at(kind, bh, c0 + t, c) - lr;
+      if (shr) { rsh[ridx(t, c)] = v; } else { scr[sb + i] = v; }
     }
     storageBarrier();
     workgroupBarrier();
