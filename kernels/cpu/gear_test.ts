@@ -111,8 +111,9 @@ Deno.test("gearCompressRef: the mse fit and each refit lower ‖X − D − L �
   }
 });
 
-Deno.test("gearCompressRef: the default policy is min/max without refits; rank 0 has no refits", () => {
-  const l = gearLayout({
+/** A one-block layout of one 16-wide KV head at 2 bits, rank 2, with `outliers`. */
+function oneBlockLayout(outliers: number) {
+  return gearLayout({
     batch: 1,
     nKV: 1,
     hd: 16,
@@ -121,9 +122,13 @@ Deno.test("gearCompressRef: the default policy is min/max without refits; rank 0
     group: 32,
     buffer: 64,
     rMax: 2,
-    outliers: 0.05,
+    outliers,
     maxRows: 64,
   });
+}
+
+Deno.test("gearCompressRef: the default policy is min/max without refits; rank 0 has no refits", () => {
+  const l = oneBlockLayout(0.05);
   const r = rng(3);
   const rk = trendRing(l.bufCap, l.hd, r).subarray(0, l.bufCap * l.hd);
   const rv = trendRing(l.bufCap, l.hd, r).subarray(0, l.bufCap * l.hd);
@@ -139,18 +144,7 @@ Deno.test("gearCompressRef: the default policy is min/max without refits; rank 0
 });
 
 Deno.test("gearCompressRef rejects a malformed fit policy", () => {
-  const l = gearLayout({
-    batch: 1,
-    nKV: 1,
-    hd: 16,
-    capacity: 64,
-    bits: 2,
-    group: 32,
-    buffer: 64,
-    rMax: 2,
-    outliers: 0,
-    maxRows: 64,
-  });
+  const l = oneBlockLayout(0);
   const ring = new Float32Array(l.bufCap * l.hd);
   const run = (policy: GearFitPolicy) =>
     gearCompressRef(l, new Uint32Array(l.words), ring, ring, 0, 64, 2, 3, 1, undefined, policy);
