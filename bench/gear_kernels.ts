@@ -127,6 +127,8 @@ const compress = await gearCompressProgram(device, ring, {
   seed: 7,
   ringDtype: "f16",
   fit: values.fit === "joint" ? GEAR_JOINT_FIT : undefined,
+  // Every call here is a single row completing one block: the decode step's program.
+  oneBlock: true,
 });
 const compressGroup = compress.bind("bench.gear-compress", [store, ringK, ringV, scratch]);
 const ringHalves = nH * layout.bufCap * hd;

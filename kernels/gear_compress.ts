@@ -55,6 +55,12 @@ export interface GearCompressParams {
    * generated only when asked for.
    */
   fit?: GearFitPolicy;
+  /**
+   * The program serves calls that complete at most one block per sequence (decode steps, one row per sequence):
+   * the segment is then always `buffer` tokens, a constant, so the element-wise loops have fixed trip counts
+   * the shader compiler can unroll and overlap.
+   */
+  oneBlock?: boolean;
 }
 
 const WG = 128;
@@ -91,7 +97,9 @@ export function gearCompressWgsl(p: GearCompressParams): string {
   const kMax = Math.max(l.kK, l.kVFull, 1);
   // Tokens of a segment whose residual [NSH, hd] f32 and Q [NSH, rank] f32 are staged in workgroup memory
   // (0: none), beside ps, red and gent.
-  const fixedBytes = 4 * (l.hd * Math.max(R, 1) + WG + (ents ? WG * kMax : 0));
+  // The group parameters of a staged segment [NPAR] u32 (f16 scale, min), read back by steps 2 and 3.
+  const nPar = Math.max((l.buffer / l.group) * l.hd, l.buffer * l.nGV);
+  const fixedBytes = 4 * (l.hd * Math.max(R, 1) + WG + (ents ? WG * kMax : 0) + nPar);
   const nsh = R > 0 && fixedBytes + 4 * l.buffer * (l.hd + R) <= (p.workgroupBytes ?? 0) ? l.buffer : 0;
   // Staged rows are XOR-swizzled within aligned blocks of up to 32 channels (the largest power of two dividing
   // hd), so threads reading one channel of many tokens, or many channels of one token, hit distinct banks.
@@ -172,6 +180,36 @@ ${
       }
       let sc = f16r((mx - mn) / LEVELS);
       let m16 = f16r(mn);`;
+  // Step 3's outlier corrections, subtracted from the residual after it is written: a thread per stored entry
+  // (entries of zero value, the padding of groups with fewer outliers, are skipped, so no two threads write one
+  // entry), in place of a search of the group's entries for every element.
+  const scatterKeys = l.kK > 0
+    ? `
+    if (kind == 0u) {
+      let kb = (bh * (T / G) + c0 / G) * D * KK;
+      for (var i = li; i < (n / G) * D * KK; i += WG) {
+        let e = u16_at(O_OUTK, kb + i);
+        let v = out_value(e);
+        if (v != 0.0) { res_sub(shr, sb, (i / (D * KK)) * G + (e & 0x7fu), (i / KK) % D, v); }
+      }
+    }`
+    : "";
+  const scatterValues = l.mV > 0
+    ? `
+    if (kind == 1u) {
+      let vb = (bh * T + c0) * 2u * MW;
+      for (var i = li; i < n * 2u * MW; i += WG) {
+        let e = u16_at(O_OUTV, vb + i);
+        let v = out_value(e);
+        if (v != 0.0) { res_sub(shr, sb, i / (2u * MW), min((i % (2u * MW)) / KVF, NGV - 1u) * GV + (e & 0x7fu), v); }
+      }
+    }`
+    : "";
+  const scatter = scatterKeys || scatterValues
+    ? `
+  // The outliers' corrections, once every residual entry is written.
+  q_barrier(shr);${scatterKeys}${scatterValues}`
+    : "";
   const lowRankFit = R > 0
     ? `
   // --- 3. residual R [n, D] into scratch ---${
@@ -181,10 +219,10 @@ ${
     let t = c0 + i / D;
     let c = i % D;
     let x = ring_at(kind, bh, t, c);
-    let pr = par_of(kind, bh, t, c);${refits > 0 ? "\n    let y = res_at(shr, sb, i / D, c);" : ""}
-    let v = x - (f32(code_of(${refits > 0 ? "y" : "x"}, pr.x, pr.y)) * pr.x + pr.y) - corr_of(kind, bh, t, c);
+    let pr = par_get(shr, kind, bh, t, c, c0);${refits > 0 ? "\n    let y = res_at(shr, sb, i / D, c);" : ""}
+    let v = x - (f32(code_of(${refits > 0 ? "y" : "x"}, pr.x, pr.y)) * pr.x + pr.y);
     if (shr) { rsh[ridx(i / D, c)] = v; } else { scr[sb + i] = v; }
-  }
+  }${scatter}
   storageBarrier();
   workgroupBarrier();
   // --- 4. power iteration ---
@@ -303,20 +341,24 @@ ${
     let ui = u0 + li / subs;
     let sub = li % subs;
     if (li < upc * subs && ui < nunits && (kind == 1u || 2u * (ui % DP) + sub < D)) {
-      var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var pat: u32;
+      var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var pat: u32; var lp: u32;
       if (kind == 0u) {
         let tg = c0 / G + ui / DP;
         let c = 2u * (ui % DP) + sub;
         t0 = tg * G; ch0 = c; len = G; stT = 1u; stC = 0u; k = KK;
         pat = O_PARK + (bh * (T / G) + tg) * D + c;
+        lp = (ui / DP) * D + c;
       } else {
         let t = c0 + ui;
         t0 = t; ch0 = sub * GV; len = select(GV, D - sub * GV, sub == NGV - 1u); stT = 0u; stC = 1u;
         k = select(KVF, KVL, sub == NGV - 1u);
         pat = O_PARV + (bh * T + t) * NGV + sub;
+        lp = ui * NGV + sub;
       }
 ${load}${outlierSelect}${range}
-      store[pat] = pack2x16float(vec2<f32>(sc, m16));${
+      let pw = pack2x16float(vec2<f32>(sc, m16));
+      store[pat] = pw;
+      if (shr) { parsh[lp] = pw; }${
       ents
         ? `
       for (var j = 0u; j < nrem; j++) {
@@ -355,6 +397,7 @@ ${load}${outlierSelect}${range}
     }
   }
   storageBarrier();
+  workgroupBarrier();
 `
     : `  // --- 1. per group: outliers, scale and min ---
   // A thread takes a unit whose outlier entries fill whole words: the key groups of a token group and two
@@ -371,6 +414,7 @@ ${load}${outlierSelect}${range}
     }
     for (var sub = 0u; sub < subs; sub++) {
       var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var eat: u32; var pat: u32;
+      var lp: u32;
       if (kind == 0u) {
         let tg = c0 / G + ui / DP;
         let c = 2u * (ui % DP) + sub;
@@ -378,6 +422,7 @@ ${load}${outlierSelect}${range}
         t0 = tg * G; ch0 = c; len = G; stT = 1u; stC = 0u; k = KK;
         eat = sub * KK;
         pat = O_PARK + (bh * (T / G) + tg) * D + c;
+        lp = (ui / DP) * D + c;
       } else {
         let t = c0 + ui;
         let g = sub;
@@ -385,9 +430,12 @@ ${load}${outlierSelect}${range}
         k = select(KVF, KVL, g == NGV - 1u);
         eat = g * KVF;
         pat = O_PARV + (bh * T + t) * NGV + g;
+        lp = ui * NGV + g;
       }
 ${outlierSelect}${range}
-      store[pat] = pack2x16float(vec2<f32>(sc, m16));
+      let pw = pack2x16float(vec2<f32>(sc, m16));
+      store[pat] = pw;
+      if (shr) { parsh[lp] = pw; }
       for (var j = 0u; j < nrem; j++) {
         let i = rem[j];
         let x = ${src("t0 + i * stT", "ch0 + i * stC")};
@@ -399,6 +447,7 @@ ${outlierSelect}${range}
     for (var w = 0u; w < nw; w++) { store[ob + w] = ents[2u * w] | (ents[2u * w + 1u] << 16u); }
   }
   storageBarrier();
+  workgroupBarrier();
 `;
   // Steps 1 and 2.
   const quantize = `${step1}  // --- 2. codes ---
@@ -410,7 +459,7 @@ ${outlierSelect}${range}
     for (var e = 0u; e < PERW; e++) {
       let c = w * PERW + e;
       if (c < D) {
-        let pr = par_of(kind, bh, t, c);
+        let pr = par_get(shr, kind, bh, t, c, c0);
         word |= code_of(${src("t", "c")}, pr.x, pr.y) << (e * BITS);
       }
     }
@@ -509,6 +558,8 @@ var<private> qsc: array<f32, ${Math.max(R, 1)}>;
 // The residual of a segment of at most NSH tokens [NSH, D] f32, rows swizzled (ridx).
 const NSH: u32 = ${nsh}u;
 var<workgroup> rsh: array<f32, ${Math.max(1, nsh * l.hd)}>;
+// The group parameters of such a segment (f16 scale, min): keys [NSH / G, D], values [NSH, NGV].
+var<workgroup> parsh: array<u32, ${nsh > 0 ? nPar : 1}>;
 // Q of such a segment [NSH, RANK] f32 (q_get).
 var<workgroup> qsh: array<f32, ${Math.max(1, nsh * Math.max(R, 1))}>;
 fn ridx(t: u32, c: u32) -> u32 {
@@ -559,24 +610,20 @@ fn par_of(kind: u32, bh: u32, t: u32, c: u32) -> vec2<f32> {
   if (kind == 0u) { return unpack2x16float(store[O_PARK + (bh * (T / G) + t / G) * D + c]); }
   return unpack2x16float(store[O_PARV + (bh * T + t) * NGV + c / GV]);
 }
+// The parameters of (absolute token t, channel c) of the segment from c0: staged (shr) or in the store.
+fn par_get(shr: bool, kind: u32, bh: u32, t: u32, c: u32, c0: u32) -> vec2<f32> {
+  if (shr) {
+    if (kind == 0u) { return unpack2x16float(parsh[((t - c0) / G) * D + c]); }
+    return unpack2x16float(parsh[(t - c0) * NGV + c / GV]);
+  }
+  return par_of(kind, bh, t, c);
+}
 fn u16_at(base: u32, i: u32) -> u32 {
   return (store[base + (i >> 1u)] >> ((i & 1u) * 16u)) & 0xffffu;
 }
-fn corr_of(kind: u32, bh: u32, t: u32, c: u32) -> f32 {
-  if (kind == 0u) {
-    for (var j = 0u; j < KK; j++) {
-      let e = u16_at(O_OUTK, ((bh * (T / G) + t / G) * D + c) * KK + j);
-      if ((e & 0x7fu) == t % G) { return out_value(e); }
-    }
-    return 0.0;
-  }
-  let g = c / GV;
-  let k = select(KVF, KVL, g == NGV - 1u);
-  for (var j = 0u; j < k; j++) {
-    let e = u16_at(O_OUTV, (bh * T + t) * 2u * MW + g * KVF + j);
-    if ((e & 0x7fu) == c - g * GV) { return out_value(e); }
-  }
-  return 0.0;
+// Subtracts v from residual entry (token t of the segment, channel c).
+fn res_sub(shr: bool, sb: u32, t: u32, c: u32, v: f32) {
+  if (shr) { rsh[ridx(t, c)] -= v; } else { scr[sb + t * D + c] -= v; }
 }
 fn q8_code(x: f32, sc: f32) -> i32 {
   return i32(clamp(floor(x / sc + 0.5), -127.0, 127.0));
@@ -664,7 +711,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let c0 = (p0 / NB) * NB;
   let c1 = ((p0 + nr) / NB) * NB;
   if (c1 <= c0) { return; }
-  let n = c1 - c0;
+  let n = ${p.oneBlock ? "NB; // one block per call (oneBlock)" : "c1 - c0;"}
   let sb = (bh * 2u + kind) * REGION;
   let shr = n <= NSH;
   let qb = sb + BUFCAP * D;
@@ -687,7 +734,7 @@ export function gearCompressProgram(
     workgroupBytes: p.workgroupBytes ?? device.limits.maxComputeWorkgroupStorageSize,
   });
   const fit = p.fit && (p.fit.fit !== "minmax" || p.fit.refits > 0) ? `-${p.fit.fit}-f${p.fit.refits}` : "";
-  return P.get(device, ring, `gear-compress-r${p.rank}${fit}`, code, [
+  return P.get(device, ring, `gear-compress-r${p.rank}${fit}${p.oneBlock ? "-block" : ""}`, code, [
     "write",
     "read",
     "read",
