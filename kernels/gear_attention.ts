@@ -212,6 +212,16 @@ export const GEAR_WIDE_MAX_HD = SPLIT_WG;
 export const GEAR_WIDE_MAX_SPLITS = 17;
 
 /**
+ * Tiles of 64 keys per workgroup of the 64-thread split-K kernel at long contexts (each workgroup issues the
+ * next tile's loads while it computes one). On an H200 (16 heads × 128, rank 2, 2 % outliers, 2026-12-02),
+ * split + merge µs per layer for 1 / 2 / 4 / 8 tiles: 2,048 keys 18.9 / 19.5 / 20.2 / 33.0; 8,192 keys
+ * 31.1 / 26.6 / 25.7 / 34.5; 32,768 keys 87.0 / 75.1 / 68.2 / 68.3 (the f16 cache's 90.4).
+ */
+export const GEAR_LONG_TILES = 4;
+/** Fewest key tiles (of 64) for which decode runs the 64-thread kernel over GEAR_LONG_TILES tiles per workgroup. */
+export const GEAR_LONG_MIN_SPLITS = 64;
+
+/**
  * WGSL of split-K GEAR attention (decode: one tile of 64 keys per workgroup), built for latency like split-K
  * attention of `attention.ts`: 256 threads, and every global load of the tile issued up front, before the first
  * barrier (key codes, the keys' Q rows, the channel parameters; the value codes, parameters and Q rows), so the
@@ -556,54 +566,90 @@ export function gearAttentionWgsl(p: GearAttentionParams): string {
   const nrv = l.nGV + R + 1;
   const nr = Math.max(nrk, nrv);
   const nko = l.kK > 0 ? Math.ceil((ngt * l.hd * l.kK) / TK) : 0;
+  // Workgroups that walk several tiles prefetch (the full kernel, or split-K over several tiles).
+  const prefetch = !(p.split ?? false) || gearSplitKeys(p) > TK;
   // Phase 0 of a compressed tile: every load that depends on nothing but the tile, issued together (thread li
   // reads token li's key and value code words, value parameters, Q rows and value outliers; its channels' key
   // parameters; its share of the key outliers). The kernel is bound by each workgroup's chain of dependent load
   // rounds (on an H200 its time at 32k grew in proportion as fewer workgroups fitted an SM), so a tile waits
   // on memory twice: these loads, then the segment's P rows.
-  const p0: string[] = ["let tt = tb + li;"];
-  for (let w = 0; w < l.W; w++) p0.push(`let kw${w} = store[O_CK + tt * W + ${w}u];`);
-  for (let w = 0; w < l.W; w++) p0.push(`let vw${w} = store[O_CV + tt * W + ${w}u];`);
-  for (let g = 0; g < l.nGV; g++) p0.push(`let vp${g} = unpack2x16float(store[O_PARV + tt * NGV + ${g}u]);`);
-  for (let w = 0; w < l.RW && R > 0; w++) {
-    p0.push(`let qk${w} = store[O_QK + tt * RW + ${w}u];`, `let qv${w} = store[O_QV + tt * RW + ${w}u];`);
-  }
-  for (let g = 0; g < ngt; g++) {
-    for (let u = 0; u < dpt; u++) {
-      p0.push(
-        `let kp${g}_${u} = unpack2x16float(store[O_PARK + (bh * (T / G) + (base + ${g}u * G) / G) * D + ` +
-          `min(li + ${u * TK}u, D - 1u)]);`,
-      );
+  // The loads as [name, type, expression] for the tile at base `B` of segment `SEG` (`x` suffixes the indices
+  // they share), and the indices (tt, kh, pk, pv) they need first.
+  const tileLoads = (B: string, SEG: string, x: string) => {
+    const idx: string[] = [`let tt${x} = bh * T + ${B} + li;`];
+    const ld: [string, string, string][] = [];
+    for (let w = 0; w < l.W; w++) ld.push([`kw${w}`, "u32", `store[O_CK + tt${x} * W + ${w}u]`]);
+    for (let w = 0; w < l.W; w++) ld.push([`vw${w}`, "u32", `store[O_CV + tt${x} * W + ${w}u]`]);
+    for (let g = 0; g < l.nGV; g++) {
+      ld.push([`vp${g}`, "vec2<f32>", `unpack2x16float(store[O_PARV + tt${x} * NGV + ${g}u])`]);
     }
-  }
-  if (nko > 0) {
-    p0.push("let kh = (bh * (T / G) + base / G) * D * KK;");
-    for (let k = 0; k < nko; k++) {
-      p0.push(`let ko${k} = u16_at(O_OUTK, kh + min(li + ${k * TK}u, NKOT - 1u));`);
+    for (let w = 0; w < l.RW && R > 0; w++) {
+      ld.push([`qk${w}`, "u32", `store[O_QK + tt${x} * RW + ${w}u]`]);
+      ld.push([`qv${w}`, "u32", `store[O_QV + tt${x} * RW + ${w}u]`]);
     }
-  }
-  for (let w = 0; w < l.MW && l.mV > 0; w++) p0.push(`let vo${w} = store[O_OUTV + tt * MW + ${w}u];`);
-  // The segment's factors (its index was loaded a tile ahead): the Q column scales, the rows of P_K of the
-  // channels the thread folds (cf_u) and of P_V of its value channels (cl_u = li·dpt + u: adjacent, one code
-  // word and parameter group for a 128-wide head).
-  const share = l.perWord % dpt === 0 && l.gv % dpt === 0;
-  for (let u = 0; u < dpt; u++) {
-    p0.push(`let cf${u} = li + ${u * TK}u;`, `let cl${u} = min(li * ${dpt}u + ${u}u, D - 1u);`);
-  }
-  if (R > 0) {
-    p0.push("let pk = O_PK + (bh * NBLK + seg) * PW;", "let pv = O_PV + (bh * NBLK + seg) * PW;");
-    for (let j = 0; j < R; j++) {
-      p0.push(`let ksc${j} = half_at(pk, D * RMAX + ${j}u);`, `let vsc${j} = half_at(pv, D * RMAX + ${j}u);`);
-    }
-    for (let u = 0; u < dpt; u++) {
-      for (let j = 0; j < R; j++) {
-        p0.push(
-          `let pkr${u}_${j} = half_at(pk, min(cf${u}, D - 1u) * RMAX + ${j}u);`,
-          `let pvr${u}_${j} = half_at(pv, cl${u} * RMAX + ${j}u);`,
-        );
+    for (let g = 0; g < ngt; g++) {
+      for (let u = 0; u < dpt; u++) {
+        ld.push([
+          `kp${g}_${u}`,
+          "vec2<f32>",
+          `unpack2x16float(store[O_PARK + (bh * (T / G) + (${B} + ${g}u * G) / G) * D + min(li + ${
+            u * TK
+          }u, D - 1u)])`,
+        ]);
       }
     }
+    if (nko > 0) {
+      idx.push(`let kh${x} = (bh * (T / G) + ${B} / G) * D * KK;`);
+      for (let k = 0; k < nko; k++) {
+        ld.push([`ko${k}`, "u32", `u16_at(O_OUTK, kh${x} + min(li + ${k * TK}u, NKOT - 1u))`]);
+      }
+    }
+    for (let w = 0; w < l.MW && l.mV > 0; w++) {
+      ld.push([`vo${w}`, "u32", `store[O_OUTV + tt${x} * MW + ${w}u]`]);
+    }
+    // The segment's factors: the Q column scales, the rows of P_K of the channels the thread folds (cf_u) and of
+    // P_V of its value channels (cl_u).
+    if (R > 0) {
+      idx.push(
+        `let pk${x} = O_PK + (bh * NBLK + ${SEG}) * PW;`,
+        `let pv${x} = O_PV + (bh * NBLK + ${SEG}) * PW;`,
+      );
+      for (let j = 0; j < R; j++) {
+        ld.push([`ksc${j}`, "f32", `half_at(pk${x}, D * RMAX + ${j}u)`]);
+        ld.push([`vsc${j}`, "f32", `half_at(pv${x}, D * RMAX + ${j}u)`]);
+      }
+      for (let u = 0; u < dpt; u++) {
+        for (let j = 0; j < R; j++) {
+          ld.push([`pkr${u}_${j}`, "f32", `half_at(pk${x}, min(cf${u}, D - 1u) * RMAX + ${j}u)`]);
+          ld.push([`pvr${u}_${j}`, "f32", `half_at(pv${x}, cl${u} * RMAX + ${j}u)`]);
+        }
+      }
+    }
+    return { idx, ld };
+  };
+  const share = l.perWord % dpt === 0 && l.gv % dpt === 0;
+  // A compressed tile's channels: cf_u = li + u·TK (folded), cl_u = li·dpt + u (values: adjacent, one code word
+  // and parameter group for a 128-wide head).
+  const chans: string[] = [];
+  for (let u = 0; u < dpt; u++) {
+    chans.push(`let cf${u} = li + ${u * TK}u;`, `let cl${u} = min(li * ${dpt}u + ${u}u, D - 1u);`);
   }
+  // Without prefetch (one tile per workgroup) the tile's loads are issued at its start; with it (a workgroup
+  // walking tiles) the next compressed tile's loads are issued at the start of this one, into nx_ registers,
+  // so a tile waits on memory only where the walk begins (the segment index is loaded two tiles ahead).
+  const cur = tileLoads("base", "seg", "");
+  const nxt = tileLoads("nb", "segn", "_n");
+  const p0: string[] = prefetch
+    ? [...chans, ...cur.ld.map(([n]) => `let ${n} = nx_${n};`)]
+    : [...chans, ...cur.idx, ...cur.ld.map(([n, , e]) => `let ${n} = ${e};`)];
+  const issue = (B: string) =>
+    `{
+        let nb = ${B};
+        ${chans.join(" ")}
+        ${nxt.idx.join("\n        ")}
+        ${nxt.ld.map(([n, , e]) => `nx_${n} = ${e};`).join("\n        ")}
+      }`;
+  const prefetchDecls = prefetch ? nxt.ld.map(([n, t]) => `var nx_${n}: ${t};`) : [];
   // Phase 1: fold q into the key scales (qd), q·min and q·P_K partials; stage the values.
   const p1: string[] = [];
   // q's channels cf_u, in registers since the start: stored to qs here, after the tile's loads were issued (so
@@ -775,16 +821,32 @@ ${GEAR_ROW_WGSL}
   }
   var m = -3.0e38;
   var l = 0.0;
-  var acc: array<f32, ${dpt}>;
+  var acc: array<f32, ${dpt}>;${
+    prefetch
+      ? `
+  // The first compressed tile's loads, and the segment of the tile after it.
+  ${ind(prefetchDecls, 2)}
+  if ((start / TK) * TK < ccomp) ${issue("(start / TK) * TK")}
+  segn = store[O_SEG + b * NBLK + min(((start / TK) * TK + TK) / NB, NBLK - 1u)];`
+      : ""
+  }
   for (var base = (start / TK) * TK; base <= hi; base += TK) {
     let t = base + li;
     let valid = t >= start && t <= hi;
     let n = min(TK, hi + 1u - base);
     let tb = bh * T + base;
-    let seg = segn;
-    if (base + TK <= hi) { segn = store[O_SEG + b * NBLK + min((base + TK) / NB, NBLK - 1u)]; }
+    ${
+    prefetch ? "// segn: the segment of the next tile." : `let seg = segn;
+    if (base + TK <= hi) { segn = store[O_SEG + b * NBLK + min((base + TK) / NB, NBLK - 1u)]; }`
+  }
     if (base < ccomp) {
-      ${ind(p0, 6)}
+      ${ind(p0, 6)}${
+    prefetch
+      ? `
+      if (base + TK < ccomp && base + TK <= hi) ${issue("base + TK")}
+      segn = store[O_SEG + b * NBLK + min((base + 2u * TK) / NB, NBLK - 1u)];`
+      : ""
+  }
       atomicStore(&kacc[li], 0);
       for (var c = li; c < D; c += TK) { atomicStore(&vacc[c], 0); }
       ${ind(p1, 6)}

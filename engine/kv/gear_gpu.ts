@@ -10,6 +10,8 @@
 
 import type { QkNorm } from "../config.ts";
 import {
+  GEAR_LONG_MIN_SPLITS,
+  GEAR_LONG_TILES,
   GEAR_WIDE_MAX_HD,
   GEAR_WIDE_MAX_SPLITS,
   type GearAttentionParams,
@@ -79,6 +81,11 @@ export interface GearGpuLayer {
   splitWide: Dispatch | undefined;
   /** See {@linkcode split}. */
   merge: Dispatch;
+  /**
+   * {@linkcode split} over GEAR_LONG_TILES tiles per workgroup, with its merge: from GEAR_LONG_MIN_SPLITS tiles
+   * (long contexts); absent where the cache never holds that many.
+   */
+  splitLong: { split: Dispatch; merge: Dispatch } | undefined;
   /** Compression of the blocks a multi-row call completed (prefill rank). */
   compressPrefill: Dispatch;
   /** Compression of the block a single-row call completed (decode rank). */
@@ -91,7 +98,17 @@ interface GearPrograms {
   compressPrefill: Program;
   compressDecode: Program;
   merge: Program;
-  attention: Map<number, { full: Program; split: Program; wide: Program | undefined }>;
+  /** The merge of the long split kernel (absent where the cache never reaches GEAR_LONG_MIN_SPLITS tiles). */
+  mergeLong: Program | undefined;
+  attention: Map<number, GearAttentionPrograms>;
+}
+
+/** The attention programs of one sliding window. */
+interface GearAttentionPrograms {
+  full: Program;
+  split: Program;
+  wide: Program | undefined;
+  long: Program | undefined;
 }
 
 /** The compressed KV cache of a GPU decoder: shared programs and buffers, and a builder of per-layer parts. */
@@ -162,7 +179,8 @@ export class GearGpu {
       clip: shape.clip,
       kvDtype: shape.dtype,
     });
-    const compress = (rank: number) =>
+    // Decode steps complete at most one block per sequence: their program has the segment length fixed.
+    const compress = (rank: number, oneBlock: boolean) =>
       gearCompressProgram(device, ring, {
         layout,
         rank,
@@ -170,14 +188,18 @@ export class GearGpu {
         seed: kv.seed,
         ringDtype: shape.dtype,
         fit: gearFitPolicy(kv.mode),
+        oneBlock,
       });
     const splitParams = GearGpu.#attentionParams(layout, shape, 0, true);
     const programs: GearPrograms = {
       qkRope,
-      compressPrefill: await compress(kv.prefillRank),
-      compressDecode: await compress(kv.rank),
+      compressPrefill: await compress(kv.prefillRank, false),
+      compressDecode: await compress(kv.rank, true),
       merge: await gearMergeProgram(device, ring, splitParams),
-      attention: new Map<number, { full: Program; split: Program; wide: Program | undefined }>(),
+      mergeLong: GearGpu.#reachesLong(shape)
+        ? await gearMergeProgram(device, ring, { ...splitParams, tilesPerSplit: GEAR_LONG_TILES })
+        : undefined,
+      attention: new Map<number, GearAttentionPrograms>(),
     };
     const maxBinding = device.limits.maxStorageBufferBindingSize;
     if (layout.words * 4 > maxBinding) {
@@ -190,6 +212,11 @@ export class GearGpu {
     const scratch = track(storageBuffer(device, "gear-scratch", gearScratchFloats(layout) * 4));
     const partials = track(storageBuffer(device, "gear-partials", gearPartialFloats(splitParams) * 4));
     return new GearGpu({ device, ring, shape, kv, layout, track, programs, scratch, partials });
+  }
+
+  /** Whether a decode step of this cache can attend over GEAR_LONG_MIN_SPLITS tiles (it needs the long kernel). */
+  static #reachesLong(s: GearGpuShape): boolean {
+    return Math.floor((s.capacity - 1) / GEAR_TILE) + 1 >= GEAR_LONG_MIN_SPLITS;
   }
 
   static #attentionParams(
@@ -229,6 +256,12 @@ export class GearGpu {
           ? await gearAttentionProgram(device, this.#ring, {
             ...GearGpu.#attentionParams(l, s, window, true),
             wide: true,
+          })
+          : undefined,
+        long: GearGpu.#reachesLong(s)
+          ? await gearAttentionProgram(device, this.#ring, {
+            ...GearGpu.#attentionParams(l, s, window, true),
+            tilesPerSplit: GEAR_LONG_TILES,
           })
           : undefined,
       };
@@ -279,6 +312,26 @@ export class GearGpu {
         group: P.merge.bind(`L${index}.gear-attention-merge`, [this.#partials, b.attn]),
         grid: [mergeGroupsX(s.nH, s.hd), 1, 1],
       },
+      splitLong: att.long && P.mergeLong
+        ? {
+          split: {
+            program: att.long,
+            group: att.long.bind(`L${index}.gear-attention-split-long`, [
+              b.q,
+              store,
+              ringK,
+              ringV,
+              this.#partials,
+            ]),
+            grid: [s.nH, 1, 1],
+          },
+          merge: {
+            program: P.mergeLong,
+            group: P.mergeLong.bind(`L${index}.gear-attention-merge-long`, [this.#partials, b.attn]),
+            grid: [mergeGroupsX(s.nH, s.hd), 1, 1],
+          },
+        }
+        : undefined,
       compressPrefill: compress(P.compressPrefill),
       compressDecode: compress(P.compressDecode),
     };
@@ -296,12 +349,16 @@ export class GearGpu {
     emit: (d: Dispatch) => void,
     batched?: readonly number[],
   ): void {
-    // Split-K: the 256-thread kernel over few tiles (latency), the 64-thread one over many (throughput).
-    const splits = Math.floor(pos / GEAR_TILE) + 1;
-    const split = (splits <= GEAR_WIDE_MAX_SPLITS ? L.splitWide : undefined) ?? L.split;
+    // Split-K: the 256-thread kernel over few tiles (latency), the 64-thread one over many (throughput), over
+    // GEAR_LONG_TILES tiles per workgroup at long contexts.
+    const tiles = Math.floor(pos / GEAR_TILE) + 1;
+    const long = tiles >= GEAR_LONG_MIN_SPLITS ? L.splitLong : undefined;
+    const split = long?.split ?? (tiles <= GEAR_WIDE_MAX_SPLITS ? L.splitWide : undefined) ?? L.split;
+    const merge = long?.merge ?? L.merge;
+    const splits = long ? Math.floor(pos / (GEAR_TILE * GEAR_LONG_TILES)) + 1 : tiles;
     if (batched) {
       emit({ ...split, grid: [split.grid[0], rows, splits] });
-      emit({ ...L.merge, grid: [L.merge.grid[0], rows, 1] });
+      emit({ ...merge, grid: [merge.grid[0], rows, 1] });
       if (batched.some((p) => compressedBefore(p + 1, L.buffer) > compressedBefore(p, L.buffer))) {
         emit({ ...L.compressDecode, grid: [L.compressDecode.grid[0], 2, rows] });
       }
@@ -309,7 +366,7 @@ export class GearGpu {
     }
     if (rows === 1) {
       emit({ ...split, grid: [split.grid[0], 1, splits] });
-      emit(L.merge);
+      emit(merge);
     } else {
       emit({ ...L.attention, grid: [L.attention.grid[0], rows, 1] });
     }
