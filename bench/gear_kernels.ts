@@ -16,6 +16,12 @@
  *                                       # index), barriers, or parts of its arithmetic
  *     [--tiles-per-split 2,4]           # also the 64-thread split kernel over that many 64-key tiles per
  *                                       # workgroup, with its merge (a table of its own)
+ *     [--compress-ablate ring,grid+loops1,…]  # a diagnostic (results wrong, timing only): the compression
+ *                                       # (at the last context) without parts, each variant a '+'-joined set of
+ *                                       # ring (the ring's loads: values computed instead), grid (the mse
+ *                                       # fit's grid: one point), loops1 (one power-iteration loop), refits0
+ *                                       # (no refit rounds), select (no outlier selection), membar (storage
+ *                                       # barriers as workgroup barriers)
  *
  * The GEAR store is filled the way decoding fills it: block after block of random f16 keys and values written
  * to the full-precision ring and compressed by the real compress kernel (at --rank, as at prefill). Prints a
@@ -39,7 +45,12 @@ import {
   gearMergeProgram,
   gearPartialFloats,
 } from "../kernels/gear_attention.ts";
-import { gearCompressProgram, gearScratchFloats } from "../kernels/gear_compress.ts";
+import {
+  type GearCompressParams,
+  gearCompressProgram,
+  gearCompressWgsl,
+  gearScratchFloats,
+} from "../kernels/gear_compress.ts";
 import { GEAR_JOINT_FIT } from "../engine/kv/gear_fit.ts";
 import { gearLayout, ringWords } from "../kernels/gear_layout.ts";
 import { acquireGpu, type Dispatch, Program, StepRing, storageBuffer } from "../kernels/gpu.ts";
@@ -60,6 +71,7 @@ const { values } = parseArgs({
     ablate: { type: "string", default: "" },
     fit: { type: "string", default: "minmax" },
     "tiles-per-split": { type: "string", default: "" },
+    "compress-ablate": { type: "string", default: "" },
   },
 });
 const contexts = values.contexts.split(",").map(Number);
@@ -120,7 +132,7 @@ function randomHalves(n: number, phase: number): Uint32Array<ArrayBuffer> {
 if (values.fit !== "minmax" && values.fit !== "joint") {
   throw new TypeError(`Cannot run the benchmark: --fit takes minmax or joint, not ${values.fit}`);
 }
-const compress = await gearCompressProgram(device, ring, {
+const compressParams: GearCompressParams = {
   layout,
   rank,
   loops: 3,
@@ -129,7 +141,8 @@ const compress = await gearCompressProgram(device, ring, {
   fit: values.fit === "joint" ? GEAR_JOINT_FIT : undefined,
   // Every call here is a single row completing one block: the decode step's program.
   oneBlock: true,
-});
+};
+const compress = await gearCompressProgram(device, ring, compressParams);
 const compressGroup = compress.bind("bench.gear-compress", [store, ringK, ringV, scratch]);
 const ringHalves = nH * layout.bufCap * hd;
 const pool = [0, 1, 2, 3].map((i) => randomHalves(ringHalves, i));
@@ -233,6 +246,55 @@ function ablate(code: string): string {
   if (ablations.includes("p4")) c = c.replace(/^\s*(wt|red)\[\d+u (\+|\* TK \+) li.*pr \*.*$/gm, "");
   return c;
 }
+const compressVariants = values["compress-ablate"] ? values["compress-ablate"].split(",") : [];
+const COMPRESS_PARTS = ["ring", "grid", "loops1", "refits0", "select", "membar"];
+for (const v of compressVariants) {
+  for (const part of v.split("+")) {
+    if (!COMPRESS_PARTS.includes(part)) {
+      throw new TypeError(`Cannot run the benchmark: unknown --compress-ablate part ${part}`);
+    }
+  }
+}
+/** The compress WGSL without the parts of `variant` ('+'-joined): a timing diagnostic, its store is wrong. */
+function ablateCompress(variant: string): string {
+  const parts = variant.split("+");
+  let c = gearCompressWgsl({
+    ...compressParams,
+    workgroupBytes: device.limits.maxComputeWorkgroupStorageSize,
+  });
+  const swap = (from: RegExp | string, to: string) => {
+    const next = c.replace(from, to);
+    if (next === c) throw new Error(`Cannot ablate the compression: ${from} is not in its WGSL`);
+    c = next;
+  };
+  if (parts.includes("ring")) {
+    swap(
+      /fn ring_at\(kind: u32, bh: u32, t: u32, c: u32\) -> f32 \{[\s\S]*?\n\}/,
+      "fn ring_at(kind: u32, bh: u32, t: u32, c: u32) -> f32 {\n  return f32((c * 7u + t * 13u + bh + kind) % 17u) * 0.25 - 2.0;\n}",
+    );
+  }
+  if (parts.includes("grid")) swap(/const FSTEPS: u32 = \d+u;/, "const FSTEPS: u32 = 1u;");
+  if (parts.includes("loops1")) swap(/const LOOPS: u32 = \d+u;/, "const LOOPS: u32 = 1u;");
+  if (parts.includes("refits0")) swap(/const REFITS: u32 = \d+u;/, "const REFITS: u32 = 0u;");
+  if (parts.includes("select")) {
+    swap(/for \(var it = 0u; it < k; it\+\+\)/g, "for (var it = 0u; it < 0u; it++)");
+  }
+  if (parts.includes("membar")) swap(/storageBarrier\(\);/g, "workgroupBarrier();");
+  return c;
+}
+const compressAblated = await Promise.all(compressVariants.map(async (v) => {
+  const prog = await Program.get(device, ring, `bench.compress-ablate-${v}`, ablateCompress(v), [
+    "write",
+    "read",
+    "read",
+    "write",
+  ]);
+  // Its own store and scratch: the ablated program writes garbage.
+  const s2 = storageBuffer(device, `bench.compress-ablate-store-${v}`, layout.words * 4);
+  const sc2 = storageBuffer(device, `bench.compress-ablate-scratch-${v}`, gearScratchFloats(layout) * 4);
+  return { v, d: { program: prog, group: prog.bind(`bench.compress-ablate-${v}`, [s2, ringK, ringV, sc2]) } };
+}));
+
 /**
  * A GEAR attention program; with --pad-kb its WGSL gets an extra workgroup array of that size, written only
  * when a run-time value says so (never here), so the driver keeps it and fewer workgroups fit an SM.
@@ -375,5 +437,16 @@ if (multi.length > 0) {
         f(r.gear_split_us + r.gear_merge_us)
       } | ${cells.join(" | ")} |`,
     );
+  }
+}
+if (compressAblated.length > 0) {
+  const pos = contexts[contexts.length - 1];
+  console.log(`\ncompression without parts (a diagnostic, results wrong), µs per layer at ${pos}`);
+  console.log("| variant | µs |");
+  console.log("| --- | --- |");
+  console.log(`| as is | ${rows[rows.length - 1].gear_compress_us.toFixed(1)} |`);
+  for (const a of compressAblated) {
+    const us = await time({ ...a.d, grid: [nH, 2, 1] }, pos - 1);
+    console.log(`| without ${a.v} | ${us.toFixed(1)} |`);
   }
 }

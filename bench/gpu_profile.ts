@@ -3,11 +3,13 @@
  * of the whole step as generation runs it (one pass, 32 steps), and that step without each kind of dispatch.
  *
  *   deno run -A bench/gpu_profile.ts --model DIR [--dtype f16] [--pos 128] [--fuse-norms on|off]
- *     [--shapes qdown=32x8x8,...] [--ablate on|off] [--kv f16|quant-2|gear-2|…]
+ *     [--shapes qdown=32x8x8,...] [--ablate on|off] [--kv f16|quant-2|gear-2|…] [--fill on|off]
  *
  * With a compressed cache (--kv) the step attends over a store of `pos` tokens whatever they hold (the time does
  * not depend on the values); pick a position that completes no block (the step then compresses none), or one
- * that completes one (the step then includes its compression, which decode runs once per block).
+ * that completes one (the step then includes its compression, which decode runs once per block). With `--fill on`
+ * a random prompt of `pos − 1` tokens is first run through generation, so the cache holds what decoding would
+ * read there (a compressed cache: real codes, outliers and a segment per prefill chunk and per decoded block).
  *
  * @module
  */
@@ -18,6 +20,7 @@ import { kvModeOptions } from "./kv_mode.ts";
 import { isCompressed, resolveKvCache } from "../engine/kv/kv_options.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { GpuDecoder } from "../engine/gpu_decoder.ts";
+import { resolveGenerateOptions, runGeneration } from "../engine/generation.ts";
 import { acquireGpu } from "../kernels/gpu.ts";
 
 const { values } = parseArgs({
@@ -30,6 +33,7 @@ const { values } = parseArgs({
     shapes: { type: "string" },
     ablate: { type: "string", default: "on" },
     kv: { type: "string", default: "f16" },
+    fill: { type: "string", default: "off" },
   },
 });
 if (!values.model) throw new TypeError("Cannot profile: --model DIR is required");
@@ -45,6 +49,26 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   matvecShapes: parseShapes(values.shapes),
 });
 ckpt.close();
+if (values.fill === "on") {
+  let seed = 12345;
+  const rand = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) % decoder.config.vocabSize;
+  const prompt = Array.from({ length: pos - 1 }, rand);
+  const opts = resolveGenerateOptions(
+    { maxTokens: 1, ignoreEos: true },
+    prompt.length,
+    decoder.contextLength,
+    {
+      eosTokenIds: [],
+    },
+  );
+  const t0 = performance.now();
+  for await (const _ of runGeneration(decoder, { decode: () => "" }, prompt, opts, () => {})) {
+    // the one token
+  }
+  console.error(`filled ${prompt.length} positions in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+} else if (values.fill !== "off") {
+  throw new TypeError(`Cannot profile: --fill takes on or off, not ${values.fill}`);
+}
 await decoder.profileDecodeStep(pos); // warm-up
 const prof = await decoder.profileDecodeStep(pos);
 let total = 0;
