@@ -193,9 +193,9 @@ Deno.test({
   name: "gear compress for decode steps (oneBlock) matches gearCompressRef",
   ignore: SKIP_GPU,
   fn: async () => {
-    // The min/max fit (outliers, ranks 4 and 2, keys of 1 or 2 groups a block) and mode gear's joint fit.
-    for (const [ci, c] of cases.entries()) {
-      if (c.rank > 0) await compareWithRef(c, 30 + ci, "f16", singleRows(c.buffer), EXACT, undefined, true);
+    // The min/max fit (outliers; rank 4 with hd 24, rank 2 with hd 128 and group 128) and mode gear's joint fit.
+    for (const ci of [0, 3]) {
+      await compareWithRef(cases[ci], 30 + ci, "f16", singleRows(cases[ci].buffer), EXACT, undefined, true);
     }
     // The joint fit: as close to the reference as the general program (on this input both have 6 of 1,056
     // scale/min words a grid point away after near ties, over three segments), and on a software adapter the
