@@ -211,15 +211,25 @@ export const GEAR_WIDE_MAX_HD = SPLIT_WG;
  */
 export const GEAR_WIDE_MAX_SPLITS = 17;
 
+/** A tier of decode's split-K: from `minTiles` key tiles (of 64), the 64-thread kernel walks `tiles` per workgroup. */
+export interface GearSplitTier {
+  /** Fewest key tiles of the tier. */
+  minTiles: number;
+  /** Tiles per workgroup (it issues the next tile's loads while it computes one). */
+  tiles: number;
+}
+
 /**
- * Tiles of 64 keys per workgroup of the 64-thread split-K kernel at long contexts (each workgroup issues the
- * next tile's loads while it computes one). On an H200 (16 heads × 128, rank 2, 2 % outliers, 2026-12-02),
- * split + merge µs per layer for 1 / 2 / 4 / 8 tiles: 2,048 keys 18.9 / 19.5 / 20.2 / 33.0; 8,192 keys
- * 31.1 / 26.6 / 25.7 / 34.5; 32,768 keys 87.0 / 75.1 / 68.2 / 68.3 (the f16 cache's 90.4).
+ * Decode's multi-tile tiers, by ascending `minTiles` (below the first: one tile per workgroup). On an H200 (16
+ * heads × 128, rank 2, 2 % outliers, 2026-12-02), split + merge µs per layer for 1 / 2 / 4 / 8 tiles per
+ * workgroup: 2,048 keys 18.9 / 19.5 / 20.2 / 33.0; 3,072 keys 20.6 / 19.7 / 20.9; 4,096 keys 26.3 / 21.2 / 23.0;
+ * 6,144 keys 29.1 / 23.1 / 25.2; 8,192 keys 31.1 / 26.6 / 25.7 / 34.5; 32,768 keys 87.0 / 75.1 / 68.2 / 68.3
+ * (the f16 cache's 90.4).
  */
-export const GEAR_LONG_TILES = 4;
-/** Fewest key tiles (of 64) for which decode runs the 64-thread kernel over GEAR_LONG_TILES tiles per workgroup. */
-export const GEAR_LONG_MIN_SPLITS = 64;
+export const GEAR_SPLIT_TIERS: readonly GearSplitTier[] = Object.freeze([
+  Object.freeze({ minTiles: 48, tiles: 2 }),
+  Object.freeze({ minTiles: 128, tiles: 4 }),
+]);
 
 /**
  * WGSL of split-K GEAR attention (decode: one tile of 64 keys per workgroup), built for latency like split-K

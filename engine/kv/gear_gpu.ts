@@ -10,8 +10,7 @@
 
 import type { QkNorm } from "../config.ts";
 import {
-  GEAR_LONG_MIN_SPLITS,
-  GEAR_LONG_TILES,
+  GEAR_SPLIT_TIERS,
   GEAR_WIDE_MAX_HD,
   GEAR_WIDE_MAX_SPLITS,
   type GearAttentionParams,
@@ -82,10 +81,10 @@ export interface GearGpuLayer {
   /** See {@linkcode split}. */
   merge: Dispatch;
   /**
-   * {@linkcode split} over GEAR_LONG_TILES tiles per workgroup, with its merge: from GEAR_LONG_MIN_SPLITS tiles
-   * (long contexts); absent where the cache never holds that many.
+   * {@linkcode split} over several tiles per workgroup, with its merge, per tier of GEAR_SPLIT_TIERS the cache
+   * can reach (long contexts), in the same order.
    */
-  splitLong: { split: Dispatch; merge: Dispatch } | undefined;
+  splitTiers: { minTiles: number; tiles: number; split: Dispatch; merge: Dispatch }[];
   /** Compression of the blocks a multi-row call completed (prefill rank). */
   compressPrefill: Dispatch;
   /** Compression of the block a single-row call completed (decode rank). */
@@ -98,8 +97,8 @@ interface GearPrograms {
   compressPrefill: Program;
   compressDecode: Program;
   merge: Program;
-  /** The merge of the long split kernel (absent where the cache never reaches GEAR_LONG_MIN_SPLITS tiles). */
-  mergeLong: Program | undefined;
+  /** The merges of the multi-tile split kernels, per tier of GEAR_SPLIT_TIERS the cache can reach. */
+  mergeTiers: Program[];
   attention: Map<number, GearAttentionPrograms>;
 }
 
@@ -108,7 +107,8 @@ interface GearAttentionPrograms {
   full: Program;
   split: Program;
   wide: Program | undefined;
-  long: Program | undefined;
+  /** The multi-tile split kernels, per tier of GEAR_SPLIT_TIERS the cache can reach. */
+  tiers: Program[];
 }
 
 /** The compressed KV cache of a GPU decoder: shared programs and buffers, and a builder of per-layer parts. */
@@ -196,9 +196,11 @@ export class GearGpu {
       compressPrefill: await compress(kv.prefillRank, false),
       compressDecode: await compress(kv.rank, true),
       merge: await gearMergeProgram(device, ring, splitParams),
-      mergeLong: GearGpu.#reachesLong(shape)
-        ? await gearMergeProgram(device, ring, { ...splitParams, tilesPerSplit: GEAR_LONG_TILES })
-        : undefined,
+      mergeTiers: await Promise.all(
+        GearGpu.#tiers(shape).map((t) =>
+          gearMergeProgram(device, ring, { ...splitParams, tilesPerSplit: t.tiles })
+        ),
+      ),
       attention: new Map<number, GearAttentionPrograms>(),
     };
     const maxBinding = device.limits.maxStorageBufferBindingSize;
@@ -214,9 +216,10 @@ export class GearGpu {
     return new GearGpu({ device, ring, shape, kv, layout, track, programs, scratch, partials });
   }
 
-  /** Whether a decode step of this cache can attend over GEAR_LONG_MIN_SPLITS tiles (it needs the long kernel). */
-  static #reachesLong(s: GearGpuShape): boolean {
-    return Math.floor((s.capacity - 1) / GEAR_TILE) + 1 >= GEAR_LONG_MIN_SPLITS;
+  /** The tiers of GEAR_SPLIT_TIERS a decode step of this cache can reach (their kernels are built). */
+  static #tiers(s: GearGpuShape) {
+    const most = Math.floor((s.capacity - 1) / GEAR_TILE) + 1;
+    return GEAR_SPLIT_TIERS.filter((t) => most >= t.minTiles);
   }
 
   static #attentionParams(
@@ -258,12 +261,14 @@ export class GearGpu {
             wide: true,
           })
           : undefined,
-        long: GearGpu.#reachesLong(s)
-          ? await gearAttentionProgram(device, this.#ring, {
-            ...GearGpu.#attentionParams(l, s, window, true),
-            tilesPerSplit: GEAR_LONG_TILES,
-          })
-          : undefined,
+        tiers: await Promise.all(
+          GearGpu.#tiers(s).map((t) =>
+            gearAttentionProgram(device, this.#ring, {
+              ...GearGpu.#attentionParams(l, s, window, true),
+              tilesPerSplit: t.tiles,
+            })
+          ),
+        ),
       };
       P.attention.set(window, att);
     }
@@ -312,26 +317,25 @@ export class GearGpu {
         group: P.merge.bind(`L${index}.gear-attention-merge`, [this.#partials, b.attn]),
         grid: [mergeGroupsX(s.nH, s.hd), 1, 1],
       },
-      splitLong: att.long && P.mergeLong
-        ? {
-          split: {
-            program: att.long,
-            group: att.long.bind(`L${index}.gear-attention-split-long`, [
-              b.q,
-              store,
-              ringK,
-              ringV,
-              this.#partials,
-            ]),
-            grid: [s.nH, 1, 1],
-          },
-          merge: {
-            program: P.mergeLong,
-            group: P.mergeLong.bind(`L${index}.gear-attention-merge-long`, [this.#partials, b.attn]),
-            grid: [mergeGroupsX(s.nH, s.hd), 1, 1],
-          },
-        }
-        : undefined,
+      splitTiers: GearGpu.#tiers(s).map((t, i) => ({
+        ...t,
+        split: {
+          program: att.tiers[i],
+          group: att.tiers[i].bind(`L${index}.gear-attention-split-t${t.tiles}`, [
+            b.q,
+            store,
+            ringK,
+            ringV,
+            this.#partials,
+          ]),
+          grid: [s.nH, 1, 1],
+        },
+        merge: {
+          program: P.mergeTiers[i],
+          group: P.mergeTiers[i].bind(`L${index}.gear-attention-merge-t${t.tiles}`, [this.#partials, b.attn]),
+          grid: [mergeGroupsX(s.nH, s.hd), 1, 1],
+        },
+      })),
       compressPrefill: compress(P.compressPrefill),
       compressDecode: compress(P.compressDecode),
     };
@@ -350,12 +354,12 @@ export class GearGpu {
     batched?: readonly number[],
   ): void {
     // Split-K: the 256-thread kernel over few tiles (latency), the 64-thread one over many (throughput), over
-    // GEAR_LONG_TILES tiles per workgroup at long contexts.
+    // several tiles per workgroup at long contexts (the last tier of GEAR_SPLIT_TIERS reached).
     const tiles = Math.floor(pos / GEAR_TILE) + 1;
-    const long = tiles >= GEAR_LONG_MIN_SPLITS ? L.splitLong : undefined;
-    const split = long?.split ?? (tiles <= GEAR_WIDE_MAX_SPLITS ? L.splitWide : undefined) ?? L.split;
-    const merge = long?.merge ?? L.merge;
-    const splits = long ? Math.floor(pos / (GEAR_TILE * GEAR_LONG_TILES)) + 1 : tiles;
+    const tier = L.splitTiers.findLast((t) => tiles >= t.minTiles);
+    const split = tier?.split ?? (tiles <= GEAR_WIDE_MAX_SPLITS ? L.splitWide : undefined) ?? L.split;
+    const merge = tier?.merge ?? L.merge;
+    const splits = tier ? Math.floor(pos / (GEAR_TILE * tier.tiles)) + 1 : tiles;
     if (batched) {
       emit({ ...split, grid: [split.grid[0], rows, splits] });
       emit({ ...merge, grid: [merge.grid[0], rows, 1] });
