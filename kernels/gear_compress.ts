@@ -7,16 +7,22 @@
  *    f16 scale and min, the outliers' corrections (u16 entries: a thread writes whole words, so it takes the
  *    key groups of two channels, or every value group of a token);
  * 2. codes packed along the channels of each token;
- * 3. the residual R = X − dequant − outliers into a scratch buffer;
+ * 3. the residual R = X − dequant, then the outliers' corrections subtracted by a thread per stored entry, in
+ *    workgroup memory where a one-block segment fits (with its group parameters), else in a scratch buffer;
  * 4. rank-r factors of R by power iteration from a seeded start, with Gram–Schmidt QR in workgroup memory;
  *    Q stored as int8 per column scale, P as f16;
  * 5. the segment table entries of the new blocks.
  *
  * With a fit policy (`gear_fit.ts`), step 1 may pick each group's range by least squares instead: a thread per
  * group reads its values once into a private array and scores the 64 shrinks of the min/max range on the grid
- * there, 8 to a pass over the values (the outlier entries of a chunk of groups are packed into words by a
- * thread per unit after a barrier). Refit rounds repeat steps 1–4 on Y = X − L (L = Q·Pᵀ of the last round), which is kept where the
- * residual goes; the residual stays X − dequant − outliers, and the factors of the last round are stored.
+ * there, 32 to a pass over the values (the outlier entries of a chunk of groups are packed into words by a
+ * thread per unit after a barrier). Refit rounds repeat steps 1–4 on Y = X − L (L = Q·Pᵀ of the last round),
+ * which is kept where the residual goes; the residual stays X − dequant − outliers, and the factors of the last
+ * round are stored. A decode step's program (`oneBlock`) has the segment length fixed and holds X in registers.
+ *
+ * The kernel runs 32 workgroups per layer for a 16-head model (one per SM): it is bound by the latency of each
+ * thread's dependent instructions, so its loops keep independent sums in flight (docs/benchmarks.md, "several
+ * tiles per workgroup").
  *
  * It matches `gearCompressRef` of `cpu/gear.ts` (up to float summation order and rare code ties; with refits,
  * the rounds after the first quantize an L that differs by float rounding, so a few more codes and ranges can
@@ -129,6 +135,10 @@ export function gearCompressWgsl(p: GearCompressParams): string {
     : "";
   // The b of the mse grid, four to a vec4.
   const quads = Array.from({ length: FIT_STEPS / 4 }, (_, q) => q);
+  // The a of the mse grid scored in one pass over the values.
+  const ABLK = 4;
+  if (FIT_STEPS % ABLK !== 0) throw new RangeError(`FIT_STEPS ${FIT_STEPS} is not a multiple of ${ABLK}`);
+  const ablk = Array.from({ length: ABLK }, (_, a) => a);
   const range = mse
     ? `      // The outliers' values, then the kept values moved to the front of vals (in order), their min and max.
       var ov: array<f32, 16>;
@@ -145,37 +155,44 @@ export function gearCompressWgsl(p: GearCompressParams): string {
         mn = min(mn, v); mx = max(mx, v);
       }
       // Least squares over the grid lo = mn + a·r·FSTEP, hi = mx − b·r·FSTEP (a, b < FSTEPS, r = mx − mn) of
-      // the stored (f16) scale and min; the first best in (a, b) order, so min/max wins ties. Per a, one pass
-      // over the values scores every b, four to a vec4 (codes by the scale's reciprocal: 0 for a zero scale).
+      // the stored (f16) scale and min; the first best in (a, b) order, so min/max wins ties. Per block of
+      // ABLK a, one pass over the values scores every (a, b) of the block, four b to a vec4 (independent sums,
+      // so a thread's arithmetic overlaps; codes by the scale's reciprocal: 0 for a zero scale).
       let r = mx - mn;
       var sc = 0.0; var m16 = 0.0; var best = 0.0;
-      for (var a = 0u; a < FSTEPS; a++) {
-        let lo = mn + r * (f32(a) * FSTEP);
-        let z = f16r(lo);
+      for (var a0 = 0u; a0 < FSTEPS; a0 += ABLK) {
 ${
-      quads.map((q) =>
-        `        let s${q} = f16r4((mx - r * (vec4<f32>(${
-          [0, 1, 2, 3].map((e) => `${4 * q + e}.0`).join(", ")
-        }) * FSTEP) - lo) / LEVELS);
-        let i${q} = select(vec4<f32>(0.0), 1.0 / s${q}, s${q} != vec4<f32>(0.0));
-        var e${q} = vec4<f32>(0.0);`
+      ablk.map((aa) =>
+        `        let z${aa} = f16r(mn + r * (f32(a0 + ${aa}u) * FSTEP));
+` + quads.map((q) =>
+          `        let s${aa}_${q} = f16r4((mx - r * (vec4<f32>(${
+            [0, 1, 2, 3].map((e) => `${4 * q + e}.0`).join(", ")
+          }) * FSTEP) - (mn + r * (f32(a0 + ${aa}u) * FSTEP))) / LEVELS);
+        let i${aa}_${q} = select(vec4<f32>(0.0), 1.0 / s${aa}_${q}, s${aa}_${q} != vec4<f32>(0.0));
+        var e${aa}_${q} = vec4<f32>(0.0);`
+        ).join("\n")
       ).join("\n")
     }
         for (var i = 0u; i < m; i++) {
-          let u = vals[i] - z;
+          let v = vals[i];
 ${
-      quads.map((q) =>
-        `          let d${q} = u - clamp(floor(u * i${q} + 0.5), vec4<f32>(0.0), vec4<f32>(LEVELS)) * s${q};
-          e${q} += d${q} * d${q};`
+      ablk.map((aa) =>
+        `          let u${aa} = v - z${aa};
+` + quads.map((q) =>
+          `          let d${aa}_${q} = u${aa} - clamp(floor(u${aa} * i${aa}_${q} + 0.5), vec4<f32>(0.0), vec4<f32>(LEVELS)) * s${aa}_${q};
+          e${aa}_${q} += d${aa}_${q} * d${aa}_${q};`
+        ).join("\n")
       ).join("\n")
     }
         }
 ${
-      quads.flatMap((q) =>
-        [..."xyzw"].map((lane, e) =>
-          `        if (${
-            q + e === 0 ? "a == 0u || " : ""
-          }e${q}.${lane} < best) { best = e${q}.${lane}; sc = s${q}.${lane}; m16 = z; }`
+      ablk.flatMap((aa) =>
+        quads.flatMap((q) =>
+          [..."xyzw"].map((lane, e) =>
+            `        if (${
+              aa + q + e === 0 ? "a0 == 0u || " : ""
+            }e${aa}_${q}.${lane} < best) { best = e${aa}_${q}.${lane}; sc = s${aa}_${q}.${lane}; m16 = z${aa}; }`
+          )
         )
       ).join("\n")
     }
@@ -220,6 +237,14 @@ ${
   // The outliers' corrections, once every residual entry is written.
   q_barrier(shr);${scatterKeys}${scatterValues}`
     : "";
+  // The power iteration's per-rank accumulators a0, a1, … (J in a template: the rank, ACC: its accumulator).
+  const ranks = Array.from({ length: Math.max(R, 1) }, (_, j) => j);
+  const accs = {
+    decl: ranks.map((j) => `var a${j} = 0.0;`).join(" "),
+    add: (term: string) => ranks.map((j) => `a${j} += x * ${term.replaceAll("J", `${j}u`)};`).join(" "),
+    store: (stmt: string) =>
+      ranks.map((j) => stmt.replaceAll("J", `${j}u`).replaceAll("ACC", `a${j}`)).join(" "),
+  };
   const lowRankFit = R > 0
     ? `
   // --- 3. residual R [n, D] into scratch ---${
@@ -240,14 +265,15 @@ ${
   workgroupBarrier();
   for (var it = 0u; it < LOOPS; it++) {
     gs_p(li);
-    // Q = R·P (each residual entry read once for every rank; the sums run over c in order).
+    // Q = R·P (each residual entry read once for every rank; the sums run over c in order; one named
+    // accumulator per rank, so they stay in registers).
     for (var t = li; t < n; t += WG) {
-      var acc = array<f32, RANK>(); // zeroed per pass: naga zeroes an uninitialized one only once
+      ${accs.decl}
       for (var c = 0u; c < D; c++) {
         let x = res_at(shr, sb, t, c);
-        for (var j = 0u; j < RANK; j++) { acc[j] += x * ps[c * RANK + j]; }
+        ${accs.add("ps[c * RANK + J]")}
       }
-      for (var j = 0u; j < RANK; j++) { q_put(shr, qb, t * RANK + j, acc[j]); }
+      ${accs.store("q_put(shr, qb, t * RANK + J, ACC);")}
     }
     q_barrier(shr);
     if (it == LOOPS - 1u) {
@@ -266,12 +292,12 @@ ${
     }
     // P = Rᵀ·Q (each residual entry read once for every rank; the sums run over t in order).
     for (var c = li; c < D; c += WG) {
-      var acc = array<f32, RANK>(); // zeroed per pass: naga zeroes an uninitialized one only once
+      ${accs.decl}
       for (var t = 0u; t < n; t++) {
         let x = res_at(shr, sb, t, c);
-        for (var j = 0u; j < RANK; j++) { acc[j] += x * q_get(shr, qb, t * RANK + j); }
+        ${accs.add("q_get(shr, qb, t * RANK + J)")}
       }
-      for (var j = 0u; j < RANK; j++) { ps[c * RANK + j] = acc[j]; }
+      ${accs.store("ps[c * RANK + J] = ACC;")}
     }
     workgroupBarrier();
   }`
@@ -554,7 +580,8 @@ const O_SEG: u32 = ${o.seg}u;${
 const GLEN: u32 = ${l.group}u;
 const KMAX: u32 = ${kMax}u;
 const FSTEPS: u32 = ${FIT_STEPS}u;
-const FSTEP: f32 = ${FIT_STEP};`
+const FSTEP: f32 = ${FIT_STEP};
+const ABLK: u32 = ${ABLK}u;`
       : ""
   }${refits > 0 ? `\nconst REFITS: u32 = ${refits}u;` : ""}
 @group(0) @binding(0) var<storage, read_write> store: array<u32>;
