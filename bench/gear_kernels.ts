@@ -19,9 +19,9 @@
  *     [--compress-ablate ring,grid+loops1,…]  # a diagnostic (results wrong, timing only): the compression
  *                                       # (at the last context) without parts, each variant a '+'-joined set of
  *                                       # ring (the ring's loads: values computed instead), grid (the mse
- *                                       # fit's grid: one point), loops1 (one power-iteration loop), refits0
- *                                       # (no refit rounds), select (no outlier selection), membar (storage
- *                                       # barriers as workgroup barriers)
+ *                                       # fit's grid: its first block of a), loops1 (one power-iteration
+ *                                       # loop), refits0 (no refit rounds), select (no outlier selection),
+ *                                       # membar (storage barriers as workgroup barriers)
  *
  * The GEAR store is filled the way decoding fills it: block after block of random f16 keys and values written
  * to the full-precision ring and compressed by the real compress kernel (at --rank, as at prefill). Prints a
