@@ -276,6 +276,17 @@ export class GearGpu {
     const ringK = this.#track(storageBuffer(device, `L${index}.gear-ring-k`, ringBytes));
     const ringV = this.#track(storageBuffer(device, `L${index}.gear-ring-v`, ringBytes));
     const store = this.#track(storageBuffer(device, `L${index}.gear-store`, l.words * 4));
+    // A split-K attention program writing the partials, and a merge of them into attn.
+    const splitK = (prog: Program, name: string): Dispatch => ({
+      program: prog,
+      group: prog.bind(`L${index}.gear-attention-${name}`, [b.q, store, ringK, ringV, this.#partials]),
+      grid: [s.nH, 1, 1],
+    });
+    const merge = (prog: Program, name: string): Dispatch => ({
+      program: prog,
+      group: prog.bind(`L${index}.gear-attention-${name}`, [this.#partials, b.attn]),
+      grid: [mergeGroupsX(s.nH, s.hd), 1, 1],
+    });
     const compress = (prog: Program): Dispatch => ({
       program: prog,
       group: prog.bind(`L${index}.gear-compress`, [store, ringK, ringV, this.#scratch]),
@@ -296,45 +307,13 @@ export class GearGpu {
         group: att.full.bind(`L${index}.gear-attention`, [b.q, store, ringK, ringV, b.attn]),
         grid: [s.nH, 1, 1],
       },
-      split: {
-        program: att.split,
-        group: att.split.bind(`L${index}.gear-attention-split`, [b.q, store, ringK, ringV, this.#partials]),
-        grid: [s.nH, 1, 1],
-      },
-      splitWide: att.wide && {
-        program: att.wide,
-        group: att.wide.bind(`L${index}.gear-attention-split-wide`, [
-          b.q,
-          store,
-          ringK,
-          ringV,
-          this.#partials,
-        ]),
-        grid: [s.nH, 1, 1],
-      },
-      merge: {
-        program: P.merge,
-        group: P.merge.bind(`L${index}.gear-attention-merge`, [this.#partials, b.attn]),
-        grid: [mergeGroupsX(s.nH, s.hd), 1, 1],
-      },
+      split: splitK(att.split, "split"),
+      splitWide: att.wide && splitK(att.wide, "split-wide"),
+      merge: merge(P.merge, "merge"),
       splitTiers: GearGpu.#tiers(s).map((t, i) => ({
         ...t,
-        split: {
-          program: att.tiers[i],
-          group: att.tiers[i].bind(`L${index}.gear-attention-split-t${t.tiles}`, [
-            b.q,
-            store,
-            ringK,
-            ringV,
-            this.#partials,
-          ]),
-          grid: [s.nH, 1, 1],
-        },
-        merge: {
-          program: P.mergeTiers[i],
-          group: P.mergeTiers[i].bind(`L${index}.gear-attention-merge-t${t.tiles}`, [this.#partials, b.attn]),
-          grid: [mergeGroupsX(s.nH, s.hd), 1, 1],
-        },
+        split: splitK(att.tiers[i], `split-t${t.tiles}`),
+        merge: merge(P.mergeTiers[i], `merge-t${t.tiles}`),
       })),
       compressPrefill: compress(P.compressPrefill),
       compressDecode: compress(P.compressDecode),
