@@ -18,7 +18,7 @@
  * there, 32 to a pass over the values (the outlier entries of a chunk of groups are packed into words by a
  * thread per unit after a barrier). Refit rounds repeat steps 1–4 on Y = X − L (L = Q·Pᵀ of the last round),
  * which is kept where the residual goes; the residual stays X − dequant − outliers, and the factors of the last
- * round are stored. A decode step's program (`oneBlock`) has the segment length fixed and holds X in registers.
+ * round are stored. A decode step's program (`oneBlock`) has the segment length fixed.
  *
  * The kernel runs 32 workgroups per layer for a 16-head model (one per SM): it is bound by the latency of each
  * thread's dependent instructions, so its loops keep independent sums in flight (docs/benchmarks.md, "several
@@ -112,16 +112,6 @@ export function gearCompressWgsl(p: GearCompressParams): string {
   const swz = Math.min(32, l.hd & -l.hd) - 1;
   // Refits refit the low-rank part: a rank-0 program has none.
   const refits = R > 0 ? fit.refits : 0;
-  // A one-block program holds the block's X in registers, xr [NX] f32: element i = li + k·WG of [NB, D] at xr[k]
-  // (read from the ring once; the element-wise loops below walk the same elements).
-  const nx = Math.ceil((l.buffer * l.hd) / WG);
-  const xreg = p.oneBlock === true;
-  // The element-wise loop over the segment's [n, D] entries, with i and (for xr) k.
-  const elems = xreg
-    ? "for (var k = 0u; k < NX; k++) {\n    let i = li + k * WG;\n    if (i >= n * D) { break; }"
-    : "for (var i = li; i < n * D; i += WG) {";
-  // X at entry i of the loop (t = i / D, c = i % D).
-  const xAt = xreg ? "xr[k]" : "ring_at(kind, bh, c0 + i / D, i % D)";
   // What the quantization reads at (absolute token t, channel c): the ring; with refits Y = X − L [n, D] f32,
   // kept where the residual goes (rsh or scratch; res_at), Y = X on the first round.
   const src = (t: string, c: string) =>
@@ -250,10 +240,10 @@ ${
   // --- 3. residual R [n, D] into scratch ---${
       refits > 0 ? "\n  // (over Y, each entry by the thread that read it)" : ""
     }
-  ${elems}
+  for (var i = li; i < n * D; i += WG) {
     let t = c0 + i / D;
     let c = i % D;
-    let x = ${xAt};
+    let x = ring_at(kind, bh, t, c);
     let pr = par_get(shr, kind, bh, t, c, c0);${refits > 0 ? "\n    let y = res_at(shr, sb, i / D, c);" : ""}
     let v = x - (f32(code_of(${refits > 0 ? "y" : "x"}, pr.x, pr.y)) * pr.x + pr.y);
     if (shr) { rsh[ridx(i / D, c)] = v; } else { scr[sb + i] = v; }
@@ -507,8 +497,8 @@ ${outlierSelect}${range}
   const body = refits > 0
     ? `
   // --- Y = X for the first round ---
-  ${elems}
-    let v = ${xAt};
+  for (var i = li; i < n * D; i += WG) {
+    let v = ring_at(kind, bh, c0 + i / D, i % D);
     if (shr) { rsh[ridx(i / D, i % D)] = v; } else { scr[sb + i] = v; }
   }
   storageBarrier();
@@ -519,12 +509,12 @@ ${quantize}
   if (rf < REFITS) {
     // --- Y = X − L, L(t, c) = Σ_j Qdeq[t, j]·f16(P[c, j]), over the residual the last loop read ---
     storageBarrier();
-    ${elems}
+    for (var i = li; i < n * D; i += WG) {
       let t = i / D;
       let c = i % D;
       var lr = 0.0;
       for (var j = 0u; j < RANK; j++) { lr += q_get(shr, qb, t * RANK + j) * f16r(ps[c * RANK + j]); }
-      let v = ${xAt} - lr;
+      let v = ring_at(kind, bh, c0 + t, c) - lr;
       if (shr) { rsh[ridx(t, c)] = v; } else { scr[sb + i] = v; }
     }
     storageBarrier();
@@ -560,7 +550,6 @@ const PW: u32 = ${l.PW}u;
 const LOOPS: u32 = ${p.loops}u;
 const SEED: u32 = ${p.seed >>> 0}u;
 const NB: u32 = ${l.buffer}u;
-const NX: u32 = ${nx}u;
 const BUFCAP: u32 = ${l.bufCap}u;
 const NBLK: u32 = ${l.nBlk}u;
 const REGION: u32 = ${l.bufCap * (l.hd + Math.max(1, l.rMax))}u;
@@ -752,17 +741,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let n = ${p.oneBlock ? "NB; // one block per call (oneBlock)" : "c1 - c0;"}
   let sb = (bh * 2u + kind) * REGION;
   let shr = n <= NSH;
-  let qb = sb + BUFCAP * D;${
-    xreg
-      ? `
-  // X of the block in registers (element li + k·WG at xr[k]), loaded together.
-  var xr: array<f32, NX>;
-  for (var k = 0u; k < NX; k++) {
-    let i = li + k * WG;
-    if (i < n * D) { xr[k] = ring_at(kind, bh, c0 + i / D, i % D); }
-  }`
-      : ""
-  }
+  let qb = sb + BUFCAP * D;
 ${body}
   // --- 5. segment table ---
   if (h == 0u && kind == 0u) {
