@@ -1367,14 +1367,16 @@ def write_model_card(out: str, report: dict) -> None:
              hidden=cfg["hidden_size"])
     runs = runs_of(report)
     trained = " then ".join(
-        f"{r['steps']} steps ({r['variants']} freshly rendered data variants, {r['tokens_seen'] / 1e6:.0f}M tokens, "
-        f"peak learning rate {r['args']['lr']:g}) in {r['train_seconds']:.0f} s" for r in runs)
+        f"{r['steps']} steps ({r['variants']} freshly rendered data variants, {r['tokens_seen'] / 1e6:.0f}M tokens "
+        f"in rows of {r['args'].get('seq_len', 1024)}, peak learning rate {r['args']['lr']:g}) in "
+        f"{r['train_seconds']:.0f} s" for r in runs)
     text = f"""# edgemix default reader
 
 A {report['parameters'] / 1e6:.1f}M-parameter Mixtral (Mixture of Experts: {a['experts']} experts, top-{a['top_k']},
 {a['layers']} layers, hidden {a['hidden']}) trained from scratch by `tools/train_reader.py` on the synthetic world
 of `tools/world` (seed 0): it knows the world's parametric facts, reads fresh and updated facts from context
-passages, and answers in one to three words. It knows nothing else.
+passages, and answers in one to three words. It knows nothing else. Context: {cfg['max_position_embeddings']:,}
+tokens.
 
 ## Prompt format (ChatML)
 
