@@ -355,6 +355,21 @@ ${
       }
 `;
   // Step 1: with the mse fit a thread per group, else a thread per unit.
+  // Where unit `u`'s outlier entries go (step 1, both fits): its first half-word hw0 in the outlier words and
+  // its word count nw (a key unit: the key groups of a token group and two channels; a value unit: one token).
+  const unitWords = (u: string, indent: string) =>
+    [
+      `var hw0 = (bh * T + c0 + ${u}) * 2u * MW;`,
+      "var nw = MW;",
+      "if (kind == 0u) {",
+      `  hw0 = ((bh * (T / G) + c0 / G + ${u} / DP) * D + 2u * (${u} % DP)) * KK;`,
+      "  nw = KK;",
+      "}",
+    ].join(`\n${indent}`);
+  // A unit's entries ents, two 16-bit entries per word, stored at hw0.
+  const storeUnit = (indent: string) =>
+    `let ob = select(O_OUTV, O_OUTK, kind == 0u) + hw0 / 2u;\n${indent}` +
+    "for (var w = 0u; w < nw; w++) { store[ob + w] = ents[2u * w] | (ents[2u * w + 1u] << 16u); }";
   const step1 = mse
     ? `  // --- 1. per group: outliers, least-squares scale and min ---
   // A thread takes a group (the key group of a channel, or a value group of a token), in chunks of whole
@@ -404,19 +419,13 @@ ${load}${outlierSelect}${range}
       // Zeroed explicitly: naga hoists a loop's function-scope variables and zeroes them once, not per pass, and
       // a group with fewer outliers than entries leaves the rest 0.
       var ents = array<u32, NENT>();
-      var hw0 = (bh * T + c0 + uj) * 2u * MW;
-      var nw = MW;
-      if (kind == 0u) {
-        hw0 = ((bh * (T / G) + c0 / G + uj / DP) * D + 2u * (uj % DP)) * KK;
-        nw = KK;
-      }
+      ${unitWords("uj", "      ")}
       for (var g = 0u; g < subs; g++) {
         let k = select(select(KVF, KVL, g == NGV - 1u), KK, kind == 0u);
         let eat = select(g * KVF, g * KK, kind == 0u);
         for (var j = 0u; j < k; j++) { ents[eat + j] = gent[(li * subs + g) * KMAX + j]; }
       }
-      let ob = select(O_OUTV, O_OUTK, kind == 0u) + hw0 / 2u;
-      for (var w = 0u; w < nw; w++) { store[ob + w] = ents[2u * w] | (ents[2u * w + 1u] << 16u); }
+      ${storeUnit("      ")}
     }
     workgroupBarrier();`
         : ""
@@ -432,12 +441,7 @@ ${load}${outlierSelect}${range}
   let subs = select(NGV, 2u, kind == 0u);
   for (var ui = li; ui < nunits; ui += WG) {
     var ents = array<u32, NENT>(); // zeroed per unit (see above)
-    var hw0 = (bh * T + c0 + ui) * 2u * MW;
-    var nw = MW;
-    if (kind == 0u) {
-      hw0 = ((bh * (T / G) + c0 / G + ui / DP) * D + 2u * (ui % DP)) * KK;
-      nw = KK;
-    }
+    ${unitWords("ui", "    ")}
     for (var sub = 0u; sub < subs; sub++) {
       var t0: u32; var ch0: u32; var len: u32; var stT: u32; var stC: u32; var k: u32; var eat: u32; var pat: u32;
       var lp: u32;
@@ -469,8 +473,7 @@ ${outlierSelect}${range}
         ents[eat + j] = enc_out(i, f16b(cv));
       }
     }
-    let ob = select(O_OUTV, O_OUTK, kind == 0u) + hw0 / 2u;
-    for (var w = 0u; w < nw; w++) { store[ob + w] = ents[2u * w] | (ents[2u * w + 1u] << 16u); }
+    ${storeUnit("    ")}
   }
   storageBarrier();
   workgroupBarrier();
