@@ -58,13 +58,15 @@
 #     time at 1k/8k/32k context with the f16 cache, quant-2 and gear-2 (bundle gpu_profile)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gear32k   # ~3 min: GEAR's kernels, steady
 #     decode after a 32k prompt with gear-2 and the f16 cache (bundle gear_kernels, gpu_gear)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxsplit   # ~4 min: MxMoE 3.25 and w4g128
+#     step time with the down projection's experts summed by teams of threads (bundle gpu_profile)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearfit   # ~5 min: GEAR's kernels with the
 #     joint fit's compression, a step at 32k, steady decode at 32k (bundle gear_kernels, gpu_profile, gpu_gear)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k or gearfit}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit or gearfit}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -569,6 +571,21 @@ gear32k)
     echo "$kv rc=$?" >>"$logs/decode_32k.log"
   done
   ;;
+mxsplit)
+  # MxMoE 3.25 against w4g128: a decode step's GPU time with the packed down projection's experts summed by
+  # teams (the third number of a shape: qdown=TPOxOUTSxSPLIT), alternated by model (~4 min; bundle gpu_profile).
+  (packed mx325 w4g128,w2g128) &
+  (packed w4 w4g128) &
+  wait
+  for sh in none qdown=16x16x2 qdown=32x8x2 qdown=16x16x4; do
+    for m in mx325 w4; do
+      echo "== $m shapes $sh" >>"$logs/shapes.log"
+      args=(); [ "$sh" != none ] && args=(--shapes "$sh")
+      timeout 45 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 --ablate off "${args[@]}" \
+        >>"$logs/shapes.log" 2>&1
+    done
+  done
+  ;;
 gearfit)
   # GEAR's kernels with mode gear's joint fit in the compression (decode rank 2 and prefill rank 4), the f16
   # cache's for comparison, then a decode step at 32k with f16 and gear-2 and gear-2's block-completing step,
@@ -592,7 +609,7 @@ gearfit)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|gearfit" >&2
+  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|mxsplit|gearfit" >&2
   exit 2
   ;;
 esac
