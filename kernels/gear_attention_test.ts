@@ -14,7 +14,7 @@ import { gearCompressProgram, gearScratchFloats } from "./gear_compress.ts";
 import { compressedBefore, type GearLayout, gearLayout } from "./gear_layout.ts";
 import { type Dispatch, encodeDispatch, readBuffer } from "./gpu.ts";
 import { mergeGroupsX } from "./split_merge.ts";
-import { buf, randomArray, relError, rng, roundF16, SKIP_GPU, testGpu } from "./test_util.ts";
+import { buf, randomArray, relError, relRmsError, rng, roundF16, SKIP_GPU, testGpu } from "./test_util.ts";
 
 interface Case {
   bits: number;
@@ -473,17 +473,11 @@ Deno.test({
         const c = compressedBefore(pos[b], 64);
         for (let h = 0; h < l.nKV; h++) {
           for (const kind of [0, 1] as const) {
-            const g = gearReconstructRef(l, gpuStore, kind, b, h, 0, c);
-            const w = gearReconstructRef(l, cpuStore, kind, b, h, 0, c);
-            let d = 0, norm = 0;
-            for (let i = 0; i < w.length; i++) {
-              d += (g[i] - w[i]) ** 2;
-              norm += w[i] ** 2;
-            }
-            assert.ok(
-              Math.sqrt(d / norm) < 2e-2,
-              `lane ${b} head ${h} kind ${kind}: rms ${Math.sqrt(d / norm)}`,
+            const err = relRmsError(
+              gearReconstructRef(l, gpuStore, kind, b, h, 0, c),
+              gearReconstructRef(l, cpuStore, kind, b, h, 0, c),
             );
+            assert.ok(err < 2e-2, `lane ${b} head ${h} kind ${kind}: rms ${err}`);
           }
         }
         const seg = (s: Uint32Array) =>

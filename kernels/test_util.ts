@@ -123,6 +123,17 @@ export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return m === 0 ? d : d / m;
 }
 
+/** Relative RMS error ‖a − b‖₂ / ‖b‖₂ of `a` against the reference `b` (Infinity where `a` is not finite). */
+export function relRmsError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0, m = 0;
+  for (let i = 0; i < b.length; i++) {
+    if (!Number.isFinite(a[i])) return Infinity;
+    d += (a[i] - b[i]) ** 2;
+    m += b[i] ** 2;
+  }
+  return Math.sqrt(m === 0 ? d : d / m);
+}
+
 /** A quantization scheme of a test matrix: "f16", or [bits, group]. */
 export type TestScheme = "f16" | [number, number];
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { SKIP_GPU } from "../../kernels/test_util.ts";
+import { relRmsError, SKIP_GPU } from "../../kernels/test_util.ts";
 import { loadModel } from "../model.ts";
 import { bytesModelCosts, type CostTable } from "./cost.ts";
 import { compareModels } from "./quality.ts";
@@ -69,15 +69,8 @@ Deno.test("uniform RTN w4g128 writes a checkpoint that loads, with every expert 
       const gpu = await loadModel(out, { backend: "webgpu", dtype: "f32", prefillRows: 1 });
       const probe = ids.slice(0, 24);
       const a = await model.logits(probe), b = await gpu.logits(probe);
-      let num = 0, den = 0;
-      for (let i = 0; i < a.length; i++) {
-        num += (a[i] - b[i]) ** 2;
-        den += a[i] ** 2;
-      }
-      assert.ok(
-        Math.sqrt(num / den) < 1e-4,
-        `relative logit error one row per forward ${Math.sqrt(num / den)}`,
-      );
+      const err = relRmsError(b, a);
+      assert.ok(err < 1e-4, `relative logit error one row per forward ${err}`);
       await gpu.dispose();
     }
     await model.dispose();
@@ -116,20 +109,15 @@ Deno.test("MxMoE 3.25 respects the budget, allocates every block, and loads on t
     const gpu = await loadModel(out, { backend: "webgpu", dtype: "f32" });
     const ids = cpu.tokenizer.encode("The lighthouse keeper kept a logbook for forty years.");
     const a = await cpu.logits(ids), b = await gpu.logits(ids);
-    let num = 0, den = 0;
-    for (let i = 0; i < a.length; i++) {
-      num += (a[i] - b[i]) ** 2;
-      den += a[i] ** 2;
-    }
-    assert.ok(Math.sqrt(num / den) < 1e-4, `relative logit error ${Math.sqrt(num / den)}`);
+    const err = relRmsError(b, a);
+    assert.ok(err < 1e-4, `relative logit error ${err}`);
     const o = { maxTokens: 12, ignoreEos: true };
     assert.deepEqual(await gpu.generate(ids, o), await cpu.generate(ids, o));
     // Prefill through the dequantizing GEMM for the packed attention projections too.
     const gemm = await loadModel(out, { backend: "webgpu", dtype: "f32", gemm: true });
     const c = await gemm.logits(ids);
-    let num2 = 0;
-    for (let i = 0; i < a.length; i++) num2 += (a[i] - c[i]) ** 2;
-    assert.ok(Math.sqrt(num2 / den) < 1e-4, `relative logit error with qgemm ${Math.sqrt(num2 / den)}`);
+    const errGemm = relRmsError(c, a);
+    assert.ok(errGemm < 1e-4, `relative logit error with qgemm ${errGemm}`);
     await gemm.dispose();
     await cpu.dispose();
     await gpu.dispose();
