@@ -577,7 +577,7 @@ mxsplit)
   (packed mx325 w4g128,w2g128) &
   (packed w4 w4g128) &
   wait
-  for sh in none qdown=16x16x2 qdown=32x8x2 qdown=16x16x4; do
+  for sh in none qdown=16x16x1 qdown=32x8x2 qdown=16x16x4; do
     for m in mx325 w4; do
       echo "== $m shapes $sh" >>"$logs/shapes.log"
       args=(); [ "$sh" != none ] && args=(--shapes "$sh")

@@ -45,8 +45,12 @@ export function qgemvShape(n: number): MatvecShape {
 }
 /** Shape of the quantized expert gate/up mat-vec (outputs are expert-hidden features, gate and up rows each). */
 export const QGATEUP_SHAPE: MatvecShape = { tpo: 16, outs: 16 };
-/** Shape of the quantized expert down mat-vec. */
-export const QDOWN_SHAPE: MatvecShape = { tpo: 16, outs: 16 };
+/**
+ * Shape of the quantized expert down mat-vec: 16 threads per output in two teams of 8, each summing half of the
+ * experts (an H200 decode step at OLMoE shape, w4g128: 1.215–1.229 ms against 1.249–1.260 with one team; MxMoE
+ * 3.25: 1.253–1.274 against 1.264–1.277).
+ */
+export const QDOWN_SHAPE: MatvecShape = { tpo: 16, outs: 16, split: 2 };
 
 /** The meta table as a u32 array of vec4 entries. */
 export function metaTable(entries: QuantMeta[]): Uint32Array {
@@ -676,60 +680,118 @@ export interface QDownParams {
  * WGSL of quantized down with the residual add: `x_r += α Σ_j w_rj · down_e(h[r k + j])`. Bindings: 0 h [R k, I];
  * 1 qw; 2 qp; 3 meta [E]; 4 ids [R, k]; 5 weights [R, k]; 6 x [R, H]. Grid: (ceil(H / shape.outs), rows). With
  * `staged` (and schemes) the row's k expert inputs are first copied to workgroup memory ({@linkcode qStagedBytes}).
+ *
+ * Thread `li` is lane `li % TPR` of output `(li / TPR) % OUTS` in team `li / (OUTS · TPR)`; team q sums experts
+ * q, q + SPLIT, … of its outputs. Teams are whole runs of `OUTS · TPR` threads, so the threads of a warp (32) work
+ * on one expert at a time and its scheme's branch is uniform across the warp (with teams inside an output's
+ * threads, MxMoE's mixed down ran both branches: 0.377 against uniform w4g128's 0.306 ms per step on an H200).
  */
 export function qDownWgsl(p: QDownParams, shape: MatvecShape = QDOWN_SHAPE, staged = false): string {
   checkK("the quantized down projection", p.inter);
   checkMatvecShape("the quantized down projection", shape);
-  const wg = shape.outs * shape.tpo;
+  const wg = shape.outs * shape.tpo, split = shape.split ?? 1;
+  const stage = staged && p.schemes !== undefined;
   return `${prelude()}
 const H: u32 = ${p.hidden}u;
 const K: u32 = ${p.inter}u;
 const TOPK: u32 = ${p.topK}u;
-const TPO: u32 = ${shape.tpo}u;
-// Teams of TPR threads sum different experts.
-const SPLIT: u32 = ${shape.split ?? 1}u;
-const TPR: u32 = TPO / SPLIT;
+const OUTS: u32 = ${shape.outs}u;
+const WG: u32 = ${wg}u;
+// Teams of OUTS · TPR threads sum different experts.
+const SPLIT: u32 = ${split}u;
+const TPR: u32 = ${shape.tpo / split}u;
 @group(0) @binding(0) var<storage, read> xa: array<vec4<f32>>;
 ${QBINDINGS}
 @group(0) @binding(4) var<storage, read> ids: array<u32>;
 @group(0) @binding(5) var<storage, read> wts: array<f32>;
 @group(0) @binding(6) var<storage, read_write> x: array<f32>;
 ${qdotWordsFn()}
-${stagedDecl(p.inter, p.schemes, staged, p.topK, wg)}
+${stage ? `var<workgroup> xsh: array<vec4<f32>, ${p.topK * (p.inter / 4)}>;` : ""}
 var<workgroup> dmeta: array<vec4<u32>, TOPK>;
 var<workgroup> dwts: array<f32, TOPK>;
-${qdotFn(1, p.inter, p.schemes, staged && p.schemes !== undefined, shape.tpo / (shape.split ?? 1))}
-${reduce(wg)}
+var<workgroup> part: array<f32, WG>;
+${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.y;
   if (r >= st.rows) { return; }
-  let t = li % TPO;
-  let c = wg.x * ${shape.outs}u + li / TPO;
-  // The row's experts' meta entries and weights, read once for all threads.
-  for (var j = li; j < TOPK; j += ${wg}u) {
+  let tt = li % TPR;
+  let o = (li / TPR) % OUTS;
+  let team = li / (OUTS * TPR);
+  let c = wg.x * OUTS + o;
+  ${stage ? downStaging(p.inter, p.topK, p.schemes!, wg) : DOWN_METAS}
+  var acc = 0.0;
+  if (c < H) {
+    for (var j = team; j < TOPK; j += SPLIT) {
+      acc += dwts[j] * qdot1(dmeta[j], c, (r * TOPK + j) * K, j * K / 4u, tt);
+    }
+  }
+  // The lanes' sums, then team 0's first lane adds the other teams'.
+  part[li] = acc;
+  workgroupBarrier();
+  for (var s = TPR / 2u; s > 0u; s >>= 1u) {
+    if (tt < s) { part[li] += part[li + s]; }
+    workgroupBarrier();
+  }
+  if (team == 0u && tt == 0u && c < H) {
+    var d = 0.0;
+    for (var q = 0u; q < SPLIT; q++) { d += part[q * OUTS * TPR + o * TPR]; }
+    x[r * H + c] += ${f32Lit(p.alpha)} * d;
+  }
+}`;
+}
+
+/** WGSL: the row's experts' meta entries and routing weights into workgroup memory, read once for all threads. */
+const DOWN_METAS = `for (var j = li; j < TOPK; j += WG) {
     let slot = r * TOPK + j;
     dmeta[j] = qmeta[ids[slot]];
     dwts[j] = wts[slot];
   }
-  workgroupBarrier();
-  ${
-    staged && p.schemes
-      ? `for (var j = 0u; j < TOPK; j++) {
-    stage_x(dmeta[j], (r * TOPK + j) * K / 4u, j * K / 4u, li);
+  workgroupBarrier();`;
+
+/** Activation vec4s a thread of the down projection loads before storing any (staging in rounds of this many). */
+const STAGE_ROUND = 16;
+
+/**
+ * WGSL staging the down projection's `topK` expert inputs (rows of `k` values) in workgroup memory `xsh`, and the
+ * meta entries: each thread's loads are issued before the meta entries are read and before any is stored, in
+ * rounds of {@linkcode STAGE_ROUND}, so the copy waits for memory once per round (a loop over the experts waited
+ * once per expert: the w4g128 down took 0.340–0.348 ms per step so, 0.320–0.329 with the loads first, on an
+ * H200). Expert j's input is stored permuted for its scheme (vec4 i of chunk c at `j · k/4 + i · cpr + c`, as
+ * `stage_x` does); for a scheme read word by word nothing is stored (its dot product reads `xa`).
+ */
+function downStaging(k: number, topK: number, schemes: readonly QuantScheme[], wg: number): string {
+  const k4 = k / 4, nper = Math.ceil(k4 / wg);
+  const pairs: [number, number][] = [];
+  for (let j = 0; j < topK; j++) for (let u = 0; u < nper; u++) pairs.push([j, u]);
+  const chunkedSet = chunkedSchemes(schemes, k);
+  if (chunkedSet.length === 0) return DOWN_METAS;
+  const load = ([j, u]: [number, number]) => {
+    const i = `li + ${u * wg}u`;
+    return `let a${j}_${u} = xa[(r * TOPK + ${j}u) * ${k4}u + ${
+      (u + 1) * wg <= k4 ? i : `min(${i}, ${k4 - 1}u)`
+    }];`;
+  };
+  const store = ([j, u]: [number, number]) => {
+    const branches = chunkedSet.map((sc) => {
+      const nx = chunkVec4s(sc);
+      return `if (${isScheme(sc)}) { xsh[${j * k4}u + (i % ${nx}u) * ${
+        k4 / nx
+      }u + i / ${nx}u] = a${j}_${u}; }`;
+    });
+    const body = `{ let m = dmeta[${j}u]; let i = li + ${u * wg}u; ${branches.join(" else ")} }`;
+    return (u + 1) * wg <= k4 ? body : `if (li + ${u * wg}u < ${k4}u) ${body}`;
+  };
+  const out: string[] = [];
+  for (let b = 0; b < pairs.length; b += STAGE_ROUND) {
+    const round = pairs.slice(b, b + STAGE_ROUND);
+    out.push(...round.map(load));
+    // The meta entries load after the first round's activations are on their way.
+    if (b === 0) out.push(DOWN_METAS);
+    out.push(...round.map(store));
   }
-  workgroupBarrier();`
-      : ""
-  }
-  var acc = 0.0;
-  if (c < H) {
-    for (var j = t / TPR; j < TOPK; j += SPLIT) {
-      acc += dwts[j] * qdot1(dmeta[j], c, (r * TOPK + j) * K, j * K / 4u, t % TPR);
-    }
-  }
-  let d = reduce_seg(li, t, acc);
-  if (t == 0u && c < H) { x[r * H + c] += ${f32Lit(p.alpha)} * d; }
-}`;
+  out.push("workgroupBarrier();");
+  return out.join("\n  ");
 }
 
 /** The quantized mat-vec program (`shape`: see {@linkcode qgemvWgsl}). */

@@ -129,13 +129,24 @@ Deno.test({
     const idb = buf(device, "ids", new Uint32Array(ids)),
       hb = buf(device, "h", new Float32Array(rows * k * I));
     let xb: GPUBuffer;
-    // Shapes, and whether the kernels are given the sets' schemes (else they size chunks at run time).
+    // Shapes, and whether the kernels are given the sets' schemes (else they size chunks at run time). With
+    // schemes the down projection stages its inputs; its default shape and the last sum the experts in two
+    // teams, the second in four.
     for (
-      const [gs, ds, withSchemes] of [[QGATEUP_SHAPE, QDOWN_SHAPE, true], [{ tpo: 16, outs: 16 }, {
-        tpo: 32,
-        outs: 8,
-        split: 4,
-      }, false], [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true]] as [MatvecShape, MatvecShape, boolean][]
+      const [gs, ds, withSchemes] of [
+        [QGATEUP_SHAPE, QDOWN_SHAPE, true],
+        [{ tpo: 16, outs: 16 }, {
+          tpo: 32,
+          outs: 8,
+          split: 4,
+        }, false],
+        [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true],
+        [QGATEUP_SHAPE, {
+          tpo: 8,
+          outs: 8,
+          split: 2,
+        }, true],
+      ] as [MatvecShape, MatvecShape, boolean][]
     ) {
       xb = buf(device, "x", x0);
       const gp = await qGateUpProgram(device, ring, {
