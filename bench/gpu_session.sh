@@ -60,13 +60,15 @@
 #     decode after a 32k prompt with gear-2 and the f16 cache (bundle gear_kernels, gpu_gear)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxsplit   # ~4 min: MxMoE 3.25 and w4g128
 #     step time with the down projection's experts summed by teams of threads (bundle gpu_profile)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxunified   # ~4 min: MxMoE's mixed kernels
+#     with one code path for its 2- and 4-bit experts vs a branch per scheme (bundles gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearfit   # ~5 min: GEAR's kernels with the
 #     joint fit's compression, a step at 32k, steady decode at 32k (bundle gear_kernels, gpu_profile, gpu_gear)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit or gearfit}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit, mxunified or gearfit}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -586,6 +588,31 @@ mxsplit)
     done
   done
   ;;
+mxunified)
+  # MxMoE's mixed kernels with the 2- and 4-bit schemes in one code path (--unified on) against a branch per scheme
+  # (off), and uniform w4g128; w4mix (w4g128 + w4g64: two branches, same bits) tells the branches' own cost.
+  # A step's GPU time alternated twice, then decode alternated 3 times (~4 min; bundles gpu_profile, gpu_decode).
+  (packed mx325 w4g128,w2g128) &
+  (packed w4 w4g128) &
+  (packed w4mix w4g128,w4g64) &
+  wait
+  for round in 1 2; do
+    for run in "w4 off" "mx325 off" "mx325 on" "w4mix off" "w4mix on"; do
+      set -- $run
+      echo "== $1 unified $2 round $round" >>"$logs/unified.log"
+      timeout 45 deno run -A dist/gpu_profile.js --model "/tmp/$1" --pos 128 --ablate off --unified "$2" \
+        >>"$logs/unified.log" 2>&1
+    done
+  done
+  for round in 1 2 3; do
+    for run in "mx325 on" "w4 off" "mx325 off"; do
+      set -- $run
+      echo "== $1 unified $2 round $round" >>"$logs/unified_decode.log"
+      timeout 45 deno run -A dist/gpu_decode.js --model "/tmp/$1" --dtype f16 --reps 2 --tokens-per-submit 64 \
+        --unified "$2" >>"$logs/unified_decode.log" 2>&1
+    done
+  done
+  ;;
 gearfit)
   # GEAR's kernels with mode gear's joint fit in the compression (decode rank 2 and prefill rank 4), the f16
   # cache's for comparison, then a decode step at 32k with f16 and gear-2 and gear-2's block-completing step,
@@ -609,7 +636,7 @@ gearfit)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|mxsplit|gearfit" >&2
+  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|mxsplit|mxunified|gearfit" >&2
   exit 2
   ;;
 esac

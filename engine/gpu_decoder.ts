@@ -128,6 +128,11 @@ export interface GpuDecoderOptions {
    */
   matvecShapes?: { qgemv?: MatvecShape; qGateUp?: MatvecShape; qDown?: MatvecShape };
   /**
+   * The packed expert mat-vecs read a layer's 2- and 4-bit schemes (MxMoE's mixes) in one code path sized from
+   * each expert's meta entry, instead of a constant-size branch per scheme (default false; for measuring).
+   */
+  unifiedSchemes?: boolean;
+  /**
    * Run prefill MoE blocks as grouped GEMMs over the tokens of each expert (default false: on an H100 the
    * per-pair mat-vecs, served from L2, are still faster than the present grouped kernel).
    */
@@ -928,7 +933,13 @@ export class GpuDecoder implements TokenSource {
       // Shapes of this layer's expert mat-vecs (packed or plain), which their grids follow.
       const guOuts = (packedFfn ? qGateUpShape : GATEUP_SHAPE).outs;
       const dnOuts = (packedFfn ? qDownShape : DOWN_SHAPE).outs;
-      const guQParams: QGateUpParams = { hidden: H, inter: width, topK: kk, schemes: guPacked?.schemes };
+      const guQParams: QGateUpParams = {
+        hidden: H,
+        inter: width,
+        topK: kk,
+        schemes: guPacked?.schemes,
+        unified: options.unifiedSchemes,
+      };
       const guFParams: GateUpParams = { hidden: H, inter: width, topK: kk, dtype };
       const guProg = packedFfn
         ? await qGateUpProgram(device, ring, guQParams, qGateUpShape)
@@ -987,6 +998,7 @@ export class GpuDecoder implements TokenSource {
           topK: kk,
           alpha: c.residualMultiplier,
           schemes: dnPacked!.schemes,
+          unified: options.unifiedSchemes,
         }, qDownShape)
         : await downProgram(device, ring, {
           hidden: H,

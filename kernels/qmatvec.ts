@@ -163,6 +163,24 @@ function chunkedSchemes(schemes: readonly QuantScheme[], k: number): QuantScheme
   return [...seen.values()];
 }
 
+/**
+ * The schemes of `schemes` that one code path reads when `on` ({@linkcode qdotFn}'s unified branch): the 2- and
+ * 4-bit ones read in 16-byte chunks, with groups of whole 32-value units, when there are two or more of them
+ * (else none: a single scheme keeps its constant-size branch).
+ */
+function unifiedSchemes(schemes: readonly QuantScheme[] | undefined, k: number, on: boolean): QuantScheme[] {
+  if (!on || !schemes) return [];
+  const u = chunkedSchemes(schemes, k).filter((sc) =>
+    (sc.bits === 2 || sc.bits === 4) && sc.group % 32 === 0
+  );
+  return u.length >= 2 ? u : [];
+}
+
+/** Vec4s of activations per 16-byte chunk of `sc` as staged: 8 (a 32-value unit) when read by the unified path. */
+function stagedVec4s(sc: QuantScheme, unified: readonly QuantScheme[]): number {
+  return unified.includes(sc) ? 8 : chunkVec4s(sc);
+}
+
 /** WGSL condition: meta entry `m` is scheme `sc` and 16-byte aligned (its rows are read in chunks). */
 function isScheme(sc: QuantScheme): string {
   return sc.bits === 16
@@ -176,14 +194,20 @@ function isScheme(sc: QuantScheme): string {
  * consecutive vec4s (vec4 i of chunk c at `i · (k / 4 / nx) + c`, nx vec4s per chunk: no bank conflicts). For
  * a scheme read word by word nothing is copied (its path reads `xa`). `wg` threads share the copy.
  */
-function stageFn(k: number, schemes: readonly QuantScheme[], wg: number, norm = false): string {
+function stageFn(
+  k: number,
+  schemes: readonly QuantScheme[],
+  wg: number,
+  norm = false,
+  unified: readonly QuantScheme[] = [],
+): string {
   const k4 = k / 4;
   // With a fused RMSNorm the staged values are x∘g and the function returns the thread's share of Σx².
   const put = norm
     ? "let v = xa[xo4 + j]; ss += dot(v, v); xsh[DST] = v * gw[j];"
     : "xsh[DST] = xa[xo4 + j];";
   const branches = chunkedSchemes(schemes, k).map((sc) => {
-    const nx = chunkVec4s(sc);
+    const nx = stagedVec4s(sc, unified);
     const dst = `xs0 + (j % ${nx}u) * ${k4 / nx}u + j / ${nx}u`;
     // A constant trip count where the threads divide the row (the copies unroll, loads in flight together).
     const copy = k4 % wg === 0
@@ -222,6 +246,7 @@ function qdotFn(
   schemes?: readonly QuantScheme[],
   staged = false,
   tpr = 0,
+  unified: readonly QuantScheme[] = [],
 ): string {
   const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
   const ret = rows === 1 ? "f32" : "vec2<f32>";
@@ -279,7 +304,8 @@ function qdotFn(
   };
   let vector: string;
   if (schemes) {
-    const branches = chunkedSchemes(schemes, k).map((sc) => {
+    const own = chunkedSchemes(schemes, k).filter((sc) => !unified.includes(sc));
+    const branches = own.map((sc) => {
       const nx = chunkVec4s(sc), cpr = k / (4 * nx);
       // Staged: vec4 i of chunk c is at xs0 + i · cpr + c.
       const xAt = staged ? (i: number) => `xsh[xs0 + ${i * cpr}u + c]` : global;
@@ -294,6 +320,11 @@ function qdotFn(
       }
     }`;
     });
+    if (unified.length > 0 && tpr > 0) {
+      branches.unshift(`if (${unified.map((sc) => `(${isScheme(sc)})`).join(" || ")}) {
+      ${unifiedCode(rows, k, tpr, staged)}
+    }`);
+    }
     vector = branches.length === 0 ? "" : `let xo4 = xo / 4u;
   ${branches.join(" else ")}`;
   } else {
@@ -325,6 +356,67 @@ fn qdot${rows}(m: vec4<u32>, ${rowArgs}, xo: u32, xs0: u32, t: u32) -> ${ret} {
   ${generic}
   return ${result};
 }`;
+}
+
+/**
+ * WGSL of the unified branch of `qdot{rows}`: one code path for every 2- and 4-bit scheme of a set (groups of
+ * whole 32-value units), its sizes computed from the meta entry `m` instead of a branch per scheme. A row is read
+ * in units of 32 values (8 activation vec4s, staged like a 4-bit chunk: vec4 i of unit c at `xs0 + i · K/32 +
+ * c`): a 4-bit unit is a whole 16-byte chunk, a 2-bit unit half of one (two threads load the same chunk). Value
+ * vec4 q of a unit is word `(c · bits) % 4 + q · bits / 8` of its chunk, from bit `4 q · bits % 32`. A thread's
+ * `K / 32 / TPR` units are unrolled, their loads issued {@linkcode UNROLL} at a time.
+ */
+function unifiedCode(rows: number, k: number, tpr: number, staged: boolean): string {
+  const units = k / 32, nit = Math.ceil(units / tpr);
+  const xAt = staged
+    ? (i: number) => `xsh[xs0 + ${i * units}u + c]`
+    : (i: number) => `xa[xo4 + c * 8u + ${i}u]`;
+  const out: string[] = [
+    "let b = m.x;",
+    `let cpr = ${units}u * b / 4u;`,
+    "let upg = m.y / 32u;",
+    `let groups = ${k}u / m.y;`,
+    "let mask = vec4<u32>((1u << b) - 1u);",
+    "let lanes = vec4<u32>(0u, b, 2u * b, 3u * b);",
+  ];
+  for (let q = 0; q < 8; q++) {
+    out.push(`let wi${q} = ${q}u * b / 8u;`, `let sh${q} = lanes + vec4<u32>(${4 * q}u * b % 32u);`);
+  }
+  for (let u0 = 0; u0 < nit; u0 += UNROLL) {
+    const us = Array.from({ length: Math.min(UNROLL, nit - u0) }, (_, i) => u0 + i);
+    for (const u of us) {
+      const cu = u === nit - 1 && units % tpr !== 0
+        ? `min(t + ${u * tpr}u, ${units - 1}u)`
+        : `t + ${u * tpr}u`;
+      out.push(`let c${u} = ${cu};`);
+      for (let r = 0; r < rows; r++) {
+        out.push(
+          `let w${r}_${u} = qw[m.z / 4u + row${r} * cpr + c${u} * b / 4u];`,
+          `let sm${r}_${u} = unpack2x16float(qp[m.w + row${r} * groups + c${u} / upg]);`,
+        );
+      }
+    }
+    for (const u of us) {
+      const lines = [`let c = c${u};`, "let wo = c * b % 4u;"];
+      for (let i = 0; i < 8; i++) lines.push(`let x${i} = ${xAt(i)};`);
+      lines.push(
+        `let sx = dot(${Array.from({ length: 8 }, (_, i) => `x${i}`).join(" + ")}, vec4<f32>(1.0));`,
+      );
+      for (let r = 0; r < rows; r++) {
+        const terms = Array.from(
+          { length: 8 },
+          (_, q) => `dot(vec4<f32>((vec4<u32>(w${r}_${u}[wo + wi${q}]) >> sh${q}) & mask), x${q})`,
+        );
+        lines.push(`acc${r} += sm${r}_${u}.x * (${terms.join(" + ")}) + sm${r}_${u}.y * sx;`);
+      }
+      const body = `{
+        ${lines.join("\n        ")}
+      }`;
+      out.push(u === nit - 1 && units % tpr !== 0 ? `if (t + ${u * tpr}u < ${units}u) ${body}` : body);
+    }
+  }
+  out.push(`return ${rows === 1 ? "acc0" : "vec2<f32>(acc0, acc1)"};`);
+  return out.join("\n      ");
 }
 
 /** WGSL of the word-by-word dot product (any scheme) and the helpers of the chunked one. */
@@ -459,10 +551,11 @@ function stagedDecl(
   slots: number,
   wg: number,
   norm = false,
+  unified: readonly QuantScheme[] = [],
 ): string {
   if (!staged || !schemes) return "";
   return `var<workgroup> xsh: array<vec4<f32>, ${slots * (k / 4)}>;
-${stageFn(k, schemes, wg, norm)}`;
+${stageFn(k, schemes, wg, norm, unified)}`;
 }
 
 /**
@@ -604,6 +697,11 @@ export interface QGateUpParams {
   /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
   schemes?: readonly QuantScheme[];
   /**
+   * Read the set's 2- and 4-bit schemes (two or more) in one code path sized from each expert's meta entry
+   * instead of a branch per scheme (`unifiedCode`); default false.
+   */
+  unified?: boolean;
+  /**
    * The RMSNorm of x (this epsilon) fused in: x is the un-normalized input, the norm weight [H] f32 is bound
    * last, and each row's gate and up sums are scaled by its `1/rms`. Needs {@linkcode qNormFusable}.
    */
@@ -621,6 +719,7 @@ export function qGateUpWgsl(p: QGateUpParams, shape: MatvecShape = QGATEUP_SHAPE
   const norm = p.normEps !== undefined;
   if (norm) checkNormFusable("the quantized gate/up", p.hidden, p.schemes, staged);
   const wg = shape.outs * shape.tpo;
+  const uni = unifiedSchemes(p.schemes, p.hidden, p.unified ?? false);
   return `${prelude()}
 const K: u32 = ${p.hidden}u;
 const I: u32 = ${p.inter}u;
@@ -633,8 +732,8 @@ ${QBINDINGS}
 @group(0) @binding(5) var<storage, read_write> h: array<f32>;
 ${norm ? "@group(0) @binding(6) var<storage, read> gw: array<vec4<f32>>;" : ""}
 ${qdotWordsFn()}
-${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm)}
-${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo)}
+${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm, uni)}
+${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo, uni)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -674,6 +773,11 @@ export interface QDownParams {
   alpha: number;
   /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
   schemes?: readonly QuantScheme[];
+  /**
+   * Read the set's 2- and 4-bit schemes (two or more) in one code path sized from each expert's meta entry
+   * instead of a branch per scheme (`unifiedCode`); default false.
+   */
+  unified?: boolean;
 }
 
 /**
@@ -691,6 +795,7 @@ export function qDownWgsl(p: QDownParams, shape: MatvecShape = QDOWN_SHAPE, stag
   checkMatvecShape("the quantized down projection", shape);
   const wg = shape.outs * shape.tpo, split = shape.split ?? 1;
   const stage = staged && p.schemes !== undefined;
+  const uni = unifiedSchemes(p.schemes, p.inter, p.unified ?? false);
   return `${prelude()}
 const H: u32 = ${p.hidden}u;
 const K: u32 = ${p.inter}u;
@@ -710,7 +815,7 @@ ${stage ? `var<workgroup> xsh: array<vec4<f32>, ${p.topK * (p.inter / 4)}>;` : "
 var<workgroup> dmeta: array<vec4<u32>, TOPK>;
 var<workgroup> dwts: array<f32, TOPK>;
 var<workgroup> part: array<f32, WG>;
-${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split)}
+${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, uni)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.y;
@@ -719,7 +824,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let o = (li / TPR) % OUTS;
   let team = li / (OUTS * TPR);
   let c = wg.x * OUTS + o;
-  ${stage ? downStaging(p.inter, p.topK, p.schemes!, wg) : DOWN_METAS}
+  ${stage ? downStaging(p.inter, p.topK, p.schemes!, wg, uni) : DOWN_METAS}
   var acc = 0.0;
   if (c < H) {
     for (var j = team; j < TOPK; j += SPLIT) {
@@ -760,7 +865,13 @@ const STAGE_ROUND = 16;
  * H200). Expert j's input is stored permuted for its scheme (vec4 i of chunk c at `j · k/4 + i · cpr + c`, as
  * `stage_x` does); for a scheme read word by word nothing is stored (its dot product reads `xa`).
  */
-function downStaging(k: number, topK: number, schemes: readonly QuantScheme[], wg: number): string {
+function downStaging(
+  k: number,
+  topK: number,
+  schemes: readonly QuantScheme[],
+  wg: number,
+  unified: readonly QuantScheme[],
+): string {
   const k4 = k / 4, nper = Math.ceil(k4 / wg);
   const pairs: [number, number][] = [];
   for (let j = 0; j < topK; j++) for (let u = 0; u < nper; u++) pairs.push([j, u]);
@@ -774,7 +885,7 @@ function downStaging(k: number, topK: number, schemes: readonly QuantScheme[], w
   };
   const store = ([j, u]: [number, number]) => {
     const branches = chunkedSet.map((sc) => {
-      const nx = chunkVec4s(sc);
+      const nx = stagedVec4s(sc, unified);
       return `if (${isScheme(sc)}) { xsh[${j * k4}u + (i % ${nx}u) * ${
         k4 / nx
       }u + i / ${nx}u] = a${j}_${u}; }`;

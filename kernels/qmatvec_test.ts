@@ -2,13 +2,15 @@ import assert from "node:assert/strict";
 import { expertsRef, gateUpRef } from "./cpu/experts.ts";
 import { matmulRef } from "./cpu/matmul.ts";
 import { rmsNormRef } from "./cpu/rms_norm.ts";
-import { grid2d } from "./gpu.ts";
+import { grid2d, Program } from "./gpu.ts";
 import {
   buildQuantSet,
   QDOWN_SHAPE,
   qDownProgram,
+  qDownWgsl,
   QGATEUP_SHAPE,
   qGateUpProgram,
+  qGateUpWgsl,
   QGEMV_SHAPE,
   qgemvProgram,
   qNormFusable,
@@ -129,39 +131,42 @@ Deno.test({
     const idb = buf(device, "ids", new Uint32Array(ids)),
       hb = buf(device, "h", new Float32Array(rows * k * I));
     let xb: GPUBuffer;
-    // Shapes, and whether the kernels are given the sets' schemes (else they size chunks at run time). With
-    // schemes the down projection stages its inputs; its default shape and the last sum the experts in two
-    // teams, the second in four.
-    for (
-      const [gs, ds, withSchemes] of [
-        [QGATEUP_SHAPE, QDOWN_SHAPE, true],
-        [{ tpo: 16, outs: 16 }, {
-          tpo: 32,
-          outs: 8,
-          split: 4,
-        }, false],
-        [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true],
-        [QGATEUP_SHAPE, {
-          tpo: 8,
-          outs: 8,
-          split: 2,
-        }, true],
-      ] as [MatvecShape, MatvecShape, boolean][]
-    ) {
+    // Shapes; whether the kernels are given the sets' schemes (else they size chunks at run time); whether they
+    // read the 2- and 4-bit schemes in one code path; whether their activations are staged. With schemes the down
+    // projection stages its inputs; its default shape and the fourth sum the experts in two teams, the second in
+    // four.
+    const configs: [MatvecShape, MatvecShape, boolean, boolean, boolean][] = [
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, false, true],
+      [{ tpo: 16, outs: 16 }, { tpo: 32, outs: 8, split: 4 }, false, false, true],
+      [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, false, true],
+      [QGATEUP_SHAPE, { tpo: 8, outs: 8, split: 2 }, true, false, true],
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true, true],
+      [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, true, true],
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true, false],
+    ];
+    for (const [gs, ds, withSchemes, unified, staged] of configs) {
       xb = buf(device, "x", x0);
-      const gp = await qGateUpProgram(device, ring, {
-        hidden: H,
-        inter: I,
-        topK: k,
-        schemes: withSchemes ? guSet.schemes : undefined,
-      }, gs);
-      const dp = await qDownProgram(device, ring, {
+      const guP = { hidden: H, inter: I, topK: k, schemes: withSchemes ? guSet.schemes : undefined, unified };
+      const dnP = {
         hidden: H,
         inter: I,
         topK: k,
         alpha: 0.7,
         schemes: withSchemes ? dnSet.schemes : undefined,
-      }, ds);
+        unified,
+      };
+      const gp = staged
+        ? await qGateUpProgram(device, ring, guP, gs)
+        : await Program.get(device, ring, "q-gate-up", qGateUpWgsl(guP, gs, false), [
+          ...Array<"read">(5).fill("read"),
+          "write",
+        ]);
+      const dp = staged
+        ? await qDownProgram(device, ring, dnP, ds)
+        : await Program.get(device, ring, "q-down", qDownWgsl(dnP, ds, false), [
+          ...Array<"read">(6).fill("read"),
+          "write",
+        ]);
       const got = new Float32Array(
         await runAndRead(
           device,
@@ -202,7 +207,10 @@ Deno.test({
       expertsRef(x, rows, ids, wts, k, guRef, dnRef, H, I, out);
       const ref = x0.map((v, i) => v + 0.7 * out[i]);
       const err = relError(got, ref);
-      assert.ok(err < 1e-5, `mixed experts ${JSON.stringify([gs, ds, withSchemes])}: ${err}`);
+      assert.ok(
+        err < 1e-5,
+        `mixed experts ${JSON.stringify([gs, ds, withSchemes, unified, staged])}: ${err}`,
+      );
     }
   },
 });
