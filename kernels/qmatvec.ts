@@ -304,7 +304,13 @@ function qdotFn(
   };
   let vector: string;
   if (schemes) {
-    const own = chunkedSchemes(schemes, k).filter((sc) => !unified.includes(sc));
+    const uni = unified;
+    if (uni.length > 0 && tpr <= 0) {
+      throw new RangeError(
+        "Cannot build the unified dot product without the team size (its units are unrolled)",
+      );
+    }
+    const own = chunkedSchemes(schemes, k).filter((sc) => !uni.includes(sc));
     const branches = own.map((sc) => {
       const nx = chunkVec4s(sc), cpr = k / (4 * nx);
       // Staged: vec4 i of chunk c is at xs0 + i · cpr + c.
@@ -320,8 +326,8 @@ function qdotFn(
       }
     }`;
     });
-    if (unified.length > 0 && tpr > 0) {
-      branches.unshift(`if (${unified.map((sc) => `(${isScheme(sc)})`).join(" || ")}) {
+    if (uni.length > 0) {
+      branches.unshift(`if (${uni.map((sc) => `(${isScheme(sc)})`).join(" || ")}) {
       ${unifiedCode(rows, k, tpr, staged)}
     }`);
     }
