@@ -61,7 +61,7 @@
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxsplit   # ~4 min: MxMoE 3.25 and w4g128
 #     step time with the down projection's experts summed by teams of threads (bundle gpu_profile)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxunified   # ~4 min: MxMoE's mixed kernels
-#     with one code path for its 2- and 4-bit experts vs a branch per scheme (bundles gpu_profile, gpu_decode)
+#     with one code path for its 2-, 4- and 8-bit experts vs a branch per scheme (bundles gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearfit   # ~5 min: GEAR's kernels with the
 #     joint fit's compression, a step at 32k, steady decode at 32k (bundle gear_kernels, gpu_profile, gpu_gear)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
@@ -589,7 +589,7 @@ mxsplit)
   done
   ;;
 mxunified)
-  # MxMoE's mixed kernels with the 2- and 4-bit schemes in one code path (--unified on) against a branch per scheme
+  # MxMoE's mixed kernels with the 2-, 4- and 8-bit schemes in one code path (--unified on) against a branch per scheme
   # (off), and uniform w4g128; w4mix (w4g128 + w4g64: two branches, same bits) tells the branches' own cost.
   # A step's GPU time alternated twice, then decode alternated 3 times (~4 min; bundles gpu_profile, gpu_decode).
   (packed mx325 w4g128,w2g128) &

@@ -128,7 +128,7 @@ export interface GpuDecoderOptions {
    */
   matvecShapes?: { qgemv?: MatvecShape; qGateUp?: MatvecShape; qDown?: MatvecShape };
   /**
-   * The packed expert mat-vecs read a layer's 2- and 4-bit schemes (MxMoE's mixes) in one code path sized from
+   * The packed expert mat-vecs read a layer's 2-, 4- and 8-bit schemes (MxMoE's mixes) in one code path sized from
    * each expert's meta entry, instead of a constant-size branch per scheme (default false; for measuring).
    */
   unifiedSchemes?: boolean;

@@ -164,15 +164,13 @@ function chunkedSchemes(schemes: readonly QuantScheme[], k: number): QuantScheme
 }
 
 /**
- * The schemes of `schemes` that one code path reads when `on` ({@linkcode qdotFn}'s unified branch): the 2- and
- * 4-bit ones read in 16-byte chunks, with groups of whole 32-value units, when there are two or more of them
+ * The schemes of `schemes` that one code path reads when `on` ({@linkcode qdotFn}'s unified branch): the 2-, 4-
+ * and 8-bit ones read in 16-byte chunks, with groups of whole 32-value units, when there are two or more of them
  * (else none: a single scheme keeps its constant-size branch).
  */
 function unifiedSchemes(schemes: readonly QuantScheme[] | undefined, k: number, on: boolean): QuantScheme[] {
   if (!on || !schemes) return [];
-  const u = chunkedSchemes(schemes, k).filter((sc) =>
-    (sc.bits === 2 || sc.bits === 4) && sc.group % 32 === 0
-  );
+  const u = chunkedSchemes(schemes, k).filter((sc) => sc.bits !== 16 && sc.group % 32 === 0);
   return u.length >= 2 ? u : [];
 }
 
@@ -328,7 +326,7 @@ function qdotFn(
     });
     if (uni.length > 0) {
       branches.unshift(`if (${uni.map((sc) => `(${isScheme(sc)})`).join(" || ")}) {
-      ${unifiedCode(rows, k, tpr, staged)}
+      ${unifiedCode(rows, k, tpr, staged, uni.some((sc) => sc.bits === 8))}
     }`);
     }
     vector = branches.length === 0 ? "" : `let xo4 = xo / 4u;
@@ -365,14 +363,15 @@ fn qdot${rows}(m: vec4<u32>, ${rowArgs}, xo: u32, xs0: u32, t: u32) -> ${ret} {
 }
 
 /**
- * WGSL of the unified branch of `qdot{rows}`: one code path for every 2- and 4-bit scheme of a set (groups of
- * whole 32-value units), its sizes computed from the meta entry `m` instead of a branch per scheme. A row is read
- * in units of 32 values (8 activation vec4s, staged like a 4-bit chunk: vec4 i of unit c at `xs0 + i · K/32 +
- * c`): a 4-bit unit is a whole 16-byte chunk, a 2-bit unit half of one (two threads load the same chunk). Value
- * vec4 q of a unit is word `(c · bits) % 4 + q · bits / 8` of its chunk, from bit `4 q · bits % 32`. A thread's
- * `K / 32 / TPR` units are unrolled, their loads issued {@linkcode UNROLL} at a time.
+ * WGSL of the unified branch of `qdot{rows}`: one code path for every 2-, 4- and 8-bit scheme of a set (groups
+ * of whole 32-value units), its sizes computed from the meta entry `m` instead of a branch per scheme. A row is
+ * read in units of 32 values (8 activation vec4s, staged like a 4-bit chunk: vec4 i of unit c at `xs0 + i · K/32
+ * + c`): a 4-bit unit is a whole 16-byte chunk, a 2-bit unit half of one (two threads load the same chunk), an
+ * 8-bit unit two (with `eight`: the set has 8-bit schemes). Value vec4 q of a unit is word `(c · bits) % 4 + q ·
+ * bits / 8` of the unit's chunks, from bit `4 q · bits % 32`. A thread's `K / 32 / TPR` units are unrolled, their
+ * loads issued {@linkcode UNROLL} at a time.
  */
-function unifiedCode(rows: number, k: number, tpr: number, staged: boolean): string {
+function unifiedCode(rows: number, k: number, tpr: number, staged: boolean, eight: boolean): string {
   const units = k / 32, nit = Math.ceil(units / tpr);
   const xAt = staged
     ? (i: number) => `xsh[xs0 + ${i * units}u + c]`
@@ -400,6 +399,13 @@ function unifiedCode(rows: number, k: number, tpr: number, staged: boolean): str
           `let w${r}_${u} = qw[m.z / 4u + row${r} * cpr + c${u} * b / 4u];`,
           `let sm${r}_${u} = unpack2x16float(qp[m.w + row${r} * groups + c${u} / upg]);`,
         );
+        // An 8-bit unit is two chunks: the second loads only for 8-bit experts (a uniform branch).
+        if (eight) {
+          out.push(
+            `var v${r}_${u} = vec4<u32>();`,
+            `if (b == 8u) { v${r}_${u} = qw[m.z / 4u + row${r} * cpr + c${u} * 2u + 1u]; }`,
+          );
+        }
       }
     }
     for (const u of us) {
@@ -409,9 +415,14 @@ function unifiedCode(rows: number, k: number, tpr: number, staged: boolean): str
         `let sx = dot(${Array.from({ length: 8 }, (_, i) => `x${i}`).join(" + ")}, vec4<f32>(1.0));`,
       );
       for (let r = 0; r < rows; r++) {
+        // Word wo + wi_q of the unit: of its first chunk, or (8 bits, from word 4 on) of its second.
+        const word = (q: number) =>
+          eight
+            ? `select(v${r}_${u}[(wo + wi${q}) & 3u], w${r}_${u}[(wo + wi${q}) & 3u], wo + wi${q} < 4u)`
+            : `w${r}_${u}[wo + wi${q}]`;
         const terms = Array.from(
           { length: 8 },
-          (_, q) => `dot(vec4<f32>((vec4<u32>(w${r}_${u}[wo + wi${q}]) >> sh${q}) & mask), x${q})`,
+          (_, q) => `dot(vec4<f32>((vec4<u32>(${word(q)}) >> sh${q}) & mask), x${q})`,
         );
         lines.push(`acc${r} += sm${r}_${u}.x * (${terms.join(" + ")}) + sm${r}_${u}.y * sx;`);
       }
@@ -703,7 +714,7 @@ export interface QGateUpParams {
   /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
   schemes?: readonly QuantScheme[];
   /**
-   * Read the set's 2- and 4-bit schemes (two or more) in one code path sized from each expert's meta entry
+   * Read the set's 2-, 4- and 8-bit schemes (two or more) in one code path sized from each expert's meta entry
    * instead of a branch per scheme (`unifiedCode`); default false.
    */
   unified?: boolean;
@@ -780,7 +791,7 @@ export interface QDownParams {
   /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
   schemes?: readonly QuantScheme[];
   /**
-   * Read the set's 2- and 4-bit schemes (two or more) in one code path sized from each expert's meta entry
+   * Read the set's 2-, 4- and 8-bit schemes (two or more) in one code path sized from each expert's meta entry
    * instead of a branch per scheme (`unifiedCode`); default false.
    */
   unified?: boolean;

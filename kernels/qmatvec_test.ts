@@ -132,7 +132,7 @@ Deno.test({
       hb = buf(device, "h", new Float32Array(rows * k * I));
     let xb: GPUBuffer;
     // Shapes; whether the kernels are given the sets' schemes (else they size chunks at run time); whether they
-    // read the 2- and 4-bit schemes in one code path; whether their activations are staged. With schemes the down
+    // read the 2-, 4- and 8-bit schemes in one code path; whether their activations are staged. With schemes the down
     // projection stages its inputs; its default shape and the fourth sum the experts in two teams, the second in
     // four.
     const configs: [MatvecShape, MatvecShape, boolean, boolean, boolean][] = [
