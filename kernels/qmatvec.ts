@@ -164,19 +164,40 @@ function chunkedSchemes(schemes: readonly QuantScheme[], k: number): QuantScheme
 }
 
 /**
- * The schemes of `schemes` that one code path reads when `on` ({@linkcode qdotFn}'s unified branch): the 2-, 4-
- * and 8-bit ones read in 16-byte chunks, with groups of whole 32-value units, when there are two or more of them
- * (else none: a single scheme keeps its constant-size branch).
+ * The schemes of `schemes` that one code path reads when `on` ({@linkcode qdotFn}'s unified branch): those of 2,
+ * 4 or 8 bits whose groups are whole 32-value units and whose rows of `k` values are whole 16-byte chunks (a
+ * 2-bit scheme with groups of 96 or 32 too, which the constant-size branches read word by word), when there are
+ * two or more of them (else none: a single scheme keeps its constant-size branch).
  */
 function unifiedSchemes(schemes: readonly QuantScheme[] | undefined, k: number, on: boolean): QuantScheme[] {
   if (!on || !schemes) return [];
-  const u = chunkedSchemes(schemes, k).filter((sc) => sc.bits !== 16 && sc.group % 32 === 0);
+  const u = schemes.filter((sc) =>
+    (sc.bits === 2 || sc.bits === 4 || sc.bits === 8) && sc.group % 32 === 0 && k % sc.group === 0 &&
+    (k * sc.bits) % 128 === 0
+  );
   return u.length >= 2 ? u : [];
 }
 
-/** Vec4s of activations per 16-byte chunk of `sc` as staged: 8 (a 32-value unit) when read by the unified path. */
-function stagedVec4s(sc: QuantScheme, unified: readonly QuantScheme[]): number {
-  return unified.includes(sc) ? 8 : chunkVec4s(sc);
+/** Whether `a` and `b` are the same scheme. */
+function sameScheme(a: QuantScheme, b: QuantScheme): boolean {
+  return a.bits === b.bits && a.group === b.group;
+}
+
+/**
+ * How activations are staged for a weight set's schemes: one branch (WGSL condition on meta entry `m`) per
+ * layout, with its vec4s per chunk `nx` — the unified schemes share one (8: a 32-value unit), each other scheme
+ * read in chunks has its own.
+ */
+function stagingBranches(
+  k: number,
+  schemes: readonly QuantScheme[],
+  unified: readonly QuantScheme[],
+): { cond: string; nx: number }[] {
+  const own = chunkedSchemes(schemes, k).filter((sc) => !unified.some((u) => sameScheme(u, sc)));
+  return [
+    ...(unified.length > 0 ? [{ cond: unified.map((sc) => `(${isScheme(sc)})`).join(" || "), nx: 8 }] : []),
+    ...own.map((sc) => ({ cond: isScheme(sc), nx: chunkVec4s(sc) })),
+  ];
 }
 
 /** WGSL condition: meta entry `m` is scheme `sc` and 16-byte aligned (its rows are read in chunks). */
@@ -204,14 +225,13 @@ function stageFn(
   const put = norm
     ? "let v = xa[xo4 + j]; ss += dot(v, v); xsh[DST] = v * gw[j];"
     : "xsh[DST] = xa[xo4 + j];";
-  const branches = chunkedSchemes(schemes, k).map((sc) => {
-    const nx = stagedVec4s(sc, unified);
+  const branches = stagingBranches(k, schemes, unified).map(({ cond, nx }) => {
     const dst = `xs0 + (j % ${nx}u) * ${k4 / nx}u + j / ${nx}u`;
     // A constant trip count where the threads divide the row (the copies unroll, loads in flight together).
     const copy = k4 % wg === 0
       ? `for (var u = 0u; u < ${k4 / wg}u; u++) { let j = li + u * ${wg}u; ${put.replace("DST", dst)} }`
       : `for (var j = li; j < ${k4}u; j += ${wg}u) { ${put.replace("DST", dst)} }`;
-    return `if (${isScheme(sc)}) {
+    return `if (${cond}) {
     ${copy}
   }`;
   });
@@ -308,7 +328,7 @@ function qdotFn(
         "Cannot build the unified dot product without the team size (its units are unrolled)",
       );
     }
-    const own = chunkedSchemes(schemes, k).filter((sc) => !uni.includes(sc));
+    const own = chunkedSchemes(schemes, k).filter((sc) => !uni.some((u) => sameScheme(u, sc)));
     const branches = own.map((sc) => {
       const nx = chunkVec4s(sc), cpr = k / (4 * nx);
       // Staged: vec4 i of chunk c is at xs0 + i · cpr + c.
@@ -892,8 +912,8 @@ function downStaging(
   const k4 = k / 4, nper = Math.ceil(k4 / wg);
   const pairs: [number, number][] = [];
   for (let j = 0; j < topK; j++) for (let u = 0; u < nper; u++) pairs.push([j, u]);
-  const chunkedSet = chunkedSchemes(schemes, k);
-  if (chunkedSet.length === 0) return DOWN_METAS;
+  const layouts = stagingBranches(k, schemes, unified);
+  if (layouts.length === 0) return DOWN_METAS;
   const load = ([j, u]: [number, number]) => {
     const i = `li + ${u * wg}u`;
     return `let a${j}_${u} = xa[(r * TOPK + ${j}u) * ${k4}u + ${
@@ -901,12 +921,9 @@ function downStaging(
     }];`;
   };
   const store = ([j, u]: [number, number]) => {
-    const branches = chunkedSet.map((sc) => {
-      const nx = stagedVec4s(sc, unified);
-      return `if (${isScheme(sc)}) { xsh[${j * k4}u + (i % ${nx}u) * ${
-        k4 / nx
-      }u + i / ${nx}u] = a${j}_${u}; }`;
-    });
+    const branches = layouts.map(({ cond, nx }) =>
+      `if (${cond}) { xsh[${j * k4}u + (i % ${nx}u) * ${k4 / nx}u + i / ${nx}u] = a${j}_${u}; }`
+    );
     const body = `{ let m = dmeta[${j}u]; let i = li + ${u * wg}u; ${branches.join(" else ")} }`;
     return (u + 1) * wg <= k4 ? body : `if (li + ${u * wg}u < ${k4}u) ${body}`;
   };

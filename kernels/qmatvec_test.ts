@@ -110,31 +110,112 @@ Deno.test({
   },
 });
 
+/**
+ * Gate/up then down of `rows` tokens routed to k = 3 of the experts, expert e's matrices in `guSchemes[e]` and
+ * `dnSchemes[e]`, against expertsRef for each config: [gate/up shape, down shape, kernels given the schemes,
+ * unified path, staged activations].
+ */
+async function checkMixedExperts(
+  seed: number,
+  H: number,
+  I: number,
+  guSchemes: TestScheme[],
+  dnSchemes: TestScheme[],
+  configs: [MatvecShape, MatvecShape, boolean, boolean, boolean][],
+): Promise<void> {
+  const { device, ring } = await testGpu();
+  const r = rng(seed);
+  const k = 3, rows = 4;
+  const E = guSchemes.length;
+  const gu = guSchemes.map((s) => makeQuantMatrix(r, 2 * I, H, s));
+  const dn = dnSchemes.map((s) => makeQuantMatrix(r, H, I, s));
+  const guRef = new Float32Array(E * 2 * I * H), dnRef = new Float32Array(E * H * I);
+  gu.forEach((g, e) => guRef.set(g.w, e * 2 * I * H));
+  dn.forEach((d, e) => dnRef.set(d.w, e * H * I));
+  const guSet = buildQuantSet(gu.map((g) => g.m)), dnSet = buildQuantSet(dn.map((d) => d.m));
+  const x = randomArray(r, rows * H), x0 = randomArray(r, rows * H), wts = randomArray(r, rows * k, 0, 1);
+  const ids = new Int32Array(rows * k);
+  for (let t = 0; t < rows; t++) for (let j = 0; j < k; j++) ids[t * k + j] = (t + 2 * j) % E;
+  const idb = buf(device, "ids", new Uint32Array(ids)),
+    hb = buf(device, "h", new Float32Array(rows * k * I));
+  let xb: GPUBuffer;
+  for (const [gs, ds, withSchemes, unified, staged] of configs) {
+    xb = buf(device, "x", x0);
+    const guP = { hidden: H, inter: I, topK: k, schemes: withSchemes ? guSet.schemes : undefined, unified };
+    const dnP = {
+      hidden: H,
+      inter: I,
+      topK: k,
+      alpha: 0.7,
+      schemes: withSchemes ? dnSet.schemes : undefined,
+      unified,
+    };
+    const gp = staged
+      ? await qGateUpProgram(device, ring, guP, gs)
+      : await Program.get(device, ring, "q-gate-up", qGateUpWgsl(guP, gs, false), [
+        ...Array<"read">(5).fill("read"),
+        "write",
+      ]);
+    const dp = staged
+      ? await qDownProgram(device, ring, dnP, ds)
+      : await Program.get(device, ring, "q-down", qDownWgsl(dnP, ds, false), [
+        ...Array<"read">(6).fill("read"),
+        "write",
+      ]);
+    const got = new Float32Array(
+      await runAndRead(
+        device,
+        ring,
+        [
+          {
+            program: gp,
+            group: gp.bind("gu", [
+              buf(device, "xin", x),
+              buf(device, "qw", guSet.qw),
+              buf(device, "qp", guSet.qp),
+              buf(device, "m", guSet.meta),
+              idb,
+              hb,
+            ]),
+            grid: [Math.ceil(I / gs.outs), rows * k, 1],
+          },
+          {
+            program: dp,
+            group: dp.bind("dn", [
+              hb,
+              buf(device, "qw2", dnSet.qw),
+              buf(device, "qp2", dnSet.qp),
+              buf(device, "m2", dnSet.meta),
+              idb,
+              buf(device, "w", wts),
+              xb,
+            ]),
+            grid: [Math.ceil(H / ds.outs), rows, 1],
+          },
+        ],
+        { rows },
+        xb,
+        rows * H * 4,
+      ),
+    );
+    const out = new Float32Array(rows * H);
+    expertsRef(x, rows, ids, wts, k, guRef, dnRef, H, I, out);
+    const ref = x0.map((v, i) => v + 0.7 * out[i]);
+    const err = relError(got, ref);
+    assert.ok(
+      err < 1e-5,
+      `mixed experts ${JSON.stringify([gs, ds, withSchemes, unified, staged])}: ${err}`,
+    );
+  }
+}
+
 Deno.test({
   name: "quantized gate/up and down with a different scheme per expert match expertsRef",
   ignore: SKIP_GPU,
   fn: async () => {
-    const { device, ring } = await testGpu();
-    const r = rng(72);
-    const H = 128, I = 64, k = 3, rows = 4;
     const schemes: TestScheme[] = [[2, 64], [3, 64], [4, 128], [8, 64], "f16"];
-    const E = schemes.length;
-    const gu = schemes.map((s) => makeQuantMatrix(r, 2 * I, H, s));
-    const dn = schemes.map((s) => makeQuantMatrix(r, H, I, s === "f16" ? s : [s[0], Math.min(s[1], I)]));
-    const guRef = new Float32Array(E * 2 * I * H), dnRef = new Float32Array(E * H * I);
-    gu.forEach((g, e) => guRef.set(g.w, e * 2 * I * H));
-    dn.forEach((d, e) => dnRef.set(d.w, e * H * I));
-    const guSet = buildQuantSet(gu.map((g) => g.m)), dnSet = buildQuantSet(dn.map((d) => d.m));
-    const x = randomArray(r, rows * H), x0 = randomArray(r, rows * H), wts = randomArray(r, rows * k, 0, 1);
-    const ids = new Int32Array(rows * k);
-    for (let t = 0; t < rows; t++) for (let j = 0; j < k; j++) ids[t * k + j] = (t + 2 * j) % E;
-    const idb = buf(device, "ids", new Uint32Array(ids)),
-      hb = buf(device, "h", new Float32Array(rows * k * I));
-    let xb: GPUBuffer;
-    // Shapes; whether the kernels are given the sets' schemes (else they size chunks at run time); whether they
-    // read the 2-, 4- and 8-bit schemes in one code path; whether their activations are staged. With schemes the down
-    // projection stages its inputs; its default shape and the fourth sum the experts in two teams, the second in
-    // four.
+    // With schemes the down projection stages its inputs; its default shape and the fourth sum the experts in
+    // two teams, the second in four. The last three read the 2-, 4- and 8-bit schemes in one code path.
     const configs: [MatvecShape, MatvecShape, boolean, boolean, boolean][] = [
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, false, true],
       [{ tpo: 16, outs: 16 }, { tpo: 32, outs: 8, split: 4 }, false, false, true],
@@ -144,74 +225,30 @@ Deno.test({
       [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, true, true],
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, true, false],
     ];
-    for (const [gs, ds, withSchemes, unified, staged] of configs) {
-      xb = buf(device, "x", x0);
-      const guP = { hidden: H, inter: I, topK: k, schemes: withSchemes ? guSet.schemes : undefined, unified };
-      const dnP = {
-        hidden: H,
-        inter: I,
-        topK: k,
-        alpha: 0.7,
-        schemes: withSchemes ? dnSet.schemes : undefined,
-        unified,
-      };
-      const gp = staged
-        ? await qGateUpProgram(device, ring, guP, gs)
-        : await Program.get(device, ring, "q-gate-up", qGateUpWgsl(guP, gs, false), [
-          ...Array<"read">(5).fill("read"),
-          "write",
-        ]);
-      const dp = staged
-        ? await qDownProgram(device, ring, dnP, ds)
-        : await Program.get(device, ring, "q-down", qDownWgsl(dnP, ds, false), [
-          ...Array<"read">(6).fill("read"),
-          "write",
-        ]);
-      const got = new Float32Array(
-        await runAndRead(
-          device,
-          ring,
-          [
-            {
-              program: gp,
-              group: gp.bind("gu", [
-                buf(device, "xin", x),
-                buf(device, "qw", guSet.qw),
-                buf(device, "qp", guSet.qp),
-                buf(device, "m", guSet.meta),
-                idb,
-                hb,
-              ]),
-              grid: [Math.ceil(I / gs.outs), rows * k, 1],
-            },
-            {
-              program: dp,
-              group: dp.bind("dn", [
-                hb,
-                buf(device, "qw2", dnSet.qw),
-                buf(device, "qp2", dnSet.qp),
-                buf(device, "m2", dnSet.meta),
-                idb,
-                buf(device, "w", wts),
-                xb,
-              ]),
-              grid: [Math.ceil(H / ds.outs), rows, 1],
-            },
-          ],
-          { rows },
-          xb,
-          rows * H * 4,
-        ),
-      );
-      const out = new Float32Array(rows * H);
-      expertsRef(x, rows, ids, wts, k, guRef, dnRef, H, I, out);
-      const ref = x0.map((v, i) => v + 0.7 * out[i]);
-      const err = relError(got, ref);
-      assert.ok(
-        err < 1e-5,
-        `mixed experts ${JSON.stringify([gs, ds, withSchemes, unified, staged])}: ${err}`,
-      );
-    }
+    await checkMixedExperts(
+      72,
+      128,
+      64,
+      schemes,
+      schemes.map((s) => s === "f16" ? s : [s[0], Math.min(s[1], 64)]),
+      configs,
+    );
+  },
+});
+
+Deno.test({
+  name: "an MxMoE-like allocation (2-bit groups of 96, 3 and 8 bits) in the unified path matches expertsRef",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    // Schemes like the default reader's MxMoE 3.25 allocation: w2g96 is read word by word by the branches, in
+    // units by the unified path; w3 word by word by both.
+    const gu: TestScheme[] = [[2, 128], [4, 128], [4, 64], [3, 128], [2, 64]];
+    const dn: TestScheme[] = [[4, 96], [8, 96], [2, 96], [3, 96], [4, 64]];
+    await checkMixedExperts(74, 128, 192, gu, dn, [
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, false, true],
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true, true],
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true, false],
+    ]);
   },
 });
 

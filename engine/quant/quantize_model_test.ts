@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { relRmsError, SKIP_GPU } from "../../kernels/test_util.ts";
+import { relRmsError, SKIP_GPU, testGpu } from "../../kernels/test_util.ts";
+import { Checkpoint } from "../checkpoint.ts";
+import { resolveGenerateOptions, runGeneration } from "../generation.ts";
+import { GpuDecoder } from "../gpu_decoder.ts";
 import { loadModel } from "../model.ts";
 import { bytesModelCosts, type CostTable } from "./cost.ts";
 import { compareModels } from "./quality.ts";
@@ -121,6 +124,43 @@ Deno.test("MxMoE 3.25 respects the budget, allocates every block, and loads on t
     await gemm.dispose();
     await cpu.dispose();
     await gpu.dispose();
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("MxMoE's 2- and 4-bit experts read by the unified path decode as on the CPU", {
+  ignore: SKIP_GPU,
+}, async () => {
+  const out = await Deno.makeTempDir({ prefix: "edgemix-q-" });
+  try {
+    await quantizeModel(fixture("mixtral"), out, { bits: 3.25, calibText, costTable: COSTS });
+    const q = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as QuantizationJson;
+    // The path is built for a layer's set only when it holds two or more such schemes (groups of 32-value units).
+    const unifiable = (name: string) => /^w[248]g(32|64|96|128)$/.test(name);
+    assert.ok(
+      q.layers.some((l) => new Set(l.experts.map(([gu]) => gu).filter(unifiable)).size >= 2),
+      `no layer mixes 2-, 4- or 8-bit gate/up schemes: ${JSON.stringify(q.layers.map((l) => l.experts))}`,
+    );
+    const cpu = await loadModel(out, { backend: "cpu" });
+    const ckpt = await Checkpoint.open(out);
+    const { ctx } = await testGpu();
+    const uni = await GpuDecoder.create(ctx, ckpt, { dtype: "f32", contextLength: 64, unifiedSchemes: true });
+    ckpt.close();
+    try {
+      const ids = cpu.tokenizer.encode("The lighthouse keeper kept a logbook for forty years.");
+      // Prefill's logits, then greedy decoding (its steps run the unified mat-vecs).
+      const err = relRmsError(await uni.logits(ids), await cpu.logits(ids));
+      assert.ok(err < 1e-4, `relative logit error ${err}`);
+      const o = { maxTokens: 12, ignoreEos: true };
+      const toks: number[] = [];
+      const opts = resolveGenerateOptions(o, ids.length, uni.contextLength, { eosTokenIds: [] });
+      for await (const t of runGeneration(uni, cpu.tokenizer, ids, opts, () => {})) toks.push(t);
+      assert.deepEqual(toks, await cpu.generate(ids, o));
+    } finally {
+      uni.dispose();
+      await cpu.dispose();
+    }
   } finally {
     await Deno.remove(out, { recursive: true });
   }
