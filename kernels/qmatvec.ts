@@ -256,7 +256,8 @@ fn stage_x(m: vec4<u32>, xo4: u32, xs0: u32, li: u32) {
  * weight set holds), each chunked scheme gets a branch with its sizes as constants, and with `staged` it reads
  * the activations from workgroup memory at `xs0`, as `stage_x` left them; without `schemes`, one branch per bit
  * width computes the sizes at run time. With `tpr` (the team size TPR, known when building) the constant-size
- * branches unroll the thread's chunks, their loads issued together.
+ * branches unroll the thread's chunks, their loads issued together. The schemes in `unified` (from
+ * `unifiedSchemes`; they need `tpr`) share one branch instead, `unifiedCode`.
  */
 function qdotFn(
   rows: 1 | 2,
@@ -322,13 +323,12 @@ function qdotFn(
   };
   let vector: string;
   if (schemes) {
-    const uni = unified;
-    if (uni.length > 0 && tpr <= 0) {
+    if (unified.length > 0 && tpr <= 0) {
       throw new RangeError(
         "Cannot build the unified dot product without the team size (its units are unrolled)",
       );
     }
-    const own = chunkedSchemes(schemes, k).filter((sc) => !uni.some((u) => sameScheme(u, sc)));
+    const own = chunkedSchemes(schemes, k).filter((sc) => !unified.some((u) => sameScheme(u, sc)));
     const branches = own.map((sc) => {
       const nx = chunkVec4s(sc), cpr = k / (4 * nx);
       // Staged: vec4 i of chunk c is at xs0 + i · cpr + c.
@@ -344,9 +344,9 @@ function qdotFn(
       }
     }`;
     });
-    if (uni.length > 0) {
-      branches.unshift(`if (${uni.map((sc) => `(${isScheme(sc)})`).join(" || ")}) {
-      ${unifiedCode(rows, k, tpr, staged, uni.some((sc) => sc.bits === 8))}
+    if (unified.length > 0) {
+      branches.unshift(`if (${unified.map((sc) => `(${isScheme(sc)})`).join(" || ")}) {
+      ${unifiedCode(rows, k, tpr, staged, unified.some((sc) => sc.bits === 8))}
     }`);
     }
     vector = branches.length === 0 ? "" : `let xo4 = xo / 4u;
