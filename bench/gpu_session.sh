@@ -60,7 +60,7 @@
 #     decode after a 32k prompt with gear-2 and the f16 cache (bundle gear_kernels, gpu_gear)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxsplit   # ~4 min: MxMoE 3.25 and w4g128
 #     step time with the down projection's experts summed by teams of threads (bundle gpu_profile)
-#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxunified   # ~4 min: MxMoE's mixed kernels
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxunified   # ~7 min: MxMoE's mixed kernels
 #     with one code path for its 2-, 4- and 8-bit experts vs a branch per scheme (bundles gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearfit   # ~5 min: GEAR's kernels with the
 #     joint fit's compression, a step at 32k, steady decode at 32k (bundle gear_kernels, gpu_profile, gpu_gear)
@@ -590,14 +590,17 @@ mxsplit)
   ;;
 mxunified)
   # MxMoE's mixed kernels with the 2-, 4- and 8-bit schemes in one code path (--unified on) against a branch per scheme
-  # (off), and uniform w4g128; w4mix (w4g128 + w4g64: two branches, same bits) tells the branches' own cost.
-  # A step's GPU time alternated twice, then decode alternated 3 times (~4 min; bundles gpu_profile, gpu_decode).
+  # (off), and uniform w4g128; w4mix (w4g128 + w4g64: two branches, same bits) tells the branches' own cost; mxreal
+  # has as many schemes per projection as a real 3.25-bit allocation (3.21 bits; w3 read word by word either way).
+  # A step's GPU time alternated twice, then decode alternated 3 times (~7 min; bundles gpu_profile, gpu_decode).
   (packed mx325 w4g128,w2g128) &
   (packed w4 w4g128) &
   (packed w4mix w4g128,w4g64) &
+  (python3 bench/make_packed_olmoe.py --out /tmp/mxreal --experts w2g128,w4g128,w2g128,w4g64,w2g128,w3g128,w2g64,w2g128 \
+    --down-experts w4g128,w8g128,w2g128,w4g64,w2g128,w3g128,w2g128,w2g128 >"$logs/mxreal.log" 2>&1) &
   wait
   for round in 1 2; do
-    for run in "w4 off" "mx325 off" "mx325 on" "w4mix off" "w4mix on"; do
+    for run in "w4 off" "mx325 off" "mx325 on" "w4mix off" "w4mix on" "mxreal off" "mxreal on"; do
       set -- $run
       echo "== $1 unified $2 round $round" >>"$logs/unified.log"
       timeout 45 deno run -A dist/gpu_profile.js --model "/tmp/$1" --pos 128 --ablate off --unified "$2" \
@@ -605,7 +608,7 @@ mxunified)
     done
   done
   for round in 1 2 3; do
-    for run in "mx325 on" "w4 off" "mx325 off"; do
+    for run in "mx325 on" "w4 off" "mx325 off" "mxreal on" "mxreal off"; do
       set -- $run
       echo "== $1 unified $2 round $round" >>"$logs/unified_decode.log"
       timeout 45 deno run -A dist/gpu_decode.js --model "/tmp/$1" --dtype f16 --reps 2 --tokens-per-submit 64 \

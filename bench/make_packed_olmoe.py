@@ -10,7 +10,14 @@ The layout is exactly what `deno task quantize` writes (docs/quantization.md): p
 packed tensor; attention projections and routers in `--attention` (default w8g128, the tool's default);
 embeddings, LM head and norms f16. Levels, scales and minimums are random (seeded): the speed of the kernels does
 not depend on the values. `--experts` lists schemes assigned to experts round-robin (expert e gets entry
-e mod n; gate, up and down of an expert share it), so "w4g128,w2g128" is a 3.25-bit mix. numpy only.
+e mod n; gate, up and down of an expert share it), so "w4g128,w2g128" is a 3.25-bit mix; `--down-experts`
+gives the down projections their own list (as MxMoE allocates them), e.g. a mix like a real 3.25-bit allocation:
+
+    python3 bench/make_packed_olmoe.py --out /tmp/mxreal \
+      --experts w2g128,w4g128,w2g128,w4g64,w2g128,w3g128,w2g64,w2g128 \
+      --down-experts w4g128,w8g128,w2g128,w4g64,w2g128,w3g128,w2g128,w2g128
+
+numpy only.
 """
 
 import argparse
@@ -75,6 +82,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--experts", default="w4g128")
+    ap.add_argument("--down-experts", help="schemes of the down projections, round-robin (default: --experts)")
     ap.add_argument("--attention", default="w8g128")
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--hidden", type=int, default=2048)
@@ -87,10 +95,14 @@ def main():
     args = ap.parse_args()
     H, I, E, L, V = args.hidden, args.inter, args.num_experts, args.layers, args.vocab
     experts = [parse(s) for s in args.experts.split(",")]
+    downs = [parse(s) for s in (args.down_experts or args.experts).split(",")]
     att = parse(args.attention)
     for bits, g in experts + [att]:
-        if H % g or (I % g and (bits, g) in experts):
-            raise SystemExit(f"group {g} must divide the row lengths {H} and {I}")
+        if H % g:
+            raise SystemExit(f"group {g} must divide the row length {H}")
+    for bits, g in downs:
+        if I % g:
+            raise SystemExit(f"group {g} must divide the down projection's row length {I}")
     os.makedirs(args.out, exist_ok=True)
     rng = np.random.default_rng(0)
     shard = Shard(args.out, args.shard_bytes)
@@ -128,13 +140,12 @@ def main():
         packed(p + "mlp.gate.weight", E, H, att)
         alloc = []
         for e in range(E):
-            s = experts[e % len(experts)]
-            for part, (rows, cols) in (("gate_proj", (I, H)), ("up_proj", (I, H)), ("down_proj", (H, I))):
-                packed(p + f"mlp.experts.{e}.{part}.weight", rows, cols, s)
-                expert_bits += stored_bits(*s) * rows * cols
+            s, sd = experts[e % len(experts)], downs[e % len(downs)]
+            for part, (rows, cols), sc in (("gate_proj", (I, H), s), ("up_proj", (I, H), s), ("down_proj", (H, I), sd)):
+                packed(p + f"mlp.experts.{e}.{part}.weight", rows, cols, sc)
+                expert_bits += stored_bits(*sc) * rows * cols
                 expert_weights += rows * cols
-            name = f"w{s[0]}g{s[1]}"
-            alloc.append([name, name])
+            alloc.append([f"w{s[0]}g{s[1]}", f"w{sd[0]}g{sd[1]}"])
         layers.append({"layer": l, "experts": alloc, "solver": "bench"})
         print(f"layer {l + 1}/{L}", flush=True)
     ones("model.norm.weight", H)
@@ -153,7 +164,7 @@ def main():
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
     q = {
-        "format": "edgemix-packed-v1", "method": "random (benchmark)", "mode": f"bench {args.experts}",
+        "format": "edgemix-packed-v1", "method": "random (benchmark)", "mode": f"bench {args.experts}" + (f" / {args.down_experts}" if args.down_experts else ""),
         "average_bits": expert_bits / expert_weights, "attention": args.attention, "router": args.attention,
         "tensors": tensors, "layers": layers,
     }
