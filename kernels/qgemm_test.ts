@@ -6,7 +6,9 @@ import { QGEMM_BM, QGEMM_BN, qgemmProgram, qGroupedGemmProgram } from "./qgemm.t
 import { buildQuantSet } from "./qmatvec.ts";
 import {
   buf,
+  makeQuantExperts,
   makeQuantMatrix,
+  quantSetBuffers,
   randomArray,
   relError,
   rng,
@@ -65,12 +67,7 @@ Deno.test({
     const guS: TestScheme[] = [[2, 32], [3, 64], [4, 32], [8, 64], "f16", [4, 64]];
     const dnS: TestScheme[] = [[2, 16], [3, 48], [4, 24], [8, 48], "f16", [4, 48]];
     const E = guS.length;
-    const gu = guS.map((s) => makeQuantMatrix(r, 2 * I, H, s)),
-      dn = dnS.map((s) => makeQuantMatrix(r, H, I, s));
-    const guRef = new Float32Array(E * 2 * I * H), dnRef = new Float32Array(E * H * I);
-    gu.forEach((g, e) => guRef.set(g.w, e * 2 * I * H));
-    dn.forEach((d, e) => dnRef.set(d.w, e * H * I));
-    const guSet = buildQuantSet(gu.map((g) => g.m)), dnSet = buildQuantSet(dn.map((d) => d.m));
+    const { guSet, dnSet, guRef, dnRef } = makeQuantExperts(r, H, I, guS, dnS);
     const x = randomArray(r, rows * H), x0 = randomArray(r, rows * H), wts = randomArray(r, rows * k, 0, 1);
     // Expert 0 takes every token (two tiles of 32), the others share the second slot.
     const ids = new Int32Array(rows * k);
@@ -87,11 +84,6 @@ Deno.test({
     const g1 = await qGroupedGemmProgram(device, ring, { kind: "gate_up", hidden: H, inter: I, topK: k });
     const g2 = await qGroupedGemmProgram(device, ring, { kind: "down", hidden: H, inter: I, topK: k });
     const comb = await moeCombineProgram(device, ring, { hidden: H, topK: k, alpha: 0.5 });
-    const set = (label: string, s: { qw: Uint32Array; qp: Uint32Array; meta: Uint32Array }) => [
-      buf(device, `${label}.qw`, s.qw),
-      buf(device, `${label}.qp`, s.qp),
-      buf(device, `${label}.meta`, s.meta),
-    ];
     const got = new Float32Array(
       await runAndRead(
         device,
@@ -100,12 +92,19 @@ Deno.test({
           { program: sort, group: sort.bind("s", [idb, perm, tb, nt]), grid: [1, 1, 1] },
           {
             program: g1,
-            group: g1.bind("g1", [buf(device, "xin", x), ...set("gu", guSet), perm, tb, nt, gub]),
+            group: g1.bind("g1", [
+              buf(device, "xin", x),
+              ...quantSetBuffers(device, "gu", guSet),
+              perm,
+              tb,
+              nt,
+              gub,
+            ]),
             grid: [Math.ceil(2 * I / TILE_COLS), tiles, 1],
           },
           {
             program: g2,
-            group: g2.bind("g2", [gub, ...set("dn", dnSet), perm, tb, nt, yb]),
+            group: g2.bind("g2", [gub, ...quantSetBuffers(device, "dn", dnSet), perm, tb, nt, yb]),
             grid: [Math.ceil(H / TILE_COLS), tiles, 1],
           },
           { program: comb, group: comb.bind("c", [yb, buf(device, "wts", wts), xb]), grid: [1, rows, 1] },

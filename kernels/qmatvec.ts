@@ -961,14 +961,18 @@ export function qLinearBindings(p: QLinearParams): ("read" | "write")[] {
   return p.normEps !== undefined ? [...access, "read"] : access;
 }
 
-/** The quantized gate/up program (`shape`: see {@linkcode qGateUpWgsl}). */
+/**
+ * The quantized gate/up program (`shape`: see {@linkcode qGateUpWgsl}); its activations are staged where the set's
+ * schemes are given and the device has the room, unless `allowStaging` is false.
+ */
 export function qGateUpProgram(
   device: GPUDevice,
   ring: StepRing,
   p: QGateUpParams,
   shape: MatvecShape = QGATEUP_SHAPE,
+  allowStaging = true,
 ): Promise<Program> {
-  const staged = p.schemes !== undefined && canStage(device, shape, p.hidden);
+  const staged = allowStaging && p.schemes !== undefined && canStage(device, shape, p.hidden);
   // x, qw, qp, meta, ids; h; (norm weight).
   const access = readsThenWrite(5);
   return P.get(
@@ -980,14 +984,18 @@ export function qGateUpProgram(
   );
 }
 
-/** The quantized down program (`shape`: see {@linkcode qDownWgsl}). */
+/**
+ * The quantized down program (`shape`: see {@linkcode qDownWgsl}); its experts' inputs are staged where the set's
+ * schemes are given and the device has the room, unless `allowStaging` is false.
+ */
 export function qDownProgram(
   device: GPUDevice,
   ring: StepRing,
   p: QDownParams,
   shape: MatvecShape = QDOWN_SHAPE,
+  allowStaging = true,
 ): Promise<Program> {
-  const staged = p.schemes !== undefined && canStage(device, shape, p.inter, p.topK);
+  const staged = allowStaging && p.schemes !== undefined && canStage(device, shape, p.inter, p.topK);
   // h, qw, qp, meta, ids, weights; x.
   return P.get(device, ring, "q-down", qDownWgsl(p, shape, staged), readsThenWrite(6));
 }

@@ -2,15 +2,13 @@ import assert from "node:assert/strict";
 import { expertsRef, gateUpRef } from "./cpu/experts.ts";
 import { matmulRef } from "./cpu/matmul.ts";
 import { rmsNormRef } from "./cpu/rms_norm.ts";
-import { grid2d, Program } from "./gpu.ts";
+import { grid2d } from "./gpu.ts";
 import {
   buildQuantSet,
   QDOWN_SHAPE,
   qDownProgram,
-  qDownWgsl,
   QGATEUP_SHAPE,
   qGateUpProgram,
-  qGateUpWgsl,
   QGEMV_SHAPE,
   qgemvProgram,
   qNormFusable,
@@ -19,7 +17,9 @@ import {
 import type { MatvecShape } from "./wgsl.ts";
 import {
   buf,
+  makeQuantExperts,
   makeQuantMatrix,
+  quantSetBuffers,
   randomArray,
   relError,
   rng,
@@ -127,12 +127,7 @@ async function checkMixedExperts(
   const r = rng(seed);
   const k = 3, rows = 4;
   const E = guSchemes.length;
-  const gu = guSchemes.map((s) => makeQuantMatrix(r, 2 * I, H, s));
-  const dn = dnSchemes.map((s) => makeQuantMatrix(r, H, I, s));
-  const guRef = new Float32Array(E * 2 * I * H), dnRef = new Float32Array(E * H * I);
-  gu.forEach((g, e) => guRef.set(g.w, e * 2 * I * H));
-  dn.forEach((d, e) => dnRef.set(d.w, e * H * I));
-  const guSet = buildQuantSet(gu.map((g) => g.m)), dnSet = buildQuantSet(dn.map((d) => d.m));
+  const { guSet, dnSet, guRef, dnRef } = makeQuantExperts(r, H, I, guSchemes, dnSchemes);
   const x = randomArray(r, rows * H), x0 = randomArray(r, rows * H), wts = randomArray(r, rows * k, 0, 1);
   const ids = new Int32Array(rows * k);
   for (let t = 0; t < rows; t++) for (let j = 0; j < k; j++) ids[t * k + j] = (t + 2 * j) % E;
@@ -150,18 +145,8 @@ async function checkMixedExperts(
       schemes: withSchemes ? dnSet.schemes : undefined,
       unified,
     };
-    const gp = staged
-      ? await qGateUpProgram(device, ring, guP, gs)
-      : await Program.get(device, ring, "q-gate-up", qGateUpWgsl(guP, gs, false), [
-        ...Array<"read">(5).fill("read"),
-        "write",
-      ]);
-    const dp = staged
-      ? await qDownProgram(device, ring, dnP, ds)
-      : await Program.get(device, ring, "q-down", qDownWgsl(dnP, ds, false), [
-        ...Array<"read">(6).fill("read"),
-        "write",
-      ]);
+    const gp = await qGateUpProgram(device, ring, guP, gs, staged);
+    const dp = await qDownProgram(device, ring, dnP, ds, staged);
     const got = new Float32Array(
       await runAndRead(
         device,
@@ -171,9 +156,7 @@ async function checkMixedExperts(
             program: gp,
             group: gp.bind("gu", [
               buf(device, "xin", x),
-              buf(device, "qw", guSet.qw),
-              buf(device, "qp", guSet.qp),
-              buf(device, "m", guSet.meta),
+              ...quantSetBuffers(device, "gu", guSet),
               idb,
               hb,
             ]),
@@ -183,9 +166,7 @@ async function checkMixedExperts(
             program: dp,
             group: dp.bind("dn", [
               hb,
-              buf(device, "qw2", dnSet.qw),
-              buf(device, "qp2", dnSet.qp),
-              buf(device, "m2", dnSet.meta),
+              ...quantSetBuffers(device, "dn", dnSet),
               idb,
               buf(device, "w", wts),
               xb,

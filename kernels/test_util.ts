@@ -9,7 +9,7 @@
 import { dequantize } from "../engine/quant/pack.ts";
 import { quantizeRtn } from "../engine/quant/quantize.ts";
 import type { DType } from "../engine/types.ts";
-import type { QuantMatrix } from "./qmatvec.ts";
+import { buildQuantSet, type QuantMatrix } from "./qmatvec.ts";
 import {
   acquireGpu,
   type Dispatch,
@@ -150,4 +150,36 @@ export function makeQuantMatrix(
   }
   const p = quantizeRtn(raw, rows, cols, s[0], s[1]);
   return { m: p, w: dequantize(p) };
+}
+
+/** A packed weight set as the kernels bind it. */
+export type TestQuantSet = ReturnType<typeof buildQuantSet>;
+
+/**
+ * Random experts, expert e's gate/up [2I, H] in `guSchemes[e]` and its down [H, I] in `dnSchemes[e]`: their packed
+ * sets, and the values the kernels must compute with (dequantized, experts one after another, as expertsRef takes
+ * them).
+ */
+export function makeQuantExperts(
+  r: () => number,
+  H: number,
+  I: number,
+  guSchemes: TestScheme[],
+  dnSchemes: TestScheme[],
+): { guSet: TestQuantSet; dnSet: TestQuantSet; guRef: Float32Array; dnRef: Float32Array } {
+  const gu = guSchemes.map((s) => makeQuantMatrix(r, 2 * I, H, s));
+  const dn = dnSchemes.map((s) => makeQuantMatrix(r, H, I, s));
+  const guRef = new Float32Array(gu.length * 2 * I * H), dnRef = new Float32Array(dn.length * H * I);
+  gu.forEach((g, e) => guRef.set(g.w, e * 2 * I * H));
+  dn.forEach((d, e) => dnRef.set(d.w, e * H * I));
+  return { guSet: buildQuantSet(gu.map((g) => g.m)), dnSet: buildQuantSet(dn.map((d) => d.m)), guRef, dnRef };
+}
+
+/** GPU buffers of a packed set's qw, qp and meta, in binding order. */
+export function quantSetBuffers(device: GPUDevice, label: string, set: TestQuantSet): GPUBuffer[] {
+  return [
+    buf(device, `${label}.qw`, set.qw),
+    buf(device, `${label}.qp`, set.qp),
+    buf(device, `${label}.meta`, set.meta),
+  ];
 }
