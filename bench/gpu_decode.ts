@@ -2,7 +2,7 @@
  * Prefill and decode throughput of the WebGPU decoder on a checkpoint (batch 1). Run on a GPU host:
  *
  *   deno run -A bench/gpu_decode.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
- *     [--tokens-per-submit N] [--fuse-norms on|off] [--shapes qdown=32x8x8,...] [--unified on|off] [--overlap call|timer|off] [--temperature T --top-k K --top-p P]
+ *     [--tokens-per-submit N] [--fuse-norms on|off] [--shapes qdown=32x8x8,...] [--overlap call|timer|off] [--temperature T --top-k K --top-p P]
  *     [--kv f16|quant-2|gear-2|…] [--decode-prompt N]   # decode at a long context: --decode-prompt 32768
  *
  * Prints one JSON line: load seconds, prefill tokens/s (prompt tokens over the time of a generation of one token)
@@ -14,7 +14,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { onOff, parseShapes } from "./shape_arg.ts";
+import { parseShapes } from "./shape_arg.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
 import { resolveGenerateOptions, runGeneration } from "../engine/generation.ts";
 import { GpuDecoder, type ReadbackOverlap } from "../engine/gpu_decoder.ts";
@@ -34,7 +34,6 @@ const { values } = parseArgs({
     "tokens-per-submit": { type: "string", default: "0" },
     gemm: { type: "string", default: "auto" },
     "fuse-norms": { type: "string", default: "on" },
-    unified: { type: "string", default: "off" },
     shapes: { type: "string" },
     overlap: { type: "string", default: "call" },
     kv: { type: "string", default: "f16" },
@@ -71,7 +70,6 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   groupedMoe: values["grouped-moe"] === "auto" ? undefined : values["grouped-moe"] === "on",
   fuseNorms: values["fuse-norms"] !== "off",
   matvecShapes: parseShapes(values.shapes),
-  unifiedSchemes: onOff("--unified", values.unified),
   readbackOverlap: values.overlap as ReadbackOverlap,
   kvCache: isCompressed(kv.mode) ? kv : undefined,
 });

@@ -3,7 +3,7 @@
  * of the whole step as generation runs it (one pass, 32 steps), and that step without each kind of dispatch.
  *
  *   deno run -A bench/gpu_profile.ts --model DIR [--dtype f16] [--pos 128] [--fuse-norms on|off]
- *     [--shapes qdown=32x8x8,...] [--unified on|off] [--ablate on|off] [--kv f16|quant-2|gear-2|…] [--fill on|off]
+ *     [--shapes qdown=32x8x8,...] [--ablate on|off] [--kv f16|quant-2|gear-2|…] [--fill on|off]
  *
  * With a compressed cache (--kv) the step attends over a store of `pos` tokens whatever they hold (the time does
  * not depend on the values); pick a position that completes no block (the step then compresses none), or one
@@ -15,7 +15,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { onOff, parseShapes } from "./shape_arg.ts";
+import { parseShapes } from "./shape_arg.ts";
 import { kvModeOptions } from "./kv_mode.ts";
 import { isCompressed, resolveKvCache } from "../engine/kv/kv_options.ts";
 import { Checkpoint } from "../engine/checkpoint.ts";
@@ -30,7 +30,6 @@ const { values } = parseArgs({
     dtype: { type: "string", default: "f16" },
     pos: { type: "string", default: "128" },
     "fuse-norms": { type: "string", default: "on" },
-    unified: { type: "string", default: "off" },
     shapes: { type: "string" },
     ablate: { type: "string", default: "on" },
     kv: { type: "string", default: "f16" },
@@ -48,7 +47,6 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   contextLength: pos + 16,
   fuseNorms: values["fuse-norms"] !== "off",
   matvecShapes: parseShapes(values.shapes),
-  unifiedSchemes: onOff("--unified", values.unified),
 });
 ckpt.close();
 if (values.fill === "on") {

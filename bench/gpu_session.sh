@@ -60,15 +60,15 @@
 #     decode after a 32k prompt with gear-2 and the f16 cache (bundle gear_kernels, gpu_gear)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxsplit   # ~4 min: MxMoE 3.25 and w4g128
 #     step time with the down projection's experts summed by teams of threads (bundle gpu_profile)
-#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxunified   # ~7 min: MxMoE's mixed kernels
-#     with one code path for its 2-, 4- and 8-bit experts vs a branch per scheme (bundles gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxw3   # ~5 min: MxMoE's mixes with 3-bit
+#     experts against uniform w4g128, step times and decode (bundles gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearfit   # ~5 min: GEAR's kernels with the
 #     joint fit's compression, a step at 32k, steady decode at 32k (bundle gear_kernels, gpu_profile, gpu_gear)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit, mxunified or gearfit}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit, mxw3 or gearfit}
 out=${OUT:?OUT must be set}
 logs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
@@ -588,31 +588,30 @@ mxsplit)
     done
   done
   ;;
-mxunified)
-  # MxMoE's mixed kernels with the 2-, 4- and 8-bit schemes in one code path (--unified on) against a branch per scheme
-  # (off), and uniform w4g128; w4mix (w4g128 + w4g64: two branches, same bits) tells the branches' own cost; mxreal
-  # has as many schemes per projection as a real 3.25-bit allocation (3.21 bits; w3 read word by word either way).
-  # A step's GPU time alternated twice, then decode alternated 3 times (~7 min; bundles gpu_profile, gpu_decode).
-  (packed mx325 w4g128,w2g128) &
-  (packed w4 w4g128) &
-  (packed w4mix w4g128,w4g64) &
-  (python3 bench/make_packed_olmoe.py --out /tmp/mxreal --experts w2g128,w4g128,w2g128,w4g64,w2g128,w3g128,w2g64,w2g128 \
-    --down-experts w4g128,w8g128,w2g128,w4g64,w2g128,w3g128,w2g128,w2g128 >"$logs/mxreal.log" 2>&1) &
+mxw3)
+  # MxMoE's mixes with 3-bit experts (bit planes, read in 128-value chunks) against uniform w4g128: m3 (w4g128,
+  # w2g128, w3g128), w3 (uniform w3g128), mx325 (w4g128 + w2g128), and mxreal (as many schemes per projection as
+  # a real 3.25-bit allocation). A step's GPU time twice, then decode alternated twice (~5 min; bundles
+  # gpu_profile, gpu_decode).
+  mk() { python3 bench/make_packed_olmoe.py --out "/tmp/$1" --experts "$2" --down-experts "$3" >"$logs/$1.log" 2>&1; }
+  mk w4 w4g128 w4g128 &
+  mk w3 w3g128 w3g128 &
+  mk m3 w4g128,w2g128,w3g128 w4g128,w2g128,w3g128 &
+  mk mx325 w4g128,w2g128 w4g128,w2g128 &
+  mk mxreal w2g128,w4g128,w2g128,w4g64,w2g128,w3g128,w2g64,w2g128 \
+    w4g128,w8g128,w2g128,w4g64,w2g128,w3g128,w2g128,w2g128 &
   wait
   for round in 1 2; do
-    for run in "w4 off" "mx325 off" "mx325 on" "w4mix off" "w4mix on" "mxreal off" "mxreal on"; do
-      set -- $run
-      echo "== $1 unified $2 round $round" >>"$logs/unified.log"
-      timeout 45 deno run -A dist/gpu_profile.js --model "/tmp/$1" --pos 128 --ablate off --unified "$2" \
-        >>"$logs/unified.log" 2>&1
+    for m in w4 w3 m3 mx325 mxreal; do
+      echo "== $m round $round" >>"$logs/w3_profile.log"
+      timeout 45 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 --ablate off >>"$logs/w3_profile.log" 2>&1
     done
   done
-  for round in 1 2 3; do
-    for run in "mx325 on" "w4 off" "mx325 off" "mxreal on" "mxreal off"; do
-      set -- $run
-      echo "== $1 unified $2 round $round" >>"$logs/unified_decode.log"
-      timeout 45 deno run -A dist/gpu_decode.js --model "/tmp/$1" --dtype f16 --reps 2 --tokens-per-submit 64 \
-        --unified "$2" >>"$logs/unified_decode.log" 2>&1
+  for round in 1 2; do
+    for m in w4 w3 m3 mx325 mxreal; do
+      echo "== $m round $round" >>"$logs/w3_decode.log"
+      timeout 45 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit 64 \
+        >>"$logs/w3_decode.log" 2>&1
     done
   done
   ;;
@@ -639,7 +638,7 @@ gearfit)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|mxsplit|mxunified|gearfit" >&2
+  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|mxsplit|mxw3|gearfit" >&2
   exit 2
   ;;
 esac

@@ -30,6 +30,10 @@ import numpy as np
 
 
 def words_per_group(bits, group):
+    # 3 bits: bit planes in blocks of 128 values, ceil(n/16) + ceil(n/32) words per block of n (engine/quant/pack.ts).
+    if bits == 3:
+        full, rest = divmod(group, 128)
+        return full * 12 + ((rest + 15) // 16 + (rest + 31) // 32 if rest else 0)
     return math.ceil(group / (32 // bits))
 
 
@@ -164,7 +168,7 @@ def main():
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
     q = {
-        "format": "edgemix-packed-v1", "method": "random (benchmark)", "mode": f"bench {args.experts}" + (f" / {args.down_experts}" if args.down_experts else ""),
+        "format": "edgemix-packed-v2", "method": "random (benchmark)", "mode": f"bench {args.experts}" + (f" / {args.down_experts}" if args.down_experts else ""),
         "average_bits": expert_bits / expert_weights, "attention": args.attention, "router": args.attention,
         "tensors": tensors, "layers": layers,
     }

@@ -29,10 +29,3 @@ export function parseShapes(spec: string | undefined): GpuDecoderOptions["matvec
   }
   return out;
 }
-
-/** The value of an on/off flag `name` (throws on anything else). */
-export function onOff(name: string, value: string | undefined): boolean {
-  if (value === "on") return true;
-  if (value === "off" || value === undefined) return false;
-  throw new TypeError(`Cannot read ${name}: expected on or off, not ${value}`);
-}

@@ -10,7 +10,7 @@ import { type ModelConfig, parseModelConfig } from "./config.ts";
 import { type FloatDType, toFloat16Bits, toFloat32 } from "./dtype.ts";
 import { ModelLoadError } from "./errors.ts";
 import { SafetensorsFile, type TensorInfo } from "./safetensors.ts";
-import { dequantize, type PackedMatrix } from "./quant/pack.ts";
+import { dequantize, PACKED_FORMAT, type PackedMatrix } from "./quant/pack.ts";
 import { parseScheme, wordsPerGroup } from "./quant/scheme.ts";
 
 /** A quantized tensor of a checkpoint written by `deno task quantize` (see docs/quantization.md). */
@@ -65,10 +65,27 @@ export class Checkpoint {
     if (!tensors || typeof tensors !== "object") {
       throw new ModelLoadError(`Cannot read ${file}: it has no "tensors" map`, { file });
     }
+    const format = String(q.format);
+    if (format !== PACKED_FORMAT && format !== "edgemix-packed-v1") {
+      throw new ModelLoadError(
+        `Cannot read ${file}: its format ${
+          JSON.stringify(q.format)
+        } is not ${PACKED_FORMAT} (re-quantize the model)`,
+        { file },
+      );
+    }
     const out = new Map<string, QuantizedTensorInfo>();
     for (const [name, t] of Object.entries(tensors)) {
       const scheme = parseScheme(String(t.scheme));
       if (scheme.kind === "f16") continue;
+      if (format === "edgemix-packed-v1" && scheme.bits === 3) {
+        // v1 stored 3-bit levels ten to a word; v2 stores them in bit planes (the other layouts are unchanged).
+        throw new ModelLoadError(
+          `Cannot load tensor ${name}: ${file} is in edgemix-packed-v1, whose 3-bit layout is no longer read ` +
+            `(re-quantize the model to ${PACKED_FORMAT})`,
+          { file, tensor: name },
+        );
+      }
       const shape = t.shape;
       if (!Array.isArray(shape) || shape.length !== 2 || !shape.every((d) => Number.isInteger(d) && d > 0)) {
         throw new ModelLoadError(`Cannot read ${file}: tensor ${name} has an invalid shape`, {

@@ -128,11 +128,6 @@ export interface GpuDecoderOptions {
    */
   matvecShapes?: { qgemv?: MatvecShape; qGateUp?: MatvecShape; qDown?: MatvecShape };
   /**
-   * The packed expert mat-vecs read a layer's 2-, 4- and 8-bit schemes (MxMoE's mixes) in one code path sized from
-   * each expert's meta entry, instead of a constant-size branch per scheme (default false; for measuring).
-   */
-  unifiedSchemes?: boolean;
-  /**
    * Run prefill MoE blocks as grouped GEMMs over the tokens of each expert (default false: on an H100 the
    * per-pair mat-vecs, served from L2, are still faster than the present grouped kernel).
    */
@@ -938,7 +933,6 @@ export class GpuDecoder implements TokenSource {
         inter: width,
         topK: kk,
         schemes: guPacked?.schemes,
-        unified: options.unifiedSchemes,
       };
       const guFParams: GateUpParams = { hidden: H, inter: width, topK: kk, dtype };
       const guProg = packedFfn
@@ -998,7 +992,6 @@ export class GpuDecoder implements TokenSource {
           topK: kk,
           alpha: c.residualMultiplier,
           schemes: dnPacked!.schemes,
-          unified: options.unifiedSchemes,
         }, qDownShape)
         : await downProgram(device, ring, {
           hidden: H,

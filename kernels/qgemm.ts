@@ -37,21 +37,40 @@ fn qval(m: vec4<u32>, n: u32, k: u32) -> f32 {
     return select(h.x, h.y, (k & 1u) == 1u);
   }
   let G = m.y;
-  let v = 32u / bits;
-  let wpg = (G + v - 1u) / v;
   let groups = K / G;
   let g = k / G;
   let j = k - g * G;
-  let word = qw[m.z + (n * groups + g) * wpg + j / v];
   let sm = unpack2x16float(qp[m.w + n * groups + g]);
+  if (bits == 3u) {
+    let q = w3Level(m.z + (n * groups + g) * w3Words(G), G, j);
+    return sm.x * f32(q) + sm.y;
+  }
+  let v = 32u / bits;
+  let wpg = (G + v - 1u) / v;
+  let word = qw[m.z + (n * groups + g) * wpg + j / v];
   return sm.x * f32(extractBits(word, (j % v) * bits, bits)) + sm.y;
+}
+// Words of a 3-bit group of G values: blocks of 128 values, 12 words each (the last: ceil(n/16) + ceil(n/32)).
+fn w3Words(G: u32) -> u32 {
+  let rest = G % 128u;
+  return (G / 128u) * 12u + select(0u, (rest + 15u) / 16u + (rest + 31u) / 32u, rest > 0u);
+}
+// The level of value j of the 3-bit group of G values starting at word gw (engine/quant/pack.ts).
+fn w3Level(gw: u32, G: u32, j: u32) -> u32 {
+  let i = j % 128u;
+  let nb = min(128u, G - (j - i));
+  let base = gw + (j / 128u) * 12u;
+  let lo = (qw[base + i / 16u] >> (2u * (i % 16u))) & 3u;
+  let hi = (qw[base + (nb + 15u) / 16u + i / 32u] >> (i % 32u)) & 1u;
+  return lo | (hi << 2u);
 }`;
 }
 
 /**
  * WGSL loading the weight tile [BN][BK] (rows n0…, inputs k0…) of matrix `m`, 4 consecutive inputs per thread.
  * For 2, 4 and 8 bits the 4 levels sit in one word (groups are multiples of 8, so k is a multiple of 4 within its
- * group, and 4 divides the levels per word): one word and one (scale, min) load unpack all four.
+ * group, and 4 divides the levels per word): one word and one (scale, min) load unpack all four; 3-bit levels
+ * are read one at a time from their bit planes.
  */
 function qTileLoad(): string {
   return `{
@@ -74,6 +93,16 @@ function qTileLoad(): string {
           let mask = (1u << bits) - 1u;
           let lv = vec4<u32>(word >> sh, word >> (sh + bits), word >> (sh + 2u * bits), word >> (sh + 3u * bits)) &
             vec4<u32>(mask);
+          v4 = sm.x * vec4<f32>(lv) + vec4<f32>(sm.y);
+        } else if (bits == 3u) {
+          // 3 bits: each level from its two bit planes.
+          let G = m.y;
+          let groups = K / G;
+          let g = k / G;
+          let gw = m.z + (n * groups + g) * w3Words(G);
+          let sm = unpack2x16float(qp[m.w + n * groups + g]);
+          let j = k - g * G;
+          let lv = vec4<u32>(w3Level(gw, G, j), w3Level(gw, G, j + 1u), w3Level(gw, G, j + 2u), w3Level(gw, G, j + 3u));
           v4 = sm.x * vec4<f32>(lv) + vec4<f32>(sm.y);
         } else {
           for (var j = 0u; j < 4u; j++) {

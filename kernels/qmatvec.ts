@@ -8,14 +8,16 @@
  * | qp | u32 | per (row, group): pack2x16float(scale, min) |
  * | meta | vec4<u32> | per matrix (expert): bits, group, word offset, parameter offset |
  *
- * Bits 2, 3, 4 and 8 are asymmetric group-wise levels; bits 16 stores plain f16 pairs (one group per row, no
- * parameters), so unquantized experts mix with quantized ones. The branch on an expert's scheme is uniform
- * across a workgroup (one workgroup works on one expert), as WGSL requires.
+ * Bits 2, 3, 4 and 8 are asymmetric group-wise levels (3 bits in bit planes, engine/quant/pack.ts); bits 16
+ * stores plain f16 pairs (one group per row, no parameters), so unquantized experts mix with quantized ones. The
+ * branch on an expert's scheme is uniform across a workgroup (one workgroup works on one expert), as WGSL
+ * requires.
  *
  * @module
  */
 
 import { type Program, Program as P, type StepRing } from "./gpu.ts";
+import { wordsPerGroup } from "../engine/quant/scheme.ts";
 import { checkMatvecShape, f32Lit, type MatvecShape, prelude } from "./wgsl.ts";
 
 /** Meta entry of one matrix: its scheme and where its words and parameters start. */
@@ -61,8 +63,7 @@ export function metaTable(entries: QuantMeta[]): Uint32Array {
 
 /** Words of one row of `cols` values in scheme (bits, group). */
 export function wordsPerRow(bits: number, group: number, cols: number): number {
-  const v = Math.floor(32 / bits);
-  return (cols / group) * Math.ceil(group / v);
+  return (cols / group) * wordsPerGroup(bits, group);
 }
 
 /** Bit widths the vector path of the mat-vecs reads a 16-byte chunk (4 words) at a time. */
@@ -85,7 +86,8 @@ const WORDWISE_VEC4S = 16;
  * Quantized rows add `scale · Σ q·x + min · Σ x` with their group's parameters `sm{r}`; the activations load
  * once for all rows.
  */
-function chunkCode(bits: number, rows: number, xAt: (i: number) => string): string {
+function chunkCode(bits: number, rows: number, xAt: (i: number) => string, lay?: ChunkLayout): string {
+  if (bits === 3) return chunkCode3(rows, xAt, lay?.params ?? 1);
   const nx = (bits === 16 ? 8 : 128 / bits) / 4; // vec4s of activations per chunk
   const perWord = nx / 4; // vec4s of activations per word
   if (bits !== 16 && nx >= WORDWISE_VEC4S) {
@@ -134,6 +136,57 @@ function chunkCode(bits: number, rows: number, xAt: (i: number) => string): stri
   return lines.join("\n        ");
 }
 
+/**
+ * WGSL statements accumulating one 128-value 3-bit chunk (vectors `w{r}`, `wb{r}`, `wc{r}`: 12 words) of each of
+ * `rows` rows against its 32 activation vec4s, in four 32-value units, each unit's activations loaded just before
+ * its codes use them. With one parameter pair per chunk (groups of 128 or more) the chunk is one block: unit s has
+ * its low bits in words 2s and 2s + 1 and its high bits in word 8 + s. With `params` 2 or 4 it holds that many
+ * groups (64 or 32 values, 6 or 3 words each: low words, then high), and unit s uses pair `sm{r}p{q}` of its group.
+ */
+function chunkCode3(rows: number, xAt: (i: number) => string, params: number): string {
+  const word = (r: number, i: number) => `${vecName(Math.floor(i / 4), r)}.${"xyzw"[i % 4]}`;
+  const out: string[] = [];
+  const dr = Array.from({ length: rows }, () => [] as string[]);
+  const sxs: string[] = [];
+  for (let s = 0; s < 4; s++) {
+    // Words of unit s within the chunk: low bits of values 0–15 and 16–31, then the high bits.
+    let lo: number, hi: number;
+    if (params === 1) [lo, hi] = [2 * s, 8 + s];
+    else {
+      const per = 4 / params, g = Math.floor(s / per), u = s % per, base = g * 3 * per;
+      [lo, hi] = [base + 2 * u, base + 2 * per + u];
+    }
+    for (let i = 0; i < 8; i++) out.push(`let x${8 * s + i} = ${xAt(8 * s + i)};`);
+    out.push(
+      `let sx${s} = dot(${
+        Array.from({ length: 8 }, (_, i) => `x${8 * s + i}`).join(" + ")
+      }, vec4<f32>(1.0));`,
+    );
+    sxs.push(`sx${s}`);
+    for (let r = 0; r < rows; r++) {
+      out.push(`let hi${r}_${s} = ${word(r, hi)};`);
+      const terms = Array.from(
+        { length: 8 },
+        (_, i) =>
+          `dot(lv3(${word(r, lo + (i >> 2))} >> ${8 * (i % 4)}u, hi${r}_${s} >> ${4 * i}u), x${8 * s + i})`,
+      );
+      if (params === 1) {
+        out.push(`let d${r}_${s} = ${terms.join(" + ")};`);
+        dr[r].push(`d${r}_${s}`);
+      } else {
+        const sm = paramName({ vecs: 3, params }, r, Math.floor(s / (4 / params)));
+        out.push(`acc${r} += ${sm}.x * (${terms.join(" + ")}) + ${sm}.y * sx${s};`);
+      }
+    }
+  }
+  if (params === 1) {
+    for (let r = 0; r < rows; r++) {
+      out.push(`acc${r} += sm${r}.x * (${dr[r].join(" + ")}) + sm${r}.y * (${sxs.join(" + ")});`);
+    }
+  }
+  return out.join("\n        ");
+}
+
 /** A quantization scheme of a weight set: bits (16: plain f16) and group size (f16: the row length). */
 export interface QuantScheme {
   /** 2, 3, 4, 8 or 16. */
@@ -142,16 +195,52 @@ export interface QuantScheme {
   group: number;
 }
 
-/** Whether rows of `k` values in `s` can be read in 16-byte chunks that each lie inside one group. */
+/**
+ * Whether rows of `k` values in `s` can be read in 16-byte chunks that each lie inside one group, or (3 bits)
+ * in chunks of 128 values (three 16-byte vectors: one 3-bit block, or two or four whole groups of 64 or 32).
+ */
 function chunked(s: QuantScheme, k: number): boolean {
   if (s.bits === 16) return k % 8 === 0;
+  if (s.bits === 3) {
+    return (s.group % 128 === 0 || s.group === 64 || s.group === 32) && k % s.group === 0 && k % 128 === 0;
+  }
   return (s.bits === 2 || s.bits === 4 || s.bits === 8) && s.group % (128 / s.bits) === 0 &&
     k % s.group === 0;
 }
 
-/** Vec4s of activations one 16-byte chunk of scheme `s` multiplies. */
+/** Vec4s of activations one chunk of `bits` multiplies (3 bits: 128 values). */
+function vec4sPerChunk(bits: number): number {
+  return bits === 16 ? 2 : bits === 3 ? 32 : 32 / bits;
+}
+
+/** Vec4s of activations one chunk of scheme `s` multiplies. */
 function chunkVec4s(s: QuantScheme): number {
-  return s.bits === 16 ? 2 : 32 / s.bits;
+  return vec4sPerChunk(s.bits);
+}
+
+/** A chunk's 16-byte vectors of weights and its (scale, min) pairs per row. */
+interface ChunkLayout {
+  /** 16-byte vectors (3 for a 3-bit chunk, else 1). */
+  vecs: number;
+  /** Parameter pairs (a 3-bit chunk of groups of 64 or 32 spans 2 or 4 groups; f16: none). */
+  params: number;
+}
+
+/** The layout of a chunk of scheme `s`. */
+function chunkLayout(s: QuantScheme): ChunkLayout {
+  if (s.bits === 16) return { vecs: 1, params: 0 };
+  if (s.bits === 3) return { vecs: 3, params: Math.max(1, 128 / s.group) };
+  return { vecs: 1, params: 1 };
+}
+
+/** WGSL name of 16-byte vector `v` of a chunk of row `r`. */
+function vecName(v: number, r: number): string {
+  return `${["w", "wb", "wc"][v]}${r}`;
+}
+
+/** WGSL name of parameter pair `q` of a chunk of row `r`. */
+function paramName(lay: ChunkLayout, r: number, q: number): string {
+  return lay.params === 1 ? `sm${r}` : `sm${r}p${q}`;
 }
 
 /** The distinct schemes of `schemes` whose rows of `k` values are read in 16-byte chunks. */
@@ -164,40 +253,11 @@ function chunkedSchemes(schemes: readonly QuantScheme[], k: number): QuantScheme
 }
 
 /**
- * The schemes of `schemes` that one code path reads when `on` ({@linkcode qdotFn}'s unified branch): those of 2,
- * 4 or 8 bits whose groups are whole 32-value units and whose rows of `k` values are whole 16-byte chunks (a
- * 2-bit scheme with groups of 96 or 32 too, which the constant-size branches read word by word), when there are
- * two or more of them (else none: a single scheme keeps its constant-size branch).
- */
-function unifiedSchemes(schemes: readonly QuantScheme[] | undefined, k: number, on: boolean): QuantScheme[] {
-  if (!on || !schemes) return [];
-  const u = schemes.filter((sc) =>
-    (sc.bits === 2 || sc.bits === 4 || sc.bits === 8) && sc.group % 32 === 0 && k % sc.group === 0 &&
-    (k * sc.bits) % 128 === 0
-  );
-  return u.length >= 2 ? u : [];
-}
-
-/** Whether `a` and `b` are the same scheme. */
-function sameScheme(a: QuantScheme, b: QuantScheme): boolean {
-  return a.bits === b.bits && a.group === b.group;
-}
-
-/**
  * How activations are staged for a weight set's schemes: one branch (WGSL condition on meta entry `m`) per
- * layout, with its vec4s per chunk `nx` — the unified schemes share one (8: a 32-value unit), each other scheme
- * read in chunks has its own.
+ * scheme read in chunks, with its vec4s per chunk `nx`.
  */
-function stagingBranches(
-  k: number,
-  schemes: readonly QuantScheme[],
-  unified: readonly QuantScheme[],
-): { cond: string; nx: number }[] {
-  const own = chunkedSchemes(schemes, k).filter((sc) => !unified.some((u) => sameScheme(u, sc)));
-  return [
-    ...(unified.length > 0 ? [{ cond: unified.map((sc) => `(${isScheme(sc)})`).join(" || "), nx: 8 }] : []),
-    ...own.map((sc) => ({ cond: isScheme(sc), nx: chunkVec4s(sc) })),
-  ];
+function stagingBranches(k: number, schemes: readonly QuantScheme[]): { cond: string; nx: number }[] {
+  return chunkedSchemes(schemes, k).map((sc) => ({ cond: isScheme(sc), nx: chunkVec4s(sc) }));
 }
 
 /** WGSL condition: meta entry `m` is scheme `sc` and 16-byte aligned (its rows are read in chunks). */
@@ -218,14 +278,13 @@ function stageFn(
   schemes: readonly QuantScheme[],
   wg: number,
   norm = false,
-  unified: readonly QuantScheme[] = [],
 ): string {
   const k4 = k / 4;
   // With a fused RMSNorm the staged values are x∘g and the function returns the thread's share of Σx².
   const put = norm
     ? "let v = xa[xo4 + j]; ss += dot(v, v); xsh[DST] = v * gw[j];"
     : "xsh[DST] = xa[xo4 + j];";
-  const branches = stagingBranches(k, schemes, unified).map(({ cond, nx }) => {
+  const branches = stagingBranches(k, schemes).map(({ cond, nx }) => {
     const dst = `xs0 + (j % ${nx}u) * ${k4 / nx}u + j / ${nx}u`;
     // A constant trip count where the threads divide the row (the copies unroll, loads in flight together).
     const copy = k4 % wg === 0
@@ -256,8 +315,7 @@ fn stage_x(m: vec4<u32>, xo4: u32, xs0: u32, li: u32) {
  * weight set holds), each chunked scheme gets a branch with its sizes as constants, and with `staged` it reads
  * the activations from workgroup memory at `xs0`, as `stage_x` left them; without `schemes`, one branch per bit
  * width computes the sizes at run time. With `tpr` (the team size TPR, known when building) the constant-size
- * branches unroll the thread's chunks, their loads issued together. The schemes in `unified` (from
- * `unifiedSchemes`; they need `tpr`) share one branch instead, `unifiedCode`.
+ * branches unroll the thread's chunks, their loads issued together.
  */
 function qdotFn(
   rows: 1 | 2,
@@ -265,7 +323,6 @@ function qdotFn(
   schemes?: readonly QuantScheme[],
   staged = false,
   tpr = 0,
-  unified: readonly QuantScheme[] = [],
 ): string {
   const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
   const ret = rows === 1 ? "f32" : "vec2<f32>";
@@ -274,23 +331,71 @@ function qdotFn(
   const result = rows === 1 ? "acc0" : `vec2<f32>(${accs})`;
   // Activations from global memory: vec4 i of the chunk at vec4 xb (= xo4 + c · vec4s per chunk).
   const global = (i: number) => `xa[xb + ${i}u]`;
-  // The loop over a thread's chunks; sizes are WGSL expressions (constants or run-time values).
-  const loop = (b: number, cpr: string, groups: string, group: string, xAt: (i: number) => string) => {
-    const loads = Array.from({ length: rows }, (_, r) => `let w${r} = qw[m.z / 4u + row${r} * ${cpr} + c];`);
-    const params = b === 16 ? [] : Array.from(
-      { length: rows },
-      (_, r) => `let sm${r} = unpack2x16float(qp[m.w + row${r} * ${groups} + ${group}]);`,
-    );
+  // The loop over a thread's chunks; sizes are WGSL expressions (constants or run-time values). `lay`: the
+  // chunk's 16-byte vectors and parameter pairs (chunkLayout); `group(c, p)`: the index of parameter pair p of
+  // chunk c in its row.
+  const loads = (
+    b: number,
+    lay: ChunkLayout,
+    rowVecs: string,
+    groups: string,
+    c: string,
+    group: (c: string, p: number) => string,
+    sfx: string,
+  ) => {
+    const out: string[] = [];
+    for (let r = 0; r < rows; r++) {
+      for (let v = 0; v < lay.vecs; v++) {
+        const at = lay.vecs === 1 ? c : `${c} * ${lay.vecs}u + ${v}u`;
+        out.push(`let ${vecName(v, r)}${sfx} = qw[m.z / 4u + row${r} * ${rowVecs} + ${at}];`);
+      }
+      if (b === 16) continue;
+      for (let q = 0; q < lay.params; q++) {
+        out.push(
+          `let ${paramName(lay, r, q)}${sfx} = unpack2x16float(qp[m.w + row${r} * ${groups} + ${
+            group(c, q)
+          }]);`,
+        );
+      }
+    }
+    return out;
+  };
+  // Names of one chunk's loads (the unrolled chunks load into suffixed names first).
+  const names = (b: number, lay: ChunkLayout) => {
+    const out: string[] = [];
+    for (let r = 0; r < rows; r++) {
+      for (let v = 0; v < lay.vecs; v++) out.push(vecName(v, r));
+      if (b !== 16) { for (let q = 0; q < lay.params; q++) out.push(paramName(lay, r, q)); }
+    }
+    return out;
+  };
+  const xBase = (b: number) => `let xb = xo4 + c * ${vec4sPerChunk(b)}u;`;
+  const loop = (
+    b: number,
+    lay: ChunkLayout,
+    cpr: string,
+    groups: string,
+    group: (c: string, p: number) => string,
+    xAt: (i: number) => string,
+  ) => {
+    const rowVecs = lay.vecs === 1 ? cpr : `${cpr} * ${lay.vecs}u`;
     return `for (var c = t; c < ${cpr}; c += TPR) {
-        ${[...loads, ...params].join("\n        ")}
-        ${xAt === global ? `let xb = xo4 + c * ${b === 16 ? 2 : 32 / b}u;` : ""}
-        ${chunkCode(b, rows, xAt)}
+        ${loads(b, lay, rowVecs, groups, "c", group, "").join("\n        ")}
+        ${xAt === global ? xBase(b) : ""}
+        ${chunkCode(b, rows, xAt, lay)}
       }
       return ${result};`;
   };
   // With constant sizes and a known team size the thread's chunks (c = t, t + tpr, ...) are unrolled and
   // their loads issued UNROLL at a time, so they are in flight together (a loop waits for each in turn).
-  const unrolled = (b: number, cpr: number, groups: string, cpg: number, xAt: (i: number) => string) => {
+  const unrolled = (
+    b: number,
+    lay: ChunkLayout,
+    cpr: number,
+    groups: string,
+    group: (c: string, p: number) => string,
+    xAt: (i: number) => string,
+  ) => {
     const nit = Math.ceil(cpr / tpr);
     const out: string[] = [];
     for (let u0 = 0; u0 < nit; u0 += UNROLL) {
@@ -299,21 +404,14 @@ function qdotFn(
         // The last chunk may lie past the row when tpr does not divide it: its loads read the row's last.
         const cu = u === nit - 1 && cpr % tpr !== 0 ? `min(t + ${u * tpr}u, ${cpr - 1}u)` : `t + ${u * tpr}u`;
         out.push(`let c${u} = ${cu};`);
-        for (let r = 0; r < rows; r++) {
-          out.push(`let w${r}_${u} = qw[m.z / 4u + row${r} * ${cpr}u + c${u}];`);
-          if (b !== 16) {
-            out.push(`let sm${r}_${u} = unpack2x16float(qp[m.w + row${r} * ${groups} + c${u} / ${cpg}u]);`);
-          }
-        }
+        out.push(...loads(b, lay, `${cpr * lay.vecs}u`, groups, `c${u}`, group, `_${u}`));
       }
       for (const u of us) {
-        const names = Array.from({ length: rows }, (_, r) => `let w${r} = w${r}_${u};`);
-        if (b !== 16) names.push(...Array.from({ length: rows }, (_, r) => `let sm${r} = sm${r}_${u};`));
         const body = `{
           let c = c${u};
-          ${names.join(" ")}
-          ${xAt === global ? `let xb = xo4 + c * ${b === 16 ? 2 : 32 / b}u;` : ""}
-          ${chunkCode(b, rows, xAt)}
+          ${names(b, lay).map((n) => `let ${n} = ${n}_${u};`).join(" ")}
+          ${xAt === global ? xBase(b) : ""}
+          ${chunkCode(b, rows, xAt, lay)}
         }`;
         out.push(u === nit - 1 && cpr % tpr !== 0 ? `if (t + ${u * tpr}u < ${cpr}u) ${body}` : body);
       }
@@ -323,38 +421,29 @@ function qdotFn(
   };
   let vector: string;
   if (schemes) {
-    if (unified.length > 0 && tpr <= 0) {
-      throw new RangeError(
-        "Cannot build the unified dot product without the team size (its units are unrolled)",
-      );
-    }
-    const own = chunkedSchemes(schemes, k).filter((sc) => !unified.some((u) => sameScheme(u, sc)));
-    const branches = own.map((sc) => {
-      const nx = chunkVec4s(sc), cpr = k / (4 * nx);
+    const branches = chunkedSchemes(schemes, k).map((sc) => {
+      const nx = chunkVec4s(sc), cpr = k / (4 * nx), lay = chunkLayout(sc);
       // Staged: vec4 i of chunk c is at xs0 + i · cpr + c.
       const xAt = staged ? (i: number) => `xsh[xs0 + ${i * cpr}u + c]` : global;
       const groups = sc.bits === 16 ? "1u" : `${k / sc.group}u`;
-      const cpg = sc.bits === 16 ? 0 : sc.group / (128 / sc.bits);
-      const group = sc.bits === 16 ? "0u" : `c / ${cpg}u`;
+      // Chunks per group, or (several groups in a chunk) parameter pair p of chunk c at c · params + p.
+      const cpg = sc.bits === 16 ? 1 : Math.max(1, sc.group / (4 * nx));
+      const group = (c: string, p: number) =>
+        sc.bits === 16 ? "0u" : lay.params > 1 ? `${c} * ${lay.params}u + ${p}u` : `${c} / ${cpg}u`;
       return `if (${isScheme(sc)}) {
       ${
         tpr > 0 && cpr / tpr <= MAX_UNROLLED
-          ? unrolled(sc.bits, cpr, groups, cpg, xAt)
-          : loop(sc.bits, `${cpr}u`, groups, group, xAt)
+          ? unrolled(sc.bits, lay, cpr, groups, group, xAt)
+          : loop(sc.bits, lay, `${cpr}u`, groups, group, xAt)
       }
     }`;
     });
-    if (unified.length > 0) {
-      branches.unshift(`if (${unified.map((sc) => `(${isScheme(sc)})`).join(" || ")}) {
-      ${unifiedCode(rows, k, tpr, staged, unified.some((sc) => sc.bits === 8))}
-    }`);
-    }
     vector = branches.length === 0 ? "" : `let xo4 = xo / 4u;
   ${branches.join(" else ")}`;
   } else {
     const branches = VECTOR_BITS.map((b) =>
       `if (bits == ${b}u) {
-      ${loop(b, "cpr", "groups", "c / cpg", global)}
+      ${loop(b, { vecs: 1, params: b === 16 ? 0 : 1 }, "cpr", "groups", (c) => `${c} / cpg`, global)}
     }`
     ).join(" else ");
     vector = `let bits = m.x;
@@ -382,80 +471,6 @@ fn qdot${rows}(m: vec4<u32>, ${rowArgs}, xo: u32, xs0: u32, t: u32) -> ${ret} {
 }`;
 }
 
-/**
- * WGSL of the unified branch of `qdot{rows}`: one code path for every 2-, 4- and 8-bit scheme of a set (groups
- * of whole 32-value units), its sizes computed from the meta entry `m` instead of a branch per scheme. A row is
- * read in units of 32 values (8 activation vec4s, staged like a 4-bit chunk: vec4 i of unit c at `xs0 + i · K/32
- * + c`): a 4-bit unit is a whole 16-byte chunk, a 2-bit unit half of one (two threads load the same chunk), an
- * 8-bit unit two (with `eight`: the set has 8-bit schemes). Value vec4 q of a unit is word `(c · bits) % 4 + q ·
- * bits / 8` of the unit's chunks, from bit `4 q · bits % 32`. A thread's `K / 32 / TPR` units are unrolled, their
- * loads issued {@linkcode UNROLL} at a time.
- */
-function unifiedCode(rows: number, k: number, tpr: number, staged: boolean, eight: boolean): string {
-  const units = k / 32, nit = Math.ceil(units / tpr);
-  const xAt = staged
-    ? (i: number) => `xsh[xs0 + ${i * units}u + c]`
-    : (i: number) => `xa[xo4 + c * 8u + ${i}u]`;
-  const out: string[] = [
-    "let b = m.x;",
-    `let cpr = ${units}u * b / 4u;`,
-    "let upg = m.y / 32u;",
-    `let groups = ${k}u / m.y;`,
-    "let mask = vec4<u32>((1u << b) - 1u);",
-    "let lanes = vec4<u32>(0u, b, 2u * b, 3u * b);",
-  ];
-  for (let q = 0; q < 8; q++) {
-    out.push(`let wi${q} = ${q}u * b / 8u;`, `let sh${q} = lanes + vec4<u32>(${4 * q}u * b % 32u);`);
-  }
-  for (let u0 = 0; u0 < nit; u0 += UNROLL) {
-    const us = Array.from({ length: Math.min(UNROLL, nit - u0) }, (_, i) => u0 + i);
-    for (const u of us) {
-      const cu = u === nit - 1 && units % tpr !== 0
-        ? `min(t + ${u * tpr}u, ${units - 1}u)`
-        : `t + ${u * tpr}u`;
-      out.push(`let c${u} = ${cu};`);
-      for (let r = 0; r < rows; r++) {
-        out.push(
-          `let w${r}_${u} = qw[m.z / 4u + row${r} * cpr + c${u} * b / 4u];`,
-          `let sm${r}_${u} = unpack2x16float(qp[m.w + row${r} * groups + c${u} / upg]);`,
-        );
-        // An 8-bit unit is two chunks: the second loads only for 8-bit experts (a uniform branch).
-        if (eight) {
-          out.push(
-            `var v${r}_${u} = vec4<u32>();`,
-            `if (b == 8u) { v${r}_${u} = qw[m.z / 4u + row${r} * cpr + c${u} * 2u + 1u]; }`,
-          );
-        }
-      }
-    }
-    for (const u of us) {
-      const lines = [`let c = c${u};`, "let wo = c * b % 4u;"];
-      for (let i = 0; i < 8; i++) lines.push(`let x${i} = ${xAt(i)};`);
-      lines.push(
-        `let sx = dot(${Array.from({ length: 8 }, (_, i) => `x${i}`).join(" + ")}, vec4<f32>(1.0));`,
-      );
-      for (let r = 0; r < rows; r++) {
-        // Word wo + wi_q of the unit: of its first chunk, or (8 bits, from word 4 on) of its second.
-        const word = (q: number) =>
-          eight
-            ? `select(v${r}_${u}[(wo + wi${q}) & 3u], w${r}_${u}[(wo + wi${q}) & 3u], wo + wi${q} < 4u)`
-            : `w${r}_${u}[wo + wi${q}]`;
-        const terms = Array.from(
-          { length: 8 },
-          (_, q) => `dot(vec4<f32>((vec4<u32>(${word(q)}) >> sh${q}) & mask), x${q})`,
-        );
-        lines.push(`acc${r} += sm${r}_${u}.x * (${terms.join(" + ")}) + sm${r}_${u}.y * sx;`);
-      }
-      const body = `{
-        ${lines.join("\n        ")}
-      }`;
-      out.push(u === nit - 1 && units % tpr !== 0 ? `if (t + ${u * tpr}u < ${units}u) ${body}` : body);
-    }
-  }
-  out.push(`return ${rows === 1 ? "acc0" : "vec2<f32>(acc0, acc1)"};`);
-  return out.join("\n      ");
-}
-
 /** WGSL of the word-by-word dot product (any scheme) and the helpers of the chunked one. */
 function qdotWordsFn(): string {
   return `
@@ -478,8 +493,39 @@ fn lv4(w: u32) -> vec4<f32> {
 fn lv8(w: u32) -> vec4<f32> {
   return vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(255u));
 }
+// 3-bit levels of four values: two low bits each from lo, one high bit each from hi.
+fn lv3(lo: u32, hi: u32) -> vec4<f32> {
+  return vec4<f32>((vec4<u32>(lo, lo >> 2u, lo >> 4u, lo >> 6u) & vec4<u32>(3u)) |
+    ((vec4<u32>(hi, hi >> 1u, hi >> 2u, hi >> 3u) & vec4<u32>(1u)) << vec4<u32>(2u)));
+}
+// 3 bits, any group (a multiple of 8): four values at a time; value i of a block of n (blocks of 128 per group,
+// 12 words each) has its low bits in word i / 16 and its high bit in word ceil(n / 16) + i / 32.
+fn qdot_w3(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
+  let G = m.y;
+  let rest = G % 128u;
+  let wpg = (G / 128u) * 12u + select(0u, (rest + 15u) / 16u + (rest + 31u) / 32u, rest > 0u);
+  let groups = K / G;
+  let wrow = m.z + row * groups * wpg;
+  let prow = m.w + row * groups;
+  let one = vec4<f32>(1.0);
+  var acc = 0.0;
+  for (var c = t; c < K / 4u; c += TPR) {
+    let j = c * 4u;
+    let g = j / G;
+    let jg = j - g * G;
+    let i = jg % 128u;
+    let n = min(128u, G - (jg - i));
+    let base = wrow + g * wpg + (jg / 128u) * 12u;
+    let lv = lv3(qword(base + i / 16u) >> (2u * (i % 16u)), qword(base + (n + 15u) / 16u + i / 32u) >> (i % 32u));
+    let sm = unpack2x16float(qp[prow + g]);
+    let xv = xa[(xo + j) >> 2u];
+    acc += sm.x * dot(lv, xv) + sm.y * dot(xv, one);
+  }
+  return acc;
+}
 fn qdot_words(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
   let bits = m.x;
+  if (bits == 3u) { return qdot_w3(m, row, xo, t); }
   let G = m.y;
   let v = 32u / bits;
   let wpg = (G + v - 1u) / v;
@@ -501,8 +547,8 @@ fn qdot_words(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
     let sm = unpack2x16float(qp[prow + g]);
     var s = 0.0;
     var sx = 0.0;
-    if (bits == 3u || G - j0 < v) {
-      // 10 levels per word (or a partial last word): one level at a time.
+    if (G - j0 < v) {
+      // A partial last word: one level at a time.
       let n = min(v, G - j0);
       for (var j = 0u; j < n; j++) {
         let xv = xs(xb + j);
@@ -588,11 +634,10 @@ function stagedDecl(
   slots: number,
   wg: number,
   norm = false,
-  unified: readonly QuantScheme[] = [],
 ): string {
   if (!staged || !schemes) return "";
   return `var<workgroup> xsh: array<vec4<f32>, ${slots * (k / 4)}>;
-${stageFn(k, schemes, wg, norm, unified)}`;
+${stageFn(k, schemes, wg, norm)}`;
 }
 
 /**
@@ -734,11 +779,6 @@ export interface QGateUpParams {
   /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
   schemes?: readonly QuantScheme[];
   /**
-   * Read the set's 2-, 4- and 8-bit schemes (two or more) in one code path sized from each expert's meta entry
-   * instead of a branch per scheme (`unifiedCode`); default false.
-   */
-  unified?: boolean;
-  /**
    * The RMSNorm of x (this epsilon) fused in: x is the un-normalized input, the norm weight [H] f32 is bound
    * last, and each row's gate and up sums are scaled by its `1/rms`. Needs {@linkcode qNormFusable}.
    */
@@ -756,7 +796,6 @@ export function qGateUpWgsl(p: QGateUpParams, shape: MatvecShape = QGATEUP_SHAPE
   const norm = p.normEps !== undefined;
   if (norm) checkNormFusable("the quantized gate/up", p.hidden, p.schemes, staged);
   const wg = shape.outs * shape.tpo;
-  const uni = unifiedSchemes(p.schemes, p.hidden, p.unified ?? false);
   return `${prelude()}
 const K: u32 = ${p.hidden}u;
 const I: u32 = ${p.inter}u;
@@ -769,8 +808,8 @@ ${QBINDINGS}
 @group(0) @binding(5) var<storage, read_write> h: array<f32>;
 ${norm ? "@group(0) @binding(6) var<storage, read> gw: array<vec4<f32>>;" : ""}
 ${qdotWordsFn()}
-${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm, uni)}
-${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo, uni)}
+${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm)}
+${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -810,11 +849,6 @@ export interface QDownParams {
   alpha: number;
   /** The schemes the weight set holds (each gets a branch with constant sizes); absent: any, sized at run time. */
   schemes?: readonly QuantScheme[];
-  /**
-   * Read the set's 2-, 4- and 8-bit schemes (two or more) in one code path sized from each expert's meta entry
-   * instead of a branch per scheme (`unifiedCode`); default false.
-   */
-  unified?: boolean;
 }
 
 /**
@@ -832,7 +866,6 @@ export function qDownWgsl(p: QDownParams, shape: MatvecShape = QDOWN_SHAPE, stag
   checkMatvecShape("the quantized down projection", shape);
   const wg = shape.outs * shape.tpo, split = shape.split ?? 1;
   const stage = staged && p.schemes !== undefined;
-  const uni = unifiedSchemes(p.schemes, p.inter, p.unified ?? false);
   return `${prelude()}
 const H: u32 = ${p.hidden}u;
 const K: u32 = ${p.inter}u;
@@ -852,7 +885,7 @@ ${stage ? `var<workgroup> xsh: array<vec4<f32>, ${p.topK * (p.inter / 4)}>;` : "
 var<workgroup> dmeta: array<vec4<u32>, TOPK>;
 var<workgroup> dwts: array<f32, TOPK>;
 var<workgroup> part: array<f32, WG>;
-${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, uni)}
+${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.y;
@@ -861,7 +894,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let o = (li / TPR) % OUTS;
   let team = li / (OUTS * TPR);
   let c = wg.x * OUTS + o;
-  ${stage ? downStaging(p.inter, p.topK, p.schemes!, wg, uni) : DOWN_METAS}
+  ${stage ? downStaging(p.inter, p.topK, p.schemes!, wg) : DOWN_METAS}
   var acc = 0.0;
   if (c < H) {
     for (var j = team; j < TOPK; j += SPLIT) {
@@ -907,12 +940,11 @@ function downStaging(
   topK: number,
   schemes: readonly QuantScheme[],
   wg: number,
-  unified: readonly QuantScheme[],
 ): string {
   const k4 = k / 4, nper = Math.ceil(k4 / wg);
   const pairs: [number, number][] = [];
   for (let j = 0; j < topK; j++) for (let u = 0; u < nper; u++) pairs.push([j, u]);
-  const layouts = stagingBranches(k, schemes, unified);
+  const layouts = stagingBranches(k, schemes);
   if (layouts.length === 0) return DOWN_METAS;
   const load = ([j, u]: [number, number]) => {
     const i = `li + ${u * wg}u`;

@@ -41,6 +41,10 @@ Deno.test({
         [2, 64],
         [2, 24],
         [3, 128],
+        [3, 256],
+        [3, 64],
+        [3, 32],
+        [3, 24],
         [4, 128],
         [8, 64],
         [4, 32],
@@ -113,7 +117,7 @@ Deno.test({
 /**
  * Gate/up then down of `rows` tokens routed to k = 3 of the experts, expert e's matrices in `guSchemes[e]` and
  * `dnSchemes[e]`, against expertsRef for each config: [gate/up shape, down shape, kernels given the schemes,
- * unified path, staged activations].
+ * staged activations].
  */
 async function checkMixedExperts(
   seed: number,
@@ -121,7 +125,7 @@ async function checkMixedExperts(
   I: number,
   guSchemes: TestScheme[],
   dnSchemes: TestScheme[],
-  configs: [MatvecShape, MatvecShape, boolean, boolean, boolean][],
+  configs: [MatvecShape, MatvecShape, boolean, boolean][],
 ): Promise<void> {
   const { device, ring } = await testGpu();
   const r = rng(seed);
@@ -134,16 +138,15 @@ async function checkMixedExperts(
   const idb = buf(device, "ids", new Uint32Array(ids)),
     hb = buf(device, "h", new Float32Array(rows * k * I));
   let xb: GPUBuffer;
-  for (const [gs, ds, withSchemes, unified, staged] of configs) {
+  for (const [gs, ds, withSchemes, staged] of configs) {
     xb = buf(device, "x", x0);
-    const guP = { hidden: H, inter: I, topK: k, schemes: withSchemes ? guSet.schemes : undefined, unified };
+    const guP = { hidden: H, inter: I, topK: k, schemes: withSchemes ? guSet.schemes : undefined };
     const dnP = {
       hidden: H,
       inter: I,
       topK: k,
       alpha: 0.7,
       schemes: withSchemes ? dnSet.schemes : undefined,
-      unified,
     };
     const gp = await qGateUpProgram(device, ring, guP, gs, staged);
     const dp = await qDownProgram(device, ring, dnP, ds, staged);
@@ -185,7 +188,7 @@ async function checkMixedExperts(
     const err = relError(got, ref);
     assert.ok(
       err < 1e-5,
-      `mixed experts ${JSON.stringify([gs, ds, withSchemes, unified, staged])}: ${err}`,
+      `mixed experts ${JSON.stringify([gs, ds, withSchemes, staged])}: ${err}`,
     );
   }
 }
@@ -196,15 +199,13 @@ Deno.test({
   fn: async () => {
     const schemes: TestScheme[] = [[2, 64], [3, 64], [4, 128], [8, 64], "f16"];
     // With schemes the down projection stages its inputs; its default shape and the fourth sum the experts in
-    // two teams, the second in four. The last three read the 2-, 4- and 8-bit schemes in one code path.
-    const configs: [MatvecShape, MatvecShape, boolean, boolean, boolean][] = [
-      [QGATEUP_SHAPE, QDOWN_SHAPE, true, false, true],
-      [{ tpo: 16, outs: 16 }, { tpo: 32, outs: 8, split: 4 }, false, false, true],
-      [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, false, true],
-      [QGATEUP_SHAPE, { tpo: 8, outs: 8, split: 2 }, true, false, true],
-      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true, true],
-      [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, true, true],
-      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true, false],
+    // two teams, the second in four; the last reads them unstaged.
+    const configs: [MatvecShape, MatvecShape, boolean, boolean][] = [
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true],
+      [{ tpo: 16, outs: 16 }, { tpo: 32, outs: 8, split: 4 }, false, true],
+      [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, true],
+      [QGATEUP_SHAPE, { tpo: 8, outs: 8, split: 2 }, true, true],
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, false],
     ];
     await checkMixedExperts(
       72,
@@ -218,17 +219,33 @@ Deno.test({
 });
 
 Deno.test({
-  name: "an MxMoE-like allocation (2-bit groups of 96, 3 and 8 bits) in the unified path matches expertsRef",
+  name: "an MxMoE-like allocation (groups of 96; 2, 3, 4 and 8 bits) matches expertsRef",
   ignore: SKIP_GPU,
   fn: async () => {
-    // Schemes like the default reader's MxMoE 3.25 allocation: w2g96 is read word by word by the branches, in
-    // units by the unified path; w3 word by word by both.
+    // Schemes like the default reader's MxMoE 3.25 allocation: w2g96 and w3g96 are read word by word, the
+    // others in chunks.
     const gu: TestScheme[] = [[2, 128], [4, 128], [4, 64], [3, 128], [2, 64]];
     const dn: TestScheme[] = [[4, 96], [8, 96], [2, 96], [3, 96], [4, 64]];
     await checkMixedExperts(74, 128, 192, gu, dn, [
-      [QGATEUP_SHAPE, QDOWN_SHAPE, true, false, true],
-      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true, true],
-      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true, false],
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true],
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, false],
+    ]);
+  },
+});
+
+Deno.test({
+  name: "3-bit experts read in 128-value chunks (groups of 128, 64 and 32) match expertsRef",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    // Rows of whole 128-value chunks: every 3-bit scheme here is read in chunks of three 16-byte vectors (one
+    // block, or two or four groups), staged and not; without the schemes, by the generic path.
+    const gu: TestScheme[] = [[3, 128], [3, 64], [3, 32], [4, 128]];
+    const dn: TestScheme[] = [[3, 128], [3, 64], [3, 32], [2, 64]];
+    await checkMixedExperts(75, 256, 128, gu, dn, [
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, true],
+      [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, true],
+      [QGATEUP_SHAPE, QDOWN_SHAPE, true, false],
+      [QGATEUP_SHAPE, QDOWN_SHAPE, false, true],
     ]);
   },
 });
@@ -241,8 +258,8 @@ Deno.test({
     const { device, ring } = await testGpu();
     const r = rng(73);
     const H = 128, I = 40, k = 2, rows = 3, n = 50;
-    // Every scheme read in 16-byte chunks (the fused kernels' requirement), one per expert.
-    const schemes: TestScheme[] = [[2, 64], [4, 128], [8, 64], "f16"];
+    // Every scheme read in chunks (the fused kernels' requirement), one per expert.
+    const schemes: TestScheme[] = [[2, 64], [4, 128], [8, 64], [3, 64], "f16"];
     const E = schemes.length;
     // Inputs far from unit scale: the norm must really be applied.
     const x = randomArray(r, rows * H, -6, 6), g = randomArray(r, H, 0.5, 1.5);
@@ -255,8 +272,8 @@ Deno.test({
       buf(device, "meta", set.meta),
     ];
     for (const shape of [QGEMV_SHAPE, WIDE_QGEMV_SHAPE, { tpo: 4, outs: 8 }] as MatvecShape[]) {
-      // qgemv (w4g128 and f16 sets), bias and residual add.
-      for (const s of [[4, 128], "f16"] as TestScheme[]) {
+      // qgemv (w4g128, w3g128 and f16 sets), bias and residual add.
+      for (const s of [[4, 128], [3, 128], "f16"] as TestScheme[]) {
         const { m, w } = makeQuantMatrix(r, n, H, s);
         const set = buildQuantSet([m]);
         assert.ok(qNormFusable(device, set, H, shape));
@@ -314,14 +331,15 @@ Deno.test({
       const err = relError(got, ref);
       assert.ok(err < 1e-5, `fused quantized gate/up ${JSON.stringify(shape)}: ${err}`);
     }
-    // A 3-bit matrix is read word by word (not staged): no fused kernel for it.
-    const three = buildQuantSet([makeQuantMatrix(r, n, H, [3, 64]).m]);
-    assert.equal(qNormFusable(device, three, H, QGEMV_SHAPE), false);
+    // A matrix read word by word (3-bit groups of 32 in rows of 96 values, not whole 128-value chunks) is not
+    // staged: no fused kernel for it.
+    const three = buildQuantSet([makeQuantMatrix(r, n, 96, [3, 32]).m]);
+    assert.equal(qNormFusable(device, three, 96, QGEMV_SHAPE), false);
     await assert.rejects(
       async () =>
         await qgemvProgram(device, ring, {
           n,
-          k: H,
+          k: 96,
           mode: "store",
           bias: false,
           alpha: 1,

@@ -6,7 +6,7 @@
  */
 
 export { parseScheme, type QuantScheme, schemeName, storedBitsPerWeight } from "./scheme.ts";
-export { dequantize, type PackedMatrix, packLevels, unpackLevels } from "./pack.ts";
+export { dequantize, levelBits, PACKED_FORMAT, type PackedMatrix, packLevels, unpackLevels } from "./pack.ts";
 export { type GptqOptions, quantizeGptq, quantizeRtn } from "./quantize.ts";
 export { calibrate, type Calibration } from "./calibrate.ts";
 export { bytesModelCosts, type CostTable, lookupCost, measureCosts } from "./cost.ts";

@@ -3,7 +3,7 @@
  *
  * | array | shape | dtype | content |
  * | --- | --- | --- | --- |
- * | qweight | [rows, cols / group, wordsPerGroup] | u32 | group g of row r: value j in word ⌊j / v⌋ at bit (j mod v)·bits, v = valuesPerWord |
+ * | qweight | [rows, cols / group, wordsPerGroup] | u32 | group g of row r: value j at {@linkcode levelBits}(bits, group, j) |
  * | scales | [rows, cols / group] | f16 | step of each group |
  * | mins | [rows, cols / group] | f16 | value of q = 0 in each group |
  *
@@ -12,7 +12,13 @@
  * @module
  */
 
-import { valuesPerWord, wordsPerGroup } from "./scheme.ts";
+import { valuesPerWord, W3_BLOCK, w3BlockWords, wordsPerGroup } from "./scheme.ts";
+
+/**
+ * The checkpoint format of this layout, as `quantization.json` names it (v1 stored 3-bit levels ten to a word;
+ * v2 stores them in bit planes).
+ */
+export const PACKED_FORMAT = "edgemix-packed-v2";
 
 /** A quantized matrix in the packed layout. */
 export interface PackedMatrix {
@@ -30,6 +36,22 @@ export interface PackedMatrix {
   scales: Uint16Array;
   /** [rows, cols / group] f16 bit patterns. */
   mins: Uint16Array;
+}
+
+/**
+ * Where value `j` of a group of `group` values keeps its level: 2, 4 and 8 bits in word ⌊j / v⌋ at bit
+ * (j mod v)·bits (v = 32 / bits values per word); 3 bits in two planes per block of 128 values (block b = ⌊j /
+ * 128⌋ starts at word 12·b; a block of n values, value i of it): the low two bits in word ⌊i / 16⌋ at bit 2·(i
+ * mod 16), the high bit in word ⌈n / 16⌉ + ⌊i / 32⌋ at bit i mod 32. Returns [word, shift] pairs, low part first.
+ */
+export function levelBits(bits: number, group: number, j: number): [number, number][] {
+  if (bits !== 3) {
+    const v = valuesPerWord(bits);
+    return [[Math.floor(j / v), (j % v) * bits]];
+  }
+  const b = Math.floor(j / W3_BLOCK), i = j % W3_BLOCK;
+  const base = b * w3BlockWords(W3_BLOCK), n = Math.min(W3_BLOCK, group - b * W3_BLOCK);
+  return [[base + (i >> 4), 2 * (i & 15)], [base + Math.ceil(n / 16) + (i >> 5), i & 31]];
 }
 
 function checkShape(rows: number, cols: number, group: number): void {
@@ -50,16 +72,23 @@ export function packLevels(
   group: number,
 ): Uint32Array {
   checkShape(rows, cols, group);
-  const v = valuesPerWord(bits), wpg = wordsPerGroup(bits, group), groups = cols / group;
+  const wpg = wordsPerGroup(bits, group), groups = cols / group;
   const out = new Uint32Array(rows * groups * wpg);
   const max = (1 << bits) - 1;
+  const at = Array.from({ length: group }, (_, j) => levelBits(bits, group, j));
   for (let r = 0; r < rows; r++) {
     for (let g = 0; g < groups; g++) {
       const base = (r * groups + g) * wpg;
       for (let j = 0; j < group; j++) {
         const level = q[r * cols + g * group + j];
         if (level > max) throw new RangeError(`Cannot pack level ${level} in ${bits} bits`);
-        out[base + Math.floor(j / v)] |= level << ((j % v) * bits);
+        const [[w0, s0], hi] = at[j];
+        if (hi) {
+          out[base + w0] |= (level & 3) << s0;
+          out[base + hi[0]] |= (level >> 2) << hi[1];
+        } else {
+          out[base + w0] |= level << s0;
+        }
       }
     }
   }
@@ -75,14 +104,18 @@ export function unpackLevels(
   group: number,
 ): Uint8Array {
   checkShape(rows, cols, group);
-  const v = valuesPerWord(bits), wpg = wordsPerGroup(bits, group), groups = cols / group;
+  const wpg = wordsPerGroup(bits, group), groups = cols / group;
   const out = new Uint8Array(rows * cols);
   const mask = (1 << bits) - 1;
+  const at = Array.from({ length: group }, (_, j) => levelBits(bits, group, j));
   for (let r = 0; r < rows; r++) {
     for (let g = 0; g < groups; g++) {
       const base = (r * groups + g) * wpg;
       for (let j = 0; j < group; j++) {
-        out[r * cols + g * group + j] = (w[base + Math.floor(j / v)] >>> ((j % v) * bits)) & mask;
+        const [[w0, s0], hi] = at[j];
+        out[r * cols + g * group + j] = hi
+          ? ((w[base + w0] >>> s0) & 3) | (((w[base + hi[0]] >>> hi[1]) & 1) << 2)
+          : (w[base + w0] >>> s0) & mask;
       }
     }
   }

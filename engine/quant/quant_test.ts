@@ -24,13 +24,30 @@ Deno.test("parseScheme reads f16 and w{bits}g{group}; storedBitsPerWeight counts
   assert.equal(storedBitsPerWeight(parseScheme("w4g128"), 2048), 4.25);
   assert.equal(storedBitsPerWeight(parseScheme("w2g64"), 2048), 2.5);
   assert.equal(storedBitsPerWeight(parseScheme("w8g128"), 2048), 8.25);
-  assert.equal(storedBitsPerWeight(parseScheme("w3g128"), 2048), (13 * 32 + 32) / 128);
+  assert.equal(storedBitsPerWeight(parseScheme("w3g128"), 2048), 3.25);
+  assert.equal(storedBitsPerWeight(parseScheme("w3g64"), 2048), 3.5);
+  // A 3-bit group of 40: 3 words of low bits and 2 of high bits, then the parameters.
+  assert.equal(storedBitsPerWeight(parseScheme("w3g40"), 80), (5 * 32 + 32) / 40);
+});
+
+Deno.test("3-bit levels are stored in bit planes per block of 128 values", () => {
+  const q = new Uint8Array(192);
+  q[37] = 5; // 0b101: low bits 01 in word ⌊37 / 16⌋ = 2 at bit 10; high bit in word 8 + ⌊37 / 32⌋ = 9 at bit 5
+  q[130] = 6; // second block (64 values: 4 low words, 2 high): low 10 in word 12 at bit 4; high in word 16 at 2
+  const w = packLevels(q, 1, 192, 3, 192);
+  assert.equal(w.length, 18);
+  const want = new Uint32Array(18);
+  want[2] = 1 << 10;
+  want[9] = 1 << 5;
+  want[12] = 2 << 4;
+  want[16] = 1 << 2;
+  assert.deepEqual(w, want);
 });
 
 Deno.test("packLevels and unpackLevels round-trip exactly for 2, 3, 4 and 8 bits", () => {
   const r = rng(1);
   for (const bits of [2, 3, 4, 8]) {
-    for (const [rows, cols, group] of [[3, 128, 128], [5, 192, 64], [1, 40, 8]]) {
+    for (const [rows, cols, group] of [[3, 128, 128], [5, 192, 64], [1, 40, 8], [2, 80, 40], [2, 384, 192]]) {
       const q = new Uint8Array(rows * cols).map(() => Math.floor(r() * (1 << bits)));
       const packed = packLevels(q, rows, cols, bits, group);
       assert.deepEqual(

@@ -21,7 +21,7 @@ import { planWeights, readWeightF32, type WeightSpec } from "../weights.ts";
 import { allocateLayer, type Block } from "./allocate.ts";
 import { calibrate, type ExpertCalibration, expertHidden } from "./calibrate.ts";
 import { costAdapter, type CostTable, costTableCovers, lookupCost, measureCosts } from "./cost.ts";
-import { dequantize, type PackedMatrix } from "./pack.ts";
+import { dequantize, PACKED_FORMAT, type PackedMatrix } from "./pack.ts";
 import { quantizeGptq, quantizeRtn } from "./quantize.ts";
 import { compareModels } from "./quality.ts";
 import { parseScheme, type QuantScheme, schemeName, storedBitsPerWeight } from "./scheme.ts";
@@ -588,7 +588,7 @@ async function quantizeOnce(
       }
     }
     const quantization = {
-      format: "edgemix-packed-v1",
+      format: PACKED_FORMAT,
       method,
       mode: options.uniform !== undefined ? `uniform ${options.uniform}` : `mxmoe ${options.bits}`,
       r: options.r ?? 0.75,

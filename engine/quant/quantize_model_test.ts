@@ -1,9 +1,8 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { relRmsError, SKIP_GPU, testGpu } from "../../kernels/test_util.ts";
+import { relRmsError, SKIP_GPU } from "../../kernels/test_util.ts";
 import { Checkpoint } from "../checkpoint.ts";
-import { resolveGenerateOptions, runGeneration } from "../generation.ts";
-import { GpuDecoder } from "../gpu_decoder.ts";
+import { ModelLoadError } from "../errors.ts";
 import { loadModel } from "../model.ts";
 import { bytesModelCosts, type CostTable } from "./cost.ts";
 import { compareModels } from "./quality.ts";
@@ -46,7 +45,7 @@ Deno.test("uniform RTN w4g128 writes a checkpoint that loads, with every expert 
     const src = fixture("granitemoe"); // fused expert tensors (input_linear / output_linear)
     const report = await quantizeModel(src, out, { uniform: "w4g128", method: "rtn", costTable: COSTS });
     const q = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as QuantizationJson;
-    assert.equal(q.format, "edgemix-packed-v1");
+    assert.equal(q.format, "edgemix-packed-v2");
     assert.equal(q.method, "rtn");
     assert.equal(q.average_bits, report.averageBits);
     const ref = await loadModel(src, { backend: "cpu" });
@@ -129,37 +128,22 @@ Deno.test("MxMoE 3.25 respects the budget, allocates every block, and loads on t
   }
 });
 
-Deno.test("MxMoE's 2- and 4-bit experts read by the unified path decode as on the CPU", {
-  ignore: SKIP_GPU,
-}, async () => {
+Deno.test("a checkpoint names its packed format; v1 checkpoints with 3-bit tensors (the old layout) are refused", async () => {
   const out = await Deno.makeTempDir({ prefix: "edgemix-q-" });
   try {
-    await quantizeModel(fixture("mixtral"), out, { bits: 3.25, calibText, costTable: COSTS });
-    const q = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as QuantizationJson;
-    // The path is built for a layer's set only when it holds two or more such schemes (groups of 32-value units).
-    const unifiable = (name: string) => /^w[248]g(32|64|96|128)$/.test(name);
-    assert.ok(
-      q.layers.some((l) => new Set(l.experts.map(([gu]) => gu).filter(unifiable)).size >= 2),
-      `no layer mixes 2-, 4- or 8-bit gate/up schemes: ${JSON.stringify(q.layers.map((l) => l.experts))}`,
-    );
-    const cpu = await loadModel(out, { backend: "cpu" });
-    const ckpt = await Checkpoint.open(out);
-    const { ctx } = await testGpu();
-    const uni = await GpuDecoder.create(ctx, ckpt, { dtype: "f32", contextLength: 64, unifiedSchemes: true });
-    ckpt.close();
-    try {
-      const ids = cpu.tokenizer.encode("The lighthouse keeper kept a logbook for forty years.");
-      // Prefill's logits, then greedy decoding (its steps run the unified mat-vecs).
-      const err = relRmsError(await uni.logits(ids), await cpu.logits(ids));
-      assert.ok(err < 1e-4, `relative logit error ${err}`);
-      const o = { maxTokens: 12, ignoreEos: true };
-      const toks: number[] = [];
-      const opts = resolveGenerateOptions(o, ids.length, uni.contextLength, { eosTokenIds: [] });
-      for await (const t of runGeneration(uni, cpu.tokenizer, ids, opts, () => {})) toks.push(t);
-      assert.deepEqual(toks, await cpu.generate(ids, o));
-    } finally {
-      uni.dispose();
-      await cpu.dispose();
+    await quantizeModel(fixture("granitemoe"), out, { uniform: "w3g128", method: "rtn", costTable: COSTS });
+    const path = `${out}/quantization.json`;
+    const q = JSON.parse(await Deno.readTextFile(path)) as QuantizationJson;
+    assert.equal(q.format, "edgemix-packed-v2");
+    (await Checkpoint.open(out)).close();
+    for (
+      const [format, message] of [["edgemix-packed-v1", /3-bit layout/], ["gptq-v9", /re-quantize/]] as const
+    ) {
+      await Deno.writeTextFile(path, JSON.stringify({ ...q, format }));
+      await assert.rejects(
+        Checkpoint.open(out),
+        (e: Error) => e instanceof ModelLoadError && message.test(e.message),
+      );
     }
   } finally {
     await Deno.remove(out, { recursive: true });

@@ -11,13 +11,32 @@ export const QUANT_BITS = [2, 3, 4, 8] as const;
 /** A quantization scheme of one linear block. */
 export type QuantScheme = { kind: "f16" } | { kind: "q"; bits: 2 | 3 | 4 | 8; group: number };
 
-/** Values of one packed u32 word: 16 × 2-bit, 10 × 3-bit, 8 × 4-bit, 4 × 8-bit. */
+/** Values of one packed u32 word for 2, 4 and 8 bits: 16 × 2-bit, 8 × 4-bit, 4 × 8-bit (3 bits: see below). */
 export function valuesPerWord(bits: number): number {
   return Math.floor(32 / bits);
 }
 
-/** u32 words one group of `group` values occupies (groups start on a word boundary). */
+/** Values of one 3-bit block: a group's levels are stored in blocks of this many (the last holds the rest). */
+export const W3_BLOCK = 128;
+
+/**
+ * u32 words of a 3-bit block of `n` values (n ≤ 128, a multiple of 8): ⌈n/16⌉ words of the levels' low two bits
+ * (16 per word), then ⌈n/32⌉ words of their high bits (32 per word). A full block is 12 words.
+ */
+export function w3BlockWords(n: number): number {
+  return Math.ceil(n / 16) + Math.ceil(n / 32);
+}
+
+/**
+ * u32 words one group of `group` values occupies (groups start on a word boundary). 3-bit groups are bit planes
+ * in blocks of {@linkcode W3_BLOCK} values ({@linkcode w3BlockWords}): 3 bits per value when the group is a
+ * multiple of 32.
+ */
 export function wordsPerGroup(bits: number, group: number): number {
+  if (bits === 3) {
+    const full = Math.floor(group / W3_BLOCK), rest = group % W3_BLOCK;
+    return full * w3BlockWords(W3_BLOCK) + (rest > 0 ? w3BlockWords(rest) : 0);
+  }
   return Math.ceil(group / valuesPerWord(bits));
 }
 
@@ -45,8 +64,9 @@ export function schemeName(s: QuantScheme): string {
 }
 
 /**
- * Stored bits per weight of a [rows, cols] matrix in scheme `s`, scales and minimums included (the group
- * padding of 3-bit words counted too): f16 = 16; w4g128 = 4.25; w3g128 = 3.5 (13 words per 128 values) + 0.25.
+ * Stored bits per weight of a [rows, cols] matrix in scheme `s`, scales and minimums included (the padding of
+ * groups that do not fill their words counted too): f16 = 16; w4g128 = 4.25; w3g128 = 3.25 (12 words of levels
+ * and one of parameters per 128 values).
  */
 export function storedBitsPerWeight(s: QuantScheme, cols: number): number {
   if (s.kind === "f16") return 16;
