@@ -70,7 +70,7 @@
 set -uo pipefail
 what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit, mxw3 or gearfit}
 out=${OUT:?OUT must be set}
-logs=$(mktemp -d)
+logs=${LOGS:-$(mktemp -d)}  # LOGS: write the logs there as they come (e.g. under $OUT)
 export PYTHONUNBUFFERED=1
 
 # A packed OLMoE-shape checkpoint /tmp/NAME with experts in SCHEMES (round-robin; bench/make_packed_olmoe.py).
@@ -590,25 +590,24 @@ mxsplit)
   ;;
 mxw3)
   # MxMoE's mixes with 3-bit experts (bit planes, read in 128-value chunks) against uniform w4g128: m3 (w4g128,
-  # w2g128, w3g128), w3 (uniform w3g128), mx325 (w4g128 + w2g128), and mxreal (as many schemes per projection as
-  # a real 3.25-bit allocation). A step's GPU time twice, then decode alternated twice (~5 min; bundles
-  # gpu_profile, gpu_decode).
+  # w2g128, w3g128), w3 (uniform w3g128) and mxreal (as many schemes per projection as a real 3.25-bit
+  # allocation). A step's GPU time, then decode, alternated ROUNDS times (default 2: ~4 min; bundles gpu_profile,
+  # gpu_decode).
   mk() { python3 bench/make_packed_olmoe.py --out "/tmp/$1" --experts "$2" --down-experts "$3" >"$logs/$1.log" 2>&1; }
   mk w4 w4g128 w4g128 &
   mk w3 w3g128 w3g128 &
   mk m3 w4g128,w2g128,w3g128 w4g128,w2g128,w3g128 &
-  mk mx325 w4g128,w2g128 w4g128,w2g128 &
   mk mxreal w2g128,w4g128,w2g128,w4g64,w2g128,w3g128,w2g64,w2g128 \
     w4g128,w8g128,w2g128,w4g64,w2g128,w3g128,w2g128,w2g128 &
   wait
-  for round in 1 2; do
-    for m in w4 w3 m3 mx325 mxreal; do
+  for round in $(seq "${ROUNDS:-2}"); do
+    for m in w4 w3 m3 mxreal; do
       echo "== $m round $round" >>"$logs/w3_profile.log"
       timeout 45 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 --ablate off >>"$logs/w3_profile.log" 2>&1
     done
   done
-  for round in 1 2; do
-    for m in w4 w3 m3 mx325 mxreal; do
+  for round in $(seq "${ROUNDS:-2}"); do
+    for m in w4 w3 m3 mxreal; do
       echo "== $m round $round" >>"$logs/w3_decode.log"
       timeout 45 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit 64 \
         >>"$logs/w3_decode.log" 2>&1

@@ -60,8 +60,11 @@ fn w3Level(gw: u32, G: u32, j: u32) -> u32 {
   let i = j % 128u;
   let nb = min(128u, G - (j - i));
   let base = gw + (j / 128u) * 12u;
-  let lo = (qw[base + i / 16u] >> (2u * (i % 16u))) & 3u;
-  let hi = (qw[base + (nb + 15u) / 16u + i / 32u] >> (i % 32u)) & 1u;
+  let s = i / 32u;
+  let o = (i / 8u) % 4u;
+  let p = i % 8u;
+  let lo = (qw[base + 2u * s + o / 2u] >> (4u * p + 2u * (o % 2u))) & 3u;
+  let hi = (qw[base + (nb + 15u) / 16u + s] >> (4u * p + o)) & 1u;
   return lo | (hi << 2u);
 }`;
 }

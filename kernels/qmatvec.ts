@@ -139,9 +139,11 @@ function chunkCode(bits: number, rows: number, xAt: (i: number) => string, lay?:
 /**
  * WGSL statements accumulating one 128-value 3-bit chunk (vectors `w{r}`, `wb{r}`, `wc{r}`: 12 words) of each of
  * `rows` rows against its 32 activation vec4s, in four 32-value units, each unit's activations loaded just before
- * its codes use them. With one parameter pair per chunk (groups of 128 or more) the chunk is one block: unit s has
- * its low bits in words 2s and 2s + 1 and its high bits in word 8 + s. With `params` 2 or 4 it holds that many
- * groups (64 or 32 values, 6 or 3 words each: low words, then high), and unit s uses pair `sm{r}p{q}` of its group.
+ * its codes use them. Each octet of a unit becomes a word of 4-bit fields (its low bits masked from a low word,
+ * its high bits shifted into place from the high word: engine/quant/pack.ts) read as at 4 bits. With one
+ * parameter pair per chunk (groups of 128 or more) the chunk is one block: unit s has its low bits in words 2s
+ * and 2s + 1 and its high bits in word 8 + s. With `params` 2 or 4 it holds that many groups (64 or 32 values, 6
+ * or 3 words each: low words, then high), and unit s uses pair `sm{r}p{q}` of its group.
  */
 function chunkCode3(rows: number, xAt: (i: number) => string, params: number): string {
   const word = (r: number, i: number) => `${vecName(Math.floor(i / 4), r)}.${"xyzw"[i % 4]}`;
@@ -149,7 +151,7 @@ function chunkCode3(rows: number, xAt: (i: number) => string, params: number): s
   const dr = Array.from({ length: rows }, () => [] as string[]);
   const sxs: string[] = [];
   for (let s = 0; s < 4; s++) {
-    // Words of unit s within the chunk: low bits of values 0–15 and 16–31, then the high bits.
+    // Words of unit s within the chunk: low bits of octets 0–1 and 2–3, then the high bits.
     let lo: number, hi: number;
     if (params === 1) [lo, hi] = [2 * s, 8 + s];
     else {
@@ -164,12 +166,18 @@ function chunkCode3(rows: number, xAt: (i: number) => string, params: number): s
     );
     sxs.push(`sx${s}`);
     for (let r = 0; r < rows; r++) {
-      out.push(`let hi${r}_${s} = ${word(r, hi)};`);
-      const terms = Array.from(
-        { length: 8 },
-        (_, i) =>
-          `dot(lv3(${word(r, lo + (i >> 2))} >> ${8 * (i % 4)}u, hi${r}_${s} >> ${4 * i}u), x${8 * s + i})`,
-      );
+      const h = word(r, hi);
+      const terms: string[] = [];
+      for (let o = 0; o < 4; o++) {
+        // Octet o's levels as 4-bit fields.
+        const l = `(${word(r, lo + (o >> 1))} >> ${2 * (o & 1)}u)`;
+        const hs = o <= 2 ? `(${h} << ${2 - o}u)` : `(${h} >> 1u)`;
+        out.push(`let n${r}_${s}_${o} = (${l} & 0x33333333u) | (${hs} & 0x44444444u);`);
+        terms.push(
+          `dot(lv4(n${r}_${s}_${o}), x${8 * s + 2 * o})`,
+          `dot(lv4(n${r}_${s}_${o} >> 16u), x${8 * s + 2 * o + 1})`,
+        );
+      }
       if (params === 1) {
         out.push(`let d${r}_${s} = ${terms.join(" + ")};`);
         dr[r].push(`d${r}_${s}`);
@@ -493,13 +501,9 @@ fn lv4(w: u32) -> vec4<f32> {
 fn lv8(w: u32) -> vec4<f32> {
   return vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(255u));
 }
-// 3-bit levels of four values: two low bits each from lo, one high bit each from hi.
-fn lv3(lo: u32, hi: u32) -> vec4<f32> {
-  return vec4<f32>((vec4<u32>(lo, lo >> 2u, lo >> 4u, lo >> 6u) & vec4<u32>(3u)) |
-    ((vec4<u32>(hi, hi >> 1u, hi >> 2u, hi >> 3u) & vec4<u32>(1u)) << vec4<u32>(2u)));
-}
-// 3 bits, any group (a multiple of 8): four values at a time; value i of a block of n (blocks of 128 per group,
-// 12 words each) has its low bits in word i / 16 and its high bit in word ceil(n / 16) + i / 32.
+// 3 bits, any group (a multiple of 8): four values at a time. Value i of a block of n (blocks of 128 per group,
+// 12 words each) is place p of octet o of unit s (i = 32 s + 8 o + p): its low bits in word 2 s + o / 2 at bit
+// 4 p + 2 (o % 2), its high bit in word ceil(n / 16) + s at bit 4 p + o.
 fn qdot_w3(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
   let G = m.y;
   let rest = G % 128u;
@@ -516,7 +520,12 @@ fn qdot_w3(m: vec4<u32>, row: u32, xo: u32, t: u32) -> f32 {
     let i = jg % 128u;
     let n = min(128u, G - (jg - i));
     let base = wrow + g * wpg + (jg / 128u) * 12u;
-    let lv = lv3(qword(base + i / 16u) >> (2u * (i % 16u)), qword(base + (n + 15u) / 16u + i / 32u) >> (i % 32u));
+    let s = i / 32u;
+    let o = (i / 8u) % 4u;
+    let p = i % 8u;
+    let lo = qword(base + 2u * s + o / 2u) >> (4u * p + 2u * (o % 2u));
+    let hi = qword(base + (n + 15u) / 16u + s) >> (4u * p + o);
+    let lv = lv4((lo & 0x3333u) | ((hi << 2u) & 0x4444u));
     let sm = unpack2x16float(qp[prow + g]);
     let xv = xa[(xo + j) >> 2u];
     acc += sm.x * dot(lv, xv) + sm.y * dot(xv, one);

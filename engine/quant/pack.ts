@@ -40,9 +40,12 @@ export interface PackedMatrix {
 
 /**
  * Where value `j` of a group of `group` values keeps its level: 2, 4 and 8 bits in word ⌊j / v⌋ at bit
- * (j mod v)·bits (v = 32 / bits values per word); 3 bits in two planes per block of 128 values (block b = ⌊j /
- * 128⌋ starts at word 12·b; a block of n values, value i of it): the low two bits in word ⌊i / 16⌋ at bit 2·(i
- * mod 16), the high bit in word ⌈n / 16⌉ + ⌊i / 32⌋ at bit i mod 32. Returns [word, shift] pairs, low part first.
+ * (j mod v)·bits (v = 32 / bits values per word). 3 bits in two planes per block of 128 values (block b = ⌊j /
+ * 128⌋ starts at word 12·b; a block of n values holds ⌈n/16⌉ low words, then ⌈n/32⌉ high words). Value i of a
+ * block is value v = i mod 32 of unit s = ⌊i / 32⌋, in octet o = ⌊v / 8⌋ at place p = v mod 8: its low two bits in
+ * word 2s + ⌊o / 2⌋ at bit 4p + 2·(o mod 2), its high bit in word ⌈n/16⌉ + s at bit 4p + o. So an octet's levels
+ * make a word of 4-bit fields with two masks and an or: `((lo >> 2·(o mod 2)) & 0x33333333) | (h & 0x44444444)`,
+ * h = hi << (2 − o) for o ≤ 2, hi >> 1 for o = 3. Returns [word, shift] pairs, low part first.
  */
 export function levelBits(bits: number, group: number, j: number): [number, number][] {
   if (bits !== 3) {
@@ -51,7 +54,8 @@ export function levelBits(bits: number, group: number, j: number): [number, numb
   }
   const b = Math.floor(j / W3_BLOCK), i = j % W3_BLOCK;
   const base = b * w3BlockWords(W3_BLOCK), n = Math.min(W3_BLOCK, group - b * W3_BLOCK);
-  return [[base + (i >> 4), 2 * (i & 15)], [base + Math.ceil(n / 16) + (i >> 5), i & 31]];
+  const s = i >> 5, o = (i >> 3) & 3, p = i & 7;
+  return [[base + 2 * s + (o >> 1), 4 * p + 2 * (o & 1)], [base + Math.ceil(n / 16) + s, 4 * p + o]];
 }
 
 function checkShape(rows: number, cols: number, group: number): void {

@@ -32,16 +32,33 @@ Deno.test("parseScheme reads f16 and w{bits}g{group}; storedBitsPerWeight counts
 
 Deno.test("3-bit levels are stored in bit planes per block of 128 values", () => {
   const q = new Uint8Array(192);
-  q[37] = 5; // 0b101: low bits 01 in word ⌊37 / 16⌋ = 2 at bit 10; high bit in word 8 + ⌊37 / 32⌋ = 9 at bit 5
-  q[130] = 6; // second block (64 values: 4 low words, 2 high): low 10 in word 12 at bit 4; high in word 16 at 2
+  // Value 37: unit 1, octet 0, place 5; 0b101: low bits 01 in word 2 at bit 20, high bit in word 8 + 1 at bit 20.
+  q[37] = 5;
+  // Value 58: unit 1, octet 3, place 2; 0b011: low bits 11 in word 3 at bit 10, high bit 0.
+  q[58] = 3;
+  // Value 130: second block (64 values: 4 low words, 2 high), unit 0, octet 0, place 2; 0b110: low 10 in word
+  // 12 at bit 8, high bit in word 12 + 4 at bit 8.
+  q[130] = 6;
   const w = packLevels(q, 1, 192, 3, 192);
   assert.equal(w.length, 18);
   const want = new Uint32Array(18);
-  want[2] = 1 << 10;
-  want[9] = 1 << 5;
-  want[12] = 2 << 4;
-  want[16] = 1 << 2;
+  want[2] = 1 << 20;
+  want[9] = 1 << 20;
+  want[3] = 3 << 10;
+  want[12] = 2 << 8;
+  want[16] = 1 << 8;
   assert.deepEqual(w, want);
+  // An octet's levels as a word of 4-bit fields: two masks and an or.
+  const lv = new Uint8Array(128).map((_, i) => (i * 7 + 3) % 8);
+  const b = packLevels(lv, 1, 128, 3, 128);
+  for (let u = 0; u < 4; u++) {
+    for (let o = 0; o < 4; o++) {
+      const lo = b[2 * u + (o >> 1)], hi = b[8 + u];
+      const h = o <= 2 ? hi << (2 - o) : hi >>> 1;
+      const nib = (((lo >>> (2 * (o & 1))) & 0x33333333) | (h & 0x44444444)) >>> 0;
+      for (let p = 0; p < 8; p++) assert.equal((nib >>> (4 * p)) & 15, lv[32 * u + 8 * o + p]);
+    }
+  }
 });
 
 Deno.test("packLevels and unpackLevels round-trip exactly for 2, 3, 4 and 8 bits", () => {
