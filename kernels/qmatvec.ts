@@ -343,7 +343,6 @@ function qdotFn(
   // chunk's 16-byte vectors and parameter pairs (chunkLayout); `group(c, p)`: the index of parameter pair p of
   // chunk c in its row.
   const loads = (
-    b: number,
     lay: ChunkLayout,
     rowVecs: string,
     groups: string,
@@ -357,7 +356,6 @@ function qdotFn(
         const at = lay.vecs === 1 ? c : `${c} * ${lay.vecs}u + ${v}u`;
         out.push(`let ${vecName(v, r)}${sfx} = qw[m.z / 4u + row${r} * ${rowVecs} + ${at}];`);
       }
-      if (b === 16) continue;
       for (let q = 0; q < lay.params; q++) {
         out.push(
           `let ${paramName(lay, r, q)}${sfx} = unpack2x16float(qp[m.w + row${r} * ${groups} + ${
@@ -369,11 +367,11 @@ function qdotFn(
     return out;
   };
   // Names of one chunk's loads (the unrolled chunks load into suffixed names first).
-  const names = (b: number, lay: ChunkLayout) => {
+  const names = (lay: ChunkLayout) => {
     const out: string[] = [];
     for (let r = 0; r < rows; r++) {
       for (let v = 0; v < lay.vecs; v++) out.push(vecName(v, r));
-      if (b !== 16) { for (let q = 0; q < lay.params; q++) out.push(paramName(lay, r, q)); }
+      for (let q = 0; q < lay.params; q++) out.push(paramName(lay, r, q));
     }
     return out;
   };
@@ -388,7 +386,7 @@ function qdotFn(
   ) => {
     const rowVecs = lay.vecs === 1 ? cpr : `${cpr} * ${lay.vecs}u`;
     return `for (var c = t; c < ${cpr}; c += TPR) {
-        ${loads(b, lay, rowVecs, groups, "c", group, "").join("\n        ")}
+        ${loads(lay, rowVecs, groups, "c", group, "").join("\n        ")}
         ${xAt === global ? xBase(b) : ""}
         ${chunkCode(b, rows, xAt, lay)}
       }
@@ -412,12 +410,12 @@ function qdotFn(
         // The last chunk may lie past the row when tpr does not divide it: its loads read the row's last.
         const cu = u === nit - 1 && cpr % tpr !== 0 ? `min(t + ${u * tpr}u, ${cpr - 1}u)` : `t + ${u * tpr}u`;
         out.push(`let c${u} = ${cu};`);
-        out.push(...loads(b, lay, `${cpr * lay.vecs}u`, groups, `c${u}`, group, `_${u}`));
+        out.push(...loads(lay, `${cpr * lay.vecs}u`, groups, `c${u}`, group, `_${u}`));
       }
       for (const u of us) {
         const body = `{
           let c = c${u};
-          ${names(b, lay).map((n) => `let ${n} = ${n}_${u};`).join(" ")}
+          ${names(lay).map((n) => `let ${n} = ${n}_${u};`).join(" ")}
           ${xAt === global ? xBase(b) : ""}
           ${chunkCode(b, rows, xAt, lay)}
         }`;
