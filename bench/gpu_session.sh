@@ -62,13 +62,18 @@
 #     step time with the down projection's experts summed by teams of threads (bundle gpu_profile)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxw3   # ~5 min: MxMoE's mixes with 3-bit
 #     experts against uniform w4g128, step times and decode (bundles gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxdown  # ~6 min: the packed down's teams
+#     (2, 4, 8) for uniform w4g128, w4g128 + w2g128 and mxreal, step and decode (bundles gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxdead  # ~5 min: uniform w4g128 with
+#     never-routed experts in other schemes (branches built, never run) against real mixes (bundles gpu_profile,
+#     gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearfit   # ~5 min: GEAR's kernels with the
 #     joint fit's compression, a step at 32k, steady decode at 32k (bundle gear_kernels, gpu_profile, gpu_gear)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit, mxw3 or gearfit}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit, mxw3, mxdown, mxdead or gearfit}
 out=${OUT:?OUT must be set}
 logs=${LOGS:-$(mktemp -d)}  # LOGS: write the logs there as they come (e.g. under $OUT)
 export PYTHONUNBUFFERED=1
@@ -614,6 +619,69 @@ mxw3)
     done
   done
   ;;
+mxdown)
+  # The packed down projection's teams against its scheme branches: uniform w4g128, m2 (w4g128 + w2g128) and
+  # mxreal (a real 3.25-bit allocation's schemes) stepped with the down's experts summed by 2, 4 or 8 teams
+  # (qdown=TPOxOUTSxSPLIT; with 8 teams each warp sums one expert, its scheme branch taken once), then decode
+  # of w4 and mxreal at the default and two 8-team shapes (~6 min; bundles gpu_profile, gpu_decode).
+  mk() { python3 bench/make_packed_olmoe.py --out "/tmp/$1" --experts "$2" --down-experts "$3" >"$logs/$1.log" 2>&1; }
+  mk w4 w4g128 w4g128 &
+  mk m2 w4g128,w2g128 w4g128,w2g128 &
+  mk mxreal w2g128,w4g128,w2g128,w4g64,w2g128,w3g128,w2g64,w2g128 \
+    w4g128,w8g128,w2g128,w4g64,w2g128,w3g128,w2g128,w2g128 &
+  wait
+  for sh in ${DOWN_SHAPES:-none qdown=16x16x8 qdown=32x8x8 qdown=64x4x8 qdown=16x16x4}; do
+    for m in w4 m2 mxreal; do
+      echo "== $m shapes $sh" >>"$logs/down_profile.log"
+      args=(); [ "$sh" != none ] && args=(--shapes "$sh")
+      timeout 45 deno run -A dist/gpu_profile.js --model "/tmp/$m" --pos 128 --ablate off "${args[@]}" \
+        >>"$logs/down_profile.log" 2>&1
+    done
+  done
+  for sh in ${DECODE_SHAPES:-none qdown=16x16x8 qdown=32x8x8}; do
+    for m in w4 mxreal; do
+      echo "== $m shapes $sh" >>"$logs/down_decode.log"
+      args=(); [ "$sh" != none ] && args=(--shapes "$sh")
+      timeout 45 deno run -A dist/gpu_decode.js --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit 64 \
+        "${args[@]}" >>"$logs/down_decode.log" 2>&1
+    done
+  done
+  ;;
+mxdead)
+  # What scheme branches cost by being there: uniform w4g128 with never-routed ("dead") experts in other
+  # schemes (their branches are built into the expert kernels but never run), against the real mixes m2 and
+  # mxreal. Step times alternated ROUNDS times (default 2), then decode of w4, dall and mxreal (~5 min; bundles
+  # gpu_profile, gpu_decode).
+  mk() { python3 bench/make_packed_olmoe.py --out "/tmp/$1" "${@:2}" >"$logs/$1.log" 2>&1; }
+  mk w4 --experts w4g128 &
+  mk d2 --experts w4g128 --dead-experts w2g128 &
+  mk d8 --experts w4g128 --dead-experts w8g128 &
+  mk d4 --experts w4g128 --dead-experts w2g128,w4g64,w3g128,w2g64 &
+  mk dall --experts w4g128 --dead-experts w2g128,w4g64,w3g128,w2g64,w8g128 &
+  mk m2 --experts w4g128,w2g128 &
+  mk mxreal --experts w2g128,w4g128,w2g128,w4g64,w2g128,w3g128,w2g64,w2g128 \
+    --down-experts w4g128,w8g128,w2g128,w4g64,w2g128,w3g128,w2g128,w2g128 &
+  wait
+  # BUILDS: suffixes of bundles to compare (dist/gpu_profile$SFX.js, dist/gpu_decode$SFX.js; "-" is none).
+  for round in $(seq "${ROUNDS:-2}"); do
+    for b in ${BUILDS:--}; do
+      sfx=${b#-}
+      for m in ${DEAD_MODELS:-w4 d2 d8 d4 dall m2 mxreal}; do
+        echo "== $m build $b round $round" >>"$logs/dead_profile.log"
+        timeout 45 deno run -A "dist/gpu_profile$sfx.js" --model "/tmp/$m" --pos 128 --ablate off \
+          >>"$logs/dead_profile.log" 2>&1
+      done
+    done
+  done
+  for b in ${BUILDS:--}; do
+    sfx=${b#-}
+    for m in ${DECODE_MODELS:-w4 dall mxreal}; do
+      echo "== $m build $b" >>"$logs/dead_decode.log"
+      timeout 45 deno run -A "dist/gpu_decode$sfx.js" --model "/tmp/$m" --dtype f16 --reps 2 --tokens-per-submit 64 \
+        >>"$logs/dead_decode.log" 2>&1
+    done
+  done
+  ;;
 gearfit)
   # GEAR's kernels with mode gear's joint fit in the compression (decode rank 2 and prefill rank 4), the f16
   # cache's for comparison, then a decode step at 32k with f16 and gear-2 and gear-2's block-completing step,
@@ -637,7 +705,7 @@ gearfit)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|mxsplit|mxw3|gearfit" >&2
+  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|mxsplit|mxw3|mxdown|mxdead|gearfit" >&2
   exit 2
   ;;
 esac

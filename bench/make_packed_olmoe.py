@@ -17,6 +17,12 @@ gives the down projections their own list (as MxMoE allocates them), e.g. a mix 
       --experts w2g128,w4g128,w2g128,w4g64,w2g128,w3g128,w2g64,w2g128 \
       --down-experts w4g128,w8g128,w2g128,w4g64,w2g128,w3g128,w2g128,w2g128
 
+`--dead-experts` gives the last experts of every layer these schemes (one each, gate/up and down) and a router
+row of zeros, so they are never routed to (the live experts' logits are far above 0): the expert kernels are
+built with their scheme branches, which never run (a diagnostic of what the branches cost by being there):
+
+    python3 bench/make_packed_olmoe.py --out /tmp/w4dead --experts w4g128 --dead-experts w2g128,w8g128
+
 numpy only.
 """
 
@@ -87,6 +93,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--experts", default="w4g128")
     ap.add_argument("--down-experts", help="schemes of the down projections, round-robin (default: --experts)")
+    ap.add_argument("--dead-experts", default="", help="schemes of never-routed experts at the end of each layer")
     ap.add_argument("--attention", default="w8g128")
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--hidden", type=int, default=2048)
@@ -100,11 +107,14 @@ def main():
     H, I, E, L, V = args.hidden, args.inter, args.num_experts, args.layers, args.vocab
     experts = [parse(s) for s in args.experts.split(",")]
     downs = [parse(s) for s in (args.down_experts or args.experts).split(",")]
+    dead = [parse(s) for s in args.dead_experts.split(",") if s]
+    if len(dead) >= E:
+        raise SystemExit(f"--dead-experts lists {len(dead)} schemes; the layer has {E} experts")
     att = parse(args.attention)
-    for bits, g in experts + [att]:
+    for bits, g in experts + dead + [att]:
         if H % g:
             raise SystemExit(f"group {g} must divide the row length {H}")
-    for bits, g in downs:
+    for bits, g in downs + dead:
         if I % g:
             raise SystemExit(f"group {g} must divide the down projection's row length {I}")
     os.makedirs(args.out, exist_ok=True)
@@ -112,7 +122,7 @@ def main():
     shard = Shard(args.out, args.shard_bytes)
     tensors = {}
 
-    def packed(name, rows, cols, scheme):
+    def packed(name, rows, cols, scheme, zero_rows=0):
         bits, g = scheme
         groups = cols // g
         wpg = words_per_group(bits, g)
@@ -120,8 +130,12 @@ def main():
                   rng.integers(0, 2**32, size=(rows, groups * wpg), dtype=np.uint32), "U32")
         # Weights ≈ scale · level + min with |w| ≲ 0.05: scale 0.1 / (2^bits − 1), min −0.05.
         scale = np.full((rows, groups), 0.1 / (2**bits - 1), dtype=np.float16)
+        minimum = np.full((rows, groups), -0.05, dtype=np.float16)
+        if zero_rows:  # the last rows are exactly zero (dead experts' router rows)
+            scale[rows - zero_rows:] = 0
+            minimum[rows - zero_rows:] = 0
         shard.add(name.replace(".weight", ".scales"), scale, "F16")
-        shard.add(name.replace(".weight", ".zeros"), np.full((rows, groups), -0.05, dtype=np.float16), "F16")
+        shard.add(name.replace(".weight", ".zeros"), minimum, "F16")
         tensors[name] = {"scheme": f"w{bits}g{g}", "shape": [rows, cols]}
 
     def f16(name, shape, std=0.02):
@@ -141,10 +155,12 @@ def main():
         ones(p + "self_attn.k_norm.weight", H)
         for proj in "qkvo":
             packed(p + f"self_attn.{proj}_proj.weight", H, H, att)
-        packed(p + "mlp.gate.weight", E, H, att)
+        packed(p + "mlp.gate.weight", E, H, att, zero_rows=len(dead))
         alloc = []
         for e in range(E):
             s, sd = experts[e % len(experts)], downs[e % len(downs)]
+            if e >= E - len(dead):
+                s = sd = dead[e - (E - len(dead))]
             for part, (rows, cols), sc in (("gate_proj", (I, H), s), ("up_proj", (I, H), s), ("down_proj", (H, I), sd)):
                 packed(p + f"mlp.experts.{e}.{part}.weight", rows, cols, sc)
                 expert_bits += stored_bits(*sc) * rows * cols
@@ -168,7 +184,7 @@ def main():
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
     q = {
-        "format": "edgemix-packed-v2", "method": "random (benchmark)", "mode": f"bench {args.experts}" + (f" / {args.down_experts}" if args.down_experts else ""),
+        "format": "edgemix-packed-v2", "method": "random (benchmark)", "mode": f"bench {args.experts}" + (f" / {args.down_experts}" if args.down_experts else "") + (f" + dead {args.dead_experts}" if dead else ""),
         "average_bits": expert_bits / expert_weights, "attention": args.attention, "router": args.attention,
         "tensors": tensors, "layers": layers,
     }

@@ -260,12 +260,53 @@ function chunkedSchemes(schemes: readonly QuantScheme[], k: number): QuantScheme
   return [...seen.values()];
 }
 
+/** Whether schemes of one bit width share a code path, their group sizes read from the meta entry. */
+const MERGE_GROUPS = true;
+
+/** A code path of the chunked dot products: its schemes (one bit width and chunk layout) and WGSL condition. */
+interface ChunkBranch {
+  /** The schemes it reads (several only with one parameter pair per chunk). */
+  schemes: QuantScheme[];
+  /** WGSL condition on meta entry `m`. */
+  cond: string;
+}
+
+/**
+ * The code paths of a weight set's chunked schemes: schemes with the same bits and chunk layout share one (with
+ * {@linkcode MERGE_GROUPS}), the sizes that depend on the group computed from the meta entry; each code path a
+ * scheme set holds makes its expert kernels slower whether or not it runs.
+ */
+function chunkBranches(schemes: readonly QuantScheme[], k: number): ChunkBranch[] {
+  const byKey = new Map<string, QuantScheme[]>();
+  for (const sc of chunkedSchemes(schemes, k)) {
+    const lay = chunkLayout(sc);
+    const key = MERGE_GROUPS && lay.params === 1 ? `${sc.bits}` : `${sc.bits}/${sc.group}`;
+    byKey.set(key, [...(byKey.get(key) ?? []), sc]);
+  }
+  return [...byKey.values()].map((list) => ({
+    schemes: list,
+    cond: list.length === 1
+      ? isScheme(list[0])
+      : `m.x == ${list[0].bits}u && (${
+        list.map((sc) => `m.y == ${sc.group}u`).join(" || ")
+      }) && m.z % 4u == 0u`,
+  }));
+}
+
 /**
  * How activations are staged for a weight set's schemes: one branch (WGSL condition on meta entry `m`) per
- * scheme read in chunks, with its vec4s per chunk `nx`.
+ * layout of staged activations (vec4s per chunk `nx`, which only the bit width sets), over the code paths.
  */
 function stagingBranches(k: number, schemes: readonly QuantScheme[]): { cond: string; nx: number }[] {
-  return chunkedSchemes(schemes, k).map((sc) => ({ cond: isScheme(sc), nx: chunkVec4s(sc) }));
+  const byNx = new Map<number, string[]>();
+  for (const br of chunkBranches(schemes, k)) {
+    const nx = chunkVec4s(br.schemes[0]);
+    byNx.set(nx, [...(byNx.get(nx) ?? []), br.cond]);
+  }
+  return [...byNx].map(([nx, conds]) => ({
+    cond: conds.length === 1 ? conds[0] : conds.map((c) => `(${c})`).join(" || "),
+    nx,
+  }));
 }
 
 /** WGSL condition: meta entry `m` is scheme `sc` and 16-byte aligned (its rows are read in chunks). */
@@ -427,17 +468,32 @@ function qdotFn(
   };
   let vector: string;
   if (schemes) {
-    const branches = chunkedSchemes(schemes, k).map((sc) => {
-      const nx = chunkVec4s(sc), cpr = k / (4 * nx), lay = chunkLayout(sc);
+    const branches = chunkBranches(schemes, k).map((br) => {
+      const sc = br.schemes[0], nx = chunkVec4s(sc), cpr = k / (4 * nx), lay = chunkLayout(sc);
       // Staged: vec4 i of chunk c is at xs0 + i · cpr + c.
       const xAt = staged ? (i: number) => `xsh[xs0 + ${i * cpr}u + c]` : global;
-      const groups = sc.bits === 16 ? "1u" : `${k / sc.group}u`;
+      // One group size: constants. Several (same bits and layout, one parameter pair per chunk): the chunks
+      // per group from the meta entry, a shift where every group's count is a power of two.
+      const single = br.schemes.length === 1;
+      const cpgs = br.schemes.map((x) => Math.max(1, x.group / (4 * nx)));
+      const pow2 = cpgs.every((c) => (c & (c - 1)) === 0);
+      const groups = sc.bits === 16 ? "1u" : single ? `${k / sc.group}u` : "gpr";
       // Chunks per group, or (several groups in a chunk) parameter pair p of chunk c at c · params + p.
-      const cpg = sc.bits === 16 ? 1 : Math.max(1, sc.group / (4 * nx));
       const group = (c: string, p: number) =>
-        sc.bits === 16 ? "0u" : lay.params > 1 ? `${c} * ${lay.params}u + ${p}u` : `${c} / ${cpg}u`;
-      return `if (${isScheme(sc)}) {
-      ${
+        sc.bits === 16
+          ? "0u"
+          : lay.params > 1
+          ? `${c} * ${lay.params}u + ${p}u`
+          : single
+          ? `${c} / ${cpgs[0]}u`
+          : pow2
+          ? `(${c} >> cps)`
+          : `${c} / cpg`;
+      const sizes = single || sc.bits === 16 ? "" : `let gpr = ${k}u / m.y;
+      ${pow2 ? `let cps = countTrailingZeros(m.y / ${4 * nx}u);` : `let cpg = m.y / ${4 * nx}u;`}
+      `;
+      return `if (${br.cond}) {
+      ${sizes}${
         tpr > 0 && cpr / tpr <= MAX_UNROLLED
           ? unrolled(sc.bits, lay, cpr, groups, group, xAt)
           : loop(sc.bits, lay, `${cpr}u`, groups, group, xAt)

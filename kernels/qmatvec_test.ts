@@ -199,10 +199,11 @@ Deno.test({
   fn: async () => {
     const schemes: TestScheme[] = [[2, 64], [3, 64], [4, 128], [8, 64], "f16"];
     // With schemes the down projection stages its inputs; its default shape and the fourth sum the experts in
-    // two teams, the second in four; the last reads them unstaged.
+    // two teams, the second in four, the third in eight (a team per expert); the last reads them unstaged.
     const configs: [MatvecShape, MatvecShape, boolean, boolean][] = [
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, true],
       [{ tpo: 16, outs: 16 }, { tpo: 32, outs: 8, split: 4 }, false, true],
+      [QGATEUP_SHAPE, { tpo: 16, outs: 16, split: 8 }, true, true],
       [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, true],
       [QGATEUP_SHAPE, { tpo: 8, outs: 8, split: 2 }, true, true],
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, false],
