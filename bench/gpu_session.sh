@@ -67,13 +67,15 @@
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh mxdead  # ~5 min: uniform w4g128 with
 #     never-routed experts in other schemes (branches built, never run) against real mixes (bundles gpu_profile,
 #     gpu_decode)
+#   MIXES="p2:w4g128,w2g128:w4g128,w2g128" bash bench/gpu_session.sh mxpaths   # (after the prelude) uniform
+#     w4g128 against the listed mixes, step and decode (bundles gpu_profile, gpu_decode)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearfit   # ~5 min: GEAR's kernels with the
 #     joint fit's compression, a step at 32k, steady decode at 32k (bundle gear_kernels, gpu_profile, gpu_gear)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit, mxw3, mxdown, mxdead or gearfit}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit, mxw3, mxdown, mxdead, mxpaths or gearfit}
 out=${OUT:?OUT must be set}
 logs=${LOGS:-$(mktemp -d)}  # LOGS: write the logs there as they come (e.g. under $OUT)
 export PYTHONUNBUFFERED=1
@@ -682,6 +684,43 @@ mxdead)
     done
   done
   ;;
+mxpaths)
+  # Uniform w4g128 against OLMoE-shape mixes given as MIXES="name:GATEUP_SCHEMES:DOWN_SCHEMES[:DEAD] ..." (comma lists,
+  # round-robin over experts; e.g. the scheme proportions of an allocation with --max-paths): a step's GPU time,
+  # then decode alternated ROUNDS times (default 2; ~1 min per mix and round; bundles gpu_profile, gpu_decode).
+  # An optional fourth field lists never-routed experts' schemes (make_packed_olmoe.py --dead-experts).
+  mk() {
+    python3 bench/make_packed_olmoe.py --out "/tmp/$1" --experts "$2" --down-experts "$3" \
+      ${4:+--dead-experts "$4"} >"$logs/$1.log" 2>&1
+  }
+  names="w4"
+  mk w4 w4g128 w4g128 &
+  for mix in ${MIXES:?MIXES must list name:gate_up:down[:dead]}; do
+    IFS=: read -r name gu dn dead <<<"$mix"
+    mk "$name" "$gu" "$dn" "$dead" &
+    names="$names $name"
+  done
+  wait
+  # BUILDS: suffixes of bundles to compare (dist/gpu_profile$SFX.js, dist/gpu_decode$SFX.js; "-" is none).
+  for b in ${BUILDS:--}; do
+    sfx=${b#-}
+    for m in $names; do
+      echo "== $m build $b" >>"$logs/paths_profile.log"
+      timeout 45 deno run -A "dist/gpu_profile$sfx.js" --model "/tmp/$m" --pos 128 --ablate off \
+        >>"$logs/paths_profile.log" 2>&1
+    done
+  done
+  for round in $(seq "${ROUNDS:-2}"); do
+    for b in ${BUILDS:--}; do
+      sfx=${b#-}
+      for m in $names; do
+        echo "== $m build $b round $round" >>"$logs/paths_decode.log"
+        timeout 45 deno run -A "dist/gpu_decode$sfx.js" --model "/tmp/$m" --dtype f16 --reps 2 \
+          --tokens-per-submit 64 >>"$logs/paths_decode.log" 2>&1
+      done
+    done
+  done
+  ;;
 gearfit)
   # GEAR's kernels with mode gear's joint fit in the compression (decode rank 2 and prefill rank 4), the f16
   # cache's for comparison, then a decode step at 32k with f16 and gear-2 and gear-2's block-completing step,
@@ -705,7 +744,7 @@ gearfit)
   done
   ;;
 *)
-  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|mxsplit|mxw3|mxdown|mxdead|gearfit" >&2
+  echo "usage: bench/gpu_session.sh train|continue|long|lingua|serve|http|bench|kernels|loop|step|measure|tune|quick|sampler|mxvsw4|mx225|gearregs|gearvalues|gearbatch|geartiles|gearab|mxstep|mx2|mxshapes|codes|final|overlap|kvstep|gear32k|mxsplit|mxw3|mxdown|mxdead|mxpaths|gearfit" >&2
   exit 2
   ;;
 esac

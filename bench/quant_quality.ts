@@ -8,7 +8,11 @@
  * deno run -A bench/quant_quality.ts fixtures/models/olmoe fixtures/models/mixtral
  * deno run -A bench/quant_quality.ts --r 1 fixtures/models/olmoe   # accuracy-only MxMoE objective
  * deno run -A bench/quant_quality.ts --world fixtures/world fixtures/models/reader   # the trained reader
+ * deno run -A bench/quant_quality.ts --only "MxMoE 3.25" --max-paths 2 fixtures/models/reader   # one row, capped
  * ```
+ *
+ * `--max-paths N` caps MxMoE's code paths per projection (QuantizeModelOptions.maxPaths); `--only A,B` runs only
+ * the rows whose label starts with one of A, B (e.g. "uniform w3g128", "MxMoE 3.25").
  *
  * Text: fixtures/text/calibration.txt and heldout.txt by default; `--calib FILE` / `--heldout FILE` replace them;
  * `--world DIR` calibrates on the first 16,000 characters of DIR/train_text.txt (the reader's training text) and
@@ -36,9 +40,13 @@ const { values, positionals } = parseArgs({
     calib: { type: "string" },
     heldout: { type: "string" },
     world: { type: "string" },
+    "max-paths": { type: "string" },
+    only: { type: "string" },
   },
 });
 const r = values.r === undefined ? undefined : Number(values.r);
+const maxPaths = values["max-paths"] === undefined ? undefined : Number(values["max-paths"]);
+const only = values.only?.split(",").map((s) => s.trim());
 const WORLD_CHARS = 16_000;
 let calibText: string, heldout: string;
 if (values.world) {
@@ -62,6 +70,11 @@ for (const src of positionals) {
   const window = Number(values.window ?? Math.min(256, ref.config.maxPositionEmbeddings));
   const tmp = await Deno.makeTempDir({ prefix: "edgemix-qq-" });
   const run = async (label: string, method: string, opts: QuantizeModelOptions) => {
+    if (only && !only.some((o) => label.startsWith(o))) return undefined;
+    if (opts.bits !== undefined && maxPaths !== undefined) {
+      opts = { ...opts, maxPaths };
+      label = `${label}, ≤ ${maxPaths} paths`;
+    }
     const out = `${tmp}/${label.replace(/[^a-z0-9.]/gi, "_")}`;
     let report;
     try {

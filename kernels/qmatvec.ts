@@ -294,6 +294,18 @@ function chunkBranches(schemes: readonly QuantScheme[], k: number): ChunkBranch[
 }
 
 /**
+ * The code path the packed expert kernels read scheme `s` by, in rows of `k` values: schemes with the same key
+ * share one (`w4` for every chunked 4-bit scheme with one parameter pair per chunk, `words` for every scheme read
+ * word by word). Each path a weight set holds and runs slows its kernels (an H200 stepped 1.263 ms with experts
+ * alternating w4g128 and w2g128 against 1.226 with w4g128 alone), which MxMoE's allocator weighs.
+ */
+export function codePathKey(s: QuantScheme, k: number): string {
+  if (!chunked(s, k)) return "words";
+  if (s.bits === 16) return "f16";
+  return MERGE_GROUPS && chunkLayout(s).params === 1 ? `w${s.bits}` : `w${s.bits}g${s.group}`;
+}
+
+/**
  * How activations are staged for a weight set's schemes: one branch (WGSL condition on meta entry `m`) per
  * layout of staged activations (vec4s per chunk `nx`, which only the bit width sets), over the code paths.
  */

@@ -34,6 +34,8 @@ Quantize the experts of a Mixture-of-Experts checkpoint.
   --attention SCHEME  scheme of attention projections (default w8g128)
   --router SCHEME     scheme of routers (default w8g128)
   --batch N           tokens per batch the kernel cost model assumes (default 32)
+  --max-paths N       MxMoE: most code paths (bit widths, in effect) among a layer's routed experts per
+                      projection; fewer decode faster (default: no limit)
   -h, --help          print this help`;
 
 function fail(message: string): never {
@@ -46,7 +48,10 @@ function printReport(report: QuantizationReport): void {
   for (const layer of report.layers) {
     const cells = layer.experts.map(([gu, dn], e) => `e${e}:${gu}/${dn}`);
     if (layer.shared) cells.push(`shared:${layer.shared[0]}/${layer.shared[1]}`);
-    console.log(`layer ${layer.layer} (${layer.solver}) gate_up/down: ${cells.join(" ")}`);
+    const paths = layer.paths
+      ? ` [paths gate_up ${layer.paths.gate_up.join(",")}; down ${layer.paths.down.join(",")}]`
+      : "";
+    console.log(`layer ${layer.layer} (${layer.solver})${paths} gate_up/down: ${cells.join(" ")}`);
   }
   const u = report.uniformCheck;
   if (u) {
@@ -77,6 +82,7 @@ async function main(args: string[]): Promise<void> {
         attention: { type: "string" },
         router: { type: "string" },
         batch: { type: "string" },
+        "max-paths": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     }).values;
@@ -98,6 +104,13 @@ async function main(args: string[]): Promise<void> {
   };
   const bits = num("bits", v.bits);
   const r = num("r", v.r);
+  const maxPaths = num("max-paths", v["max-paths"]);
+  if (maxPaths !== undefined && !(Number.isInteger(maxPaths) && maxPaths >= 1)) {
+    fail(`--max-paths must be a whole number of at least 1, got ${maxPaths}`);
+  }
+  if (maxPaths !== undefined && bits === undefined) {
+    fail("--max-paths limits an MxMoE allocation: give --bits");
+  }
   if (r !== undefined && !(r >= 0 && r <= 1)) fail(`--r must be in [0, 1], got ${r}`);
   const method = v.method ?? "gptq";
   if (method !== "gptq" && method !== "rtn") fail(`--method must be gptq or rtn, got ${method}`);
@@ -132,6 +145,7 @@ async function main(args: string[]): Promise<void> {
     attention: v.attention,
     router: v.router,
     batch: num("batch", v.batch),
+    maxPaths,
     onProgress,
   });
   if (tty) Deno.stderr.writeSync(enc.encode("\r\x1b[K"));

@@ -9,6 +9,11 @@
  * When HiGHS fails, a greedy solver takes over (start from the most accurate schemes; repeatedly downgrade the
  * block whose downgrade costs the least objective per bit saved until the budget holds).
  *
+ * With `maxPaths`, the blocks that one grouped kernel runs (`Block.kernel`) may use at most that many code paths
+ * (`Candidate.path`: schemes the kernel reads the same way); each path a kernel holds and runs slows it (see
+ * kernels/qmatvec.ts codePathKey). The MILP has an indicator per (kernel, path); the greedy solver keeps the
+ * paths its unconstrained solution uses most, with the smallest-bits path among them.
+ *
  * @module
  */
 
@@ -28,6 +33,8 @@ export interface Candidate {
   loss: number;
   /** Measured kernel cost of this block in this scheme (≥ 0). */
   cost: number;
+  /** The code path its kernel reads this scheme by (default: the scheme). */
+  path?: string;
 }
 
 /** A block to allocate. */
@@ -38,6 +45,8 @@ export interface Block {
   size: number;
   /** Its candidates (at least one fits the budget when all blocks take their smallest). */
   candidates: Candidate[];
+  /** The grouped kernel that runs it (e.g. "gate_up"); `maxPaths` applies per kernel. Absent: its own. */
+  kernel?: string;
 }
 
 /** The chosen schemes and what they achieve. */
@@ -52,6 +61,8 @@ export interface Allocation {
   cost: number;
   /** Which solver produced it. */
   solver: "highs" | "greedy";
+  /** Per grouped kernel (Block.kernel), the code paths the choice uses, sorted. */
+  paths: Map<string, string[]>;
 }
 
 /** Options of {@linkcode allocateLayer}. */
@@ -60,6 +71,8 @@ export interface AllocateOptions {
   r?: number;
   /** Solver: "highs" (default, greedy on failure) or "greedy". */
   solver?: "highs" | "greedy";
+  /** Most code paths per grouped kernel (default: no limit). */
+  maxPaths?: number;
 }
 
 let highsPromise: Promise<Highs> | undefined;
@@ -75,7 +88,23 @@ function summarize(blocks: Block[], pick: number[], solver: "highs" | "greedy"):
     loss += c.loss;
     cost += c.cost;
   });
-  return { choice, averageBits: bits / size, loss, cost, solver };
+  return { choice, averageBits: bits / size, loss, cost, solver, paths: pathsUsed(blocks, pick) };
+}
+
+/** The code path of candidate `c`. */
+function pathOf(c: Candidate): string {
+  return c.path ?? c.scheme;
+}
+
+/** Per kernel, the sorted code paths that `pick` uses. */
+function pathsUsed(blocks: Block[], pick: number[]): Map<string, string[]> {
+  const used = new Map<string, Set<string>>();
+  blocks.forEach((b, i) => {
+    if (b.kernel === undefined) return;
+    if (!used.has(b.kernel)) used.set(b.kernel, new Set());
+    used.get(b.kernel)!.add(pathOf(b.candidates[pick[i]]));
+  });
+  return new Map([...used].map(([k, v]) => [k, [...v].sort()]));
 }
 
 function score(a: { loss: number; cost: number }, r: number): number {
@@ -102,15 +131,27 @@ function check(blocks: Block[], budget: number): void {
   }
 }
 
-/** Greedy allocation for the weighted objective L/L₀ + λ·T/T₀ under the budget. */
-function greedy(blocks: Block[], budget: number, lambda: number, l0: number, t0: number): number[] {
+/**
+ * Greedy allocation for the weighted objective L/L₀ + λ·T/T₀ under the budget, over the candidates that `allowed`
+ * admits (default: all; every block keeps at least one).
+ */
+function greedy(
+  blocks: Block[],
+  budget: number,
+  lambda: number,
+  l0: number,
+  t0: number,
+  allowed: (b: Block, c: Candidate) => boolean = () => true,
+): number[] {
   const obj = (c: Candidate) => c.loss / l0 + lambda * c.cost / t0;
   const pick = blocks.map((b) => {
-    let best = 0;
+    let best = -1;
     b.candidates.forEach((c, i) => {
+      if (!allowed(b, c)) return;
       const bc = b.candidates[best];
-      if (obj(c) < obj(bc) || (obj(c) === obj(bc) && c.bits < bc.bits)) best = i;
+      if (best < 0 || obj(c) < obj(bc) || (obj(c) === obj(bc) && c.bits < bc.bits)) best = i;
     });
+    if (best < 0) throw new RangeError(`Cannot allocate bits: no candidate of block ${b.id} is allowed`);
     return best;
   });
   const total = blocks.reduce((a, b) => a + b.size, 0);
@@ -121,7 +162,7 @@ function greedy(blocks: Block[], budget: number, lambda: number, l0: number, t0:
       const cur = b.candidates[pick[i]];
       b.candidates.forEach((c, j) => {
         const saved = (cur.bits - c.bits) * b.size;
-        if (saved <= 0) return;
+        if (saved <= 0 || !allowed(b, c)) return;
         const ratio = Math.max(0, obj(c) - obj(cur)) / saved;
         if (ratio < bestRatio) [bestRatio, bestBlock, bestCand] = [ratio, i, j];
       });
@@ -135,8 +176,55 @@ function greedy(blocks: Block[], budget: number, lambda: number, l0: number, t0:
   return pick;
 }
 
-/** The MILP of min Σ (loss/L₀ + λ·cost/T₀)·x under the budget, in CPLEX LP format. */
-function lpText(blocks: Block[], budget: number, lambda: number, l0: number, t0: number): string {
+/**
+ * Greedy under `maxPaths`: per kernel, the paths the unconstrained greedy solution uses most (by weights), the
+ * path of the kernel's smallest-bits candidate among them so that the budget stays reachable, then greedy again
+ * over those paths' candidates.
+ */
+function greedyPaths(
+  blocks: Block[],
+  budget: number,
+  lambda: number,
+  l0: number,
+  t0: number,
+  maxPaths: number,
+): number[] {
+  const free = greedy(blocks, budget, lambda, l0, t0);
+  const keep = new Map<string, Set<string>>();
+  for (const kernel of new Set(blocks.flatMap((b) => b.kernel === undefined ? [] : [b.kernel]))) {
+    const weight = new Map<string, number>();
+    let smallest: Candidate | undefined;
+    blocks.forEach((b, i) => {
+      if (b.kernel !== kernel) return;
+      const p = pathOf(b.candidates[free[i]]);
+      weight.set(p, (weight.get(p) ?? 0) + b.size);
+      for (const c of b.candidates) if (!smallest || c.bits < smallest.bits) smallest = c;
+    });
+    const ranked = [...weight].sort((a, b) => b[1] - a[1]).map(([p]) => p);
+    const low = pathOf(smallest!);
+    const chosen = ranked.slice(0, maxPaths);
+    if (!chosen.includes(low)) chosen.splice(maxPaths - 1, 1, low);
+    keep.set(kernel, new Set(chosen));
+  }
+  return greedy(
+    blocks,
+    budget,
+    lambda,
+    l0,
+    t0,
+    (b, c) => b.kernel === undefined || keep.get(b.kernel)!.has(pathOf(c)),
+  );
+}
+
+/** The MILP of min Σ (loss/L₀ + λ·cost/T₀)·x under the budget (and `maxPaths`), in CPLEX LP format. */
+function lpText(
+  blocks: Block[],
+  budget: number,
+  lambda: number,
+  l0: number,
+  t0: number,
+  maxPaths?: number,
+): string {
   const terms: string[] = [];
   const rows: string[] = [];
   const binaries: string[] = [];
@@ -153,6 +241,24 @@ function lpText(blocks: Block[], budget: number, lambda: number, l0: number, t0:
     });
   });
   rows.push(` budget: ${budgetRow.slice(3)} <= ${budget.toPrecision(12)}`);
+  if (maxPaths !== undefined) {
+    // y_k_p = 1 when kernel k runs path p: every candidate on that path implies it; at most maxPaths per kernel.
+    const kernels = [...new Set(blocks.flatMap((b) => b.kernel === undefined ? [] : [b.kernel]))];
+    kernels.forEach((kernel, ki) => {
+      const paths = new Map<string, number>();
+      blocks.forEach((b, i) => {
+        if (b.kernel !== kernel) return;
+        b.candidates.forEach((c, j) => {
+          const p = pathOf(c);
+          if (!paths.has(p)) paths.set(p, paths.size);
+          rows.push(` use_${i}_${j}: x_${i}_${j} - y_${ki}_${paths.get(p)} <= 0`);
+        });
+      });
+      const ys = [...paths.values()].map((pi) => `y_${ki}_${pi}`);
+      binaries.push(...ys);
+      rows.push(` paths_${ki}: ${ys.join(" + ")} <= ${maxPaths}`);
+    });
+  }
   return `Minimize\n obj: ${terms.join(" + ")}\nSubject To\n${rows.join("\n")}\nBinary\n ${
     binaries.join(" ")
   }\nEnd\n`;
@@ -164,10 +270,14 @@ async function highsSolve(
   lambda: number,
   l0: number,
   t0: number,
+  maxPaths?: number,
 ): Promise<number[]> {
   highsPromise ??= loadHighs();
   const highs = await highsPromise;
-  const result = highs.solve(lpText(blocks, budget, lambda, l0, t0), { output_flag: false, mip_rel_gap: 0 });
+  const result = highs.solve(lpText(blocks, budget, lambda, l0, t0, maxPaths), {
+    output_flag: false,
+    mip_rel_gap: 0,
+  });
   if (result.Status !== "Optimal") throw new Error(`HiGHS ended with status ${result.Status}`);
   const cols = result.Columns as Record<string, { Primal: number }>;
   return blocks.map((b, i) => {
@@ -200,9 +310,19 @@ export async function allocateLayer(
 ): Promise<Allocation> {
   const r = options.r ?? 0.75;
   if (!(r >= 0 && r <= 1)) throw new RangeError(`Cannot allocate bits: r must be in [0, 1], got ${r}`);
+  const maxPaths = options.maxPaths;
+  if (maxPaths !== undefined && !(Number.isInteger(maxPaths) && maxPaths >= 1)) {
+    throw new RangeError(
+      `Cannot allocate bits: maxPaths must be a whole number of at least 1, got ${maxPaths}`,
+    );
+  }
   check(blocks, budget);
   const l0 = Math.max(1e-12, blocks.reduce((a, b) => a + Math.max(...b.candidates.map((c) => c.loss)), 0));
   const t0 = Math.max(1e-12, blocks.reduce((a, b) => a + Math.max(...b.candidates.map((c) => c.cost)), 0));
+  const solveGreedy = (lambda: number) =>
+    maxPaths === undefined
+      ? greedy(blocks, budget, lambda, l0, t0)
+      : greedyPaths(blocks, budget, lambda, l0, t0, maxPaths);
   const lambdas = r === 1 ? [0] : r === 0 ? [1e6] : LAMBDAS;
   let solver: "highs" | "greedy" = options.solver ?? "highs";
   let best: Allocation | undefined;
@@ -210,13 +330,13 @@ export async function allocateLayer(
     let pick: number[];
     if (solver === "highs") {
       try {
-        pick = await highsSolve(blocks, budget, lambda, l0, t0);
+        pick = await highsSolve(blocks, budget, lambda, l0, t0, maxPaths);
       } catch {
         solver = "greedy";
-        pick = greedy(blocks, budget, lambda, l0, t0);
+        pick = solveGreedy(lambda);
       }
     } else {
-      pick = greedy(blocks, budget, lambda, l0, t0);
+      pick = solveGreedy(lambda);
     }
     const a = summarize(blocks, pick, solver);
     if (!best || score(a, r) < score(best, r)) best = a;

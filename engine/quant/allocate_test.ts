@@ -76,3 +76,82 @@ Deno.test("allocateLayer refuses impossible budgets and bad r", async () => {
   await assert.rejects(allocateLayer(layer(6, 4), 4, { r: 2 }), RangeError);
   await assert.rejects(allocateLayer([], 4), RangeError);
 });
+
+/** The layer of `layer` with blocks alternating between two grouped kernels and five candidates each. */
+function kernelLayer(seed: number, n: number): Block[] {
+  const r = rng(seed);
+  return layer(seed, n).map((b, i) => ({
+    ...b,
+    kernel: i % 2 === 0 ? "gate_up" : "down",
+    candidates: [
+      ...b.candidates.map((c) => ({ ...c, path: c.scheme.slice(0, 2) })),
+      { scheme: "w3g64", bits: 3.5, loss: b.candidates[1].loss * (2 + r() * 2), cost: 0.5, path: "w3" },
+      // Same bits as w4g64 and the same code path: a cap on paths does not count it apart.
+      { scheme: "w4g32", bits: 5, loss: b.candidates[1].loss * (0.5 + r() * 0.6), cost: 0.7, path: "w4" },
+    ],
+  }));
+}
+
+function bruteForcePaths(blocks: Block[], budget: number, maxPaths: number): number {
+  const total = blocks.reduce((a, b) => a + b.size, 0);
+  let best = Infinity;
+  const pick: number[] = [];
+  const rec = (i: number, bits: number, loss: number) => {
+    if (bits > budget * total + 1e-9) return;
+    if (i === blocks.length) {
+      const paths = new Map<string, Set<string>>();
+      blocks.forEach((b, k) => {
+        const set = paths.get(b.kernel!) ?? new Set();
+        set.add(b.candidates[pick[k]].path!);
+        paths.set(b.kernel!, set);
+      });
+      if ([...paths.values()].every((s) => s.size <= maxPaths)) best = Math.min(best, loss);
+      return;
+    }
+    blocks[i].candidates.forEach((c, j) => {
+      pick[i] = j;
+      rec(i + 1, bits + c.bits * blocks[i].size, loss + c.loss);
+    });
+  };
+  rec(0, 0, 0);
+  return best;
+}
+
+Deno.test("allocateLayer with maxPaths: at most that many code paths per kernel, exact with HiGHS", async () => {
+  let binding = 0;
+  for (
+    const [seed, budget, maxPaths] of [[11, 4.5, 1], [12, 3.5, 2], [13, 5, 2], [14, 3, 1], [
+      16,
+      4,
+      2,
+    ]] as const
+  ) {
+    const blocks = kernelLayer(seed, 8);
+    const free = await allocateLayer(blocks, budget, { r: 1 });
+    const a = await allocateLayer(blocks, budget, { r: 1, maxPaths });
+    assert.equal(a.solver, "highs");
+    assert.ok(a.averageBits <= budget + 1e-9);
+    for (const [kernel, paths] of a.paths) {
+      assert.ok(paths.length <= maxPaths, `seed ${seed} ${kernel}: ${paths.join(", ")}`);
+    }
+    const exact = bruteForcePaths(blocks, budget, maxPaths);
+    assert.ok(Math.abs(a.loss - exact) < 1e-9, `seed ${seed}: ${a.loss} vs ${exact}`);
+    // The cap can only cost accuracy; without it the solver is free to use more paths.
+    assert.ok(free.loss <= a.loss + 1e-12);
+    if ([...free.paths.values()].some((p) => p.length > maxPaths)) binding++;
+    for (const solver of ["greedy"] as const) {
+      for (const r of [0.5, 1]) {
+        const g = await allocateLayer(blocks, budget, { r, solver, maxPaths });
+        assert.ok(g.averageBits <= budget + 1e-9, `greedy r ${r}: ${g.averageBits}`);
+        for (const paths of g.paths.values()) assert.ok(paths.length <= maxPaths);
+      }
+    }
+  }
+  // In most cases the uncapped allocation mixes more paths than the cap allows (the cap is what limits it).
+  assert.ok(binding >= 3, `the cap binds in ${binding} of 5 cases`);
+});
+
+Deno.test("allocateLayer refuses a cap on code paths that is not a whole number of at least 1", async () => {
+  await assert.rejects(allocateLayer(kernelLayer(15, 4), 4, { maxPaths: 0 }), /maxPaths/);
+  await assert.rejects(allocateLayer(kernelLayer(15, 4), 4, { maxPaths: 1.5 }), RangeError);
+});

@@ -8,13 +8,24 @@
 
 import {
   acquireGpu,
+  type Dispatch,
   encodeDispatch,
   grid2d,
   hasWebGpuAdapter,
   StepRing,
   uploadBuffer,
 } from "../../kernels/gpu.ts";
-import { buildQuantSet, QGEMV_SHAPE, qgemvProgram, type QuantMatrix } from "../../kernels/qmatvec.ts";
+import {
+  buildQuantSet,
+  QDOWN_SHAPE,
+  qDownProgram,
+  QGATEUP_SHAPE,
+  qGateUpProgram,
+  QGEMV_SHAPE,
+  qgemvProgram,
+  type QuantMatrix,
+  wordsPerRow,
+} from "../../kernels/qmatvec.ts";
 import { quantizeRtn } from "./quantize.ts";
 import { parseScheme, storedBitsPerWeight } from "./scheme.ts";
 
@@ -26,6 +37,14 @@ export interface CostTable {
   adapter: string;
   /** Key `${scheme}|${rows}x${cols}|${tokens}` → milliseconds. */
   entries: Record<string, number>;
+}
+
+/** What one more code path in a projection's grouped expert kernel costs, as a fraction of the layer's time. */
+export interface PathCosts {
+  /** For the gate/up kernel. */
+  gate_up: number;
+  /** For the down kernel. */
+  down: number;
 }
 
 /** The key of a cost entry. */
@@ -43,6 +62,22 @@ export function lookupCost(t: CostTable, scheme: string, rows: number, cols: num
   if (at !== undefined) return t.entries[costKey(scheme, rows, cols, at)] ?? NaN;
   const last = COST_TOKENS[COST_TOKENS.length - 1];
   return (t.entries[costKey(scheme, rows, cols, last)] ?? NaN) * tokens / last;
+}
+
+/** A [rows, cols] matrix of random packed levels in `scheme` (what a kernel's time does not depend on). */
+function randomPacked(rows: number, cols: number, scheme: string, seed: number): QuantMatrix {
+  const sc = parseScheme(scheme);
+  let s = seed >>> 0 || 1;
+  const next = () => (s ^= s << 13, s ^= s >>> 17, s ^= s << 5, s >>> 0);
+  if (sc.kind === "f16") {
+    return { rows, cols, f16: Uint16Array.from({ length: rows * cols }, () => 0x2000 | (next() & 0x3ff)) };
+  }
+  const qweight = new Uint32Array(rows * wordsPerRow(sc.bits, sc.group, cols));
+  for (let i = 0; i < qweight.length; i++) qweight[i] = next();
+  const groups = rows * cols / sc.group;
+  const scales = new Uint16Array(new Float16Array(groups).fill(1e-3).buffer);
+  const mins = new Uint16Array(new Float16Array(groups).fill(-1e-2).buffer);
+  return { rows, cols, bits: sc.bits, group: sc.group, qweight, scales, mins };
 }
 
 function randomMatrix(rows: number, cols: number, scheme: string): QuantMatrix {
@@ -85,6 +120,25 @@ export function costTableCovers(
 export async function costAdapter(): Promise<string> {
   if (!(await hasWebGpuAdapter())) return "none";
   return (await acquireGpu()).adapterName;
+}
+
+/** Milliseconds from submitting `n` rounds of `dispatches` in one compute pass until the GPU has run them. */
+async function timePass(
+  device: GPUDevice,
+  ring: StepRing,
+  dispatches: Dispatch[],
+  stepOffset: number,
+  n: number,
+  label: string,
+): Promise<number> {
+  const enc = device.createCommandEncoder({ label });
+  const pass = enc.beginComputePass({ label });
+  for (let i = 0; i < n; i++) for (const d of dispatches) encodeDispatch(pass, ring, d, stepOffset);
+  pass.end();
+  const t0 = performance.now();
+  device.queue.submit([enc.finish()]);
+  await device.queue.onSubmittedWorkDone();
+  return performance.now() - t0;
 }
 
 /** Measures (or models, without an adapter) the cost of each shape's schemes for COST_TOKENS. */
@@ -131,16 +185,7 @@ export async function measureCosts(
           logitsRow: 0,
         });
         ring.flush(device);
-        const run = async (n: number) => {
-          const enc = device.createCommandEncoder({ label: "cost" });
-          const pass = enc.beginComputePass({ label: "cost" });
-          for (let i = 0; i < n; i++) encodeDispatch(pass, ring, { program: prog, group, grid }, off);
-          pass.end();
-          const t0 = performance.now();
-          device.queue.submit([enc.finish()]);
-          await device.queue.onSubmittedWorkDone();
-          return performance.now() - t0;
-        };
+        const run = (n: number) => timePass(device, ring, [{ program: prog, group, grid }], off, n, "cost");
         await run(1); // warm-up
         const one = await run(1);
         const many = await run(reps + 1);
@@ -154,4 +199,92 @@ export async function measureCosts(
   }
   ring.buffer.destroy();
   return { source: "measured", adapter: ctx.adapterName, entries };
+}
+
+/**
+ * Measures what a second code path (kernels/qmatvec.ts codePathKey) in one projection's grouped expert kernel
+ * costs a MoE layer of `shape` for one token: `layers` layers' gate/up then down dispatches (each layer its own
+ * weights, as in a decode step) in one pass, with a projection's `topK` experts all in scheme `pair[0]`, all in
+ * `pair[1]`, or alternating between them, the other projection in `pair[0]`. The result is the alternating run's
+ * excess over the mean of the two uniform runs, as a fraction of that mean (0 when it is not slower); the median
+ * of `trials` passes of `reps` steps each.
+ */
+export async function measurePathCosts(
+  shape: { hidden: number; inter: number; topK: number },
+  pair: [string, string],
+  options: { layers?: number; reps?: number; trials?: number } = {},
+): Promise<PathCosts> {
+  const { hidden: H, inter: I, topK: K } = shape;
+  const layers = options.layers ?? 8, reps = options.reps ?? 8, trials = options.trials ?? 5;
+  const ctx = await acquireGpu();
+  const device = ctx.device;
+  const ring = new StepRing(device, 1);
+  const off = ring.set(0, { pos: 0, rows: 1, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
+  ring.flush(device);
+  // x [H] f32; h [K, I] f32; ids [K] u32 (experts 0..K-1); wts [K] f32.
+  const x = uploadBuffer(device, "path-x", new Float32Array(H).fill(0.01));
+  const h = uploadBuffer(device, "path-h", new Float32Array(K * I));
+  const ids = uploadBuffer(device, "path-ids", Uint32Array.from({ length: K }, (_, i) => i));
+  const wts = uploadBuffer(device, "path-wts", new Float32Array(K).fill(1 / K));
+  const made: GPUBuffer[] = [x, h, ids, wts];
+  // The pass's time (ms per step) with gate/up experts in `gu(e)` and down experts in `dn(e)`.
+  const time = async (gu: (e: number) => string, dn: (e: number) => string): Promise<number> => {
+    const steps: Dispatch[] = [];
+    const bufs: GPUBuffer[] = [];
+    for (let l = 0; l < layers; l++) {
+      const guSet = buildQuantSet(
+        Array.from({ length: K }, (_, e) => randomPacked(2 * I, H, gu(e), 7 + l * K + e)),
+      );
+      const dnSet = buildQuantSet(
+        Array.from({ length: K }, (_, e) => randomPacked(H, I, dn(e), 99 + l * K + e)),
+      );
+      const up = (label: string, set: ReturnType<typeof buildQuantSet>) => {
+        const b = [set.qw, set.qp, set.meta].map((d, i) => uploadBuffer(device, `${label}-${i}`, d));
+        bufs.push(...b);
+        return b;
+      };
+      const guProg = await qGateUpProgram(device, ring, {
+        hidden: H,
+        inter: I,
+        topK: K,
+        schemes: guSet.schemes,
+      });
+      const dnProg = await qDownProgram(device, ring, {
+        hidden: H,
+        inter: I,
+        topK: K,
+        alpha: 1,
+        schemes: dnSet.schemes,
+      });
+      steps.push({
+        program: guProg,
+        group: guProg.bind(`path-L${l}-gu`, [x, ...up(`path-L${l}-gu`, guSet), ids, h]),
+        grid: [Math.ceil(I / QGATEUP_SHAPE.outs), K, 1],
+      });
+      steps.push({
+        program: dnProg,
+        group: dnProg.bind(`path-L${l}-dn`, [h, ...up(`path-L${l}-dn`, dnSet), ids, wts, x]),
+        grid: [Math.ceil(H / QDOWN_SHAPE.outs), 1, 1],
+      });
+    }
+    const run = (n: number) => timePass(device, ring, steps, off, n, "path-cost");
+    await run(1); // warm-up
+    const samples: number[] = [];
+    for (let t = 0; t < trials; t++) {
+      const one = await run(1), many = await run(reps + 1);
+      samples.push((many - one) / reps);
+    }
+    for (const b of bufs) b.destroy();
+    samples.sort((a, b) => a - b);
+    return samples[Math.floor(samples.length / 2)];
+  };
+  const [a, b] = pair;
+  const alt = (e: number) => e % 2 === 0 ? a : b;
+  const tA = await time(() => a, () => a);
+  const guB = await time(() => b, () => a), guMix = await time(alt, () => a);
+  const dnB = await time(() => a, () => b), dnMix = await time(() => a, alt);
+  for (const buf of made) buf.destroy();
+  ring.buffer.destroy();
+  const excess = (mix: number, other: number) => Math.max(0, mix / ((tA + other) / 2) - 1);
+  return { gate_up: excess(guMix, guB), down: excess(dnMix, dnB) };
 }

@@ -9,7 +9,14 @@ export { parseScheme, type QuantScheme, schemeName, storedBitsPerWeight } from "
 export { dequantize, levelBits, PACKED_FORMAT, type PackedMatrix, packLevels, unpackLevels } from "./pack.ts";
 export { type GptqOptions, quantizeGptq, quantizeRtn } from "./quantize.ts";
 export { calibrate, type Calibration } from "./calibrate.ts";
-export { bytesModelCosts, type CostTable, lookupCost, measureCosts } from "./cost.ts";
+export {
+  bytesModelCosts,
+  type CostTable,
+  lookupCost,
+  measureCosts,
+  measurePathCosts,
+  type PathCosts,
+} from "./cost.ts";
 export { allocateLayer, type Allocation, type Block, type Candidate } from "./allocate.ts";
 export {
   effectiveScheme,

@@ -22,6 +22,7 @@ import { allocateLayer, type Block } from "./allocate.ts";
 import { calibrate, type ExpertCalibration, expertHidden } from "./calibrate.ts";
 import { costAdapter, type CostTable, costTableCovers, lookupCost, measureCosts } from "./cost.ts";
 import { dequantize, PACKED_FORMAT, type PackedMatrix } from "./pack.ts";
+import { codePathKey } from "../../kernels/qmatvec.ts";
 import { quantizeGptq, quantizeRtn } from "./quantize.ts";
 import { compareModels } from "./quality.ts";
 import { parseScheme, type QuantScheme, schemeName, storedBitsPerWeight } from "./scheme.ts";
@@ -61,6 +62,12 @@ export interface QuantizeModelOptions {
   candidates?: string[];
   /** Tokens per batch the cost model assumes (an expert's expected rows = frequency × batch; default 32). */
   batch?: number;
+  /**
+   * MxMoE only: most code paths (kernels/qmatvec.ts codePathKey; schemes of one bit width share one) among a
+   * layer's routed experts in each projection (default: no limit). Each path a projection's grouped kernel runs
+   * slows it, so fewer decode faster.
+   */
+  maxPaths?: number;
   /** A cost table to reuse (else measured, and written beside the output as cost_table.json). */
   costTable?: CostTable;
   /**
@@ -78,8 +85,17 @@ export interface QuantizeModelOptions {
 export interface QuantizationReport {
   /** Average stored bits per expert weight. */
   averageBits: number;
-  /** Per layer: per expert [gate_up scheme, down scheme] (+ shared), solver. */
-  layers: { layer: number; experts: [string, string][]; shared?: [string, string]; solver: string }[];
+  /**
+   * Per layer: per expert [gate_up scheme, down scheme] (+ shared), solver, and (MxMoE) the code paths the routed
+   * experts' gate_up and down kernels run.
+   */
+  layers: {
+    layer: number;
+    experts: [string, string][];
+    shared?: [string, string];
+    solver: string;
+    paths?: { gate_up: string[]; down: string[] };
+  }[];
   /** Calibration tokens. */
   calibrationTokens: number;
   /** MxMoE: the comparison with uniform at the same budget, and which was kept. */
@@ -247,6 +263,18 @@ async function quantizeOnce(
   if (options.bits !== undefined && !(options.bits > 1 && options.bits <= 16)) {
     throw new RangeError(`Cannot quantize: the bit budget must be in (1, 16], got ${options.bits}`);
   }
+  if (options.maxPaths !== undefined) {
+    if (options.bits === undefined) {
+      throw new TypeError(
+        "Cannot quantize: maxPaths limits an MxMoE allocation (bits), not a uniform scheme",
+      );
+    }
+    if (!(Number.isInteger(options.maxPaths) && options.maxPaths >= 1)) {
+      throw new RangeError(
+        `Cannot quantize: maxPaths must be a whole number of at least 1, got ${options.maxPaths}`,
+      );
+    }
+  }
   const method = options.method ?? "gptq";
   if (method !== "gptq" && method !== "rtn") throw new TypeError(`Cannot quantize: unknown method ${method}`);
   const needCalib = method === "gptq" || options.bits !== undefined;
@@ -366,9 +394,12 @@ async function quantizeOnce(
               bits: storedBitsPerWeight(s, cols),
               loss,
               cost: lookupCost(cost!, name, rows, cols, rowsExpected),
+              path: codePathKey(s.kind === "f16" ? { bits: 16, group: cols } : s, cols),
             });
           }
-          blocks.push({ id: `${id}.${part}`, size: rows * cols, candidates: cands });
+          // The routed experts of a projection run in one grouped kernel; a shared expert in its own.
+          const kernel = id === "shared" ? undefined : part;
+          blocks.push({ id: `${id}.${part}`, size: rows * cols, candidates: cands, kernel });
         }
       };
       for (let e = 0; e < E; e++) {
@@ -389,7 +420,7 @@ async function quantizeOnce(
           c.sharedExpertIntermediateSize,
         );
       }
-      const alloc = await allocateLayer(blocks, options.bits!, { r: options.r });
+      const alloc = await allocateLayer(blocks, options.bits!, { r: options.r, maxPaths: options.maxPaths });
       const get = (id: string) => parseScheme(alloc.choice.get(id)!);
       expertChoice.push(
         Array.from({ length: E }, (_, e) => ({ gu: get(`e${e}.gate_up`), down: get(`e${e}.down`) })),
@@ -405,6 +436,7 @@ async function quantizeOnce(
           ? [alloc.choice.get("shared.gate_up")!, alloc.choice.get("shared.down")!]
           : undefined,
         solver: alloc.solver,
+        paths: { gate_up: alloc.paths.get("gate_up") ?? [], down: alloc.paths.get("down") ?? [] },
       });
       say(`layer ${l}: ${alloc.averageBits.toFixed(3)} bits (${alloc.solver})`);
     }
@@ -592,6 +624,7 @@ async function quantizeOnce(
       method,
       mode: options.uniform !== undefined ? `uniform ${options.uniform}` : `mxmoe ${options.bits}`,
       r: options.r ?? 0.75,
+      max_paths: options.maxPaths,
       average_bits: report.averageBits,
       attention: schemeName(attention),
       router: schemeName(routerScheme),
@@ -650,6 +683,7 @@ export async function quantizeModel(
       bits: undefined,
       uniform,
       costTable: undefined,
+      maxPaths: undefined, // one scheme: one path
     });
     const ref = await loadModel(source, { backend: "cpu" });
     const ids = ref.tokenizer.encode(options.calibText!, { addSpecialTokens: false })

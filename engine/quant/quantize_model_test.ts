@@ -4,6 +4,7 @@ import { relRmsError, SKIP_GPU } from "../../kernels/test_util.ts";
 import { Checkpoint } from "../checkpoint.ts";
 import { ModelLoadError } from "../errors.ts";
 import { loadModel } from "../model.ts";
+import { codePathKey } from "../../kernels/qmatvec.ts";
 import { bytesModelCosts, type CostTable } from "./cost.ts";
 import { compareModels } from "./quality.ts";
 import { effectiveScheme, quantizeModel } from "./quantize_model.ts";
@@ -168,6 +169,52 @@ Deno.test("quantizeModel refuses contradictory options, missing calibration and 
   }
 });
 
+Deno.test("MxMoE with maxPaths: each projection's routed experts use at most that many code paths", async () => {
+  const out = await Deno.makeTempDir({ prefix: "edgemix-q-" });
+  try {
+    const src = fixture("olmoe");
+    const free = await quantizeModel(src, out, {
+      bits: 3.25,
+      calibText,
+      costTable: COSTS,
+      uniformCheck: false,
+    });
+    // With the uniform check (one scheme: within any cap), whichever of the two it keeps.
+    const capped = await quantizeModel(src, out, { bits: 3.25, calibText, costTable: COSTS, maxPaths: 1 });
+    assert.ok(capped.averageBits <= 3.25 + 1e-9, `average bits ${capped.averageBits}`);
+    // Uncapped, some projection mixes bit widths (else the cap would not be tested).
+    assert.ok(free.layers.some((l) => l.paths!.gate_up.length > 1 || l.paths!.down.length > 1));
+    const model = await loadModel(out, { backend: "cpu" });
+    const H = model.config.hiddenSize, I = model.config.expertIntermediateSize;
+    await model.dispose();
+    const q = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as QuantizationJson & {
+      max_paths: number;
+      layers: { paths: { gate_up: string[]; down: string[] } }[];
+    };
+    assert.equal(q.max_paths, 1);
+    for (const layer of q.layers) {
+      assert.equal(layer.paths.gate_up.length, 1);
+      assert.equal(layer.paths.down.length, 1);
+      // Every routed expert's scheme is read by its projection's one path.
+      const key = (name: string, cols: number) => {
+        const s = parseScheme(name);
+        return codePathKey(s.kind === "f16" ? { bits: 16, group: cols } : s, cols);
+      };
+      for (const [gu, dn] of layer.experts) {
+        assert.equal(key(gu, H), layer.paths.gate_up[0]);
+        assert.equal(key(dn, I), layer.paths.down[0]);
+      }
+    }
+    await assert.rejects(
+      quantizeModel(src, out, { uniform: "w4g128", method: "rtn", maxPaths: 2 }),
+      /maxPaths limits an MxMoE allocation/,
+    );
+    await assert.rejects(quantizeModel(src, out, { bits: 3.25, calibText, maxPaths: 0 }), RangeError);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
 Deno.test("deno task quantize: --help, bad flags exit 2, and a run prints the allocation", async () => {
   const script = fileURLToPath(new URL("../../tools/quantize.ts", import.meta.url));
   const run = async (...args: string[]) => {
@@ -196,6 +243,30 @@ Deno.test("deno task quantize: --help, bad flags exit 2, and a run prints the al
   assert.match(bad.err, /exactly one of --bits and --uniform/);
   const badR = await run("--model", fixture("olmoe"), "--out", "/tmp/x", "--bits", "3", "--r", "2");
   assert.equal(badR.code, 2);
+  const badPaths = await run(
+    "--model",
+    fixture("olmoe"),
+    "--out",
+    "/tmp/x",
+    "--bits",
+    "3",
+    "--max-paths",
+    "0",
+  );
+  assert.equal(badPaths.code, 2);
+  assert.match(badPaths.err, /--max-paths must be a whole number/);
+  const uniformPaths = await run(
+    "--model",
+    fixture("olmoe"),
+    "--out",
+    "/tmp/x",
+    "--uniform",
+    "w4g128",
+    "--max-paths",
+    "2",
+  );
+  assert.equal(uniformPaths.code, 2);
+  assert.match(uniformPaths.err, /give --bits/);
   const out = await Deno.makeTempDir({ prefix: "edgemix-q-" });
   try {
     const ok = await run(
