@@ -61,6 +61,8 @@ Deno.test({
         // 16-byte aligned.
         [[2, 40, 128], { tpo: 8, outs: 32 }, false, true],
         [[2, 50, 128], WIDE_QGEMV_SHAPE, false, true],
+        // Long rows for a small team: four or more chunks per thread (the dot products' unrolled loads).
+        [[2, 24, 1024], { tpo: 4, outs: 16 }, false, true],
         [[1, 33, 256], { tpo: 32, outs: 2 }, false, false],
         [[3, 24, 64], QGEMV_SHAPE, false, false],
         [[2, 21, 128], QGEMV_SHAPE, true, true],
