@@ -685,9 +685,12 @@ mxdead)
   done
   ;;
 mxpaths)
-  # Uniform w4g128 against OLMoE-shape mixes given as MIXES="name:GATEUP_SCHEMES:DOWN_SCHEMES[:DEAD] ..." (comma lists,
-  # round-robin over experts; e.g. the scheme proportions of an allocation with --max-paths): a step's GPU time,
+  # Uniform w4g128 against OLMoE-shape mixes given as MIXES="name:GATEUP_SCHEMES:DOWN_SCHEMES[:DEAD] ..."
+  # (comma lists, round-robin over experts; e.g. the scheme proportions of an allocation with --max-paths;
+  # DEAD: schemes of never-routed experts): a step's GPU time,
   # then decode alternated ROUNDS times (default 2; ~1 min per mix and round; bundles gpu_profile, gpu_decode).
+  # SHAPES: a --shapes value for both (e.g. "qgateup=16x16/2,qdown=16x16x2/2": loops of 2 chunks per pass in
+  # the expert kernels with several code paths).
   # An optional fourth field lists never-routed experts' schemes (make_packed_olmoe.py --dead-experts).
   mk() {
     python3 bench/make_packed_olmoe.py --out "/tmp/$1" --experts "$2" --down-experts "$3" \
@@ -707,7 +710,7 @@ mxpaths)
     for m in $names; do
       echo "== $m build $b" >>"$logs/paths_profile.log"
       timeout 45 deno run -A "dist/gpu_profile$sfx.js" --model "/tmp/$m" --pos 128 --ablate off \
-        >>"$logs/paths_profile.log" 2>&1
+        ${SHAPES:+--shapes "$SHAPES"} >>"$logs/paths_profile.log" 2>&1
     done
   done
   for round in $(seq "${ROUNDS:-2}"); do
@@ -716,7 +719,7 @@ mxpaths)
       for m in $names; do
         echo "== $m build $b round $round" >>"$logs/paths_decode.log"
         timeout 45 deno run -A "dist/gpu_decode$sfx.js" --model "/tmp/$m" --dtype f16 --reps 2 \
-          --tokens-per-submit 64 >>"$logs/paths_decode.log" 2>&1
+          --tokens-per-submit 64 ${SHAPES:+--shapes "$SHAPES"} >>"$logs/paths_decode.log" 2>&1
       done
     done
   done

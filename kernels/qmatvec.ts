@@ -384,6 +384,7 @@ function qdotFn(
   schemes?: readonly QuantScheme[],
   staged = false,
   tpr = 0,
+  multiStep = 0,
 ): string {
   const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
   const ret = rows === 1 ? "f32" : "vec2<f32>";
@@ -454,8 +455,30 @@ function qdotFn(
     groups: string,
     group: (c: string, p: number) => string,
     xAt: (i: number) => string,
+    step: number,
   ) => {
     const nit = Math.ceil(cpr / tpr);
+    if (step > 0 && nit > step && nit % step === 0 && cpr % tpr === 0) {
+      // A loop over the thread's chunks, `step` per pass, their loads in flight together.
+      const us = Array.from({ length: step }, (_, i) => i);
+      const body: string[] = [];
+      for (const u of us) {
+        body.push(`let c${u} = t + (u0 + ${u}u) * ${tpr}u;`);
+        body.push(...loads(lay, `${cpr * lay.vecs}u`, groups, `c${u}`, group, `_${u}`));
+      }
+      for (const u of us) {
+        body.push(`{
+          let c = c${u};
+          ${names(lay).map((n) => `let ${n} = ${n}_${u};`).join(" ")}
+          ${xAt === global ? xBase(b) : ""}
+          ${chunkCode(b, rows, xAt, lay)}
+        }`);
+      }
+      return `for (var u0 = 0u; u0 < ${nit}u; u0 += ${step}u) {
+        ${body.join("\n        ")}
+      }
+      return ${result};`;
+    }
     const out: string[] = [];
     for (let u0 = 0; u0 < nit; u0 += UNROLL) {
       const us = Array.from({ length: Math.min(UNROLL, nit - u0) }, (_, i) => u0 + i);
@@ -480,7 +503,10 @@ function qdotFn(
   };
   let vector: string;
   if (schemes) {
-    const branches = chunkBranches(schemes, k).map((br) => {
+    const paths = chunkBranches(schemes, k);
+    // Several code paths: each path's chunks unrolled multiStep at a time (less code to fetch).
+    const step = paths.length > 1 ? multiStep : 0;
+    const branches = paths.map((br) => {
       const sc = br.schemes[0], nx = chunkVec4s(sc), cpr = k / (4 * nx), lay = chunkLayout(sc);
       // Staged: vec4 i of chunk c is at xs0 + i · cpr + c.
       const xAt = staged ? (i: number) => `xsh[xs0 + ${i * cpr}u + c]` : global;
@@ -507,7 +533,7 @@ function qdotFn(
       return `if (${br.cond}) {
       ${sizes}${
         tpr > 0 && cpr / tpr <= MAX_UNROLLED
-          ? unrolled(sc.bits, lay, cpr, groups, group, xAt)
+          ? unrolled(sc.bits, lay, cpr, groups, group, xAt, step)
           : loop(sc.bits, lay, `${cpr}u`, groups, group, xAt)
       }
     }`;
@@ -816,7 +842,7 @@ ${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 ${norm ? `@group(0) @binding(${p.bias ? 6 : 5}) var<storage, read> gw: array<vec4<f32>>;` : ""}
 ${qdotWordsFn()}
 ${stagedDecl(p.k, p.schemes, staged, 1, wg, norm)}
-${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined, shape.tpo)}
+${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined, shape.tpo, shape.step)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -884,7 +910,7 @@ ${QBINDINGS}
 ${norm ? "@group(0) @binding(6) var<storage, read> gw: array<vec4<f32>>;" : ""}
 ${qdotWordsFn()}
 ${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm)}
-${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo)}
+${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo, shape.step)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -960,7 +986,7 @@ ${stage ? `var<workgroup> xsh: array<vec4<f32>, ${p.topK * (p.inter / 4)}>;` : "
 var<workgroup> dmeta: array<vec4<u32>, TOPK>;
 var<workgroup> dwts: array<f32, TOPK>;
 var<workgroup> part: array<f32, WG>;
-${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split)}
+${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, shape.step)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.y;

@@ -7,6 +7,7 @@ import {
   buildQuantSet,
   QDOWN_SHAPE,
   qDownProgram,
+  qDownWgsl,
   QGATEUP_SHAPE,
   qGateUpProgram,
   QGEMV_SHAPE,
@@ -218,6 +219,26 @@ Deno.test({
       schemes.map((s) => s === "f16" ? s : [s[0], Math.min(s[1], 64)]),
       configs,
     );
+  },
+});
+
+Deno.test({
+  name: "experts of several code paths with four or more chunks per thread match expertsRef",
+  ignore: SKIP_GPU,
+  fn: async () => {
+    // Long rows for small teams (gate/up: 8 chunks per thread at 4 bits, 4 at 2; down: 4 at 4 bits, 8 at 8),
+    // unrolled whole and (with a step) in loops of 2 or 4 chunks per pass, staged and not.
+    const gu: TestScheme[] = [[4, 128], [2, 128], [4, 64]];
+    const dn: TestScheme[] = [[4, 64], [2, 64], [8, 128]];
+    await checkMixedExperts(76, 1024, 512, gu, dn, [
+      [{ tpo: 4, outs: 16 }, { tpo: 8, outs: 8, split: 2 }, true, true],
+      [{ tpo: 4, outs: 16, step: 2 }, { tpo: 8, outs: 8, split: 2, step: 2 }, true, true],
+      [{ tpo: 4, outs: 16, step: 4 }, { tpo: 8, outs: 8, split: 2, step: 4 }, true, false],
+    ]);
+    for (const step of [-1, 1.5]) {
+      const p = { hidden: 64, inter: 64, topK: 2, alpha: 1 };
+      assert.throws(() => qDownWgsl(p, { tpo: 8, outs: 8, split: 2, step }), RangeError);
+    }
   },
 });
 

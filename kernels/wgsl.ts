@@ -124,9 +124,18 @@ export interface MatvecShape {
    * 1: all threads over every expert in turn).
    */
   split?: number;
+  /**
+   * Packed kernels whose weight set has several code paths (kernels/qmatvec.ts): a thread's chunks in a loop,
+   * this many per pass, instead of unrolled whole (default 0). Less code for each path that runs to fetch;
+   * used where a thread has more chunks than this, a multiple of it.
+   */
+  step?: number;
 }
 
-/** Throws unless `s` is a valid mat-vec shape: powers of two, at most 256 threads, teams of whole threads. */
+/**
+ * Throws unless `s` is a valid mat-vec shape: powers of two, at most 256 threads, teams of whole threads, and
+ * a step of a whole number of chunks.
+ */
 export function checkMatvecShape(label: string, s: MatvecShape): void {
   const ok = (v: number) => Number.isInteger(v) && v > 0 && (v & (v - 1)) === 0;
   const split = s.split ?? 1;
@@ -135,6 +144,9 @@ export function checkMatvecShape(label: string, s: MatvecShape): void {
       `Cannot build ${label}: threads per output ${s.tpo}, outputs ${s.outs} and teams ${split} must be ` +
         `powers of two, at most 256 threads and at most one team per thread`,
     );
+  }
+  if (s.step !== undefined && !(Number.isInteger(s.step) && s.step >= 0)) {
+    throw new RangeError(`Cannot build ${label}: the step ${s.step} must be a whole number of chunks`);
   }
 }
 
