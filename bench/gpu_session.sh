@@ -692,9 +692,15 @@ mxpaths)
   # SHAPES: a --shapes value for both (e.g. "qgateup=16x16/2,qdown=16x16x2/2": loops of 2 chunks per pass in
   # the expert kernels with several code paths).
   # An optional fourth field lists never-routed experts' schemes (make_packed_olmoe.py --dead-experts).
+  # A GATEUP_SCHEMES of @FILE follows a quantization.json's per-layer allocation instead (make_packed_olmoe.py
+  # --allocation; e.g. "a2:@dist/r2.json" for one carried in dist/).
   mk() {
-    python3 bench/make_packed_olmoe.py --out "/tmp/$1" --experts "$2" --down-experts "$3" \
-      ${4:+--dead-experts "$4"} >"$logs/$1.log" 2>&1
+    if [[ $2 == @* ]]; then
+      python3 bench/make_packed_olmoe.py --out "/tmp/$1" --allocation "${2#@}" >"$logs/$1.log" 2>&1
+    else
+      python3 bench/make_packed_olmoe.py --out "/tmp/$1" --experts "$2" --down-experts "$3" \
+        ${4:+--dead-experts "$4"} >"$logs/$1.log" 2>&1
+    fi
   }
   names="w4"
   mk w4 w4g128 w4g128 &

@@ -23,6 +23,19 @@ built with their scheme branches, which never run (a diagnostic of what the bran
 
     python3 bench/make_packed_olmoe.py --out /tmp/w4dead --experts w4g128 --dead-experts w2g128,w8g128
 
+`--allocation` takes the per-layer table of a quantized checkpoint's `quantization.json` (e.g. one that
+`deno task quantize --bits 3.25 --max-paths 2` wrote for a small model): layer l gets the table's layer
+l mod (its layers), expert e that layer's expert e mod (its experts), so each layer keeps the allocation's
+scheme pattern and proportions at this shape. A group that does not divide this shape's row becomes the
+nearest of 128, 64, 32 that does, the larger on a tie (printed; e.g. the 96 of rows of 192 becomes 128):
+
+    python3 bench/make_packed_olmoe.py --out /tmp/alloc --allocation /tmp/r2/quantization.json
+
+bench/allocations/ holds the default reader's 3.25-bit allocations (uncapped, `--max-paths 2`, `--max-paths 1`)
+cut to their tables. Their code paths at this shape can outnumber the cap they were made under: the reader's
+down rows (192 values) put w2g96, w3g96 and w8g96 on one word-by-word path, which here become w2g128, w3g128
+and w8g128, a path each (the `--max-paths 2` table: 2 gate/up and up to 3 down paths per layer).
+
 numpy only.
 """
 
@@ -52,6 +65,32 @@ def parse(s):
     if not m:
         raise SystemExit(f"unsupported scheme {s!r} (want w{{2,3,4,8}}g{{group}})")
     return int(m.group(1)), int(m.group(2))
+
+
+def allocation_table(path, H, I):
+    """Per layer, the routed experts' (gate/up, down) schemes of a quantization.json, groups fitted to H and I."""
+    with open(path) as f:
+        q = json.load(f)
+    layers = q.get("layers") or []
+    if not layers or any(not lay.get("experts") for lay in layers):
+        raise SystemExit(f"{path} has no per-layer expert allocation (layers[].experts)")
+    notes = {}
+
+    def fit(scheme, cols):
+        bits, g = parse(scheme)
+        if cols % g == 0:
+            return bits, g
+        fits = sorted((abs(c - g), -c) for c in (128, 64, 32) if cols % c == 0)
+        new = -fits[0][1] if fits else None
+        if new is None:
+            raise SystemExit(f"no group of 128, 64 or 32 fits {scheme} to rows of {cols}")
+        notes[f"{scheme} (rows of {cols})"] = f"w{bits}g{new}"
+        return bits, new
+
+    table = [[(fit(gu, H), fit(dn, I)) for gu, dn in lay["experts"]] for lay in layers]
+    for old, new in notes.items():
+        print(f"allocation: {old} -> {new}", flush=True)
+    return table
 
 
 class Shard:
@@ -94,6 +133,7 @@ def main():
     ap.add_argument("--experts", default="w4g128")
     ap.add_argument("--down-experts", help="schemes of the down projections, round-robin (default: --experts)")
     ap.add_argument("--dead-experts", default="", help="schemes of never-routed experts at the end of each layer")
+    ap.add_argument("--allocation", help="a quantization.json whose per-layer table (expert: gate_up, down) to follow")
     ap.add_argument("--attention", default="w8g128")
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--hidden", type=int, default=2048)
@@ -111,6 +151,7 @@ def main():
     if len(dead) >= E:
         raise SystemExit(f"--dead-experts lists {len(dead)} schemes; the layer has {E} experts")
     att = parse(args.attention)
+    table = allocation_table(args.allocation, H, I) if args.allocation else None
     for bits, g in experts + dead + [att]:
         if H % g:
             raise SystemExit(f"group {g} must divide the row length {H}")
@@ -159,6 +200,9 @@ def main():
         alloc = []
         for e in range(E):
             s, sd = experts[e % len(experts)], downs[e % len(downs)]
+            if table:
+                src = table[l % len(table)]
+                s, sd = src[e % len(src)]
             if e >= E - len(dead):
                 s = sd = dead[e - (E - len(dead))]
             for part, (rows, cols), sc in (("gate_proj", (I, H), s), ("up_proj", (I, H), s), ("down_proj", (H, I), sd)):
@@ -184,7 +228,10 @@ def main():
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
     q = {
-        "format": "edgemix-packed-v2", "method": "random (benchmark)", "mode": f"bench {args.experts}" + (f" / {args.down_experts}" if args.down_experts else "") + (f" + dead {args.dead_experts}" if dead else ""),
+        "format": "edgemix-packed-v2", "method": "random (benchmark)",
+        "mode": (f"bench allocation {args.allocation}" if table else f"bench {args.experts}"
+                 + (f" / {args.down_experts}" if args.down_experts else ""))
+        + (f" + dead {args.dead_experts}" if dead else ""),
         "average_bits": expert_bits / expert_weights, "attention": args.attention, "router": args.attention,
         "tensors": tensors, "layers": layers,
     }
