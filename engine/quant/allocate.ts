@@ -131,16 +131,27 @@ function check(blocks: Block[], budget: number): void {
   }
 }
 
+/** One layer's allocation problem: its blocks, the budget, the objective's scales, the cap on code paths. */
+interface Problem {
+  /** The layer's blocks. */
+  blocks: Block[];
+  /** Average bits per weight. */
+  budget: number;
+  /** Loss scale L₀ of the objective. */
+  l0: number;
+  /** Cost scale T₀ of the objective. */
+  t0: number;
+  /** Most code paths per kernel (undefined: no cap). */
+  maxPaths?: number;
+}
+
 /**
  * Greedy allocation for the weighted objective L/L₀ + λ·T/T₀ under the budget, over the candidates that `allowed`
  * admits (default: all; every block keeps at least one).
  */
 function greedy(
-  blocks: Block[],
-  budget: number,
+  { blocks, budget, l0, t0 }: Problem,
   lambda: number,
-  l0: number,
-  t0: number,
   allowed: (b: Block, c: Candidate) => boolean = () => true,
 ): number[] {
   const obj = (c: Candidate) => c.loss / l0 + lambda * c.cost / t0;
@@ -181,15 +192,9 @@ function greedy(
  * path of the kernel's smallest-bits candidate among them so that the budget stays reachable, then greedy again
  * over those paths' candidates.
  */
-function greedyPaths(
-  blocks: Block[],
-  budget: number,
-  lambda: number,
-  l0: number,
-  t0: number,
-  maxPaths: number,
-): number[] {
-  const free = greedy(blocks, budget, lambda, l0, t0);
+function greedyPaths(prob: Problem, lambda: number, maxPaths: number): number[] {
+  const { blocks } = prob;
+  const free = greedy(prob, lambda);
   const keep = new Map<string, Set<string>>();
   for (const kernel of new Set(blocks.flatMap((b) => b.kernel === undefined ? [] : [b.kernel]))) {
     const weight = new Map<string, number>();
@@ -206,25 +211,11 @@ function greedyPaths(
     if (!chosen.includes(low)) chosen.splice(maxPaths - 1, 1, low);
     keep.set(kernel, new Set(chosen));
   }
-  return greedy(
-    blocks,
-    budget,
-    lambda,
-    l0,
-    t0,
-    (b, c) => b.kernel === undefined || keep.get(b.kernel)!.has(pathOf(c)),
-  );
+  return greedy(prob, lambda, (b, c) => b.kernel === undefined || keep.get(b.kernel)!.has(pathOf(c)));
 }
 
 /** The MILP of min Σ (loss/L₀ + λ·cost/T₀)·x under the budget (and `maxPaths`), in CPLEX LP format. */
-function lpText(
-  blocks: Block[],
-  budget: number,
-  lambda: number,
-  l0: number,
-  t0: number,
-  maxPaths?: number,
-): string {
+function lpText({ blocks, budget, l0, t0, maxPaths }: Problem, lambda: number): string {
   const terms: string[] = [];
   const rows: string[] = [];
   const binaries: string[] = [];
@@ -264,17 +255,11 @@ function lpText(
   }\nEnd\n`;
 }
 
-async function highsSolve(
-  blocks: Block[],
-  budget: number,
-  lambda: number,
-  l0: number,
-  t0: number,
-  maxPaths?: number,
-): Promise<number[]> {
+async function highsSolve(prob: Problem, lambda: number): Promise<number[]> {
+  const { blocks } = prob;
   highsPromise ??= loadHighs();
   const highs = await highsPromise;
-  const result = highs.solve(lpText(blocks, budget, lambda, l0, t0, maxPaths), {
+  const result = highs.solve(lpText(prob, lambda), {
     output_flag: false,
     mip_rel_gap: 0,
   });
@@ -319,10 +304,9 @@ export async function allocateLayer(
   check(blocks, budget);
   const l0 = Math.max(1e-12, blocks.reduce((a, b) => a + Math.max(...b.candidates.map((c) => c.loss)), 0));
   const t0 = Math.max(1e-12, blocks.reduce((a, b) => a + Math.max(...b.candidates.map((c) => c.cost)), 0));
+  const problem: Problem = { blocks, budget, l0, t0, maxPaths };
   const solveGreedy = (lambda: number) =>
-    maxPaths === undefined
-      ? greedy(blocks, budget, lambda, l0, t0)
-      : greedyPaths(blocks, budget, lambda, l0, t0, maxPaths);
+    maxPaths === undefined ? greedy(problem, lambda) : greedyPaths(problem, lambda, maxPaths);
   const lambdas = r === 1 ? [0] : r === 0 ? [1e6] : LAMBDAS;
   let solver: "highs" | "greedy" = options.solver ?? "highs";
   let best: Allocation | undefined;
@@ -330,7 +314,7 @@ export async function allocateLayer(
     let pick: number[];
     if (solver === "highs") {
       try {
-        pick = await highsSolve(blocks, budget, lambda, l0, t0, maxPaths);
+        pick = await highsSolve(problem, lambda);
       } catch {
         solver = "greedy";
         pick = solveGreedy(lambda);
