@@ -73,7 +73,7 @@ fn w3Level(gw: u32, G: u32, j: u32) -> u32 {
  * WGSL loading the weight tile [BN][BK] (rows n0…, inputs k0…) of matrix `m`, 4 consecutive inputs per thread.
  * For 2, 4 and 8 bits the 4 levels sit in one word (groups are multiples of 8, so k is a multiple of 4 within its
  * group, and 4 divides the levels per word): one word and one (scale, min) load unpack all four; 3-bit levels
- * are read one at a time from their bit planes.
+ * from two words, one per bit plane.
  */
 function qTileLoad(): string {
   return `{
@@ -98,14 +98,25 @@ function qTileLoad(): string {
             vec4<u32>(mask);
           v4 = sm.x * vec4<f32>(lv) + vec4<f32>(sm.y);
         } else if (bits == 3u) {
-          // 3 bits: each level from its two bit planes.
+          // 3 bits: the 4 values (j a multiple of 4) are places p..p+3 of one octet, so one low word and one
+          // high word hold them all (w3Level's layout): their low bits masked, their high bits shifted in, make
+          // a word of 4-bit fields.
           let G = m.y;
           let groups = K / G;
           let g = k / G;
           let gw = m.z + (n * groups + g) * w3Words(G);
           let sm = unpack2x16float(qp[m.w + n * groups + g]);
           let j = k - g * G;
-          let lv = vec4<u32>(w3Level(gw, G, j), w3Level(gw, G, j + 1u), w3Level(gw, G, j + 2u), w3Level(gw, G, j + 3u));
+          let i = j % 128u;
+          let nb = min(128u, G - (j - i));
+          let base = gw + (j / 128u) * 12u;
+          let s = i / 32u;
+          let o = (i / 8u) % 4u;
+          let p = i % 8u;
+          let lo = qw[base + 2u * s + o / 2u] >> (4u * p + 2u * (o % 2u));
+          let hi = qw[base + (nb + 15u) / 16u + s] >> (4u * p + o);
+          let f = (lo & 0x3333u) | ((hi << 2u) & 0x4444u);
+          let lv = vec4<u32>(f, f >> 4u, f >> 8u, f >> 12u) & vec4<u32>(7u);
           v4 = sm.x * vec4<f32>(lv) + vec4<f32>(sm.y);
         } else {
           for (var j = 0u; j < 4u; j++) {

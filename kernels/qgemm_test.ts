@@ -3,6 +3,7 @@ import { expertsRef } from "./cpu/experts.ts";
 import { matmulRef } from "./cpu/matmul.ts";
 import { maxTiles, moeCombineProgram, moeSortProgram, TILE_COLS } from "./moe_grouped.ts";
 import { QGEMM_BM, QGEMM_BN, qgemmProgram, qGroupedGemmProgram } from "./qgemm.ts";
+import type { Program, StepRing } from "./gpu.ts";
 import { buildQuantSet } from "./qmatvec.ts";
 import {
   buf,
@@ -25,36 +26,50 @@ Deno.test({
   fn: async () => {
     const { device, ring } = await testGpu();
     const r = rng(81);
-    // One program (the scheme is read from the meta table at run time); rows span one to three row tiles.
-    const n = 72, k = 96;
-    const prog = await qgemmProgram(device, ring, { n, k, mode: "add", bias: true, alpha: 0.5 });
-    const cases: [TestScheme, number][] = [[[4, 32], 70], [[2, 16], 5], [[3, 48], 64], [[8, 96], 129], [
-      "f16",
-      33,
-    ]];
-    for (const [s, rows] of cases) {
-      const { m, w } = makeQuantMatrix(r, n, k, s);
-      const set = buildQuantSet([m]);
-      const x = randomArray(r, rows * k), b = randomArray(r, n), y0 = randomArray(r, rows * n);
-      const yb = buf(device, "y", y0);
-      const group = prog.bind("t", [
-        buf(device, "x", x),
-        buf(device, "qw", set.qw),
-        buf(device, "qp", set.qp),
-        buf(device, "meta", set.meta),
-        buf(device, "b", b),
-        yb,
-      ]);
-      const grid: [number, number, number] = [Math.ceil(n / QGEMM_BN), Math.ceil(rows / QGEMM_BM), 1];
-      const got = new Float32Array(
-        await runAndRead(device, ring, [{ program: prog, group, grid }], { rows }, yb, rows * n * 4),
-      );
-      const ref = matmulRef(x, w, rows, n, k, { bias: b }).map((v, i) => y0[i] + 0.5 * v);
-      const err = relError(got, ref);
-      assert.ok(err < 1e-5, `${JSON.stringify(s)} rows ${rows}: ${err}`);
+    // One program per shape (the scheme is read from the meta table at run time); rows span one to three row
+    // tiles. The second shape's 3-bit groups hold one, two or three 128-value blocks, the last one partial or not.
+    const shapes: [number, number, [TestScheme, number][]][] = [
+      [72, 96, [[[4, 32], 70], [[2, 16], 5], [[3, 48], 64], [[8, 96], 129], ["f16", 33]]],
+      [40, 384, [[[3, 128], 20], [[3, 384], 7], [[3, 192], 66], [[3, 24], 3]]],
+    ];
+    for (const [n, k, cases] of shapes) {
+      const prog = await qgemmProgram(device, ring, { n, k, mode: "add", bias: true, alpha: 0.5 });
+      for (const [s, rows] of cases) await checkQgemm(device, ring, prog, r, n, k, s, rows);
     }
   },
 });
+
+/** Runs `prog` (qgemm, n × k, mode add, bias, α 0.5) on a random matrix in scheme `s` against matmulRef. */
+async function checkQgemm(
+  device: GPUDevice,
+  ring: StepRing,
+  prog: Program,
+  r: ReturnType<typeof rng>,
+  n: number,
+  k: number,
+  s: TestScheme,
+  rows: number,
+): Promise<void> {
+  const { m, w } = makeQuantMatrix(r, n, k, s);
+  const set = buildQuantSet([m]);
+  const x = randomArray(r, rows * k), b = randomArray(r, n), y0 = randomArray(r, rows * n);
+  const yb = buf(device, "y", y0);
+  const group = prog.bind("t", [
+    buf(device, "x", x),
+    buf(device, "qw", set.qw),
+    buf(device, "qp", set.qp),
+    buf(device, "meta", set.meta),
+    buf(device, "b", b),
+    yb,
+  ]);
+  const grid: [number, number, number] = [Math.ceil(n / QGEMM_BN), Math.ceil(rows / QGEMM_BM), 1];
+  const got = new Float32Array(
+    await runAndRead(device, ring, [{ program: prog, group, grid }], { rows }, yb, rows * n * 4),
+  );
+  const ref = matmulRef(x, w, rows, n, k, { bias: b }).map((v, i) => y0[i] + 0.5 * v);
+  const err = relError(got, ref);
+  assert.ok(err < 1e-5, `${JSON.stringify(s)} [${n}, ${k}] rows ${rows}: ${err}`);
+}
 
 Deno.test({
   name: "quantized grouped MoE GEMMs run experts of different schemes in one dispatch and match expertsRef",
