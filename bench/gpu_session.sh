@@ -689,8 +689,8 @@ mxpaths)
   # (comma lists, round-robin over experts; e.g. the scheme proportions of an allocation with --max-paths;
   # DEAD: schemes of never-routed experts): a step's GPU time,
   # then decode alternated ROUNDS times (default 2; ~1 min per mix and round; bundles gpu_profile, gpu_decode).
-  # SHAPES: a --shapes value for both (e.g. "qgateup=16x16/2,qdown=16x16x2/2": loops of 2 chunks per pass in
-  # the expert kernels with several code paths).
+  # SHAPES: a --shapes value for both (e.g. "qgateup=/2,qdown=/2": loops of 2 chunks per pass in the expert
+  # kernels with several code paths; "qgemv=+bytes,qgateup=+bytes,qdown=+bytes": levels unpacked as bytes).
   # An optional fourth field lists never-routed experts' schemes (make_packed_olmoe.py --dead-experts).
   # A GATEUP_SCHEMES of @FILE follows a quantization.json's per-layer allocation instead (make_packed_olmoe.py
   # --allocation; e.g. "a2:@dist/r2.json" for one carried in dist/).

@@ -1,7 +1,9 @@
 /**
  * The `--shapes` argument of the GPU benchmarks: mat-vec shapes of the packed kernels to try, as
  * `qgemv=TPOxOUTS,qgateup=TPOxOUTS,qdown=TPOxOUTSxTEAMS` (any subset), each optionally with `/STEP`: chunks
- * per pass of the threads' loops where the weight set has several code paths (`MatvecShape.step`).
+ * per pass of the threads' loops where the weight set has several code paths (`MatvecShape.step`), and
+ * `+bytes`: levels unpacked as bytes (`MatvecShape.bytes`). Without dimensions (`qgemv=+bytes`,
+ * `qgateup=/2`) the default shapes keep theirs.
  *
  * @module
  */
@@ -18,25 +20,27 @@ export function parseShapes(spec: string | undefined): GpuDecoderOptions["matvec
   for (const part of spec.split(",")) {
     const [name, value] = part.split("=");
     const key = KEYS[name as keyof typeof KEYS];
-    const [dims, step] = (value ?? "").split("/");
-    const nums = dims.split("x").map(Number);
+    const [shape, ...flags] = (value ?? "").split("+");
+    const [dims, step] = shape.split("/");
+    const nums = dims === "" ? [] : dims.split("x").map(Number);
     if (
-      !key || nums.length < 2 || nums.length > 3 || nums.some((n) => !Number.isInteger(n)) ||
-      (step !== undefined && !/^\d+$/.test(step))
+      !key || value === undefined || nums.length === 1 || nums.length > 3 ||
+      nums.some((n) => !Number.isInteger(n)) || (step !== undefined && !/^\d+$/.test(step)) ||
+      flags.some((f) => f !== "bytes")
     ) {
       throw new TypeError(
         `Cannot read --shapes part "${part}": expected qgemv=TxO, qgateup=TxO or qdown=TxO[xS], each with ` +
-          `an optional /STEP`,
+          `an optional /STEP and +bytes (the dimensions may be left out)`,
       );
     }
-    const shape: MatvecShape = {
-      tpo: nums[0],
-      outs: nums[1],
+    const fields: Partial<MatvecShape> = {
+      ...(nums.length ? { tpo: nums[0], outs: nums[1] } : {}),
       ...(nums[2] ? { split: nums[2] } : {}),
       ...(step !== undefined ? { step: Number(step) } : {}),
+      ...(flags.includes("bytes") ? { bytes: true } : {}),
     };
-    checkMatvecShape(`the ${name} shape`, shape);
-    out[key] = shape;
+    checkMatvecShape(`the ${name} shape`, { tpo: 1, outs: 1, ...fields });
+    out[key] = fields;
   }
   return out;
 }

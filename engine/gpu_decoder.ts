@@ -123,10 +123,14 @@ export interface GpuDecoderOptions {
    */
   readbackOverlap?: ReadbackOverlap;
   /**
-   * Shapes of the packed mat-vec kernels, for tuning (default: `qgemvShape(n)` for linear layers,
-   * QGATEUP_SHAPE and QDOWN_SHAPE for experts).
+   * Shapes of the packed mat-vec kernels, for tuning: fields that replace those of the defaults
+   * (`qgemvShape(n)` for linear layers, QGATEUP_SHAPE and QDOWN_SHAPE for experts).
    */
-  matvecShapes?: { qgemv?: MatvecShape; qGateUp?: MatvecShape; qDown?: MatvecShape };
+  matvecShapes?: {
+    qgemv?: Partial<MatvecShape>;
+    qGateUp?: Partial<MatvecShape>;
+    qDown?: Partial<MatvecShape>;
+  };
   /**
    * Run prefill MoE blocks as grouped GEMMs over the tokens of each expert (default false: on an H100 the
    * per-pair mat-vecs, served from L2, are still faster than the present grouped kernel).
@@ -548,8 +552,8 @@ export class GpuDecoder implements TokenSource {
     const cap = options.contextLength;
     const { ring, buffers, track, plan, R, logitRows, useGemm } = env;
     const fuseNorms = options.fuseNorms ?? true;
-    const qGateUpShape = options.matvecShapes?.qGateUp ?? QGATEUP_SHAPE;
-    const qDownShape = options.matvecShapes?.qDown ?? QDOWN_SHAPE;
+    const qGateUpShape: MatvecShape = { ...QGATEUP_SHAPE, ...options.matvecShapes?.qGateUp };
+    const qDownShape: MatvecShape = { ...QDOWN_SHAPE, ...options.matvecShapes?.qDown };
     const H = c.hiddenSize, hd = c.headDim, nH = c.numHeads, nKV = c.numKvHeads, V = c.vocabSize;
     const qDim = nH * hd, kvDim = nKV * hd, qkvDim = qDim + 2 * kvDim;
     const k = c.topK;
@@ -741,7 +745,7 @@ export class GpuDecoder implements TokenSource {
       out: GPUBuffer,
       norm?: FusedNorm,
     ): Promise<Linear> => {
-      const shape = options.matvecShapes?.qgemv ?? qgemvShape(p.n);
+      const shape: MatvecShape = { ...qgemvShape(p.n), ...options.matvecShapes?.qgemv };
       const qp = { n: p.n, k: p.k, mode: p.mode, bias: p.bias, alpha: p.alpha, schemes: set.schemes };
       const prog = await qgemvProgram(device, ring, qp, shape);
       const bufs = [input, set.qw, set.qp, set.meta, ...(bias ? [bias] : []), out];

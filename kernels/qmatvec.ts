@@ -86,8 +86,14 @@ const WORDWISE_VEC4S = 16;
  * Quantized rows add `scale · Σ q·x + min · Σ x` with their group's parameters `sm{r}`; the activations load
  * once for all rows.
  */
-function chunkCode(bits: number, rows: number, xAt: (i: number) => string, lay?: ChunkLayout): string {
-  if (bits === 3) return chunkCode3(rows, xAt, lay?.params ?? 1);
+function chunkCode(
+  bits: number,
+  rows: number,
+  xAt: (i: number) => string,
+  lay?: ChunkLayout,
+  bytes = false,
+): string {
+  if (bits === 3) return chunkCode3(rows, xAt, lay?.params ?? 1, bytes);
   const nx = (bits === 16 ? 8 : 128 / bits) / 4; // vec4s of activations per chunk
   const perWord = nx / 4; // vec4s of activations per word
   if (bits !== 16 && nx >= WORDWISE_VEC4S) {
@@ -104,7 +110,9 @@ function chunkCode(bits: number, rows: number, xAt: (i: number) => string, lay?:
       sxs.push(`sx${wi}`);
       for (let r = 0; r < rows; r++) {
         const word = `w${r}.${"xyzw"[wi]}`;
-        const terms = is.map((i) => `dot(lv${bits}(${word} >> ${(i % perWord) * 4 * bits}u), x${i})`);
+        const terms = bytes && bits === 2
+          ? byteDots2(word, is.map((i) => `x${i}`))
+          : is.map((i) => `dot(lv${bits}(${word} >> ${(i % perWord) * 4 * bits}u), x${i})`);
         out.push(`let d${r}_${wi} = ${terms.join(" + ")};`);
         dr[r].push(`d${r}_${wi}`);
       }
@@ -127,10 +135,14 @@ function chunkCode(bits: number, rows: number, xAt: (i: number) => string, lay?:
   const sum = Array.from({ length: nx }, (_, i) => `x${i}`).join(" + ");
   lines.push(`let sx = dot(${sum}, vec4<f32>(1.0));`);
   for (let r = 0; r < rows; r++) {
-    const terms = Array.from({ length: nx }, (_, i) => {
-      const word = `w${r}.${"xyzw"[Math.floor(i / perWord)]}`;
-      return `dot(lv${bits}(${word} >> ${(i % perWord) * 4 * bits}u), x${i})`;
-    });
+    const terms = bytes && bits === 4
+      ? [0, 1, 2, 3].flatMap((q) => byteDots4(`w${r}.${"xyzw"[q]}`, `x${2 * q}`, `x${2 * q + 1}`))
+      : Array.from({ length: nx }, (_, i) => {
+        const word = `w${r}.${"xyzw"[Math.floor(i / perWord)]}`;
+        return bytes && bits === 8
+          ? `dot(vec4<f32>(unpack4xU8(${word})), x${i})`
+          : `dot(lv${bits}(${word} >> ${(i % perWord) * 4 * bits}u), x${i})`;
+      });
     lines.push(`acc${r} += sm${r}.x * (${terms.join(" + ")}) + sm${r}.y * sx;`);
   }
   return lines.join("\n        ");
@@ -145,7 +157,7 @@ function chunkCode(bits: number, rows: number, xAt: (i: number) => string, lay?:
  * and 2s + 1 and its high bits in word 8 + s. With `params` 2 or 4 it holds that many groups (64 or 32 values, 6
  * or 3 words each: low words, then high), and unit s uses pair `sm{r}p{q}` of its group.
  */
-function chunkCode3(rows: number, xAt: (i: number) => string, params: number): string {
+function chunkCode3(rows: number, xAt: (i: number) => string, params: number, bytes = false): string {
   const word = (r: number, i: number) => `${vecName(Math.floor(i / 4), r)}.${"xyzw"[i % 4]}`;
   const out: string[] = [];
   const dr = Array.from({ length: rows }, () => [] as string[]);
@@ -174,8 +186,10 @@ function chunkCode3(rows: number, xAt: (i: number) => string, params: number): s
         const hs = o <= 2 ? `(${h} << ${2 - o}u)` : `(${h} >> 1u)`;
         out.push(`let n${r}_${s}_${o} = (${l} & 0x33333333u) | (${hs} & 0x44444444u);`);
         terms.push(
-          `dot(lv4(n${r}_${s}_${o}), x${8 * s + 2 * o})`,
-          `dot(lv4(n${r}_${s}_${o} >> 16u), x${8 * s + 2 * o + 1})`,
+          ...(bytes ? byteDots4(`n${r}_${s}_${o}`, `x${8 * s + 2 * o}`, `x${8 * s + 2 * o + 1}`) : [
+            `dot(lv4(n${r}_${s}_${o}), x${8 * s + 2 * o})`,
+            `dot(lv4(n${r}_${s}_${o} >> 16u), x${8 * s + 2 * o + 1})`,
+          ]),
         );
       }
       if (params === 1) {
@@ -193,6 +207,31 @@ function chunkCode3(rows: number, xAt: (i: number) => string, params: number): s
     }
   }
   return out.join("\n        ");
+}
+
+/**
+ * WGSL terms of the dot product of a word of eight 4-bit fields (value j at bits 4j) with its activations, vec4s
+ * `xa` (values 0–3) and `xb` (4–7), its levels taken as bytes: the low fields of its bytes are values 0, 2, 4,
+ * 6, the high ones 1, 3, 5, 7, each four unpacked at once (`unpack4xU8`) against activations swizzled to match.
+ */
+function byteDots4(w: string, xa: string, xb: string): string[] {
+  return [
+    `dot(vec4<f32>(unpack4xU8(${w} & 0x0f0f0f0fu)), vec4<f32>(${xa}.x, ${xa}.z, ${xb}.x, ${xb}.z))`,
+    `dot(vec4<f32>(unpack4xU8((${w} >> 4u) & 0x0f0f0f0fu)), vec4<f32>(${xa}.y, ${xa}.w, ${xb}.y, ${xb}.w))`,
+  ];
+}
+
+/**
+ * WGSL terms of the dot product of a word of sixteen 2-bit fields (value j at bits 2j) with its activations,
+ * vec4s `xs[0..3]` (values 4i…4i+3), its levels taken as bytes: field s of every byte is values s, 4 + s, 8 + s,
+ * 12 + s, four unpacked at once against component s of each activation vec4.
+ */
+function byteDots2(w: string, xs: string[]): string[] {
+  return [0, 1, 2, 3].map((s) => {
+    const c = "xyzw"[s];
+    const x = `vec4<f32>(${xs.map((v) => `${v}.${c}`).join(", ")})`;
+    return `dot(vec4<f32>(unpack4xU8((${w} >> ${2 * s}u) & 0x03030303u)), ${x})`;
+  });
 }
 
 /** A quantization scheme of a weight set: bits (16: plain f16) and group size (f16: the row length). */
@@ -385,6 +424,7 @@ function qdotFn(
   staged = false,
   tpr = 0,
   multiStep = 0,
+  bytes = false,
 ): string {
   const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
   const ret = rows === 1 ? "f32" : "vec2<f32>";
@@ -442,7 +482,7 @@ function qdotFn(
     return `for (var c = t; c < ${cpr}; c += TPR) {
         ${loads(lay, rowVecs, groups, "c", group, "").join("\n        ")}
         ${xAt === global ? xBase(b) : ""}
-        ${chunkCode(b, rows, xAt, lay)}
+        ${chunkCode(b, rows, xAt, lay, bytes)}
       }
       return ${result};`;
   };
@@ -471,7 +511,7 @@ function qdotFn(
           let c = c${u};
           ${names(lay).map((n) => `let ${n} = ${n}_${u};`).join(" ")}
           ${xAt === global ? xBase(b) : ""}
-          ${chunkCode(b, rows, xAt, lay)}
+          ${chunkCode(b, rows, xAt, lay, bytes)}
         }`);
       }
       return `for (var u0 = 0u; u0 < ${nit}u; u0 += ${step}u) {
@@ -493,7 +533,7 @@ function qdotFn(
           let c = c${u};
           ${names(lay).map((n) => `let ${n} = ${n}_${u};`).join(" ")}
           ${xAt === global ? xBase(b) : ""}
-          ${chunkCode(b, rows, xAt, lay)}
+          ${chunkCode(b, rows, xAt, lay, bytes)}
         }`;
         out.push(u === nit - 1 && cpr % tpr !== 0 ? `if (t + ${u * tpr}u < ${cpr}u) ${body}` : body);
       }
@@ -842,7 +882,7 @@ ${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 ${norm ? `@group(0) @binding(${p.bias ? 6 : 5}) var<storage, read> gw: array<vec4<f32>>;` : ""}
 ${qdotWordsFn()}
 ${stagedDecl(p.k, p.schemes, staged, 1, wg, norm)}
-${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined, shape.tpo, shape.step)}
+${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined, shape.tpo, shape.step, shape.bytes)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -910,7 +950,7 @@ ${QBINDINGS}
 ${norm ? "@group(0) @binding(6) var<storage, read> gw: array<vec4<f32>>;" : ""}
 ${qdotWordsFn()}
 ${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm)}
-${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo, shape.step)}
+${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo, shape.step, shape.bytes)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -986,7 +1026,7 @@ ${stage ? `var<workgroup> xsh: array<vec4<f32>, ${p.topK * (p.inter / 4)}>;` : "
 var<workgroup> dmeta: array<vec4<u32>, TOPK>;
 var<workgroup> dwts: array<f32, TOPK>;
 var<workgroup> part: array<f32, WG>;
-${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, shape.step)}
+${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, shape.step, shape.bytes)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.y;

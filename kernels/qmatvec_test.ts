@@ -64,6 +64,9 @@ Deno.test({
         [[2, 50, 128], WIDE_QGEMV_SHAPE, false, true],
         // Long rows for a small team: four or more chunks per thread (the dot products' unrolled loads).
         [[2, 24, 1024], { tpo: 4, outs: 16 }, false, true],
+        // Levels unpacked as bytes.
+        [[2, 40, 256], { tpo: 8, outs: 32, bytes: true }, false, true],
+        [[2, 24, 1024], { tpo: 4, outs: 16, bytes: true }, false, true],
         [[1, 33, 256], { tpo: 32, outs: 2 }, false, false],
         [[3, 24, 64], QGEMV_SHAPE, false, false],
         [[2, 21, 128], QGEMV_SHAPE, true, true],
@@ -234,6 +237,7 @@ Deno.test({
       [{ tpo: 4, outs: 16 }, { tpo: 8, outs: 8, split: 2 }, true, true],
       [{ tpo: 4, outs: 16, step: 2 }, { tpo: 8, outs: 8, split: 2, step: 2 }, true, true],
       [{ tpo: 4, outs: 16, step: 4 }, { tpo: 8, outs: 8, split: 2, step: 4 }, true, false],
+      [{ tpo: 4, outs: 16, bytes: true }, { tpo: 8, outs: 8, split: 2, step: 2, bytes: true }, true, true],
     ]);
     for (const step of [-1, 1.5]) {
       const p = { hidden: 64, inter: 64, topK: 2, alpha: 1 };
@@ -267,6 +271,7 @@ Deno.test({
     const dn: TestScheme[] = [[3, 128], [3, 64], [3, 32], [2, 64]];
     await checkMixedExperts(75, 256, 128, gu, dn, [
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, true],
+      [{ ...QGATEUP_SHAPE, bytes: true }, { ...QDOWN_SHAPE, bytes: true }, true, true],
       [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, true],
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, false],
       [QGATEUP_SHAPE, QDOWN_SHAPE, false, true],

@@ -130,6 +130,11 @@ export interface MatvecShape {
    * used where a thread has more chunks than this, a multiple of it.
    */
   step?: number;
+  /**
+   * Packed kernels, chunked 2-, 3-, 4- and 8-bit rows: unpack each word's levels four at a time as bytes
+   * (`unpack4xU8`, the activations swizzled to match) instead of a shift and mask per level (default false).
+   */
+  bytes?: boolean;
 }
 
 /**
