@@ -689,11 +689,12 @@ mxpaths)
   # (comma lists, round-robin over experts; e.g. the scheme proportions of an allocation with --max-paths;
   # DEAD: schemes of never-routed experts): a step's GPU time,
   # then decode alternated ROUNDS times (default 2; ~1 min per mix and round; bundles gpu_profile, gpu_decode).
-  # SHAPES: a --shapes value for both (e.g. "qgateup=/2,qdown=/2": loops of 2 chunks per pass in the expert
-  # kernels with several code paths; "qgemv=+bytes,qgateup=+bytes,qdown=+bytes": levels unpacked as bytes).
+  # SHAPES: --shapes values for both, space-separated, each run in turn ("-": the defaults; e.g.
+  # SHAPES="- qgateup=/2,qdown=/2 qgemv=+bytes,qgateup=+bytes,qdown=+bytes": loops of 2 chunks per pass in the
+  # expert kernels with several code paths, levels unpacked as bytes).
   # An optional fourth field lists never-routed experts' schemes (make_packed_olmoe.py --dead-experts).
   # A GATEUP_SCHEMES of @FILE follows a quantization.json's per-layer allocation instead (make_packed_olmoe.py
-  # --allocation; e.g. "a2:@dist/r2.json" for one carried in dist/).
+  # --allocation; e.g. "a2:@bench/allocations/reader_mx325_paths2.json").
   mk() {
     if [[ $2 == @* ]]; then
       python3 bench/make_packed_olmoe.py --out "/tmp/$1" --allocation "${2#@}" >"$logs/$1.log" 2>&1
@@ -713,19 +714,27 @@ mxpaths)
   # BUILDS: suffixes of bundles to compare (dist/gpu_profile$SFX.js, dist/gpu_decode$SFX.js; "-" is none).
   for b in ${BUILDS:--}; do
     sfx=${b#-}
-    for m in $names; do
-      echo "== $m build $b" >>"$logs/paths_profile.log"
-      timeout 45 deno run -A "dist/gpu_profile$sfx.js" --model "/tmp/$m" --pos 128 --ablate off \
-        ${SHAPES:+--shapes "$SHAPES"} >>"$logs/paths_profile.log" 2>&1
+    for sh in ${SHAPES:--}; do
+      shapes=()
+      [[ $sh != - ]] && shapes=(--shapes "$sh")
+      for m in $names; do
+        echo "== $m build $b shapes $sh" >>"$logs/paths_profile.log"
+        timeout 45 deno run -A "dist/gpu_profile$sfx.js" --model "/tmp/$m" --pos 128 --ablate off "${shapes[@]}" \
+          >>"$logs/paths_profile.log" 2>&1
+      done
     done
   done
   for round in $(seq "${ROUNDS:-2}"); do
     for b in ${BUILDS:--}; do
       sfx=${b#-}
-      for m in $names; do
-        echo "== $m build $b round $round" >>"$logs/paths_decode.log"
-        timeout 45 deno run -A "dist/gpu_decode$sfx.js" --model "/tmp/$m" --dtype f16 --reps 2 \
-          --tokens-per-submit 64 ${SHAPES:+--shapes "$SHAPES"} >>"$logs/paths_decode.log" 2>&1
+      for sh in ${SHAPES:--}; do
+        shapes=()
+        [[ $sh != - ]] && shapes=(--shapes "$sh")
+        for m in $names; do
+          echo "== $m build $b shapes $sh round $round" >>"$logs/paths_decode.log"
+          timeout 45 deno run -A "dist/gpu_decode$sfx.js" --model "/tmp/$m" --dtype f16 --reps 2 \
+            --tokens-per-submit 64 "${shapes[@]}" >>"$logs/paths_decode.log" 2>&1
+        done
       done
     done
   done
