@@ -415,7 +415,9 @@ fn stage_x(m: vec4<u32>, xo4: u32, xs0: u32, li: u32) {
  * weight set holds), each chunked scheme gets a branch with its sizes as constants, and with `staged` it reads
  * the activations from workgroup memory at `xs0`, as `stage_x` left them; without `schemes`, one branch per bit
  * width computes the sizes at run time. With `tpr` (the team size TPR, known when building) the constant-size
- * branches unroll the thread's chunks, their loads issued together.
+ * branches unroll the thread's chunks, their loads issued together; where the weight set has several code paths,
+ * `multiStep` > 0 makes that a loop of `multiStep` chunks per pass (less code per path). With `bytes` chunked
+ * 2-, 3-, 4- and 8-bit levels are unpacked as bytes (see {@linkcode byteDots4}).
  */
 function qdotFn(
   rows: 1 | 2,
@@ -498,6 +500,14 @@ function qdotFn(
     step: number,
   ) => {
     const nit = Math.ceil(cpr / tpr);
+    // Chunk c{u}'s dot products, from the values its loads left in suffixed names.
+    const block = (u: number) =>
+      `{
+          let c = c${u};
+          ${names(lay).map((n) => `let ${n} = ${n}_${u};`).join(" ")}
+          ${xAt === global ? xBase(b) : ""}
+          ${chunkCode(b, rows, xAt, lay, bytes)}
+        }`;
     if (step > 0 && nit > step && nit % step === 0 && cpr % tpr === 0) {
       // A loop over the thread's chunks, `step` per pass, their loads in flight together.
       const us = Array.from({ length: step }, (_, i) => i);
@@ -506,14 +516,7 @@ function qdotFn(
         body.push(`let c${u} = t + (u0 + ${u}u) * ${tpr}u;`);
         body.push(...loads(lay, `${cpr * lay.vecs}u`, groups, `c${u}`, group, `_${u}`));
       }
-      for (const u of us) {
-        body.push(`{
-          let c = c${u};
-          ${names(lay).map((n) => `let ${n} = ${n}_${u};`).join(" ")}
-          ${xAt === global ? xBase(b) : ""}
-          ${chunkCode(b, rows, xAt, lay, bytes)}
-        }`);
-      }
+      body.push(...us.map(block));
       return `for (var u0 = 0u; u0 < ${nit}u; u0 += ${step}u) {
         ${body.join("\n        ")}
       }
@@ -529,13 +532,7 @@ function qdotFn(
         out.push(...loads(lay, `${cpr * lay.vecs}u`, groups, `c${u}`, group, `_${u}`));
       }
       for (const u of us) {
-        const body = `{
-          let c = c${u};
-          ${names(lay).map((n) => `let ${n} = ${n}_${u};`).join(" ")}
-          ${xAt === global ? xBase(b) : ""}
-          ${chunkCode(b, rows, xAt, lay, bytes)}
-        }`;
-        out.push(u === nit - 1 && cpr % tpr !== 0 ? `if (t + ${u * tpr}u < ${cpr}u) ${body}` : body);
+        out.push(u === nit - 1 && cpr % tpr !== 0 ? `if (t + ${u * tpr}u < ${cpr}u) ${block(u)}` : block(u));
       }
     }
     return `${out.join("\n      ")}
