@@ -12,7 +12,9 @@
  * ```
  *
  * `--max-paths N` caps MxMoE's code paths per projection (QuantizeModelOptions.maxPaths); `--only A,B` runs only
- * the rows whose label starts with one of A, B (e.g. "uniform w3g128", "MxMoE 3.25").
+ * the rows whose label starts with one of A, B (e.g. "uniform w3g128", "MxMoE 3.25"); `--int8-activations`
+ * runs the quantized models with their linear inputs rounded to int8 per block of 32 (what an integer
+ * dot-product kernel would compute; the reference model stays f32).
  *
  * Text: fixtures/text/calibration.txt and heldout.txt by default; `--calib FILE` / `--heldout FILE` replace them;
  * `--world DIR` calibrates on the first 16,000 characters of DIR/train_text.txt (the reader's training text) and
@@ -42,11 +44,13 @@ const { values, positionals } = parseArgs({
     world: { type: "string" },
     "max-paths": { type: "string" },
     only: { type: "string" },
+    "int8-activations": { type: "boolean" },
   },
 });
 const r = values.r === undefined ? undefined : Number(values.r);
 const maxPaths = values["max-paths"] === undefined ? undefined : Number(values["max-paths"]);
 const only = values.only?.split(",").map((s) => s.trim());
+const int8Activations = values["int8-activations"] ?? false;
 const WORLD_CHARS = 16_000;
 let calibText: string, heldout: string;
 if (values.world) {
@@ -75,19 +79,20 @@ for (const src of positionals) {
       opts = { ...opts, maxPaths };
       label = `${label}, ≤ ${maxPaths} paths`;
     }
+    const shown = int8Activations ? `${label}, int8 activations` : label;
     const out = `${tmp}/${label.replace(/[^a-z0-9.]/gi, "_")}`;
     let report;
     try {
       report = await quantizeModel(src, out, { calibText, r, ...opts });
     } catch (e) {
-      console.log(`| ${name} | ${label} | ${method} | — | n/a: ${(e as Error).message.slice(0, 80)} | | |`);
+      console.log(`| ${name} | ${shown} | ${method} | — | n/a: ${(e as Error).message.slice(0, 80)} | | |`);
       return undefined;
     }
-    const q = await loadModel(out, { backend: "cpu" });
+    const q = await loadModel(out, { backend: "cpu", int8Activations });
     const m = await compareModels(ref, q, ids, window);
     await q.dispose();
     console.log(
-      `| ${name} | ${label} | ${method} | ${report.averageBits.toFixed(3)} | ${
+      `| ${name} | ${shown} | ${method} | ${report.averageBits.toFixed(3)} | ${
         m.meanKl.toExponential(2)
       } | ` +
         `${m.perplexity.toFixed(2)} (${m.referencePerplexity.toFixed(2)}) | ${

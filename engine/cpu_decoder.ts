@@ -9,6 +9,7 @@
 import {
   attentionRef,
   expertsRef,
+  int8ActivationsRef,
   matmulRef,
   rmsNormRef,
   ropeRef,
@@ -72,6 +73,11 @@ export interface CpuDecoderOptions {
   kvCache?: ResolvedKvCache;
   /** Rows of one prompt chunk with a compressed cache (default 256, as on WebGPU). */
   prefillRows?: number;
+  /**
+   * Round the inputs of the attention projections, the router and the experts to int8 per block of 32 (what an
+   * integer dot-product kernel would compute; the LM head keeps f32), for quality studies (default false).
+   */
+  int8Activations?: boolean;
 }
 
 const PLAIN_F32: ResolvedKvCache = {
@@ -119,6 +125,8 @@ export class CpuDecoder implements TokenSource {
   readonly prefillRows: number;
   /** Tokens routed to each expert of each layer since construction: [numLayers] arrays of E (dense: zeros). */
   readonly expertCounts: Uint32Array[];
+  /** Whether linear inputs are rounded to int8 (see {@linkcode CpuDecoderOptions.int8Activations}). */
+  readonly int8Activations: boolean;
 
   /** Makes a decoder over `weights` for up to `contextLength` positions. */
   constructor(
@@ -132,6 +140,7 @@ export class CpuDecoder implements TokenSource {
     this.contextLength = contextLength;
     this.kvCache = options.kvCache ?? PLAIN_F32;
     this.prefillRows = Math.max(1, Math.min(options.prefillRows ?? 256, contextLength));
+    this.int8Activations = options.int8Activations ?? false;
     this.expertCounts = config.layers.map(() => new Uint32Array(config.numExperts));
     const { cos, sin } = ropeTables(config.rope, config.headDim, contextLength);
     this.#cos = cos;
@@ -206,11 +215,14 @@ export class CpuDecoder implements TokenSource {
       for (let i = 0; i < H; i++) x[t * H + i] = this.#w.embed[ids[t] * H + i] * c.embeddingMultiplier;
     }
 
+    // Inputs of the linear blocks, rounded to int8 per block of 32 when studying integer kernels.
+    const q8 = this.int8Activations;
+    const act = (a: Float32Array, k: number) => q8 ? int8ActivationsRef(a, k) : a;
     for (let l = 0; l < c.numLayers; l++) {
       const w = this.#w.layers[l];
       // --- attention ---
       const xn = rmsNormRef(x, w.get("attn_norm")!, c.rmsNormEps, T, H);
-      const qkv = matmulRef(xn, w.get("qkv")!, T, qkvDim, H, { bias: w.get("qkv_bias") }); // [T, qkvDim]
+      const qkv = matmulRef(act(xn, H), w.get("qkv")!, T, qkvDim, H, { bias: w.get("qkv_bias") }); // [T, qkvDim]
       const q = new Float32Array(T * qDim), k = new Float32Array(T * kvDim), v = new Float32Array(T * kvDim);
       for (let t = 0; t < T; t++) {
         q.set(qkv.subarray(t * qkvDim, t * qkvDim + qDim), t * qDim);
@@ -262,7 +274,7 @@ export class CpuDecoder implements TokenSource {
         window: c.layers[l].slidingWindow,
       });
       observer?.attention?.(l, xn, attn);
-      const o = matmulRef(attn, w.get("o")!, T, H, qDim, { bias: w.get("o_bias") });
+      const o = matmulRef(act(attn, qDim), w.get("o")!, T, H, qDim, { bias: w.get("o_bias") });
       for (let i = 0; i < T * H; i++) x[i] += rm * o[i];
 
       // --- feed-forward: MoE block or dense MLP ---
@@ -271,16 +283,16 @@ export class CpuDecoder implements TokenSource {
       const out = new Float32Array(T * H);
       if (c.layers[l].moe) {
         const E = c.numExperts, K = c.topK, I = c.expertIntermediateSize;
-        const logits = matmulRef(fn, w.get("router")!, T, E, H);
+        const logits = matmulRef(act(fn, H), w.get("router")!, T, E, H);
         observer?.router?.(l, logits);
         const { ids: sel, weights } = routeRef(logits, T, E, K, c.routerMode, c.normTopkProb);
         const counts = this.expertCounts[l];
         for (let i = 0; i < sel.length; i++) counts[sel[i]]++;
         observer?.feedForward?.(l, fn, sel, weights, K);
-        expertsRef(fn, T, sel, weights, K, w.get("gate_up")!, w.get("down")!, H, I, out);
+        expertsRef(fn, T, sel, weights, K, w.get("gate_up")!, w.get("down")!, H, I, out, q8);
         if (c.sharedExpertIntermediateSize > 0) {
           const S = c.sharedExpertIntermediateSize;
-          const gate = matmulRef(fn, w.get("shared_gate")!, T, 1, H);
+          const gate = matmulRef(act(fn, H), w.get("shared_gate")!, T, 1, H);
           const shared = new Float32Array(T * H);
           expertsRef(
             fn,
@@ -293,6 +305,7 @@ export class CpuDecoder implements TokenSource {
             H,
             S,
             shared,
+            q8,
           );
           for (let t = 0; t < T; t++) {
             const g = 1 / (1 + Math.exp(-gate[t]));
@@ -313,6 +326,7 @@ export class CpuDecoder implements TokenSource {
           H,
           D,
           out,
+          q8,
         );
       }
       for (let i = 0; i < T * H; i++) x[i] += rm * out[i];

@@ -62,6 +62,11 @@ export interface LoadModelOptions {
    * `outliers`, `buffer`, `seed` (see engine/kv/kv_options.ts and docs/kv_cache.md).
    */
   kvCache?: KvCacheOptions;
+  /**
+   * CPU backend only: round the inputs of the attention projections, the router and the experts to int8 per
+   * block of 32, as an integer dot-product kernel would (quality studies; default false).
+   */
+  int8Activations?: boolean;
   /** Where and how to download a repo id (cache directory, revision, token, progress). */
   hub?: HubOptions;
   /** Receives warnings (default: console.warn). */
@@ -298,8 +303,14 @@ export async function loadModel(source: string, options: LoadModelOptions = {}):
       const decoder = new CpuDecoder(config, await loadCpuWeights(ckpt), contextLength, {
         kvCache: cache,
         prefillRows,
+        int8Activations: options.int8Activations,
       });
       return new LoadedModel(config, tokenizer, "cpu", "f32", decoder, contextLength, { cache, prefillRows });
+    }
+    if (options.int8Activations) {
+      throw new RangeError(
+        "Cannot load the model: int8Activations is a study of the cpu backend (the webgpu kernels read f32 activations)",
+      );
     }
     const ctx = await acquireGpu();
     const dtype = options.dtype ?? (ctx.isFallback ? "f32" : "f16");

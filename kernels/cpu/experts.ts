@@ -5,6 +5,8 @@
  * @module
  */
 
+import { int8ActivationsRef } from "./act_quant.ts";
+
 /** SiLU (swish): x · sigmoid(x). */
 export function silu(x: number): number {
   return x / (1 + Math.exp(-x));
@@ -43,7 +45,9 @@ export function gateUpRef(
 /**
  * Adds the routed experts' outputs into `out` [rows, H].
  * - `x` [rows, H] normalized input; `ids`, `weights` [rows, k];
- * - `gateUp` [E, 2I, H] (I gate rows then I up rows per expert); `down` [E, H, I].
+ * - `gateUp` [E, 2I, H] (I gate rows then I up rows per expert); `down` [E, H, I];
+ * - `int8Activations`: x and the down projection's inputs rounded to int8 per block of 32 first
+ *   ({@linkcode int8ActivationsRef}).
  */
 export function expertsRef(
   x: Float32Array,
@@ -56,8 +60,11 @@ export function expertsRef(
   H: number,
   I: number,
   out: Float32Array,
+  int8Activations = false,
 ): void {
-  const hs = gateUpRef(x, rows, ids, k, gateUp, H, I);
+  const xin = int8Activations ? int8ActivationsRef(x, H) : x;
+  const h64 = gateUpRef(xin, rows, ids, k, gateUp, H, I);
+  const hs = int8Activations ? int8ActivationsRef(new Float32Array(h64), I) : h64;
   for (let r = 0; r < rows; r++) {
     const xo = r * H;
     for (let j = 0; j < k; j++) {

@@ -4,6 +4,7 @@
  * @module
  */
 
+export * from "./act_quant.ts";
 export * from "./attention.ts";
 export * from "./experts.ts";
 export * from "./matmul.ts";
