@@ -712,31 +712,24 @@ mxpaths)
   done
   wait
   # BUILDS: suffixes of bundles to compare (dist/gpu_profile$SFX.js, dist/gpu_decode$SFX.js; "-" is none).
-  for b in ${BUILDS:--}; do
-    sfx=${b#-}
-    for sh in ${SHAPES:--}; do
-      shapes=()
-      [[ $sh != - ]] && shapes=(--shapes "$sh")
-      for m in $names; do
-        echo "== $m build $b shapes $sh" >>"$logs/paths_profile.log"
-        timeout 45 deno run -A "dist/gpu_profile$sfx.js" --model "/tmp/$m" --pos 128 --ablate off "${shapes[@]}" \
-          >>"$logs/paths_profile.log" 2>&1
-      done
-    done
-  done
-  for round in $(seq "${ROUNDS:-2}"); do
+  # each_run BENCH LOG TAG ARGS...: BENCH on every build, shapes and model, appended to LOG.
+  each_run() {
+    local bench=$1 log=$2 tag=$3 b sh m
+    shift 3
     for b in ${BUILDS:--}; do
-      sfx=${b#-}
       for sh in ${SHAPES:--}; do
-        shapes=()
+        local shapes=()
         [[ $sh != - ]] && shapes=(--shapes "$sh")
         for m in $names; do
-          echo "== $m build $b shapes $sh round $round" >>"$logs/paths_decode.log"
-          timeout 45 deno run -A "dist/gpu_decode$sfx.js" --model "/tmp/$m" --dtype f16 --reps 2 \
-            --tokens-per-submit 64 "${shapes[@]}" >>"$logs/paths_decode.log" 2>&1
+          echo "== $m build $b shapes $sh$tag" >>"$logs/$log"
+          timeout 45 deno run -A "dist/$bench${b#-}.js" --model "/tmp/$m" "$@" "${shapes[@]}" >>"$logs/$log" 2>&1
         done
       done
     done
+  }
+  each_run gpu_profile paths_profile.log "" --pos 128 --ablate off
+  for round in $(seq "${ROUNDS:-2}"); do
+    each_run gpu_decode paths_decode.log " round $round" --dtype f16 --reps 2 --tokens-per-submit 64
   done
   ;;
 gearfit)

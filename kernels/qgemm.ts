@@ -55,17 +55,23 @@ fn w3Words(G: u32) -> u32 {
   let rest = G % 128u;
   return (G / 128u) * 12u + select(0u, (rest + 15u) / 16u + (rest + 31u) / 32u, rest > 0u);
 }
-// The level of value j of the 3-bit group of G values starting at word gw (engine/quant/pack.ts).
-fn w3Level(gw: u32, G: u32, j: u32) -> u32 {
+// Values j..j+3 (j a multiple of 4) of the 3-bit group of G values starting at word gw, as four 4-bit fields
+// (value j + t at bits 4t): places p..p+3 of one octet, whose low bits lie in one low word and high bits in one
+// high word (engine/quant/pack.ts), the low bits masked and the high bits shifted in.
+fn w3Fields(gw: u32, G: u32, j: u32) -> u32 {
   let i = j % 128u;
   let nb = min(128u, G - (j - i));
   let base = gw + (j / 128u) * 12u;
   let s = i / 32u;
   let o = (i / 8u) % 4u;
   let p = i % 8u;
-  let lo = (qw[base + 2u * s + o / 2u] >> (4u * p + 2u * (o % 2u))) & 3u;
-  let hi = (qw[base + (nb + 15u) / 16u + s] >> (4u * p + o)) & 1u;
-  return lo | (hi << 2u);
+  let lo = qw[base + 2u * s + o / 2u] >> (4u * p + 2u * (o % 2u));
+  let hi = qw[base + (nb + 15u) / 16u + s] >> (4u * p + o);
+  return (lo & 0x3333u) | ((hi << 2u) & 0x4444u);
+}
+// The level of value j of the 3-bit group of G values starting at word gw.
+fn w3Level(gw: u32, G: u32, j: u32) -> u32 {
+  return (w3Fields(gw, G, j - j % 4u) >> (4u * (j % 4u))) & 7u;
 }`;
 }
 
@@ -98,24 +104,12 @@ function qTileLoad(): string {
             vec4<u32>(mask);
           v4 = sm.x * vec4<f32>(lv) + vec4<f32>(sm.y);
         } else if (bits == 3u) {
-          // 3 bits: the 4 values (j a multiple of 4) are places p..p+3 of one octet, so one low word and one
-          // high word hold them all (w3Level's layout): their low bits masked, their high bits shifted in, make
-          // a word of 4-bit fields.
+          // 3 bits: the 4 values (j a multiple of 4) from two words.
           let G = m.y;
           let groups = K / G;
           let g = k / G;
-          let gw = m.z + (n * groups + g) * w3Words(G);
           let sm = unpack2x16float(qp[m.w + n * groups + g]);
-          let j = k - g * G;
-          let i = j % 128u;
-          let nb = min(128u, G - (j - i));
-          let base = gw + (j / 128u) * 12u;
-          let s = i / 32u;
-          let o = (i / 8u) % 4u;
-          let p = i % 8u;
-          let lo = qw[base + 2u * s + o / 2u] >> (4u * p + 2u * (o % 2u));
-          let hi = qw[base + (nb + 15u) / 16u + s] >> (4u * p + o);
-          let f = (lo & 0x3333u) | ((hi << 2u) & 0x4444u);
+          let f = w3Fields(m.z + (n * groups + g) * w3Words(G), G, k - g * G);
           let lv = vec4<u32>(f, f >> 4u, f >> 8u, f >> 12u) & vec4<u32>(7u);
           v4 = sm.x * vec4<f32>(lv) + vec4<f32>(sm.y);
         } else {

@@ -56,9 +56,7 @@ async function checkQgemm(
   const yb = buf(device, "y", y0);
   const group = prog.bind("t", [
     buf(device, "x", x),
-    buf(device, "qw", set.qw),
-    buf(device, "qp", set.qp),
-    buf(device, "meta", set.meta),
+    ...quantSetBuffers(device, "t", set),
     buf(device, "b", b),
     yb,
   ]);

@@ -91,9 +91,7 @@ Deno.test({
         const yb = buf(device, "y", y0);
         const group = prog.bind("t", [
           buf(device, "x", x),
-          buf(device, "qw", set.qw),
-          buf(device, "qp", set.qp),
-          buf(device, "meta", set.meta),
+          ...quantSetBuffers(device, "t", set),
           buf(device, "b", b),
           yb,
         ]);
