@@ -4,7 +4,7 @@ import { loadModel } from "./model.ts";
 
 const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/models/${name}`, import.meta.url));
 
-Deno.test("int8Activations: logits near the f32 ones, not equal; the webgpu backend refuses it", async () => {
+Deno.test("int8Activations: logits near the f32 ones, not equal; the webgpu backend refuses it, the cpu int8Experts", async () => {
   // qwen2_moe: attention biases, routed and shared experts: every rounded input is exercised.
   const plain = await loadModel(fixture("qwen2_moe"), { backend: "cpu" });
   const int8 = await loadModel(fixture("qwen2_moe"), { backend: "cpu", int8Activations: true });
@@ -21,4 +21,6 @@ Deno.test("int8Activations: logits near the f32 ones, not equal; the webgpu back
     loadModel(fixture("qwen2_moe"), { backend: "webgpu", int8Activations: true }),
     RangeError,
   );
+  // And int8Experts (a webgpu kernel option) is refused on the cpu backend.
+  await assert.rejects(loadModel(fixture("qwen2_moe"), { backend: "cpu", int8Experts: true }), RangeError);
 });

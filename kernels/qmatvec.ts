@@ -45,14 +45,18 @@ export const WIDE_QGEMV_SHAPE: MatvecShape = { tpo: 16, outs: 16 };
 export function qgemvShape(n: number): MatvecShape {
   return n >= 4096 ? WIDE_QGEMV_SHAPE : QGEMV_SHAPE;
 }
-/** Shape of the quantized expert gate/up mat-vec (outputs are expert-hidden features, gate and up rows each). */
-export const QGATEUP_SHAPE: MatvecShape = { tpo: 16, outs: 16 };
+/**
+ * Shape of the quantized expert gate/up mat-vec (outputs are expert-hidden features, gate and up rows each),
+ * with int8 activations: on an H200 at OLMoE's shape (w4g128) a decode step took 1.159 ms so against 1.233 with
+ * f32 activations (gate/up and down together).
+ */
+export const QGATEUP_SHAPE: MatvecShape = { tpo: 16, outs: 16, int8: true };
 /**
  * Shape of the quantized expert down mat-vec: 16 threads per output in two teams of 8, each summing half of the
  * experts (an H200 decode step at OLMoE shape, w4g128: 1.215–1.229 ms against 1.249–1.260 with one team; MxMoE
- * 3.25: 1.253–1.274 against 1.264–1.277).
+ * 3.25: 1.253–1.274 against 1.264–1.277), with int8 activations (see {@linkcode QGATEUP_SHAPE}).
  */
-export const QDOWN_SHAPE: MatvecShape = { tpo: 16, outs: 16, split: 2 };
+export const QDOWN_SHAPE: MatvecShape = { tpo: 16, outs: 16, split: 2, int8: true };
 
 /** The meta table as a u32 array of vec4 entries. */
 export function metaTable(entries: QuantMeta[]): Uint32Array {
@@ -234,6 +238,166 @@ function byteDots2(w: string, xs: string[]): string[] {
   });
 }
 
+/** Values of a chunk of `bits` (three 16-byte vectors at 3 bits, else one). */
+function valuesPerChunk(bits: number): number {
+  return bits === 3 ? 128 : 128 / bits;
+}
+
+/**
+ * WGSL statements accumulating chunk `c` (in scope) of each of `rows` rows with int8 activations (`int8`
+ * staging, {@linkcode i8StageBlock}): the chunk's activation words are vec4s `xq[xq0 + i · cpr + c]`, its
+ * blocks' (scale, Σx̃) pairs `xd[xd0 + block]`. Levels are masked into bytes and multiplied four at a time with
+ * `dot4I8Packed`: a 4-bit word's even fields, then its odd ones (activations staged in that order), a 2-bit
+ * word's fields s, 4 + s, 8 + s, 12 + s for each s, an 8-bit word's bytes less 128 (levels are unsigned, the
+ * product signed: the 128 · Σ x̃ it leaves out is added back), a 3-bit octet as at 4 bits (see chunkCode3).
+ */
+function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number): string {
+  const q = (i: number) => `xq[xq0 + ${i * cpr}u + c]`;
+  const out: string[] = [];
+  const dot = (a: string, b: string) => `dot4I8Packed(${a}, ${b})`;
+  const M4 = "0x0f0f0f0fu", M2 = "0x03030303u";
+  const word = (r: number, i: number) => `${vecName(Math.floor(i / 4), r)}.${"xyzw"[i % 4]}`;
+  if (bits === 8) {
+    // Half a block: its scale, and Σ of its levels (for the bias of 128 and the group minimum).
+    out.push(`let qa = ${q(0)};`, `let da = xd[xd0 + c / 2u].x;`);
+    out.push(`let sq = ${["x", "y", "z", "w"].map((k) => dot(`qa.${k}`, "0x01010101u")).join(" + ")};`);
+    for (let r = 0; r < rows; r++) {
+      const terms = ["x", "y", "z", "w"].map((k) => dot(`w${r}.${k} ^ 0x80808080u`, `qa.${k}`));
+      out.push(`acc${r} += da * (sm${r}.x * f32(${terms.join(" + ")} + 128 * sq) + sm${r}.y * f32(sq));`);
+    }
+    return out.join("\n        ");
+  }
+  if (bits === 4 || bits === 2) {
+    const nq = valuesPerChunk(bits) / 16, nb = valuesPerChunk(bits) / 32; // activation vec4s, blocks
+    for (let i = 0; i < nq; i++) out.push(`let qa${i} = ${q(i)};`);
+    for (let b = 0; b < nb; b++) out.push(`let da${b} = xd[xd0 + c * ${nb}u + ${b}u];`);
+    for (let r = 0; r < rows; r++) {
+      const perBlock: string[] = [];
+      for (let b = 0; b < nb; b++) {
+        const terms: string[] = [];
+        if (bits === 4) {
+          // Words 4b… of the chunk: word p's even fields against component 2(p % 2), odd against the next.
+          for (let p = 0; p < 4; p++) {
+            const w = word(r, p), a = `qa${p >> 1}`, k = 2 * (p & 1);
+            terms.push(
+              dot(`${w} & ${M4}`, `${a}.${"xyzw"[k]}`),
+              dot(`(${w} >> 4u) & ${M4}`, `${a}.${"xyzw"[k + 1]}`),
+            );
+          }
+        } else {
+          for (let p = 2 * b; p < 2 * b + 2; p++) {
+            for (let s = 0; s < 4; s++) {
+              terms.push(
+                dot(
+                  s === 0 ? `${word(r, p)} & ${M2}` : `(${word(r, p)} >> ${2 * s}u) & ${M2}`,
+                  `qa${p}.${"xyzw"[s]}`,
+                ),
+              );
+            }
+          }
+        }
+        out.push(`let i${r}_${b} = ${terms.join(" + ")};`);
+        perBlock.push(`da${b}.x * f32(i${r}_${b})`);
+      }
+      const sums = Array.from({ length: nb }, (_, b) => `da${b}.y`).join(" + ");
+      out.push(`acc${r} += sm${r}.x * (${perBlock.join(" + ")}) + sm${r}.y * (${sums});`);
+    }
+    return out.join("\n        ");
+  }
+  // 3 bits: unit s of the chunk is block 4c + s, its activations vec4s 2s and 2s + 1.
+  for (let s = 0; s < 4; s++) {
+    out.push(`let qa${2 * s} = ${q(2 * s)};`, `let qa${2 * s + 1} = ${q(2 * s + 1)};`);
+    out.push(`let da${s} = xd[xd0 + c * 4u + ${s}u];`);
+  }
+  for (let r = 0; r < rows; r++) {
+    const perUnit: string[] = [];
+    for (let s = 0; s < 4; s++) {
+      let lo: number, hi: number;
+      if (lay.params === 1) [lo, hi] = [2 * s, 8 + s];
+      else {
+        const per = 4 / lay.params, g = Math.floor(s / per), u = s % per, base = g * 3 * per;
+        [lo, hi] = [base + 2 * u, base + 2 * per + u];
+      }
+      const h = word(r, hi);
+      const terms: string[] = [];
+      for (let o = 0; o < 4; o++) {
+        const l = `(${word(r, lo + (o >> 1))} >> ${2 * (o & 1)}u)`;
+        const hs = o <= 2 ? `(${h} << ${2 - o}u)` : `(${h} >> 1u)`;
+        const n = `n${r}_${s}_${o}`;
+        out.push(`let ${n} = (${l} & 0x33333333u) | (${hs} & 0x44444444u);`);
+        const a = `qa${2 * s + (o >> 1)}`, k = 2 * (o & 1);
+        terms.push(
+          dot(`${n} & ${M4}`, `${a}.${"xyzw"[k]}`),
+          dot(`(${n} >> 4u) & ${M4}`, `${a}.${"xyzw"[k + 1]}`),
+        );
+      }
+      out.push(`let i${r}_${s} = ${terms.join(" + ")};`);
+      perUnit.push(`da${s}.x * f32(i${r}_${s})`);
+    }
+    if (lay.params === 1) {
+      const sums = [0, 1, 2, 3].map((s) => `da${s}.y`).join(" + ");
+      out.push(`acc${r} += sm${r}.x * (${perUnit.join(" + ")}) + sm${r}.y * (${sums});`);
+    } else {
+      const per = 4 / lay.params;
+      for (let g = 0; g < lay.params; g++) {
+        const us = Array.from({ length: per }, (_, u) => g * per + u);
+        const sm = paramName(lay, r, g);
+        out.push(
+          `acc${r} += ${sm}.x * (${us.map((u) => perUnit[u]).join(" + ")}) + ${sm}.y * (${
+            us.map((u) => `da${u}.y`).join(" + ")
+          });`,
+        );
+      }
+    }
+  }
+  return out.join("\n        ");
+}
+
+/**
+ * WGSL statements that round block `b` (32 values, in scope as vec4s `a0`…`a7`) to int8 levels with scale
+ * `max |x| / 127` and store them for matrix `m`'s scheme (bits `m.x`) in workgroup memory: the block's (scale,
+ * Σx̃) at `xd[xd0 + b]`, its levels as two vec4s of packed words, each placed where the chunk that reads it
+ * looks (`xq[xq0 + i · cpr + c]`, {@linkcode chunkCodeI8}), in the order that scheme's masks leave the levels:
+ * natural at 8 bits, even then odd values of each octet at 4 and 3, values s, 4 + s, 8 + s, 12 + s of each
+ * 16 at 2. `bits` lists the staged bit widths.
+ */
+function i8StageBlock(k: number, bits: readonly number[]): string {
+  const out = [
+    "let amax = max(max(max(abs(a0), abs(a1)), max(abs(a2), abs(a3))), max(max(abs(a4), abs(a5)), max(abs(a6), abs(a7))));",
+    "let dq = max(max(amax.x, amax.y), max(amax.z, amax.w)) / 127.0;",
+    "let dv = select(1.0, dq, dq > 0.0);",
+    ...Array.from({ length: 8 }, (_, i) => `let l${i} = vec4<i32>(round(a${i} / dv));`),
+    "let ls = l0 + l1 + l2 + l3 + l4 + l5 + l6 + l7;",
+    "xd[xd0 + b] = vec2<f32>(dq, dq * f32(ls.x + ls.y + ls.z + ls.w));",
+  ];
+  const pk = (parts: string[]) => `pack4xI8(vec4<i32>(${parts.join(", ")}))`;
+  const branches = bits.map((bt) => {
+    const V = valuesPerChunk(bt), cpr = k / V;
+    const stores = [0, 1].map((u) => {
+      // The half's value offset 32b + 16u: its chunk and vec4 within the chunk.
+      const at = `${cpr}u * (((b * 32u + ${16 * u}u) % ${V}u) / 16u) + (b * 32u + ${16 * u}u) / ${V}u`;
+      let words: string[];
+      if (bt === 8) words = [0, 1, 2, 3].map((j) => `pack4xI8(l${4 * u + j})`);
+      else if (bt === 2) {
+        words = [0, 1, 2, 3].map((s) => pk([0, 1, 2, 3].map((j) => `l${4 * u + j}.${"xyzw"[s]}`)));
+      } else {
+        words = [0, 1].flatMap((h) => {
+          const a = `l${4 * u + 2 * h}`, c = `l${4 * u + 2 * h + 1}`;
+          return [pk([`${a}.x`, `${a}.z`, `${c}.x`, `${c}.z`]), pk([`${a}.y`, `${a}.w`, `${c}.y`, `${c}.w`])];
+        });
+      }
+      return `xq[xq0 + ${at}] = vec4<u32>(${words.join(", ")});`;
+    });
+    return { cond: `m.x == ${bt}u`, stores };
+  });
+  out.push(
+    branches.length === 1
+      ? branches[0].stores.join(" ")
+      : branches.map((br) => `if (${br.cond}) { ${br.stores.join(" ")} }`).join(" else "),
+  );
+  return out.join("\n      ");
+}
+
 /** A quantization scheme of a weight set: bits (16: plain f16) and group size (f16: the row length). */
 export interface QuantScheme {
   /** 2, 3, 4, 8 or 16. */
@@ -253,6 +417,15 @@ function chunked(s: QuantScheme, k: number): boolean {
   }
   return (s.bits === 2 || s.bits === 4 || s.bits === 8) && s.group % (128 / s.bits) === 0 &&
     k % s.group === 0;
+}
+
+/**
+ * Whether a staged packed kernel with {@linkcode MatvecShape.int8} reads matrices of scheme `s` (rows of `k`
+ * values) against int8 activations: rows of whole 32-value blocks read in chunks, f16 excepted (f16 rows and
+ * rows read word by word keep f32 activations).
+ */
+export function int8Staged(s: QuantScheme, k: number): boolean {
+  return k % 32 === 0 && s.bits !== 16 && chunked(s, k);
 }
 
 /** Vec4s of activations one chunk of `bits` multiplies (3 bits: 128 values). */
@@ -360,6 +533,26 @@ function stagingBranches(k: number, schemes: readonly QuantScheme[]): { cond: st
   }));
 }
 
+/**
+ * The int8 staging of a weight set's schemes (rows of `k` values): the bit widths staged as int8 (every chunked
+ * scheme but f16), the WGSL condition on meta entry `m` of those schemes, and whether an f16 scheme is staged
+ * as f32 beside them. Undefined where nothing would be staged as int8.
+ */
+function i8Staging(
+  k: number,
+  schemes: readonly QuantScheme[],
+): { bits: number[]; cond: string; f16: boolean } | undefined {
+  if (k % 32 !== 0) return undefined;
+  const paths = chunkBranches(schemes, k);
+  const ints = paths.filter((br) => br.schemes[0].bits !== 16);
+  if (ints.length === 0) return undefined;
+  return {
+    bits: [...new Set(ints.map((br) => br.schemes[0].bits))],
+    cond: ints.length === 1 ? ints[0].cond : ints.map((br) => `(${br.cond})`).join(" || "),
+    f16: ints.length < paths.length,
+  };
+}
+
 /** WGSL condition: meta entry `m` is scheme `sc` and 16-byte aligned (its rows are read in chunks). */
 function isScheme(sc: QuantScheme): string {
   return sc.bits === 16
@@ -378,13 +571,17 @@ function stageFn(
   schemes: readonly QuantScheme[],
   wg: number,
   norm = false,
+  int8 = false,
 ): string {
   const k4 = k / 4;
   // With a fused RMSNorm the staged values are x∘g and the function returns the thread's share of Σx².
   const put = norm
     ? "let v = xa[xo4 + j]; ss += dot(v, v); xsh[DST] = v * gw[j];"
     : "xsh[DST] = xa[xo4 + j];";
-  const branches = stagingBranches(k, schemes).map(({ cond, nx }) => {
+  const i8 = int8 ? i8Staging(k, schemes) : undefined;
+  // With int8 only f16 rows (2 vec4s per chunk) are staged as f32.
+  const floats = stagingBranches(k, schemes).filter(({ nx }) => !i8 || nx === 2);
+  const branches = floats.map(({ cond, nx }) => {
     const dst = `xs0 + (j % ${nx}u) * ${k4 / nx}u + j / ${nx}u`;
     // A constant trip count where the threads divide the row (the copies unroll, loads in flight together).
     const copy = k4 % wg === 0
@@ -394,6 +591,24 @@ function stageFn(
     ${copy}
   }`;
   });
+  if (i8) {
+    // Block b's eight vec4s (normed), then its levels.
+    const loads = Array.from(
+      { length: 8 },
+      (_, i) =>
+        norm
+          ? `let v${i} = xa[xo4 + b * 8u + ${i}u]; ss += dot(v${i}, v${i}); let a${i} = v${i} * gw[b * 8u + ${i}u];`
+          : `let a${i} = xa[xo4 + b * 8u + ${i}u];`,
+    );
+    branches.push(`if (${i8.cond}) {
+    let xq0 = xs0 / 4u;
+    let xd0 = xs0 / 8u;
+    for (var b = li; b < ${k / 32}u; b += ${wg}u) {
+      ${loads.join("\n      ")}
+      ${i8StageBlock(k, i8.bits)}
+    }
+  }`);
+  }
   return norm
     ? `
 fn stage_x(m: vec4<u32>, xo4: u32, xs0: u32, li: u32) -> f32 {
@@ -427,6 +642,7 @@ function qdotFn(
   tpr = 0,
   multiStep = 0,
   bytes = false,
+  int8 = false,
 ): string {
   const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
   const ret = rows === 1 ? "f32" : "vec2<f32>";
@@ -479,12 +695,13 @@ function qdotFn(
     groups: string,
     group: (c: string, p: number) => string,
     xAt: (i: number) => string,
+    code = chunkCode(b, rows, xAt, lay, bytes),
   ) => {
     const rowVecs = lay.vecs === 1 ? cpr : `${cpr} * ${lay.vecs}u`;
     return `for (var c = t; c < ${cpr}; c += TPR) {
         ${loads(lay, rowVecs, groups, "c", group, "").join("\n        ")}
         ${xAt === global ? xBase(b) : ""}
-        ${chunkCode(b, rows, xAt, lay, bytes)}
+        ${code}
       }
       return ${result};`;
   };
@@ -498,6 +715,7 @@ function qdotFn(
     group: (c: string, p: number) => string,
     xAt: (i: number) => string,
     step: number,
+    code = chunkCode(b, rows, xAt, lay, bytes),
   ) => {
     const nit = Math.ceil(cpr / tpr);
     // Chunk c{u}'s dot products, from the values its loads left in suffixed names.
@@ -506,7 +724,7 @@ function qdotFn(
           let c = c${u};
           ${names(lay).map((n) => `let ${n} = ${n}_${u};`).join(" ")}
           ${xAt === global ? xBase(b) : ""}
-          ${chunkCode(b, rows, xAt, lay, bytes)}
+          ${code}
         }`;
     if (step > 0 && nit > step && nit % step === 0 && cpr % tpr === 0) {
       // A loop over the thread's chunks, `step` per pass, their loads in flight together.
@@ -543,6 +761,8 @@ function qdotFn(
     const paths = chunkBranches(schemes, k);
     // Several code paths: each path's chunks unrolled multiStep at a time (less code to fetch).
     const step = paths.length > 1 ? multiStep : 0;
+    // Int8 activations (staged so by stage_x) for every chunked scheme but f16.
+    const i8 = staged && int8 && i8Staging(k, schemes) !== undefined;
     const branches = paths.map((br) => {
       const sc = br.schemes[0], nx = chunkVec4s(sc), cpr = k / (4 * nx), lay = chunkLayout(sc);
       // Staged: vec4 i of chunk c is at xs0 + i · cpr + c.
@@ -567,15 +787,17 @@ function qdotFn(
       const sizes = single || sc.bits === 16 ? "" : `let gpr = ${k}u / m.y;
       ${pow2 ? `let cps = countTrailingZeros(m.y / ${4 * nx}u);` : `let cpg = m.y / ${4 * nx}u;`}
       `;
+      const code = i8 && sc.bits !== 16 ? chunkCodeI8(sc.bits, rows, lay, cpr) : undefined;
       return `if (${br.cond}) {
       ${sizes}${
         tpr > 0 && cpr / tpr <= MAX_UNROLLED
-          ? unrolled(sc.bits, lay, cpr, groups, group, xAt, step)
-          : loop(sc.bits, lay, `${cpr}u`, groups, group, xAt)
+          ? unrolled(sc.bits, lay, cpr, groups, group, xAt, step, code)
+          : loop(sc.bits, lay, `${cpr}u`, groups, group, xAt, code)
       }
     }`;
     });
     vector = branches.length === 0 ? "" : `let xo4 = xo / 4u;
+  ${i8 ? "let xq0 = xs0 / 4u;\n  let xd0 = xs0 / 8u;" : ""}
   ${branches.join(" else ")}`;
   } else {
     const branches = VECTOR_BITS.map((b) =>
@@ -772,10 +994,27 @@ function stagedDecl(
   slots: number,
   wg: number,
   norm = false,
+  int8 = false,
 ): string {
   if (!staged || !schemes) return "";
-  return `var<workgroup> xsh: array<vec4<f32>, ${slots * (k / 4)}>;
-${stageFn(k, schemes, wg, norm)}`;
+  return `${stagedArrays(k, schemes, slots, int8)}
+${stageFn(k, schemes, wg, norm, int8)}`;
+}
+
+/**
+ * WGSL of the workgroup arrays of `slots` staged rows of `k` activations: `xsh` ([slots · k/4] vec4<f32>, the
+ * permuted f32 values) and with `int8` `xq` ([slots · k/16] vec4<u32>: the levels, four per word) and `xd`
+ * ([slots · k/32] vec2<f32>: each block's scale and Σx̃), `xsh` then only where an f16 scheme needs it.
+ */
+function stagedArrays(k: number, schemes: readonly QuantScheme[], slots: number, int8: boolean): string {
+  const i8 = int8 ? i8Staging(k, schemes) : undefined;
+  const out: string[] = [];
+  if (!i8 || i8.f16) out.push(`var<workgroup> xsh: array<vec4<f32>, ${slots * (k / 4)}>;`);
+  if (i8) {
+    out.push(`var<workgroup> xq: array<vec4<u32>, ${slots * (k / 16)}>;`);
+    out.push(`var<workgroup> xd: array<vec2<f32>, ${slots * (k / 32)}>;`);
+  }
+  return out.join("\n");
 }
 
 /**
@@ -878,8 +1117,19 @@ ${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 @group(0) @binding(${p.bias ? 5 : 4}) var<storage, read_write> y: array<f32>;
 ${norm ? `@group(0) @binding(${p.bias ? 6 : 5}) var<storage, read> gw: array<vec4<f32>>;` : ""}
 ${qdotWordsFn()}
-${stagedDecl(p.k, p.schemes, staged, 1, wg, norm)}
-${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined, shape.tpo, shape.step, shape.bytes)}
+${stagedDecl(p.k, p.schemes, staged, 1, wg, norm, shape.int8)}
+${
+    qdotFn(
+      1,
+      p.k,
+      p.schemes,
+      staged && p.schemes !== undefined,
+      shape.tpo,
+      shape.step,
+      shape.bytes,
+      shape.int8,
+    )
+  }
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -946,8 +1196,19 @@ ${QBINDINGS}
 @group(0) @binding(5) var<storage, read_write> h: array<f32>;
 ${norm ? "@group(0) @binding(6) var<storage, read> gw: array<vec4<f32>>;" : ""}
 ${qdotWordsFn()}
-${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm)}
-${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo, shape.step, shape.bytes)}
+${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm, shape.int8)}
+${
+    qdotFn(
+      2,
+      p.hidden,
+      p.schemes,
+      staged && p.schemes !== undefined,
+      shape.tpo,
+      shape.step,
+      shape.bytes,
+      shape.int8,
+    )
+  }
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -1019,11 +1280,11 @@ ${QBINDINGS}
 @group(0) @binding(5) var<storage, read> wts: array<f32>;
 @group(0) @binding(6) var<storage, read_write> x: array<f32>;
 ${qdotWordsFn()}
-${stage ? `var<workgroup> xsh: array<vec4<f32>, ${p.topK * (p.inter / 4)}>;` : ""}
+${stage ? stagedArrays(p.inter, p.schemes!, p.topK, shape.int8 ?? false) : ""}
 var<workgroup> dmeta: array<vec4<u32>, TOPK>;
 var<workgroup> dwts: array<f32, TOPK>;
 var<workgroup> part: array<f32, WG>;
-${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, shape.step, shape.bytes)}
+${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, shape.step, shape.bytes, shape.int8)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.y;
@@ -1032,7 +1293,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u
   let o = (li / TPR) % OUTS;
   let team = li / (OUTS * TPR);
   let c = wg.x * OUTS + o;
-  ${stage ? downStaging(p.inter, p.topK, p.schemes!, wg) : DOWN_METAS}
+  ${stage ? downStaging(p.inter, p.topK, p.schemes!, wg, shape.int8) : DOWN_METAS}
   var acc = 0.0;
   if (c < H) {
     for (var j = team; j < TOPK; j += SPLIT) {
@@ -1078,7 +1339,10 @@ function downStaging(
   topK: number,
   schemes: readonly QuantScheme[],
   wg: number,
+  int8 = false,
 ): string {
+  const i8 = int8 ? i8Staging(k, schemes) : undefined;
+  if (i8) return downStagingI8(k, topK, schemes, wg, i8);
   const k4 = k / 4, nper = Math.ceil(k4 / wg);
   const pairs: [number, number][] = [];
   for (let j = 0; j < topK; j++) for (let u = 0; u < nper; u++) pairs.push([j, u]);
@@ -1104,6 +1368,61 @@ function downStaging(
     // The meta entries load after the first round's activations are on their way.
     if (b === 0) out.push(DOWN_METAS);
     out.push(...round.map(store));
+  }
+  out.push("workgroupBarrier();");
+  return out.join("\n  ");
+}
+
+/**
+ * WGSL staging the down projection's `topK` expert inputs as int8 ({@linkcode i8StageBlock}): thread `li`
+ * takes blocks li, li + wg, … of all experts' 32-value blocks, their loads issued (two blocks at a time) before
+ * the meta entries are read; an f16 expert's blocks are stored as f32 (`xsh`, permuted as `stage_x` does), a
+ * word-by-word expert's not at all.
+ */
+function downStagingI8(
+  k: number,
+  topK: number,
+  schemes: readonly QuantScheme[],
+  wg: number,
+  i8: { bits: number[]; cond: string; f16: boolean },
+): string {
+  const k4 = k / 4, kb = k / 32, nb = topK * kb, nper = Math.ceil(nb / wg);
+  const f16 = stagingBranches(k, schemes).find(({ nx }) => nx === 2 && i8.f16);
+  const out: string[] = [];
+  const ROUND = 2;
+  for (let u0 = 0; u0 < nper; u0 += ROUND) {
+    const us = Array.from({ length: Math.min(ROUND, nper - u0) }, (_, i) => u0 + i);
+    for (const u of us) {
+      const bi = (u + 1) * wg <= nb ? `li + ${u * wg}u` : `min(li + ${u * wg}u, ${nb - 1}u)`;
+      out.push(`let bi${u} = ${bi};`);
+      for (let i = 0; i < 8; i++) {
+        out.push(
+          `let a${u}_${i} = xa[(r * TOPK + bi${u} / ${kb}u) * ${k4}u + (bi${u} % ${kb}u) * 8u + ${i}u];`,
+        );
+      }
+    }
+    if (u0 === 0) out.push(DOWN_METAS);
+    for (const u of us) {
+      const f = f16
+        ? `if (${f16.cond}) { ${
+          Array.from({ length: 8 }, (_, i) =>
+            `xsh[j * ${k4}u + ((b * 8u + ${i}u) % 2u) * ${k4 / 2}u + (b * 8u + ${i}u) / 2u] = a${u}_${i};`)
+            .join(" ")
+        } } else `
+        : "";
+      const body = `{
+    let j = bi${u} / ${kb}u;
+    let b = bi${u} % ${kb}u;
+    let m = dmeta[j];
+    ${f}if (${i8.cond}) {
+      let xq0 = j * ${k / 16}u;
+      let xd0 = j * ${kb}u;
+      ${Array.from({ length: 8 }, (_, i) => `let a${i} = a${u}_${i};`).join(" ")}
+      ${i8StageBlock(k, i8.bits)}
+    }
+  }`;
+      out.push((u + 1) * wg <= nb ? body : `if (li + ${u * wg}u < ${nb}u) ${body}`);
+    }
   }
   out.push("workgroupBarrier();");
   return out.join("\n  ");

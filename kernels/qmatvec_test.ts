@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
+import { int8ActivationsRef } from "./cpu/act_quant.ts";
 import { expertsRef, gateUpRef } from "./cpu/experts.ts";
 import { matmulRef } from "./cpu/matmul.ts";
 import { rmsNormRef } from "./cpu/rms_norm.ts";
 import { grid2d } from "./gpu.ts";
 import {
   buildQuantSet,
+  int8Staged,
   QDOWN_SHAPE,
   qDownProgram,
   qDownWgsl,
@@ -67,6 +69,11 @@ Deno.test({
         // Levels unpacked as bytes.
         [[2, 40, 256], { tpo: 8, outs: 32, bytes: true }, false, true],
         [[2, 24, 1024], { tpo: 4, outs: 16, bytes: true }, false, true],
+        // Int8 activations and integer dot products (f16 and rows read word by word: f32).
+        [[3, 64, 256], { ...QGEMV_SHAPE, int8: true }, false, true],
+        [[2, 40, 96], { ...QGEMV_SHAPE, int8: true }, false, true],
+        [[2, 24, 1024], { tpo: 4, outs: 16, int8: true }, false, true],
+        [[2, 21, 128], { ...QGEMV_SHAPE, int8: true }, true, true],
         [[1, 33, 256], { tpo: 32, outs: 2 }, false, false],
         [[3, 24, 64], QGEMV_SHAPE, false, false],
         [[2, 21, 128], QGEMV_SHAPE, true, true],
@@ -105,7 +112,11 @@ Deno.test({
             rows * n * 4,
           ),
         );
-        const ref = matmulRef(x, w, rows, n, k, { bias: b }).map((v, i) => y0[i] + 0.5 * v);
+        const sc = s === "f16" ? { bits: 16, group: k } : { bits: s[0], group: s[1] };
+        // (A matrix not 16-byte aligned is read word by word, with f32 activations.)
+        const q8 = shape.int8 === true && withSchemes && !shifted && int8Staged(sc, k);
+        const xin = q8 ? int8ActivationsRef(x, k) : x;
+        const ref = matmulRef(xin, w, rows, n, k, { bias: b }).map((v, i) => y0[i] + 0.5 * v);
         const err = relError(got, ref);
         assert.ok(
           err < 1e-5,
@@ -187,7 +198,26 @@ async function checkMixedExperts(
       ),
     );
     const out = new Float32Array(rows * H);
-    expertsRef(x, rows, ids, wts, k, guRef, dnRef, H, I, out);
+    if (gs.int8 || ds.int8) {
+      // Each expert's inputs rounded to int8 where its kernel reads them so.
+      const q8 = (sc: TestScheme, kk: number, on: boolean | undefined) =>
+        on === true && withSchemes && staged &&
+        int8Staged(sc === "f16" ? { bits: 16, group: kk } : { bits: sc[0], group: sc[1] }, kk);
+      const xq = int8ActivationsRef(x, H);
+      for (let t = 0; t < rows; t++) {
+        for (let j = 0; j < k; j++) {
+          const e = ids[t * k + j];
+          const xin = (q8(guSchemes[e], H, gs.int8) ? xq : x).subarray(t * H, (t + 1) * H);
+          const h64 = gateUpRef(xin, 1, [e], 1, guRef, H, I);
+          const h = q8(dnSchemes[e], I, ds.int8) ? int8ActivationsRef(new Float32Array(h64), I) : h64;
+          for (let c = 0; c < H; c++) {
+            let acc = 0;
+            for (let i = 0; i < I; i++) acc += h[i] * dnRef[(e * H + c) * I + i];
+            out[t * H + c] += wts[t * k + j] * acc;
+          }
+        }
+      }
+    } else expertsRef(x, rows, ids, wts, k, guRef, dnRef, H, I, out);
     const ref = x0.map((v, i) => v + 0.7 * out[i]);
     const err = relError(got, ref);
     assert.ok(
@@ -211,6 +241,10 @@ Deno.test({
       [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, true],
       [QGATEUP_SHAPE, { tpo: 8, outs: 8, split: 2 }, true, true],
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, false],
+      // Int8 activations: the f16 expert keeps f32 ones, beside the others' int8.
+      [{ ...QGATEUP_SHAPE, int8: true }, { ...QDOWN_SHAPE, int8: true }, true, true],
+      [{ tpo: 8, outs: 32, int8: true }, { tpo: 4, outs: 16, int8: true }, true, true],
+      [{ ...QGATEUP_SHAPE, int8: true }, { ...QDOWN_SHAPE, int8: true }, true, false],
     ];
     await checkMixedExperts(
       72,
@@ -236,6 +270,13 @@ Deno.test({
       [{ tpo: 4, outs: 16, step: 2 }, { tpo: 8, outs: 8, split: 2, step: 2 }, true, true],
       [{ tpo: 4, outs: 16, step: 4 }, { tpo: 8, outs: 8, split: 2, step: 4 }, true, false],
       [{ tpo: 4, outs: 16, bytes: true }, { tpo: 8, outs: 8, split: 2, step: 2, bytes: true }, true, true],
+      [{ tpo: 4, outs: 16, int8: true }, { tpo: 8, outs: 8, split: 2, int8: true }, true, true],
+      [
+        { tpo: 4, outs: 16, step: 2, int8: true },
+        { tpo: 8, outs: 8, split: 2, step: 4, int8: true },
+        true,
+        true,
+      ],
     ]);
     for (const step of [-1, 1.5]) {
       const p = { hidden: 64, inter: 64, topK: 2, alpha: 1 };
@@ -255,6 +296,7 @@ Deno.test({
     await checkMixedExperts(74, 128, 192, gu, dn, [
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, true],
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, false],
+      [{ ...QGATEUP_SHAPE, int8: true }, { ...QDOWN_SHAPE, int8: true }, true, true],
     ]);
   },
 });
@@ -270,6 +312,7 @@ Deno.test({
     await checkMixedExperts(75, 256, 128, gu, dn, [
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, true],
       [{ ...QGATEUP_SHAPE, bytes: true }, { ...QDOWN_SHAPE, bytes: true }, true, true],
+      [{ ...QGATEUP_SHAPE, int8: true }, { ...QDOWN_SHAPE, int8: true }, true, true],
       [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, true],
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, false],
       [QGATEUP_SHAPE, QDOWN_SHAPE, false, true],
@@ -298,7 +341,14 @@ Deno.test({
       buf(device, "qp", set.qp),
       buf(device, "meta", set.meta),
     ];
-    for (const shape of [QGEMV_SHAPE, WIDE_QGEMV_SHAPE, { tpo: 4, outs: 8 }] as MatvecShape[]) {
+    // Int8 activations: those of the normed input, for every scheme but f16.
+    const xq = int8ActivationsRef(xn, H);
+    const q8 = (shape: MatvecShape, s: TestScheme) => shape.int8 === true && s !== "f16";
+    const shapes: MatvecShape[] = [QGEMV_SHAPE, WIDE_QGEMV_SHAPE, { tpo: 4, outs: 8 }, {
+      ...QGEMV_SHAPE,
+      int8: true,
+    }];
+    for (const shape of shapes) {
       // qgemv (w4g128, w3g128 and f16 sets), bias and residual add.
       for (const s of [[4, 128], [3, 128], "f16"] as TestScheme[]) {
         const { m, w } = makeQuantMatrix(r, n, H, s);
@@ -325,7 +375,9 @@ Deno.test({
           yb,
           rows * n,
         );
-        const ref = matmulRef(xn, w, rows, n, H, { bias: b }).map((v, i) => y0[i] + 0.5 * v);
+        const ref = matmulRef(q8(shape, s) ? xq : xn, w, rows, n, H, { bias: b }).map((v, i) =>
+          y0[i] + 0.5 * v
+        );
         const err = relError(got, ref);
         assert.ok(err < 1e-5, `fused qgemv ${JSON.stringify(s)} ${JSON.stringify(shape)}: ${err}`);
       }
@@ -355,6 +407,11 @@ Deno.test({
       const guRef = new Float32Array(E * 2 * I * H);
       gu.forEach((q, e) => guRef.set(q.w, e * 2 * I * H));
       const ref = gateUpRef(xn, rows, ids, k, guRef, H, I);
+      const refQ = gateUpRef(xq, rows, ids, k, guRef, H, I);
+      for (let slot = 0; slot < rows * k; slot++) {
+        if (!q8(shape, schemes[ids[slot]])) continue;
+        ref.set(refQ.subarray(slot * I, (slot + 1) * I), slot * I);
+      }
       const err = relError(got, ref);
       assert.ok(err < 1e-5, `fused quantized gate/up ${JSON.stringify(shape)}: ${err}`);
     }
