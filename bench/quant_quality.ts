@@ -8,10 +8,11 @@
  * deno run -A bench/quant_quality.ts fixtures/models/olmoe fixtures/models/mixtral
  * deno run -A bench/quant_quality.ts --r 1 fixtures/models/olmoe   # accuracy-only MxMoE objective
  * deno run -A bench/quant_quality.ts --world fixtures/world fixtures/models/reader   # the trained reader
- * deno run -A bench/quant_quality.ts --only "MxMoE 3.25" --max-paths 2 fixtures/models/reader   # one row, capped
+ * deno run -A bench/quant_quality.ts --only "MxMoE 3.25" --max-paths 0 fixtures/models/reader   # one row, uncapped
  * ```
  *
- * `--max-paths N` caps MxMoE's code paths per projection (QuantizeModelOptions.maxPaths); `--only A,B` runs only
+ * `--max-paths N` caps MxMoE's code paths per projection (QuantizeModelOptions.maxPaths; default 2, 0: no cap,
+ * as labelled in each MxMoE row); `--only A,B` runs only
  * the rows whose label starts with one of A, B (e.g. "uniform w3g128", "MxMoE 3.25"); `--int8-activations`
  * runs the quantized models with their linear inputs rounded to int8 per block of 32 (what an integer
  * dot-product kernel would compute; the reference model stays f32).
@@ -28,7 +29,11 @@ import { parseArgs } from "node:util";
 import { readWorldDocuments } from "../tools/world/mod.ts";
 import { loadModel } from "../engine/model.ts";
 import { compareModels } from "../engine/quant/quality.ts";
-import { quantizeModel, type QuantizeModelOptions } from "../engine/quant/quantize_model.ts";
+import {
+  DEFAULT_MAX_PATHS,
+  quantizeModel,
+  type QuantizeModelOptions,
+} from "../engine/quant/quantize_model.ts";
 
 const text = (name: string) =>
   Deno.readTextFile(fileURLToPath(new URL(`../fixtures/text/${name}`, import.meta.url)));
@@ -75,9 +80,11 @@ for (const src of positionals) {
   const tmp = await Deno.makeTempDir({ prefix: "edgemix-qq-" });
   const run = async (label: string, method: string, opts: QuantizeModelOptions) => {
     if (only && !only.some((o) => label.startsWith(o))) return undefined;
-    if (opts.bits !== undefined && maxPaths !== undefined) {
-      opts = { ...opts, maxPaths };
-      label = `${label}, ≤ ${maxPaths} paths`;
+    if (opts.bits !== undefined) {
+      // MxMoE's cap on code paths per projection: --max-paths, else the quantizer's default (0: none).
+      const cap = maxPaths ?? DEFAULT_MAX_PATHS;
+      opts = { ...opts, maxPaths: cap };
+      label = cap === 0 ? `${label}, paths uncapped` : `${label}, ≤ ${cap} paths`;
     }
     const shown = int8Activations ? `${label}, int8 activations` : label;
     const out = `${tmp}/${label.replace(/[^a-z0-9.]/gi, "_")}`;

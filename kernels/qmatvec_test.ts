@@ -20,6 +20,7 @@ import {
 import type { MatvecShape } from "./wgsl.ts";
 import {
   buf,
+  int8SafeInputs,
   makeQuantExperts,
   makeQuantMatrix,
   quantSetBuffers,
@@ -86,7 +87,9 @@ Deno.test({
           ? buildQuantSet([{ rows: 3, cols: 2, f16: new Uint16Array(6) }, m])
           : buildQuantSet([m]);
         if (shifted) set.meta = set.meta.slice(4, 8);
-        const x = randomArray(r, rows * k), b = randomArray(r, n), y0 = randomArray(r, rows * n);
+        const x = int8SafeInputs(randomArray(r, rows * k), k),
+          b = randomArray(r, n),
+          y0 = randomArray(r, rows * n);
         const prog = await qgemvProgram(device, ring, {
           n,
           k,
@@ -147,7 +150,8 @@ async function checkMixedExperts(
   const k = 3, rows = 4;
   const E = guSchemes.length;
   const { guSet, dnSet, guRef, dnRef } = makeQuantExperts(r, H, I, guSchemes, dnSchemes);
-  const x = randomArray(r, rows * H), x0 = randomArray(r, rows * H), wts = randomArray(r, rows * k, 0, 1);
+  const x = int8SafeInputs(randomArray(r, rows * H), H), x0 = randomArray(r, rows * H);
+  const wts = randomArray(r, rows * k, 0, 1);
   const ids = new Int32Array(rows * k);
   for (let t = 0; t < rows; t++) for (let j = 0; j < k; j++) ids[t * k + j] = (t + 2 * j) % E;
   const idb = buf(device, "ids", new Uint32Array(ids)),

@@ -35,7 +35,7 @@ Quantize the experts of a Mixture-of-Experts checkpoint.
   --router SCHEME     scheme of routers (default w8g128)
   --batch N           tokens per batch the kernel cost model assumes (default 32)
   --max-paths N       MxMoE: most code paths (bit widths, in effect) among a layer's routed experts per
-                      projection; fewer decode faster (default: no limit)
+                      projection; fewer decode faster (default 2; 0: no limit)
   -h, --help          print this help`;
 
 function fail(message: string): never {
@@ -105,8 +105,8 @@ async function main(args: string[]): Promise<void> {
   const bits = num("bits", v.bits);
   const r = num("r", v.r);
   const maxPaths = num("max-paths", v["max-paths"]);
-  if (maxPaths !== undefined && !(Number.isInteger(maxPaths) && maxPaths >= 1)) {
-    fail(`--max-paths must be a whole number of at least 1, got ${maxPaths}`);
+  if (maxPaths !== undefined && !(Number.isInteger(maxPaths) && maxPaths >= 0)) {
+    fail(`--max-paths must be a whole number (0: no limit), got ${maxPaths}`);
   }
   if (maxPaths !== undefined && bits === undefined) {
     fail("--max-paths limits an MxMoE allocation: give --bits");

@@ -64,8 +64,8 @@ export interface QuantizeModelOptions {
   batch?: number;
   /**
    * MxMoE only: most code paths (kernels/qmatvec.ts codePathKey; schemes of one bit width share one) among a
-   * layer's routed experts in each projection (default: no limit). Each path a projection's grouped kernel runs
-   * slows it, so fewer decode faster.
+   * layer's routed experts in each projection (default {@linkcode DEFAULT_MAX_PATHS}; 0: no limit). Each path a
+   * projection's grouped kernel runs slows it, so fewer decode faster.
    */
   maxPaths?: number;
   /** A cost table to reuse (else measured, and written beside the output as cost_table.json). */
@@ -102,6 +102,13 @@ export interface QuantizationReport {
   uniformCheck?: { uniform: string; mxmoeKl: number; uniformKl: number; kept: "mxmoe" | "uniform" };
 }
 
+/**
+ * Code paths an MxMoE allocation may use per projection by default: on an H200 at OLMoE's shape, 3.25-bit sets
+ * of two paths per projection decode as fast as uniform w4g128 or faster (845–861 against 828–853 tok/s), the
+ * default reader's uncapped allocation, with three or four in its down projections there, at 92–96 %
+ * (docs/benchmarks.md, eleventh session).
+ */
+export const DEFAULT_MAX_PATHS = 2;
 const DEFAULT_CANDIDATES = ["f16", "w8g128", "w4g128", "w3g128", "w2g128", "w4g64", "w3g64", "w2g64"];
 
 /**
@@ -269,12 +276,16 @@ async function quantizeOnce(
         "Cannot quantize: maxPaths limits an MxMoE allocation (bits), not a uniform scheme",
       );
     }
-    if (!(Number.isInteger(options.maxPaths) && options.maxPaths >= 1)) {
+    if (!(Number.isInteger(options.maxPaths) && options.maxPaths >= 0)) {
       throw new RangeError(
-        `Cannot quantize: maxPaths must be a whole number of at least 1, got ${options.maxPaths}`,
+        `Cannot quantize: maxPaths must be a whole number (0: no limit), got ${options.maxPaths}`,
       );
     }
   }
+  // The limit on an MxMoE allocation's code paths per projection (undefined: none).
+  const pathLimit = options.bits === undefined || options.maxPaths === 0
+    ? undefined
+    : options.maxPaths ?? DEFAULT_MAX_PATHS;
   const method = options.method ?? "gptq";
   if (method !== "gptq" && method !== "rtn") throw new TypeError(`Cannot quantize: unknown method ${method}`);
   const needCalib = method === "gptq" || options.bits !== undefined;
@@ -420,7 +431,7 @@ async function quantizeOnce(
           c.sharedExpertIntermediateSize,
         );
       }
-      const alloc = await allocateLayer(blocks, options.bits!, { r: options.r, maxPaths: options.maxPaths });
+      const alloc = await allocateLayer(blocks, options.bits!, { r: options.r, maxPaths: pathLimit });
       const get = (id: string) => parseScheme(alloc.choice.get(id)!);
       expertChoice.push(
         Array.from({ length: E }, (_, e) => ({ gu: get(`e${e}.gate_up`), down: get(`e${e}.down`) })),
@@ -624,7 +635,7 @@ async function quantizeOnce(
       method,
       mode: options.uniform !== undefined ? `uniform ${options.uniform}` : `mxmoe ${options.bits}`,
       r: options.r ?? 0.75,
-      max_paths: options.maxPaths,
+      max_paths: pathLimit,
       average_bits: report.averageBits,
       attention: schemeName(attention),
       router: schemeName(routerScheme),

@@ -97,9 +97,16 @@ Deno.test("MxMoE 3.25 respects the budget, allocates every block, and loads on t
     const report = await quantizeModel(src, out, { bits: 3.25, calibText, costTable: COSTS });
     assert.ok(report.averageBits <= 3.25 + 1e-9, `average bits ${report.averageBits}`);
     assert.ok(report.averageBits > 2.5, `average bits ${report.averageBits}`);
-    const q = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as QuantizationJson;
+    const q = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as QuantizationJson & {
+      mode?: string;
+      max_paths?: number;
+      layers: { paths?: { gate_up: string[]; down: string[] } }[];
+    };
     assert.ok(q.calibration && q.calibration.tokens > 100);
+    // Unless the uniform check kept uniform (no per-layer paths then), at most the default 2 paths.
+    if (q.mode?.startsWith("mxmoe")) assert.equal(q.max_paths, 2);
     for (const layer of q.layers) {
+      if (layer.paths) assert.ok(layer.paths.gate_up.length <= 2 && layer.paths.down.length <= 2);
       assert.ok(layer.shared, "the shared expert is allocated too");
       for (const [gu, dn] of layer.experts) {
         parseScheme(gu);
@@ -184,7 +191,12 @@ Deno.test("MxMoE with maxPaths: each projection's routed experts use at most tha
       calibText,
       costTable: COSTS,
       uniformCheck: false,
+      maxPaths: 0,
     });
+    const uncapped = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as {
+      max_paths?: number;
+    };
+    assert.equal(uncapped.max_paths, undefined);
     // With the uniform check (one scheme: within any cap), whichever of the two it keeps.
     const capped = await quantizeModel(src, out, { bits: 3.25, calibText, costTable: COSTS, maxPaths: 1 });
     assert.ok(capped.averageBits <= 3.25 + 1e-9, `average bits ${capped.averageBits}`);
@@ -215,7 +227,7 @@ Deno.test("MxMoE with maxPaths: each projection's routed experts use at most tha
       quantizeModel(src, out, { uniform: "w4g128", method: "rtn", maxPaths: 2 }),
       /maxPaths limits an MxMoE allocation/,
     );
-    await assert.rejects(quantizeModel(src, out, { bits: 3.25, calibText, maxPaths: 0 }), RangeError);
+    await assert.rejects(quantizeModel(src, out, { bits: 3.25, calibText, maxPaths: -1 }), RangeError);
   } finally {
     await Deno.remove(out, { recursive: true });
   }
@@ -257,7 +269,7 @@ Deno.test("deno task quantize: --help, bad flags exit 2, and a run prints the al
     "--bits",
     "3",
     "--max-paths",
-    "0",
+    "1.5",
   );
   assert.equal(badPaths.code, 2);
   assert.match(badPaths.err, /--max-paths must be a whole number/);
