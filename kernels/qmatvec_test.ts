@@ -133,6 +133,26 @@ Deno.test({
 });
 
 /**
+ * The values of `h` (one row, blocks of 32) whose int8 level lies within 0.001 of a tie, with their block's
+ * scale: [index, scale] pairs.
+ */
+function nearTies(h: Float32Array): [number, number][] {
+  const out: [number, number][] = [];
+  for (let b = 0; b < h.length; b += 32) {
+    const end = Math.min(b + 32, h.length);
+    let m = 0;
+    for (let i = b; i < end; i++) m = Math.max(m, Math.abs(h[i]));
+    const d = Math.fround(m / 127);
+    if (d === 0) continue;
+    for (let i = b; i < end; i++) {
+      const v = h[i] / d;
+      if (Math.abs(v - Math.floor(v) - 0.5) < 1e-3) out.push([i, d]);
+    }
+  }
+  return out;
+}
+
+/**
  * Gate/up then down of `rows` tokens routed to k = 3 of the experts, expert e's matrices in `guSchemes[e]` and
  * `dnSchemes[e]`, against expertsRef for each config: [gate/up shape, down shape, kernels given the schemes,
  * staged activations].
@@ -202,6 +222,10 @@ async function checkMixedExperts(
       ),
     );
     const out = new Float32Array(rows * H);
+    // Per output: how far a GPU may stray from the reference through down inputs whose int8 level is a near
+    // tie (the gate/up's f32 sums differ from the CPU's in the last bits, a GPU's division by 2.5 ULP): the
+    // other level's share.
+    const slack = new Float64Array(rows * H);
     if (gs.int8 || ds.int8) {
       // Each expert's inputs rounded to int8 where its kernel reads them so.
       const q8 = (sc: TestScheme, kk: number, on: boolean | undefined) =>
@@ -213,17 +237,26 @@ async function checkMixedExperts(
           const e = ids[t * k + j];
           const xin = (q8(guSchemes[e], H, gs.int8) ? xq : x).subarray(t * H, (t + 1) * H);
           const h64 = gateUpRef(xin, 1, [e], 1, guRef, H, I);
-          const h = q8(dnSchemes[e], I, ds.int8) ? int8ActivationsRef(new Float32Array(h64), I) : h64;
+          const rounded = q8(dnSchemes[e], I, ds.int8);
+          const h = rounded ? int8ActivationsRef(new Float32Array(h64), I) : h64;
+          const ties = rounded ? nearTies(new Float32Array(h64)) : [];
           for (let c = 0; c < H; c++) {
             let acc = 0;
             for (let i = 0; i < I; i++) acc += h[i] * dnRef[(e * H + c) * I + i];
             out[t * H + c] += wts[t * k + j] * acc;
+            for (const [i, d] of ties) {
+              slack[t * H + c] += 0.7 * wts[t * k + j] * Math.abs(dnRef[(e * H + c) * I + i]) * d;
+            }
           }
         }
       }
     } else expertsRef(x, rows, ids, wts, k, guRef, dnRef, H, I, out);
     const ref = x0.map((v, i) => v + 0.7 * out[i]);
-    const err = relError(got, ref);
+    // Within each output's slack the result may be either level's.
+    const near = got.map((g, i) =>
+      Math.abs(g - ref[i]) <= slack[i] ? ref[i] : g - Math.sign(g - ref[i]) * slack[i]
+    );
+    const err = relError(near, ref);
     assert.ok(
       err < 1e-5,
       `mixed experts ${JSON.stringify([gs, ds, withSchemes, staged])}: ${err}`,
