@@ -34,6 +34,8 @@ Quantize the experts of a Mixture-of-Experts checkpoint.
   --attention SCHEME  scheme of attention projections (default w8g128)
   --router SCHEME     scheme of routers (default w8g128)
   --batch N           tokens per batch the kernel cost model assumes (default 32)
+  --candidates LIST   MxMoE: candidate schemes of expert blocks, comma-separated (default
+                      f16,w8g128,w4g128,w3g128,w2g128,w4g64,w3g64,w2g64)
   --max-paths N       MxMoE: most code paths (bit widths, in effect) among a layer's routed experts per
                       projection; fewer decode faster (default 2; 0: no limit)
   -h, --help          print this help`;
@@ -83,6 +85,7 @@ async function main(args: string[]): Promise<void> {
         router: { type: "string" },
         batch: { type: "string" },
         "max-paths": { type: "string" },
+        candidates: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     }).values;
@@ -110,6 +113,17 @@ async function main(args: string[]): Promise<void> {
   }
   if (maxPaths !== undefined && bits === undefined) {
     fail("--max-paths limits an MxMoE allocation: give --bits");
+  }
+  const candidates = v.candidates?.split(",").map((c) => c.trim());
+  if (candidates !== undefined) {
+    if (bits === undefined) fail("--candidates lists MxMoE's schemes: give --bits");
+    for (const c of candidates) {
+      try {
+        parseScheme(c);
+      } catch (e) {
+        fail(`--candidates: ${(e as Error).message}`);
+      }
+    }
   }
   if (r !== undefined && !(r >= 0 && r <= 1)) fail(`--r must be in [0, 1], got ${r}`);
   const method = v.method ?? "gptq";
@@ -146,6 +160,7 @@ async function main(args: string[]): Promise<void> {
     router: v.router,
     batch: num("batch", v.batch),
     maxPaths,
+    candidates,
     onProgress,
   });
   if (tty) Deno.stderr.writeSync(enc.encode("\r\x1b[K"));

@@ -273,6 +273,18 @@ Deno.test("deno task quantize: --help, bad flags exit 2, and a run prints the al
   );
   assert.equal(badPaths.code, 2);
   assert.match(badPaths.err, /--max-paths must be a whole number/);
+  const badCandidates = await run(
+    "--model",
+    fixture("olmoe"),
+    "--out",
+    "/tmp/x",
+    "--bits",
+    "3",
+    "--candidates",
+    "w4g64,w5g64",
+  );
+  assert.equal(badCandidates.code, 2);
+  assert.match(badCandidates.err, /--candidates: /);
   const uniformPaths = await run(
     "--model",
     fixture("olmoe"),
