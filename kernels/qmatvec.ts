@@ -246,7 +246,7 @@ function valuesPerChunk(bits: number): number {
 /**
  * WGSL statements accumulating chunk `c` (in scope) of each of `rows` rows with int8 activations (`int8`
  * staging, {@linkcode i8StageBlock}): the chunk's activation words are vec4s `xq[xq0 + i · cpr + c]`, its
- * blocks' (scale, Σx̃) pairs `xd[xd0 + block]`. Levels are masked into bytes and multiplied four at a time with
+ * blocks' (scale, Σx̃) pairs `xd[xd0 + block]` (8 bits: the half block's scale and Σ levels at `xd[xd0 + c]`). Levels are masked into bytes and multiplied four at a time with
  * `dot4I8Packed`: a 4-bit word's even fields, then its odd ones (activations staged in that order), a 2-bit
  * word's fields s, 4 + s, 8 + s, 12 + s for each s, an 8-bit word's bytes less 128 (levels are unsigned, the
  * product signed: the 128 · Σ x̃ it leaves out is added back), a 3-bit octet as at 4 bits (see chunkCode3).
@@ -258,12 +258,14 @@ function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number):
   const M4 = "0x0f0f0f0fu", M2 = "0x03030303u";
   const word = (r: number, i: number) => `${vecName(Math.floor(i / 4), r)}.${"xyzw"[i % 4]}`;
   if (bits === 8) {
-    // Half a block: its scale, and Σ of its levels (for the bias of 128 and the group minimum).
-    out.push(`let qa = ${q(0)};`, `let da = xd[xd0 + c / 2u].x;`);
-    out.push(`let sq = ${["x", "y", "z", "w"].map((k) => dot(`qa.${k}`, "0x01010101u")).join(" + ")};`);
+    // Half a block (its pair: the block's scale, Σ of the half's levels): levels q − 128 against the
+    // activations, 128 · Σ levels added back with the group minimum's term.
+    out.push(`let qa = ${q(0)};`, `let da = xd[xd0 + c];`);
     for (let r = 0; r < rows; r++) {
       const terms = ["x", "y", "z", "w"].map((k) => dot(`w${r}.${k} ^ 0x80808080u`, `qa.${k}`));
-      out.push(`acc${r} += da * (sm${r}.x * f32(${terms.join(" + ")} + 128 * sq) + sm${r}.y * f32(sq));`);
+      out.push(
+        `acc${r} += da.x * (sm${r}.x * f32(${terms.join(" + ")}) + (128.0 * sm${r}.x + sm${r}.y) * da.y);`,
+      );
     }
     return out.join("\n        ");
   }
@@ -356,7 +358,7 @@ function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number):
 /**
  * WGSL statements that round block `b` (32 values, in scope as vec4s `a0`…`a7`) to int8 levels with scale
  * `max |x| / 127` and store them for matrix `m`'s scheme (bits `m.x`) in workgroup memory: the block's (scale,
- * Σx̃) at `xd[xd0 + b]`, its levels as two vec4s of packed words, each placed where the chunk that reads it
+ * Σx̃) at `xd[xd0 + b]` (8 bits: each half's scale and Σ of its levels at `xd[xd0 + 2b + u]`), its levels as two vec4s of packed words, each placed where the chunk that reads it
  * looks (`xq[xq0 + i · cpr + c]`, {@linkcode chunkCodeI8}), in the order that scheme's masks leave the levels:
  * natural at 8 bits, even then odd values of each octet at 4 and 3, values s, 4 + s, 8 + s, 12 + s of each
  * 16 at 2. `bits` lists the staged bit widths.
@@ -367,9 +369,17 @@ function i8StageBlock(k: number, bits: readonly number[]): string {
     "let dq = max(max(amax.x, amax.y), max(amax.z, amax.w)) / 127.0;",
     "let dv = select(1.0, dq, dq > 0.0);",
     ...Array.from({ length: 8 }, (_, i) => `let l${i} = vec4<i32>(round(a${i} / dv));`),
+  ];
+  // Every scheme but 8 bits: the block's (scale, Σx̃) at xd0 + b; 8 bits: each half's (scale, Σ levels) at
+  // xd0 + 2b + u (a chunk is half a block).
+  const sums = [
     "let ls = l0 + l1 + l2 + l3 + l4 + l5 + l6 + l7;",
     "xd[xd0 + b] = vec2<f32>(dq, dq * f32(ls.x + ls.y + ls.z + ls.w));",
   ];
+  const halfSums = [0, 1].map((u) => {
+    const v = `(l${4 * u} + l${4 * u + 1} + l${4 * u + 2} + l${4 * u + 3})`;
+    return `{ let lh = ${v}; xd[xd0 + 2u * b + ${u}u] = vec2<f32>(dq, f32(lh.x + lh.y + lh.z + lh.w)); }`;
+  });
   const pk = (parts: string[]) => `pack4xI8(vec4<i32>(${parts.join(", ")}))`;
   const branches = bits.map((bt) => {
     const V = valuesPerChunk(bt), cpr = k / V;
@@ -388,12 +398,14 @@ function i8StageBlock(k: number, bits: readonly number[]): string {
       }
       return `xq[xq0 + ${at}] = vec4<u32>(${words.join(", ")});`;
     });
-    return { cond: `m.x == ${bt}u`, stores };
+    return { cond: `m.x == ${bt}u`, stores: [...(bt === 8 ? halfSums : sums), ...stores] };
   });
   out.push(
     branches.length === 1
       ? branches[0].stores.join(" ")
-      : branches.map((br) => `if (${br.cond}) { ${br.stores.join(" ")} }`).join(" else "),
+      : branches.map((br) => `if (${br.cond}) {\n        ${br.stores.join("\n        ")}\n      }`).join(
+        " else ",
+      ),
   );
   return out.join("\n      ");
 }
@@ -602,7 +614,7 @@ function stageFn(
     );
     branches.push(`if (${i8.cond}) {
     let xq0 = xs0 / 4u;
-    let xd0 = xs0 / 8u;
+    let xd0 = xs0 / 4u;
     for (var b = li; b < ${k / 32}u; b += ${wg}u) {
       ${loads.join("\n      ")}
       ${i8StageBlock(k, i8.bits)}
@@ -797,7 +809,7 @@ function qdotFn(
     }`;
     });
     vector = branches.length === 0 ? "" : `let xo4 = xo / 4u;
-  ${i8 ? "let xq0 = xs0 / 4u;\n  let xd0 = xs0 / 8u;" : ""}
+  ${i8 ? "let xq0 = xs0 / 4u;\n  let xd0 = xs0 / 4u;" : ""}
   ${branches.join(" else ")}`;
   } else {
     const branches = VECTOR_BITS.map((b) =>
@@ -1004,7 +1016,8 @@ ${stageFn(k, schemes, wg, norm, int8)}`;
 /**
  * WGSL of the workgroup arrays of `slots` staged rows of `k` activations: `xsh` ([slots · k/4] vec4<f32>, the
  * permuted f32 values) and with `int8` `xq` ([slots · k/16] vec4<u32>: the levels, four per word) and `xd`
- * ([slots · k/32] vec2<f32>: each block's scale and Σx̃), `xsh` then only where an f16 scheme needs it.
+ * ([slots · k/16] vec2<f32>: each block's scale and Σx̃, or at 8 bits each half block's scale and Σ levels),
+ * `xsh` then only where an f16 scheme needs it.
  */
 function stagedArrays(k: number, schemes: readonly QuantScheme[], slots: number, int8: boolean): string {
   const i8 = int8 ? i8Staging(k, schemes) : undefined;
@@ -1012,7 +1025,7 @@ function stagedArrays(k: number, schemes: readonly QuantScheme[], slots: number,
   if (!i8 || i8.f16) out.push(`var<workgroup> xsh: array<vec4<f32>, ${slots * (k / 4)}>;`);
   if (i8) {
     out.push(`var<workgroup> xq: array<vec4<u32>, ${slots * (k / 16)}>;`);
-    out.push(`var<workgroup> xd: array<vec2<f32>, ${slots * (k / 32)}>;`);
+    out.push(`var<workgroup> xd: array<vec2<f32>, ${slots * (k / 16)}>;`);
   }
   return out.join("\n");
 }
@@ -1416,7 +1429,7 @@ function downStagingI8(
     let m = dmeta[j];
     ${f}if (${i8.cond}) {
       let xq0 = j * ${k / 16}u;
-      let xd0 = j * ${kb}u;
+      let xd0 = j * ${k / 16}u;
       ${Array.from({ length: 8 }, (_, i) => `let a${i} = a${u}_${i};`).join(" ")}
       ${i8StageBlock(k, i8.bits)}
     }
