@@ -694,7 +694,8 @@ mxpaths)
   # expert kernels with several code paths, levels unpacked as bytes).
   # An optional fourth field lists never-routed experts' schemes (make_packed_olmoe.py --dead-experts).
   # A GATEUP_SCHEMES of @FILE follows a quantization.json's per-layer allocation instead (make_packed_olmoe.py
-  # --allocation; e.g. "a2:@bench/allocations/reader_mx325_paths2.json").
+  # --allocation; e.g. "a2:@bench/allocations/reader_mx325_paths2.json", or "a3:@bench/allocations/reader_mx325_g64.json",
+  # a real 3.25-bit allocation whose code paths stay at most 2 per projection at this shape).
   mk() {
     if [[ $2 == @* ]]; then
       python3 bench/make_packed_olmoe.py --out "/tmp/$1" --allocation "${2#@}" >"$logs/$1.log" 2>&1

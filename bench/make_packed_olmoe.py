@@ -35,6 +35,8 @@ bench/allocations/ holds the default reader's 3.25-bit allocations (uncapped, `-
 cut to their tables. Their code paths at this shape can outnumber the cap they were made under: the reader's
 down rows (192 values) put w2g96, w3g96 and w8g96 on one word-by-word path, which here become w2g128, w3g128
 and w8g128, a path each (the `--max-paths 2` table: 2 gate/up and up to 3 down paths per layer).
+reader_mx325_g64.json was made with groups of 64 only (`--candidates f16,w8g64,w4g64,w3g64,w2g64`), whose
+code paths are the same at both shapes: at most 2 per projection here too.
 
 numpy only.
 """
