@@ -12,7 +12,8 @@
  * ```
  *
  * `--max-paths N` caps MxMoE's code paths per projection (QuantizeModelOptions.maxPaths; default 2, 0: no cap,
- * as labelled in each MxMoE row); `--only A,B` runs only
+ * as labelled in each MxMoE row), `--candidates LIST` replaces MxMoE's candidate schemes (labelled too);
+ * `--only A,B` runs only
  * the rows whose label starts with one of A, B (e.g. "uniform w3g128", "MxMoE 3.25"); `--int8-activations`
  * runs the quantized models with their linear inputs rounded to int8 per block of 32 (what an integer
  * dot-product kernel would compute; the reference model stays f32).
@@ -48,6 +49,7 @@ const { values, positionals } = parseArgs({
     heldout: { type: "string" },
     world: { type: "string" },
     "max-paths": { type: "string" },
+    candidates: { type: "string" },
     only: { type: "string" },
     "int8-activations": { type: "boolean" },
   },
@@ -55,6 +57,7 @@ const { values, positionals } = parseArgs({
 const r = values.r === undefined ? undefined : Number(values.r);
 const maxPaths = values["max-paths"] === undefined ? undefined : Number(values["max-paths"]);
 const only = values.only?.split(",").map((s) => s.trim());
+const candidates = values.candidates?.split(",").map((s) => s.trim());
 const int8Activations = values["int8-activations"] ?? false;
 const WORLD_CHARS = 16_000;
 let calibText: string, heldout: string;
@@ -83,8 +86,9 @@ for (const src of positionals) {
     if (opts.bits !== undefined) {
       // MxMoE's cap on code paths per projection: --max-paths, else the quantizer's default (0: none).
       const cap = maxPaths ?? DEFAULT_MAX_PATHS;
-      opts = { ...opts, maxPaths: cap };
+      opts = { ...opts, maxPaths: cap, ...(candidates ? { candidates } : {}) };
       label = cap === 0 ? `${label}, paths uncapped` : `${label}, ≤ ${cap} paths`;
+      if (candidates) label = `${label}, of ${candidates.join(" ")}`;
     }
     const shown = int8Activations ? `${label}, int8 activations` : label;
     const out = `${tmp}/${label.replace(/[^a-z0-9.]/gi, "_")}`;
