@@ -152,6 +152,33 @@ function chunkCode(
   return lines.join("\n        ");
 }
 
+/** WGSL of word `i` of a chunk of row `r` (vectors `w{r}`, then `wb{r}`, `wc{r}` at 3 bits: words 0–11). */
+function chunkWord(r: number, i: number): string {
+  return `${vecName(Math.floor(i / 4), r)}.${"xyzw"[i % 4]}`;
+}
+
+/**
+ * WGSL statements `let n{r}_{s}_{o} = …` (o = 0–3): the four octets of unit s (32 values) of a 3-bit chunk of
+ * row `r`, each as a word of 4-bit fields (value p at bits 4p): its low bits masked from a low word, its high
+ * bits shifted into place from the high word. With one parameter pair per chunk the unit's low bits are in words
+ * 2s and 2s + 1 and its high bits in word 8 + s; with `params` 2 or 4 groups per chunk each group's low words
+ * come first, then its high ones.
+ */
+function w3Octets(r: number, s: number, params: number): string[] {
+  let lo: number, hi: number;
+  if (params === 1) [lo, hi] = [2 * s, 8 + s];
+  else {
+    const per = 4 / params, g = Math.floor(s / per), u = s % per, base = g * 3 * per;
+    [lo, hi] = [base + 2 * u, base + 2 * per + u];
+  }
+  const h = chunkWord(r, hi);
+  return [0, 1, 2, 3].map((o) => {
+    const l = `(${chunkWord(r, lo + (o >> 1))} >> ${2 * (o & 1)}u)`;
+    const hs = o <= 2 ? `(${h} << ${2 - o}u)` : `(${h} >> 1u)`;
+    return `let n${r}_${s}_${o} = (${l} & 0x33333333u) | (${hs} & 0x44444444u);`;
+  });
+}
+
 /**
  * WGSL statements accumulating one 128-value 3-bit chunk (vectors `w{r}`, `wb{r}`, `wc{r}`: 12 words) of each of
  * `rows` rows against its 32 activation vec4s, in four 32-value units, each unit's activations loaded just before
@@ -162,18 +189,10 @@ function chunkCode(
  * or 3 words each: low words, then high), and unit s uses pair `sm{r}p{q}` of its group.
  */
 function chunkCode3(rows: number, xAt: (i: number) => string, params: number, bytes = false): string {
-  const word = (r: number, i: number) => `${vecName(Math.floor(i / 4), r)}.${"xyzw"[i % 4]}`;
   const out: string[] = [];
   const dr = Array.from({ length: rows }, () => [] as string[]);
   const sxs: string[] = [];
   for (let s = 0; s < 4; s++) {
-    // Words of unit s within the chunk: low bits of octets 0–1 and 2–3, then the high bits.
-    let lo: number, hi: number;
-    if (params === 1) [lo, hi] = [2 * s, 8 + s];
-    else {
-      const per = 4 / params, g = Math.floor(s / per), u = s % per, base = g * 3 * per;
-      [lo, hi] = [base + 2 * u, base + 2 * per + u];
-    }
     for (let i = 0; i < 8; i++) out.push(`let x${8 * s + i} = ${xAt(8 * s + i)};`);
     out.push(
       `let sx${s} = dot(${
@@ -182,13 +201,9 @@ function chunkCode3(rows: number, xAt: (i: number) => string, params: number, by
     );
     sxs.push(`sx${s}`);
     for (let r = 0; r < rows; r++) {
-      const h = word(r, hi);
+      out.push(...w3Octets(r, s, params));
       const terms: string[] = [];
       for (let o = 0; o < 4; o++) {
-        // Octet o's levels as 4-bit fields.
-        const l = `(${word(r, lo + (o >> 1))} >> ${2 * (o & 1)}u)`;
-        const hs = o <= 2 ? `(${h} << ${2 - o}u)` : `(${h} >> 1u)`;
-        out.push(`let n${r}_${s}_${o} = (${l} & 0x33333333u) | (${hs} & 0x44444444u);`);
         terms.push(
           ...(bytes ? byteDots4(`n${r}_${s}_${o}`, `x${8 * s + 2 * o}`, `x${8 * s + 2 * o + 1}`) : [
             `dot(lv4(n${r}_${s}_${o}), x${8 * s + 2 * o})`,
@@ -256,7 +271,7 @@ function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number):
   const out: string[] = [];
   const dot = (a: string, b: string) => `dot4I8Packed(${a}, ${b})`;
   const M4 = "0x0f0f0f0fu", M2 = "0x03030303u";
-  const word = (r: number, i: number) => `${vecName(Math.floor(i / 4), r)}.${"xyzw"[i % 4]}`;
+
   if (bits === 8) {
     // Half a block (its pair: the block's scale, Σ of the half's levels): levels q − 128 against the
     // activations, 128 · Σ levels added back with the group minimum's term.
@@ -280,7 +295,7 @@ function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number):
         if (bits === 4) {
           // Words 4b… of the chunk: word p's even fields against component 2(p % 2), odd against the next.
           for (let p = 0; p < 4; p++) {
-            const w = word(r, p), a = `qa${p >> 1}`, k = 2 * (p & 1);
+            const w = chunkWord(r, p), a = `qa${p >> 1}`, k = 2 * (p & 1);
             terms.push(
               dot(`${w} & ${M4}`, `${a}.${"xyzw"[k]}`),
               dot(`(${w} >> 4u) & ${M4}`, `${a}.${"xyzw"[k + 1]}`),
@@ -291,7 +306,7 @@ function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number):
             for (let s = 0; s < 4; s++) {
               terms.push(
                 dot(
-                  s === 0 ? `${word(r, p)} & ${M2}` : `(${word(r, p)} >> ${2 * s}u) & ${M2}`,
+                  s === 0 ? `${chunkWord(r, p)} & ${M2}` : `(${chunkWord(r, p)} >> ${2 * s}u) & ${M2}`,
                   `qa${p}.${"xyzw"[s]}`,
                 ),
               );
@@ -314,19 +329,10 @@ function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number):
   for (let r = 0; r < rows; r++) {
     const perUnit: string[] = [];
     for (let s = 0; s < 4; s++) {
-      let lo: number, hi: number;
-      if (lay.params === 1) [lo, hi] = [2 * s, 8 + s];
-      else {
-        const per = 4 / lay.params, g = Math.floor(s / per), u = s % per, base = g * 3 * per;
-        [lo, hi] = [base + 2 * u, base + 2 * per + u];
-      }
-      const h = word(r, hi);
+      out.push(...w3Octets(r, s, lay.params));
       const terms: string[] = [];
       for (let o = 0; o < 4; o++) {
-        const l = `(${word(r, lo + (o >> 1))} >> ${2 * (o & 1)}u)`;
-        const hs = o <= 2 ? `(${h} << ${2 - o}u)` : `(${h} >> 1u)`;
         const n = `n${r}_${s}_${o}`;
-        out.push(`let ${n} = (${l} & 0x33333333u) | (${hs} & 0x44444444u);`);
         const a = `qa${2 * s + (o >> 1)}`, k = 2 * (o & 1);
         terms.push(
           dot(`${n} & ${M4}`, `${a}.${"xyzw"[k]}`),
