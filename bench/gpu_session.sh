@@ -690,12 +690,13 @@ mxpaths)
   # DEAD: schemes of never-routed experts): a step's GPU time,
   # then decode alternated ROUNDS times (default 2; ~1 min per mix and round; bundles gpu_profile, gpu_decode).
   # SHAPES: --shapes values for both, space-separated, each run in turn ("-": the defaults; e.g.
-  # SHAPES="- qgateup=/2,qdown=/2 qgemv=+bytes,qgateup=+bytes,qdown=+bytes": loops of 2 chunks per pass in the
-  # expert kernels with several code paths, levels unpacked as bytes).
+  # SHAPES="- qgateup=/2,qdown=/2 qgemv=+int8 qgateup=+f32,qdown=+f32": loops of 2 chunks per pass in the
+  # expert kernels with several code paths, int8 inputs for the linear mat-vecs, f32 ones for the experts).
   # An optional fourth field lists never-routed experts' schemes (make_packed_olmoe.py --dead-experts).
   # A GATEUP_SCHEMES of @FILE follows a quantization.json's per-layer allocation instead (make_packed_olmoe.py
-  # --allocation; e.g. "a2:@bench/allocations/reader_mx325_paths2.json", or "a3:@bench/allocations/reader_mx325_g64.json",
-  # a real 3.25-bit allocation whose code paths stay at most 2 per projection at this shape).
+  # --allocation; e.g. "a2:@bench/allocations/reader_mx325_paths2.json", or
+  # "a3:@bench/allocations/reader_mx325_g64.json", a real 3.25-bit allocation whose code paths stay at most 2
+  # per projection at this shape).
   mk() {
     if [[ $2 == @* ]]; then
       python3 bench/make_packed_olmoe.py --out "/tmp/$1" --allocation "${2#@}" >"$logs/$1.log" 2>&1

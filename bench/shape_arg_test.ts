@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { parseShapes } from "./shape_arg.ts";
 
-Deno.test("parseShapes: dimensions, teams, a step, +bytes and +int8; fields left out keep the defaults", () => {
+Deno.test("parseShapes: dimensions, teams, a step, +int8 and +f32; fields left out keep the defaults", () => {
   assert.equal(parseShapes(""), undefined);
-  assert.deepEqual(parseShapes("qgateup=16x16/2+bytes,qdown=32x8x4"), {
-    qGateUp: { tpo: 16, outs: 16, step: 2, bytes: true },
+  assert.deepEqual(parseShapes("qgateup=16x16/2+int8,qdown=32x8x4"), {
+    qGateUp: { tpo: 16, outs: 16, step: 2, int8: true },
     qDown: { tpo: 32, outs: 8, split: 4 },
   });
-  assert.deepEqual(parseShapes("qgemv=+bytes,qdown=/4"), { qgemv: { bytes: true }, qDown: { step: 4 } });
+  assert.deepEqual(parseShapes("qgemv=+int8,qdown=/4"), { qgemv: { int8: true }, qDown: { step: 4 } });
   assert.deepEqual(parseShapes("qgateup=+int8,qdown=/2+int8"), {
     qGateUp: { int8: true },
     qDown: { step: 2, int8: true },

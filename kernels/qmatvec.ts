@@ -95,9 +95,8 @@ function chunkCode(
   rows: number,
   xAt: (i: number) => string,
   lay?: ChunkLayout,
-  bytes = false,
 ): string {
-  if (bits === 3) return chunkCode3(rows, xAt, lay?.params ?? 1, bytes);
+  if (bits === 3) return chunkCode3(rows, xAt, lay?.params ?? 1);
   const nx = (bits === 16 ? 8 : 128 / bits) / 4; // vec4s of activations per chunk
   const perWord = nx / 4; // vec4s of activations per word
   if (bits !== 16 && nx >= WORDWISE_VEC4S) {
@@ -114,9 +113,7 @@ function chunkCode(
       sxs.push(`sx${wi}`);
       for (let r = 0; r < rows; r++) {
         const word = `w${r}.${"xyzw"[wi]}`;
-        const terms = bytes && bits === 2
-          ? byteDots2(word, is.map((i) => `x${i}`))
-          : is.map((i) => `dot(lv${bits}(${word} >> ${(i % perWord) * 4 * bits}u), x${i})`);
+        const terms = is.map((i) => `dot(lv${bits}(${word} >> ${(i % perWord) * 4 * bits}u), x${i})`);
         out.push(`let d${r}_${wi} = ${terms.join(" + ")};`);
         dr[r].push(`d${r}_${wi}`);
       }
@@ -139,14 +136,10 @@ function chunkCode(
   const sum = Array.from({ length: nx }, (_, i) => `x${i}`).join(" + ");
   lines.push(`let sx = dot(${sum}, vec4<f32>(1.0));`);
   for (let r = 0; r < rows; r++) {
-    const terms = bytes && bits === 4
-      ? [0, 1, 2, 3].flatMap((q) => byteDots4(`w${r}.${"xyzw"[q]}`, `x${2 * q}`, `x${2 * q + 1}`))
-      : Array.from({ length: nx }, (_, i) => {
-        const word = `w${r}.${"xyzw"[Math.floor(i / perWord)]}`;
-        return bytes && bits === 8
-          ? `dot(vec4<f32>(unpack4xU8(${word})), x${i})`
-          : `dot(lv${bits}(${word} >> ${(i % perWord) * 4 * bits}u), x${i})`;
-      });
+    const terms = Array.from({ length: nx }, (_, i) => {
+      const word = `w${r}.${"xyzw"[Math.floor(i / perWord)]}`;
+      return `dot(lv${bits}(${word} >> ${(i % perWord) * 4 * bits}u), x${i})`;
+    });
     lines.push(`acc${r} += sm${r}.x * (${terms.join(" + ")}) + sm${r}.y * sx;`);
   }
   return lines.join("\n        ");
@@ -188,7 +181,7 @@ function w3Octets(r: number, s: number, params: number): string[] {
  * and 2s + 1 and its high bits in word 8 + s. With `params` 2 or 4 it holds that many groups (64 or 32 values, 6
  * or 3 words each: low words, then high), and unit s uses pair `sm{r}p{q}` of its group.
  */
-function chunkCode3(rows: number, xAt: (i: number) => string, params: number, bytes = false): string {
+function chunkCode3(rows: number, xAt: (i: number) => string, params: number): string {
   const out: string[] = [];
   const dr = Array.from({ length: rows }, () => [] as string[]);
   const sxs: string[] = [];
@@ -205,10 +198,8 @@ function chunkCode3(rows: number, xAt: (i: number) => string, params: number, by
       const terms: string[] = [];
       for (let o = 0; o < 4; o++) {
         terms.push(
-          ...(bytes ? byteDots4(`n${r}_${s}_${o}`, `x${8 * s + 2 * o}`, `x${8 * s + 2 * o + 1}`) : [
-            `dot(lv4(n${r}_${s}_${o}), x${8 * s + 2 * o})`,
-            `dot(lv4(n${r}_${s}_${o} >> 16u), x${8 * s + 2 * o + 1})`,
-          ]),
+          `dot(lv4(n${r}_${s}_${o}), x${8 * s + 2 * o})`,
+          `dot(lv4(n${r}_${s}_${o} >> 16u), x${8 * s + 2 * o + 1})`,
         );
       }
       if (params === 1) {
@@ -228,31 +219,6 @@ function chunkCode3(rows: number, xAt: (i: number) => string, params: number, by
   return out.join("\n        ");
 }
 
-/**
- * WGSL terms of the dot product of a word of eight 4-bit fields (value j at bits 4j) with its activations, vec4s
- * `xa` (values 0–3) and `xb` (4–7), its levels taken as bytes: the low fields of its bytes are values 0, 2, 4,
- * 6, the high ones 1, 3, 5, 7, each four unpacked at once (`unpack4xU8`) against activations swizzled to match.
- */
-function byteDots4(w: string, xa: string, xb: string): string[] {
-  return [
-    `dot(vec4<f32>(unpack4xU8(${w} & 0x0f0f0f0fu)), vec4<f32>(${xa}.x, ${xa}.z, ${xb}.x, ${xb}.z))`,
-    `dot(vec4<f32>(unpack4xU8((${w} >> 4u) & 0x0f0f0f0fu)), vec4<f32>(${xa}.y, ${xa}.w, ${xb}.y, ${xb}.w))`,
-  ];
-}
-
-/**
- * WGSL terms of the dot product of a word of sixteen 2-bit fields (value j at bits 2j) with its activations,
- * vec4s `xs[0..3]` (values 4i…4i+3), its levels taken as bytes: field s of every byte is values s, 4 + s, 8 + s,
- * 12 + s, four unpacked at once against component s of each activation vec4.
- */
-function byteDots2(w: string, xs: string[]): string[] {
-  return [0, 1, 2, 3].map((s) => {
-    const c = "xyzw"[s];
-    const x = `vec4<f32>(${xs.map((v) => `${v}.${c}`).join(", ")})`;
-    return `dot(vec4<f32>(unpack4xU8((${w} >> ${2 * s}u) & 0x03030303u)), ${x})`;
-  });
-}
-
 /** Values of a chunk of `bits` (three 16-byte vectors at 3 bits, else one). */
 function valuesPerChunk(bits: number): number {
   return bits === 3 ? 128 : 128 / bits;
@@ -261,8 +227,8 @@ function valuesPerChunk(bits: number): number {
 /**
  * WGSL statements accumulating chunk `c` (in scope) of each of `rows` rows with int8 activations (`int8`
  * staging, {@linkcode i8StageBlock}): the chunk's activation words are vec4s `xq[xq0 + i · cpr + c]`, its
- * blocks' (scale, Σx̃) pairs `xd[xd0 + block]` (8 bits: the half block's scale and Σ levels at `xd[xd0 + c]`). Levels are masked into bytes and multiplied four at a time with
- * `dot4I8Packed`: a 4-bit word's even fields, then its odd ones (activations staged in that order), a 2-bit
+ * blocks' (scale, Σx̃) pairs `xd[xd0 + block]` (8 bits: the half block's scale and Σ levels at `xd[xd0 + c]`).
+ * Levels are masked into bytes and multiplied four at a time with `dot4I8Packed`: a 4-bit word's even fields, then its odd ones (activations staged in that order), a 2-bit
  * word's fields s, 4 + s, 8 + s, 12 + s for each s, an 8-bit word's bytes less 128 (levels are unsigned, the
  * product signed: the 128 · Σ x̃ it leaves out is added back), a 3-bit octet as at 4 bits (see chunkCode3).
  */
@@ -649,8 +615,8 @@ fn stage_x(m: vec4<u32>, xo4: u32, xs0: u32, li: u32) {
  * the activations from workgroup memory at `xs0`, as `stage_x` left them; without `schemes`, one branch per bit
  * width computes the sizes at run time. With `tpr` (the team size TPR, known when building) the constant-size
  * branches unroll the thread's chunks, their loads issued together; where the weight set has several code paths,
- * `multiStep` > 0 makes that a loop of `multiStep` chunks per pass (less code per path). With `bytes` chunked
- * 2-, 3-, 4- and 8-bit levels are unpacked as bytes (see {@linkcode byteDots4}).
+ * `multiStep` > 0 makes that a loop of `multiStep` chunks per pass (less code per path). With `int8` (and
+ * `staged`) chunked 2-, 3-, 4- and 8-bit rows multiply int8 activations ({@linkcode chunkCodeI8}).
  */
 function qdotFn(
   rows: 1 | 2,
@@ -659,7 +625,6 @@ function qdotFn(
   staged = false,
   tpr = 0,
   multiStep = 0,
-  bytes = false,
   int8 = false,
 ): string {
   const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
@@ -713,7 +678,7 @@ function qdotFn(
     groups: string,
     group: (c: string, p: number) => string,
     xAt: (i: number) => string,
-    code = chunkCode(b, rows, xAt, lay, bytes),
+    code = chunkCode(b, rows, xAt, lay),
   ) => {
     const rowVecs = lay.vecs === 1 ? cpr : `${cpr} * ${lay.vecs}u`;
     return `for (var c = t; c < ${cpr}; c += TPR) {
@@ -733,7 +698,7 @@ function qdotFn(
     group: (c: string, p: number) => string,
     xAt: (i: number) => string,
     step: number,
-    code = chunkCode(b, rows, xAt, lay, bytes),
+    code = chunkCode(b, rows, xAt, lay),
   ) => {
     const nit = Math.ceil(cpr / tpr);
     // Chunk c{u}'s dot products, from the values its loads left in suffixed names.
@@ -1145,7 +1110,6 @@ ${
       staged && p.schemes !== undefined,
       shape.tpo,
       shape.step,
-      shape.bytes,
       shape.int8,
     )
   }
@@ -1224,7 +1188,6 @@ ${
       staged && p.schemes !== undefined,
       shape.tpo,
       shape.step,
-      shape.bytes,
       shape.int8,
     )
   }
@@ -1303,7 +1266,7 @@ ${stage ? stagedArrays(p.inter, p.schemes!, p.topK, shape.int8 ?? false) : ""}
 var<workgroup> dmeta: array<vec4<u32>, TOPK>;
 var<workgroup> dwts: array<f32, TOPK>;
 var<workgroup> part: array<f32, WG>;
-${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, shape.step, shape.bytes, shape.int8)}
+${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, shape.step, shape.int8)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.y;

@@ -67,9 +67,6 @@ Deno.test({
         [[2, 50, 128], WIDE_QGEMV_SHAPE, false, true],
         // Long rows for a small team: four or more chunks per thread (the dot products' unrolled loads).
         [[2, 24, 1024], { tpo: 4, outs: 16 }, false, true],
-        // Levels unpacked as bytes.
-        [[2, 40, 256], { tpo: 8, outs: 32, bytes: true }, false, true],
-        [[2, 24, 1024], { tpo: 4, outs: 16, bytes: true }, false, true],
         // Int8 activations and integer dot products (f16 and rows read word by word: f32).
         [[3, 64, 256], { ...QGEMV_SHAPE, int8: true }, false, true],
         [[2, 40, 96], { ...QGEMV_SHAPE, int8: true }, false, true],
@@ -306,7 +303,6 @@ Deno.test({
       [{ tpo: 4, outs: 16 }, { tpo: 8, outs: 8, split: 2 }, true, true],
       [{ tpo: 4, outs: 16, step: 2 }, { tpo: 8, outs: 8, split: 2, step: 2 }, true, true],
       [{ tpo: 4, outs: 16, step: 4 }, { tpo: 8, outs: 8, split: 2, step: 4 }, true, false],
-      [{ tpo: 4, outs: 16, bytes: true }, { tpo: 8, outs: 8, split: 2, step: 2, bytes: true }, true, true],
       [{ tpo: 4, outs: 16, int8: true }, { tpo: 8, outs: 8, split: 2, int8: true }, true, true],
       [
         { tpo: 4, outs: 16, step: 2, int8: true },
@@ -348,7 +344,6 @@ Deno.test({
     const dn: TestScheme[] = [[3, 128], [3, 64], [3, 32], [2, 64]];
     await checkMixedExperts(75, 256, 128, gu, dn, [
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, true],
-      [{ ...QGATEUP_SHAPE, bytes: true }, { ...QDOWN_SHAPE, bytes: true }, true, true],
       [{ ...QGATEUP_SHAPE, int8: true }, { ...QDOWN_SHAPE, int8: true }, true, true],
       [{ tpo: 8, outs: 32 }, { tpo: 4, outs: 16 }, true, true],
       [QGATEUP_SHAPE, QDOWN_SHAPE, true, false],

@@ -131,11 +131,6 @@ export interface MatvecShape {
    */
   step?: number;
   /**
-   * Packed kernels, chunked 2-, 3-, 4- and 8-bit rows: unpack each word's levels four at a time as bytes
-   * (`unpack4xU8`, the activations swizzled to match) instead of a shift and mask per level (default false).
-   */
-  bytes?: boolean;
-  /**
    * Packed kernels with staged activations and rows of whole 32-value blocks: the activations staged as int8
    * per block of 32 (scale `max |x| / 127`, kernels/cpu/act_quant.ts) and chunked 2-, 3-, 4- and 8-bit rows
    * summed with integer dot products (`dot4I8Packed`, four levels per instruction; default false).
