@@ -1034,25 +1034,45 @@ export function qNormFusable(
     if (set.meta[i] === 0) continue;
     if (set.meta[i + 2] % 4 !== 0) return false;
   }
-  return k % 4 === 0 && set.schemes.every((sc) => chunked(sc, k)) && canStage(device, shape, k);
+  return k % 4 === 0 && set.schemes.every((sc) => chunked(sc, k)) &&
+    qStagingPlan(device.limits.maxComputeWorkgroupStorageSize, shape, k, 1, set.schemes).staged;
 }
 
 /**
  * Workgroup memory of the staged activations of a kernel whose rows have `k` values and that stages `slots`
- * rows at once (the down projection: its k experts' inputs; others: 1).
+ * rows at once (the down projection: its k experts' inputs; others: 1): 4k bytes a row in f32; with `int8` and
+ * a scheme of `schemes` staged as int8, 1.5k (levels, then a (scale, sum) pair per 16 values), plus the f32
+ * copy where an f16 scheme needs it.
  */
-export function qStagedBytes(k: number, slots = 1): number {
-  return slots * k * 4;
+export function qStagedBytes(k: number, slots = 1, schemes?: readonly QuantScheme[], int8 = false): number {
+  const i8 = int8 && schemes ? i8Staging(k, schemes) : undefined;
+  if (!i8) return slots * k * 4;
+  return slots * (k + k / 2 + (i8.f16 ? 4 * k : 0));
+}
+
+/**
+ * How a packed kernel (`shape`, rows of `k` values, `slots` rows staged at once, weight set `schemes`) stages
+ * its activations within `limit` bytes of workgroup memory: int8 as `shape` asks where it fits, else f32 where
+ * that fits (an int8 set with an f16 scheme stages both copies), else not at all. Returns the shape to build
+ * with.
+ */
+export function qStagingPlan(
+  limit: number,
+  shape: MatvecShape,
+  k: number,
+  slots: number,
+  schemes: readonly QuantScheme[] | undefined,
+): { staged: boolean; shape: MatvecShape } {
+  const fits = (int8: boolean) => qStagedBytes(k, slots, schemes, int8) + reduceBytes(shape) <= limit;
+  if (!schemes) return { staged: false, shape };
+  if (fits(shape.int8 ?? false)) return { staged: true, shape };
+  if (shape.int8 && fits(false)) return { staged: true, shape: { ...shape, int8: false } };
+  return { staged: false, shape };
 }
 
 /** Workgroup memory the reductions of a mat-vec take: two f32 per thread. */
 function reduceBytes(shape: MatvecShape): number {
   return 2 * 4 * shape.tpo * shape.outs;
-}
-
-/** Whether `device` has the workgroup memory to stage `slots` rows of `k` activations (with the reductions). */
-function canStage(device: GPUDevice, shape: MatvecShape, k: number, slots = 1): boolean {
-  return qStagedBytes(k, slots) + reduceBytes(shape) <= device.limits.maxComputeWorkgroupStorageSize;
 }
 
 /** Shapes of a quantized linear layer. */
@@ -1417,8 +1437,8 @@ export function qgemvProgram(
   p: QLinearParams,
   shape: MatvecShape = QGEMV_SHAPE,
 ): Promise<Program> {
-  const staged = p.schemes !== undefined && canStage(device, shape, p.k);
-  return P.get(device, ring, "qgemv", qgemvWgsl(p, shape, staged), qLinearBindings(p));
+  const plan = qStagingPlan(device.limits.maxComputeWorkgroupStorageSize, shape, p.k, 1, p.schemes);
+  return P.get(device, ring, "qgemv", qgemvWgsl(p, plan.shape, plan.staged), qLinearBindings(p));
 }
 
 /** `reads` read-only bindings, then one written. */
@@ -1443,14 +1463,14 @@ export function qGateUpProgram(
   shape: MatvecShape = QGATEUP_SHAPE,
   allowStaging = true,
 ): Promise<Program> {
-  const staged = allowStaging && p.schemes !== undefined && canStage(device, shape, p.hidden);
+  const plan = qStagingPlan(device.limits.maxComputeWorkgroupStorageSize, shape, p.hidden, 1, p.schemes);
   // x, qw, qp, meta, ids; h; (norm weight).
   const access = readsThenWrite(5);
   return P.get(
     device,
     ring,
     "q-gate-up",
-    qGateUpWgsl(p, shape, staged),
+    qGateUpWgsl(p, plan.shape, allowStaging && plan.staged),
     p.normEps !== undefined ? [...access, "read"] : access,
   );
 }
@@ -1466,9 +1486,15 @@ export function qDownProgram(
   shape: MatvecShape = QDOWN_SHAPE,
   allowStaging = true,
 ): Promise<Program> {
-  const staged = allowStaging && p.schemes !== undefined && canStage(device, shape, p.inter, p.topK);
+  const plan = qStagingPlan(device.limits.maxComputeWorkgroupStorageSize, shape, p.inter, p.topK, p.schemes);
   // h, qw, qp, meta, ids, weights; x.
-  return P.get(device, ring, "q-down", qDownWgsl(p, shape, staged), readsThenWrite(6));
+  return P.get(
+    device,
+    ring,
+    "q-down",
+    qDownWgsl(p, plan.shape, allowStaging && plan.staged),
+    readsThenWrite(6),
+  );
 }
 
 /** One matrix of a weight set: packed levels, or plain f16 bits ([rows, cols], cols even). */

@@ -15,6 +15,7 @@ import {
   QGEMV_SHAPE,
   qgemvProgram,
   qNormFusable,
+  qStagingPlan,
   WIDE_QGEMV_SHAPE,
 } from "./qmatvec.ts";
 import type { MatvecShape } from "./wgsl.ts";
@@ -465,4 +466,21 @@ Deno.test({
       RangeError,
     );
   },
+});
+
+Deno.test("qStagingPlan: int8 where it fits, else f32 where that fits, else unstaged", () => {
+  // The down projection at OLMoE's expert width: 8 rows of 1,024 values, 256 threads (2 KiB of reductions).
+  const shape: MatvecShape = { ...QDOWN_SHAPE, int8: true };
+  const w4 = { bits: 4, group: 128 }, f16 = { bits: 16, group: 1024 };
+  // int8 levels and pairs: 8 · 1.5 KiB; with an f16 expert the f32 copy too (8 · 4 KiB).
+  assert.deepEqual(qStagingPlan(16384, shape, 1024, 8, [w4]), { staged: true, shape });
+  assert.deepEqual(qStagingPlan(49152, shape, 1024, 8, [w4, f16]), { staged: true, shape });
+  assert.deepEqual(qStagingPlan(40960, shape, 1024, 8, [w4, f16]), {
+    staged: true,
+    shape: { ...shape, int8: false },
+  });
+  assert.equal(qStagingPlan(32768, shape, 1024, 8, [w4, f16]).staged, false);
+  // f32 staging: 8 · 4 KiB.
+  assert.equal(qStagingPlan(16384, { ...QDOWN_SHAPE, int8: false }, 1024, 8, [w4]).staged, false);
+  assert.equal(qStagingPlan(65536, shape, 1024, 8, undefined).staged, false);
 });
