@@ -1,7 +1,8 @@
 /**
- * The kernel cost table MxMoE's allocator needs, measured on the local adapter: the time of the dequantizing
- * mat-vec (kernels/qmatvec.ts) for each scheme, block shape and token count. Without an adapter, a model of
- * bytes read stands in (documented as such in the table).
+ * The kernel cost table MxMoE's allocator needs, measured on the local adapter: the time of the kernel that runs
+ * a block (kernels/qmatvec.ts: the grouped expert gate/up or down, one expert of the scheme with every token
+ * routed to it; the dequantizing linear mat-vec for other blocks) for each scheme, block shape and token count.
+ * Without an adapter, a model of bytes read stands in (documented as such in the table).
  *
  * @module
  */
@@ -29,12 +30,37 @@ import {
 import { quantizeRtn } from "./quantize.ts";
 import { parseScheme, storedBitsPerWeight } from "./scheme.ts";
 
+/**
+ * What the measured costs timed: the expert kernels' default shapes and a revision of their code, so that a table
+ * cached beside a model is measured anew when the kernels change.
+ */
+export const COST_KERNELS = `qmatvec r2 gate_up ${JSON.stringify(QGATEUP_SHAPE)} down ${
+  JSON.stringify(QDOWN_SHAPE)
+}`;
+
+/** A block shape of the cost table: [rows, cols] and its schemes; `kernel` names the grouped expert kernel. */
+export interface CostShape {
+  /** Output features. */
+  rows: number;
+  /** Input features. */
+  cols: number;
+  /** Schemes to time. */
+  schemes: string[];
+  /**
+   * "gate_up" ([2I, H]: gate and up rows of one expert) or "down" ([H, I]) times that grouped expert kernel;
+   * absent: the linear mat-vec.
+   */
+  kernel?: "gate_up" | "down";
+}
+
 /** Milliseconds per (scheme, shape, tokens), and where they come from. */
 export interface CostTable {
   /** "measured" on `adapter`, or "bytes-model" without one. */
   source: "measured" | "bytes-model";
   /** Adapter description. */
   adapter: string;
+  /** The kernels measured ({@linkcode COST_KERNELS}); absent in a bytes model and in older tables. */
+  kernels?: string;
   /** Key `${scheme}|${rows}x${cols}|${tokens}` → milliseconds. */
   entries: Record<string, number>;
 }
@@ -95,7 +121,7 @@ function randomMatrix(rows: number, cols: number, scheme: string): QuantMatrix {
  * A cost table without an adapter: milliseconds proportional to the bytes of the weights read, growing slowly
  * with the token count (what a memory-bound kernel costs).
  */
-export function bytesModelCosts(shapes: { rows: number; cols: number; schemes: string[] }[]): CostTable {
+export function bytesModelCosts(shapes: CostShape[]): CostTable {
   const entries: Record<string, number> = {};
   for (const { rows, cols, schemes } of shapes) {
     for (const scheme of schemes) {
@@ -107,10 +133,7 @@ export function bytesModelCosts(shapes: { rows: number; cols: number; schemes: s
 }
 
 /** Whether `table` has an entry for every scheme, shape and token count of `shapes`. */
-export function costTableCovers(
-  table: CostTable,
-  shapes: { rows: number; cols: number; schemes: string[] }[],
-): boolean {
+export function costTableCovers(table: CostTable, shapes: CostShape[]): boolean {
   return shapes.every(({ rows, cols, schemes }) =>
     schemes.every((s) => COST_TOKENS.every((m) => Number.isFinite(table.entries[costKey(s, rows, cols, m)])))
   );
@@ -141,9 +164,13 @@ async function timePass(
   return performance.now() - t0;
 }
 
-/** Measures (or models, without an adapter) the cost of each shape's schemes for COST_TOKENS. */
+/**
+ * Measures (or models, without an adapter) the cost of each shape's schemes for COST_TOKENS: a shape with a
+ * `kernel` in that grouped expert kernel (one expert of the scheme, every token routed to it, top-1), else in
+ * the linear mat-vec.
+ */
 export async function measureCosts(
-  shapes: { rows: number; cols: number; schemes: string[] }[],
+  shapes: CostShape[],
   onProgress?: (done: number, total: number) => void,
 ): Promise<CostTable> {
   const entries: Record<string, number> = {};
@@ -153,43 +180,67 @@ export async function measureCosts(
   const device = ctx.device;
   const ring = new StepRing(device, COST_TOKENS.length);
   const reps = 24;
+  const maxM = COST_TOKENS[COST_TOKENS.length - 1];
+  // ids [maxM] u32: every token to expert 0; wts [maxM] f32: weight 1.
+  const ids = uploadBuffer(device, "cost-ids", new Uint32Array(maxM));
+  const wts = uploadBuffer(device, "cost-wts", new Float32Array(maxM).fill(1));
   let done = 0;
-  for (const { rows, cols, schemes } of shapes) {
-    const maxM = COST_TOKENS[COST_TOKENS.length - 1];
+  for (const { rows, cols, schemes, kernel } of shapes) {
+    if (kernel === "gate_up" && rows % 2 !== 0) {
+      throw new RangeError(`Cannot time a gate/up block of ${rows} rows: gate and up rows come in pairs`);
+    }
+    // x [maxM, cols] f32 input; y [maxM, rows] f32 output (gate/up: h [maxM, rows / 2]).
     const x = uploadBuffer(device, "cost-x", new Float32Array(maxM * cols).fill(0.01));
     const y = uploadBuffer(device, "cost-y", new Float32Array(maxM * rows));
     for (const scheme of schemes) {
       const set = buildQuantSet([randomMatrix(rows, cols, scheme)]);
-      const prog = await qgemvProgram(device, ring, {
-        n: rows,
-        k: cols,
-        mode: "store",
-        bias: false,
-        alpha: 1,
-        schemes: set.schemes,
-      });
       const bufs = [
         uploadBuffer(device, "cost-qw", set.qw),
         uploadBuffer(device, "cost-qp", set.qp),
         uploadBuffer(device, "cost-meta", set.meta),
       ];
-      const group = prog.bind("cost", [x, ...bufs, y]);
-      const grid = grid2d(Math.ceil(rows / QGEMV_SHAPE.outs));
-      for (let mi = 0; mi < COST_TOKENS.length; mi++) {
-        const off = ring.set(mi, {
-          pos: 0,
-          rows: COST_TOKENS[mi],
-          step: 0,
-          srcRing: false,
-          ringIn: 0,
-          logitsRow: 0,
+      // The dispatch for m tokens.
+      let dispatch: (m: number) => Dispatch;
+      if (kernel === "gate_up") {
+        const prog = await qGateUpProgram(device, ring, {
+          hidden: cols,
+          inter: rows / 2,
+          topK: 1,
+          schemes: set.schemes,
         });
+        const group = prog.bind("cost", [x, ...bufs, ids, y]);
+        dispatch = (m) => ({ program: prog, group, grid: [Math.ceil(rows / 2 / QGATEUP_SHAPE.outs), m, 1] });
+      } else if (kernel === "down") {
+        const prog = await qDownProgram(device, ring, {
+          hidden: rows,
+          inter: cols,
+          topK: 1,
+          alpha: 1,
+          schemes: set.schemes,
+        });
+        const group = prog.bind("cost", [x, ...bufs, ids, wts, y]);
+        dispatch = (m) => ({ program: prog, group, grid: [Math.ceil(rows / QDOWN_SHAPE.outs), m, 1] });
+      } else {
+        const prog = await qgemvProgram(device, ring, {
+          n: rows,
+          k: cols,
+          mode: "store",
+          bias: false,
+          alpha: 1,
+          schemes: set.schemes,
+        });
+        const group = prog.bind("cost", [x, ...bufs, y]);
+        dispatch = () => ({ program: prog, group, grid: grid2d(Math.ceil(rows / QGEMV_SHAPE.outs)) });
+      }
+      for (let mi = 0; mi < COST_TOKENS.length; mi++) {
+        const m = COST_TOKENS[mi];
+        const off = ring.set(mi, { pos: 0, rows: m, step: 0, srcRing: false, ringIn: 0, logitsRow: 0 });
         ring.flush(device);
-        const run = (n: number) => timePass(device, ring, [{ program: prog, group, grid }], off, n, "cost");
+        const run = (n: number) => timePass(device, ring, [dispatch(m)], off, n, "cost");
         await run(1); // warm-up
         const one = await run(1);
         const many = await run(reps + 1);
-        entries[costKey(scheme, rows, cols, COST_TOKENS[mi])] = Math.max(1e-6, (many - one) / reps);
+        entries[costKey(scheme, rows, cols, m)] = Math.max(1e-6, (many - one) / reps);
       }
       for (const b of bufs) b.destroy();
       onProgress?.(++done, total);
@@ -197,8 +248,10 @@ export async function measureCosts(
     x.destroy();
     y.destroy();
   }
+  ids.destroy();
+  wts.destroy();
   ring.buffer.destroy();
-  return { source: "measured", adapter: ctx.adapterName, entries };
+  return { source: "measured", adapter: ctx.adapterName, kernels: COST_KERNELS, entries };
 }
 
 /**

@@ -11,6 +11,8 @@ export { type GptqOptions, quantizeGptq, quantizeRtn } from "./quantize.ts";
 export { calibrate, type Calibration } from "./calibrate.ts";
 export {
   bytesModelCosts,
+  COST_KERNELS,
+  type CostShape,
   type CostTable,
   lookupCost,
   measureCosts,

@@ -20,7 +20,15 @@ import { loadTokenizer } from "../tokenizer.ts";
 import { planWeights, readWeightF32, type WeightSpec } from "../weights.ts";
 import { allocateLayer, type Block } from "./allocate.ts";
 import { calibrate, type ExpertCalibration, expertHidden } from "./calibrate.ts";
-import { costAdapter, type CostTable, costTableCovers, lookupCost, measureCosts } from "./cost.ts";
+import {
+  COST_KERNELS,
+  costAdapter,
+  type CostShape,
+  type CostTable,
+  costTableCovers,
+  lookupCost,
+  measureCosts,
+} from "./cost.ts";
 import { dequantize, PACKED_FORMAT, type PackedMatrix } from "./pack.ts";
 import { codePathKey } from "../../kernels/qmatvec.ts";
 import { quantizeGptq, quantizeRtn } from "./quantize.ts";
@@ -329,15 +337,19 @@ async function quantizeOnce(
     let cost = options.costTable;
     if (options.bits !== undefined && !cost) {
       const I = c.expertIntermediateSize, S = c.sharedExpertIntermediateSize;
-      const shapes = new Map<string, { rows: number; cols: number; schemes: string[] }>();
-      for (const [rows, cols] of [[2 * I, H], [H, I], ...(S > 0 ? [[2 * S, H], [H, S]] : [])]) {
+      // Gate/up blocks are timed in the grouped gate/up kernel, down blocks in the down kernel.
+      const shapes = new Map<string, CostShape>();
+      const blocks: [number, number, "gate_up" | "down"][] = [[2 * I, H, "gate_up"], [H, I, "down"]];
+      if (S > 0) blocks.push([2 * S, H, "gate_up"], [H, S, "down"]);
+      for (const [rows, cols, kernel] of blocks) {
         const schemes = [...new Set(candidates.map((s) => schemeName(effectiveScheme(s, cols))))];
-        shapes.set(`${rows}x${cols}`, { rows, cols, schemes });
+        shapes.set(`${rows}x${cols}`, { rows, cols, schemes, kernel });
       }
       const wanted = [...shapes.values()];
       const adapter = await costAdapter();
       const cached = await readCostTable(join(source, "cost_table.json"));
-      if (cached && cached.adapter === adapter && costTableCovers(cached, wanted)) {
+      const sameKernels = cached?.source === "bytes-model" || cached?.kernels === COST_KERNELS;
+      if (cached && cached.adapter === adapter && sameKernels && costTableCovers(cached, wanted)) {
         say(`reusing the kernel cost table cached beside the model (${adapter})`);
         cost = cached;
       } else {
