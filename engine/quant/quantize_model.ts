@@ -111,10 +111,10 @@ export interface QuantizationReport {
 }
 
 /**
- * Code paths an MxMoE allocation may use per projection by default: on an H200 at OLMoE's shape, 3.25-bit sets
- * of two paths per projection decode as fast as uniform w4g128 or faster (845–861 against 828–853 tok/s), the
- * default reader's uncapped allocation, with three or four in its down projections there, at 92–96 %
- * (docs/benchmarks.md, eleventh session).
+ * Code paths an MxMoE allocation may use per projection by default: on an H200 at OLMoE's shape, 3.25-bit scheme
+ * sets of two paths per projection decode as fast as uniform w4g128 or faster (840–864 against 828–853 tok/s),
+ * a reader allocation with three or four paths in most down projections there at 92–96 % (docs/benchmarks.md,
+ * eleventh session).
  */
 export const DEFAULT_MAX_PATHS = 2;
 const DEFAULT_CANDIDATES = ["f16", "w8g128", "w4g128", "w3g128", "w2g128", "w4g64", "w3g64", "w2g64"];
