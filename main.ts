@@ -77,6 +77,8 @@ Model:
   --dtype D               f32 or f16 on WebGPU (default: f16 on hardware GPUs, f32 otherwise)
   --context N             positions the KV cache holds (default: the model's, at most 4096)
   --kv-cache K            f16, f32 (plain), quant, gear-l or gear (default: plain in the model's dtype)
+  --int8-experts on|off   WebGPU, quantized checkpoints: the experts' mat-vecs round their inputs to int8
+                          per block of 32 (default on; off: f32 inputs, a little slower)
 Pipeline defaults (requests may override them):
   --db URI                document store (a LanceDB directory or object-store URI), or none (default: the
                           default knowledge base $EDGEMIX_HOME/db, else ~/.cache/edgemix/db, which the
@@ -108,6 +110,8 @@ interface ServeCommand {
   dtype: DType | undefined;
   context: number | undefined;
   kvCache: KvCacheMode | undefined;
+  /** `--int8-experts off`: the packed experts read f32 inputs (LoadModelOptions.int8Experts). */
+  int8Experts: boolean;
   /** The store given with --db; undefined for the default knowledge base or with `--db none`. */
   db: string | undefined;
   /** `--db none`: no store at all. */
@@ -145,6 +149,7 @@ const FLAGS = [
   "dtype",
   "context",
   "kv-cache",
+  "int8-experts",
   "db",
   "api-key-env",
   "max-concurrency",
@@ -257,6 +262,7 @@ function parseCommand(args: string[], env: (name: string) => string | undefined)
     dtype: dtype?.value as DType | undefined,
     context: get("context") ? integer("context", 2, 2 ** 24, 0) : undefined,
     kvCache: get("kv-cache") ? choice("kv-cache", KV_CACHE_MODES, "f32") : undefined,
+    int8Experts: choice("int8-experts", ["on", "off"] as const, "on") === "on",
     db: get("db")?.value === "none" ? undefined : get("db")?.value,
     noDb: get("db")?.value === "none",
     apiKeyEnv: apiKeyEnv?.value ?? "EDGEMIX_API_KEY",
@@ -439,6 +445,8 @@ async function buildPipeline(cmd: ServeCommand, factories: StageFactories): Prom
     dtype: cmd.dtype,
     contextLength: cmd.context,
     kvCache: cmd.kvCache === undefined ? undefined : { mode: cmd.kvCache },
+    // Off only when asked: the option is a webgpu one (the cpu backend refuses `true`).
+    ...(cmd.int8Experts ? {} : { int8Experts: false }),
     // The concurrent sequences decode together on the GPU (continuous batching), up to the kernels' row limit.
     batch: Math.min(cmd.maxConcurrency, MAX_BATCH_ROWS),
   });

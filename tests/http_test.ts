@@ -882,6 +882,7 @@ Deno.test("main.ts --help prints the usage and exits 0", SANITIZE, async () => {
       "--max-concurrency",
       "--queue",
       "--kv-cache",
+      "--int8-experts",
       "--top-k",
       "--compression-rate",
       "--compressor",
@@ -908,6 +909,7 @@ Deno.test(
       [["serve", "--retrieval", "sometimes"], {}],
       [["serve"], { EDGEMIX_QUEUE: "-3" }],
       [["serve"], { EDGEMIX_KV_CACHE: "fancy" }],
+      [["serve", "--int8-experts", "maybe"], {}],
       [["serve", "--lfd", "deep"], {}],
       [["serve", "--lfd", "auto", "--lfd-alpha", "much"], {}],
       [["serve", "--compressor-device", "tpu"], {}],
@@ -983,9 +985,11 @@ Deno.test(
   "main.ts serve reads flags and variables, answers over HTTP and exits cleanly on SIGTERM",
   SANITIZE,
   async () => {
+    // (EDGEMIX_INT8_EXPERTS off: a webgpu kernel option, accepted and passed on as off with any backend.)
     const child = mainCommand(["serve", "--port", "0", "--backend", "cpu"], {
       EDGEMIX_MAX_TOKENS: "3",
       EDGEMIX_API_KEY: "k1",
+      EDGEMIX_INT8_EXPERTS: "off",
     }).spawn();
     // The test must not hang if the server never listens or never stops.
     const killer = setTimeout(() => child.kill("SIGKILL"), 30_000);
