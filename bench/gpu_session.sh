@@ -69,13 +69,16 @@
 #     gpu_decode)
 #   MIXES="p2:w4g128,w2g128:w4g128,w2g128" bash bench/gpu_session.sh mxpaths   # (after the prelude) uniform
 #     w4g128 against the listed mixes, step and decode (bundles gpu_profile, gpu_decode)
+#   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh kerneltests   # ~1 min: the bundled kernel
+#     tests (TESTS="qmatvec_test …": dist/NAME.js from `deno bundle kernels/NAME.ts`) on the GPU, and
+#     bench/int_dot_probe.ts (bundle int_dot_probe)
 #   source .gpu-pack/prelude.sh >/dev/null; bash bench/gpu_session.sh gearfit   # ~5 min: GEAR's kernels with the
 #     joint fit's compression, a step at 32k, steady decode at 32k (bundle gear_kernels, gpu_profile, gpu_gear)
 # The working tree travels to the device with the carried paths (64 MiB in all): move fixtures/models/reader
 # (25 MB) out of the tree for the call, and back afterwards.
 # and unpack here with: tar xzf /work/.device/N/reader.tgz -C fixtures/models (after joining its parts with cat).
 set -uo pipefail
-what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit, mxw3, mxdown, mxdead, mxpaths or gearfit}
+what=${1:?train, continue, long, lingua, serve, http, bench, kernels, loop, step, measure, tune, quick, sampler, mxvsw4, mx225, gearregs, gearvalues, gearbatch, geartiles, gearab, mxstep, mx2, mxshapes, codes, final, overlap, kvstep, gear32k, mxsplit, mxw3, mxdown, mxdead, mxpaths, kerneltests or gearfit}
 out=${OUT:?OUT must be set}
 logs=${LOGS:-$(mktemp -d)}  # LOGS: write the logs there as they come (e.g. under $OUT)
 export PYTHONUNBUFFERED=1
@@ -733,6 +736,15 @@ mxpaths)
   for round in $(seq "${ROUNDS:-2}"); do
     each_run gpu_decode paths_decode.log " round $round" --dtype f16 --reps 2 --tokens-per-submit 64
   done
+  ;;
+kerneltests)
+  # Bundled test files run outside the tree (the project's deno.json leaves dist/ out of `deno test`).
+  for t in ${TESTS:-qmatvec_test}; do
+    cp "dist/$t.js" "/tmp/${t}.js"
+    (cd /tmp && timeout 120 deno test -A "${t}.js") >"$logs/$t.log" 2>&1
+    echo "$t rc=$?" >>"$logs/$t.log"
+  done
+  [ -f dist/int_dot_probe.js ] && timeout 30 deno run -A dist/int_dot_probe.js >"$logs/int_dot_probe.log" 2>&1
   ;;
 gearfit)
   # GEAR's kernels with mode gear's joint fit in the compression (decode rank 2 and prefill rank 4), the f16
