@@ -226,14 +226,15 @@ function valuesPerChunk(bits: number): number {
 
 /**
  * WGSL statements accumulating chunk `c` (in scope) of each of `rows` rows with int8 activations (`int8`
- * staging, {@linkcode i8StageBlock}): the chunk's activation words are vec4s `xq[xq0 + i · cpr + c]`, its
- * blocks' (scale, Σx̃) pairs `xd[xd0 + block]` (8 bits: the half block's scale and Σ levels at `xd[xd0 + c]`).
- * Levels are masked into bytes and multiplied four at a time with `dot4I8Packed`: a 4-bit word's even fields, then its odd ones (activations staged in that order), a 2-bit
+ * staging, {@linkcode i8StageBlock}): the chunk's activation words are vec4s `xq[q0 + i · cpr + c]`, its
+ * blocks' (scale, Σx̃) pairs `xd[q0 + block]` (8 bits: the half block's scale and Σ levels at `xd[q0 + c]`);
+ * `q0` is the row's offset in both arrays. Levels are masked into bytes and multiplied four at a time with
+ * `dot4I8Packed`: a 4-bit word's even fields, then its odd ones (activations staged in that order), a 2-bit
  * word's fields s, 4 + s, 8 + s, 12 + s for each s, an 8-bit word's bytes less 128 (levels are unsigned, the
  * product signed: the 128 · Σ x̃ it leaves out is added back), a 3-bit octet as at 4 bits (see chunkCode3).
  */
 function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number): string {
-  const q = (i: number) => `xq[xq0 + ${i * cpr}u + c]`;
+  const q = (i: number) => `xq[q0 + ${i * cpr}u + c]`;
   const out: string[] = [];
   const dot = (a: string, b: string) => `dot4I8Packed(${a}, ${b})`;
   const M4 = "0x0f0f0f0fu", M2 = "0x03030303u";
@@ -241,7 +242,7 @@ function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number):
   if (bits === 8) {
     // Half a block (its pair: the block's scale, Σ of the half's levels): levels q − 128 against the
     // activations, 128 · Σ levels added back with the group minimum's term.
-    out.push(`let qa = ${q(0)};`, `let da = xd[xd0 + c];`);
+    out.push(`let qa = ${q(0)};`, `let da = xd[q0 + c];`);
     for (let r = 0; r < rows; r++) {
       const terms = ["x", "y", "z", "w"].map((k) => dot(`w${r}.${k} ^ 0x80808080u`, `qa.${k}`));
       out.push(
@@ -253,7 +254,7 @@ function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number):
   if (bits === 4 || bits === 2) {
     const nq = valuesPerChunk(bits) / 16, nb = valuesPerChunk(bits) / 32; // activation vec4s, blocks
     for (let i = 0; i < nq; i++) out.push(`let qa${i} = ${q(i)};`);
-    for (let b = 0; b < nb; b++) out.push(`let da${b} = xd[xd0 + c * ${nb}u + ${b}u];`);
+    for (let b = 0; b < nb; b++) out.push(`let da${b} = xd[q0 + c * ${nb}u + ${b}u];`);
     for (let r = 0; r < rows; r++) {
       const perBlock: string[] = [];
       for (let b = 0; b < nb; b++) {
@@ -290,7 +291,7 @@ function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number):
   // 3 bits: unit s of the chunk is block 4c + s, its activations vec4s 2s and 2s + 1.
   for (let s = 0; s < 4; s++) {
     out.push(`let qa${2 * s} = ${q(2 * s)};`, `let qa${2 * s + 1} = ${q(2 * s + 1)};`);
-    out.push(`let da${s} = xd[xd0 + c * 4u + ${s}u];`);
+    out.push(`let da${s} = xd[q0 + c * 4u + ${s}u];`);
   }
   for (let r = 0; r < rows; r++) {
     const perUnit: string[] = [];
@@ -330,8 +331,9 @@ function chunkCodeI8(bits: number, rows: number, lay: ChunkLayout, cpr: number):
 /**
  * WGSL statements that round block `b` (32 values, in scope as vec4s `a0`…`a7`) to int8 levels with scale
  * `max |x| / 127` and store them for matrix `m`'s scheme (bits `m.x`) in workgroup memory: the block's (scale,
- * Σx̃) at `xd[xd0 + b]` (8 bits: each half's scale and Σ of its levels at `xd[xd0 + 2b + u]`), its levels as two vec4s of packed words, each placed where the chunk that reads it
- * looks (`xq[xq0 + i · cpr + c]`, {@linkcode chunkCodeI8}), in the order that scheme's masks leave the levels:
+ * Σx̃) at `xd[q0 + b]` (8 bits: each half's scale and Σ of its levels at `xd[q0 + 2b + u]`), its levels as
+ * two vec4s of packed words, each placed where the chunk that reads it looks (`xq[q0 + i · cpr + c]`,
+ * {@linkcode chunkCodeI8}), in the order that scheme's masks leave the levels:
  * natural at 8 bits, even then odd values of each octet at 4 and 3, values s, 4 + s, 8 + s, 12 + s of each
  * 16 at 2. `bits` lists the staged bit widths.
  */
@@ -342,15 +344,15 @@ function i8StageBlock(k: number, bits: readonly number[]): string {
     "let dv = select(1.0, dq, dq > 0.0);",
     ...Array.from({ length: 8 }, (_, i) => `let l${i} = vec4<i32>(round(a${i} / dv));`),
   ];
-  // Every scheme but 8 bits: the block's (scale, Σx̃) at xd0 + b; 8 bits: each half's (scale, Σ levels) at
-  // xd0 + 2b + u (a chunk is half a block).
+  // Every scheme but 8 bits: the block's (scale, Σx̃) at q0 + b; 8 bits: each half's (scale, Σ levels) at
+  // q0 + 2b + u (a chunk is half a block).
   const sums = [
     "let ls = l0 + l1 + l2 + l3 + l4 + l5 + l6 + l7;",
-    "xd[xd0 + b] = vec2<f32>(dq, dq * f32(ls.x + ls.y + ls.z + ls.w));",
+    "xd[q0 + b] = vec2<f32>(dq, dq * f32(ls.x + ls.y + ls.z + ls.w));",
   ];
   const halfSums = [0, 1].map((u) => {
     const v = `(l${4 * u} + l${4 * u + 1} + l${4 * u + 2} + l${4 * u + 3})`;
-    return `{ let lh = ${v}; xd[xd0 + 2u * b + ${u}u] = vec2<f32>(dq, f32(lh.x + lh.y + lh.z + lh.w)); }`;
+    return `{ let lh = ${v}; xd[q0 + 2u * b + ${u}u] = vec2<f32>(dq, f32(lh.x + lh.y + lh.z + lh.w)); }`;
   });
   const pk = (parts: string[]) => `pack4xI8(vec4<i32>(${parts.join(", ")}))`;
   const branches = bits.map((bt) => {
@@ -368,7 +370,7 @@ function i8StageBlock(k: number, bits: readonly number[]): string {
           return [pk([`${a}.x`, `${a}.z`, `${c}.x`, `${c}.z`]), pk([`${a}.y`, `${a}.w`, `${c}.y`, `${c}.w`])];
         });
       }
-      return `xq[xq0 + ${at}] = vec4<u32>(${words.join(", ")});`;
+      return `xq[q0 + ${at}] = vec4<u32>(${words.join(", ")});`;
     });
     return { cond: `m.x == ${bt}u`, stores: [...(bt === 8 ? halfSums : sums), ...stores] };
   });
@@ -585,8 +587,7 @@ function stageFn(
           : `let a${i} = xa[xo4 + b * 8u + ${i}u];`,
     );
     branches.push(`if (${i8.cond}) {
-    let xq0 = xs0 / 4u;
-    let xd0 = xs0 / 4u;
+    let q0 = xs0 / 4u;
     for (var b = li; b < ${k / 32}u; b += ${wg}u) {
       ${loads.join("\n      ")}
       ${i8StageBlock(k, i8.bits)}
@@ -615,7 +616,7 @@ fn stage_x(m: vec4<u32>, xo4: u32, xs0: u32, li: u32) {
  * the activations from workgroup memory at `xs0`, as `stage_x` left them; without `schemes`, one branch per bit
  * width computes the sizes at run time. With `tpr` (the team size TPR, known when building) the constant-size
  * branches unroll the thread's chunks, their loads issued together; where the weight set has several code paths,
- * `multiStep` > 0 makes that a loop of `multiStep` chunks per pass (less code per path). With `int8` (and
+ * the shape's `step` > 0 makes that a loop of `step` chunks per pass (less code per path). With its `int8` (and
  * `staged`) chunked 2-, 3-, 4- and 8-bit rows multiply int8 activations ({@linkcode chunkCodeI8}).
  */
 function qdotFn(
@@ -624,8 +625,7 @@ function qdotFn(
   schemes?: readonly QuantScheme[],
   staged = false,
   tpr = 0,
-  multiStep = 0,
-  int8 = false,
+  { step: multiStep = 0, int8 = false }: Pick<MatvecShape, "step" | "int8"> = {},
 ): string {
   const rowArgs = Array.from({ length: rows }, (_, r) => `row${r}: u32`).join(", ");
   const ret = rows === 1 ? "f32" : "vec2<f32>";
@@ -780,7 +780,7 @@ function qdotFn(
     }`;
     });
     vector = branches.length === 0 ? "" : `let xo4 = xo / 4u;
-  ${i8 ? "let xq0 = xs0 / 4u;\n  let xd0 = xs0 / 4u;" : ""}
+  ${i8 ? "let q0 = xs0 / 4u;" : ""}
   ${branches.join(" else ")}`;
   } else {
     const branches = VECTOR_BITS.map((b) =>
@@ -1122,17 +1122,7 @@ ${p.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 ${norm ? `@group(0) @binding(${p.bias ? 6 : 5}) var<storage, read> gw: array<vec4<f32>>;` : ""}
 ${qdotWordsFn()}
 ${stagedDecl(p.k, p.schemes, staged, 1, wg, norm, shape.int8)}
-${
-    qdotFn(
-      1,
-      p.k,
-      p.schemes,
-      staged && p.schemes !== undefined,
-      shape.tpo,
-      shape.step,
-      shape.int8,
-    )
-  }
+${qdotFn(1, p.k, p.schemes, staged && p.schemes !== undefined, shape.tpo, shape)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -1200,17 +1190,7 @@ ${QBINDINGS}
 ${norm ? "@group(0) @binding(6) var<storage, read> gw: array<vec4<f32>>;" : ""}
 ${qdotWordsFn()}
 ${stagedDecl(p.hidden, p.schemes, staged, 1, wg, norm, shape.int8)}
-${
-    qdotFn(
-      2,
-      p.hidden,
-      p.schemes,
-      staged && p.schemes !== undefined,
-      shape.tpo,
-      shape.step,
-      shape.int8,
-    )
-  }
+${qdotFn(2, p.hidden, p.schemes, staged && p.schemes !== undefined, shape.tpo, shape)}
 ${reduce(wg)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
@@ -1286,7 +1266,7 @@ ${stage ? stagedArrays(p.inter, p.schemes!, p.topK, shape.int8 ?? false) : ""}
 var<workgroup> dmeta: array<vec4<u32>, TOPK>;
 var<workgroup> dwts: array<f32, TOPK>;
 var<workgroup> part: array<f32, WG>;
-${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, shape.step, shape.int8)}
+${qdotFn(1, p.inter, p.schemes, stage, shape.tpo / split, shape)}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
   let r = wg.y;
@@ -1389,7 +1369,8 @@ function downStagingI8(
   i8: { bits: number[]; cond: string; f16: boolean },
 ): string {
   const k4 = k / 4, kb = k / 32, nb = topK * kb, nper = Math.ceil(nb / wg);
-  const f16 = stagingBranches(k, schemes).find(({ nx }) => nx === 2 && i8.f16);
+  // f16 rows (2 vec4s per chunk) keep f32 activations.
+  const f16 = stagingBranches(k, schemes).find(({ nx }) => nx === 2);
   const out: string[] = [];
   const ROUND = 2;
   for (let u0 = 0; u0 < nper; u0 += ROUND) {
@@ -1417,8 +1398,7 @@ function downStagingI8(
     let b = bi${u} % ${kb}u;
     let m = dmeta[j];
     ${f}if (${i8.cond}) {
-      let xq0 = j * ${k / 16}u;
-      let xd0 = j * ${k / 16}u;
+      let q0 = j * ${k / 16}u;
       ${Array.from({ length: 8 }, (_, i) => `let a${i} = a${u}_${i};`).join(" ")}
       ${i8StageBlock(k, i8.bits)}
     }
