@@ -173,6 +173,11 @@ export async function measureCosts(
   shapes: CostShape[],
   onProgress?: (done: number, total: number) => void,
 ): Promise<CostTable> {
+  for (const { rows, kernel } of shapes) {
+    if (kernel === "gate_up" && rows % 2 !== 0) {
+      throw new RangeError(`Cannot time a gate/up block of ${rows} rows: gate and up rows come in pairs`);
+    }
+  }
   const entries: Record<string, number> = {};
   const total = shapes.reduce((a, s) => a + s.schemes.length, 0);
   if (!(await hasWebGpuAdapter())) return bytesModelCosts(shapes);
@@ -186,9 +191,6 @@ export async function measureCosts(
   const wts = uploadBuffer(device, "cost-wts", new Float32Array(maxM).fill(1));
   let done = 0;
   for (const { rows, cols, schemes, kernel } of shapes) {
-    if (kernel === "gate_up" && rows % 2 !== 0) {
-      throw new RangeError(`Cannot time a gate/up block of ${rows} rows: gate and up rows come in pairs`);
-    }
     // x [maxM, cols] f32 input; y [maxM, rows] f32 output (gate/up: h [maxM, rows / 2]).
     const x = uploadBuffer(device, "cost-x", new Float32Array(maxM * cols).fill(0.01));
     const y = uploadBuffer(device, "cost-y", new Float32Array(maxM * rows));
