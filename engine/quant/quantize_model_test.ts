@@ -261,30 +261,14 @@ Deno.test("deno task quantize: --help, bad flags exit 2, and a run prints the al
   assert.match(bad.err, /exactly one of --bits and --uniform/);
   const badR = await run("--model", fixture("olmoe"), "--out", "/tmp/x", "--bits", "3", "--r", "2");
   assert.equal(badR.code, 2);
-  const badPaths = await run(
-    "--model",
-    fixture("olmoe"),
-    "--out",
-    "/tmp/x",
-    "--bits",
-    "3",
-    "--max-paths",
-    "1.5",
-  );
-  assert.equal(badPaths.code, 2);
-  assert.match(badPaths.err, /--max-paths must be a whole number/);
-  const badCandidates = await run(
-    "--model",
-    fixture("olmoe"),
-    "--out",
-    "/tmp/x",
-    "--bits",
-    "3",
-    "--candidates",
-    "w4g64,w5g64",
-  );
-  assert.equal(badCandidates.code, 2);
-  assert.match(badCandidates.err, /--candidates: /);
+  // An MxMoE run with one bad flag: exit 2 and a message naming it.
+  const badFlag = async (flag: string, value: string, message: RegExp) => {
+    const o = await run("--model", fixture("olmoe"), "--out", "/tmp/x", "--bits", "3", flag, value);
+    assert.equal(o.code, 2, `${flag} ${value}`);
+    assert.match(o.err, message);
+  };
+  await badFlag("--max-paths", "1.5", /--max-paths must be a whole number/);
+  await badFlag("--candidates", "w4g64,w5g64", /--candidates: /);
   const uniformPaths = await run(
     "--model",
     fixture("olmoe"),
