@@ -1492,7 +1492,7 @@ export type QuantMatrix =
 
 /**
  * The qw, qp and meta arrays of a weight set of matrices laid one after another (qw padded to whole 16-byte
- * chunks), and the distinct schemes it holds.
+ * chunks), and the distinct schemes it holds (by bits, then group size).
  */
 export function buildQuantSet(
   mats: QuantMatrix[],
@@ -1523,6 +1523,8 @@ export function buildQuantSet(
       for (let j = 0; j < m.scales.length; j++) qp[e.paramOffset + j] = m.scales[j] | (m.mins[j] << 16);
     }
   });
-  const schemes = new Map(entries.map((e) => [`${e.bits}/${e.group}`, { bits: e.bits, group: e.group }]));
-  return { qw, qp, meta: metaTable(entries), schemes: [...schemes.values()] };
+  // Sorted (bits, then group), so weight sets holding the same schemes build the same kernels.
+  const schemes = [...new Map(entries.map((e) => [`${e.bits}/${e.group}`, { bits: e.bits, group: e.group }]))
+    .values()].sort((a, b) => a.bits - b.bits || a.group - b.group);
+  return { qw, qp, meta: metaTable(entries), schemes };
 }
