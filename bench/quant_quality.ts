@@ -12,7 +12,7 @@
  * ```
  *
  * `--max-paths N` caps MxMoE's code paths per projection (QuantizeModelOptions.maxPaths; default 2, 0: no cap,
- * as labelled in each MxMoE row), `--candidates LIST` replaces MxMoE's candidate schemes (labelled too);
+ * as labelled in each MxMoE row), in each layer or with `--max-paths-scope model` across them ("in all"), `--candidates LIST` replaces MxMoE's candidate schemes (labelled too);
  * `--only A,B` runs only
  * the rows whose label starts with one of A, B (e.g. "uniform w3g128", "MxMoE 3.25"); `--int8-activations`
  * runs the quantized models with their linear inputs rounded to int8 per block of 32 (what an integer
@@ -49,6 +49,7 @@ const { values, positionals } = parseArgs({
     heldout: { type: "string" },
     world: { type: "string" },
     "max-paths": { type: "string" },
+    "max-paths-scope": { type: "string" },
     candidates: { type: "string" },
     only: { type: "string" },
     "int8-activations": { type: "boolean" },
@@ -56,6 +57,10 @@ const { values, positionals } = parseArgs({
 });
 const r = values.r === undefined ? undefined : Number(values.r);
 const maxPaths = values["max-paths"] === undefined ? undefined : Number(values["max-paths"]);
+const scope = values["max-paths-scope"];
+if (scope !== undefined && scope !== "layer" && scope !== "model") {
+  throw new TypeError(`--max-paths-scope takes layer or model, got ${scope}`);
+}
 const only = values.only?.split(",").map((s) => s.trim());
 const candidates = values.candidates?.split(",").map((s) => s.trim());
 const int8Activations = values["int8-activations"] ?? false;
@@ -86,8 +91,10 @@ for (const src of positionals) {
     if (opts.bits !== undefined) {
       // MxMoE's cap on code paths per projection: --max-paths, else the quantizer's default (0: none).
       const cap = maxPaths ?? DEFAULT_MAX_PATHS;
-      opts = { ...opts, maxPaths: cap, ...(candidates ? { candidates } : {}) };
-      label = cap === 0 ? `${label}, paths uncapped` : `${label}, ≤ ${cap} paths`;
+      opts = { ...opts, maxPaths: cap, maxPathsScope: scope, ...(candidates ? { candidates } : {}) };
+      label = cap === 0
+        ? `${label}, paths uncapped`
+        : `${label}, ≤ ${cap} paths${scope === "model" ? " in all" : ""}`;
       if (candidates) label = `${label}, of ${candidates.join(" ")}`;
     }
     const shown = int8Activations ? `${label}, int8 activations` : label;

@@ -38,6 +38,8 @@ Quantize the experts of a Mixture-of-Experts checkpoint.
                       f16,w8g128,w4g128,w3g128,w2g128,w4g64,w3g64,w2g64)
   --max-paths N       MxMoE: most code paths (bit widths, in effect) among a layer's routed experts per
                       projection; fewer decode faster (default 2; 0: no limit)
+  --max-paths-scope S MxMoE: where --max-paths counts: layer (default) or model (one set of paths for
+                      all layers: a little faster to decode, less accurate)
   -h, --help          print this help`;
 
 function fail(message: string): never {
@@ -85,6 +87,7 @@ async function main(args: string[]): Promise<void> {
         router: { type: "string" },
         batch: { type: "string" },
         "max-paths": { type: "string" },
+        "max-paths-scope": { type: "string" },
         candidates: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
@@ -113,6 +116,13 @@ async function main(args: string[]): Promise<void> {
   }
   if (maxPaths !== undefined && bits === undefined) {
     fail("--max-paths limits an MxMoE allocation: give --bits");
+  }
+  const scope = v["max-paths-scope"];
+  if (scope !== undefined && scope !== "layer" && scope !== "model") {
+    fail(`--max-paths-scope takes layer or model, got ${JSON.stringify(scope)}`);
+  }
+  if (scope !== undefined && bits === undefined) {
+    fail("--max-paths-scope applies to an MxMoE allocation: give --bits");
   }
   const candidates = v.candidates?.split(",").map((c) => c.trim());
   if (candidates !== undefined) {
@@ -160,6 +170,7 @@ async function main(args: string[]): Promise<void> {
     router: v.router,
     batch: num("batch", v.batch),
     maxPaths,
+    maxPathsScope: scope,
     candidates,
     onProgress,
   });

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { allocateLayer, type Block } from "./allocate.ts";
+import { allocateLayer, allocateModel, type Allocation, type Block } from "./allocate.ts";
 
 function rng(seed: number) {
   let s = seed >>> 0 || 1;
@@ -154,4 +154,70 @@ Deno.test("allocateLayer with maxPaths: at most that many code paths per kernel,
 Deno.test("allocateLayer refuses a cap on code paths that is not a whole number of at least 1", async () => {
   await assert.rejects(allocateLayer(kernelLayer(15, 4), 4, { maxPaths: 0 }), /maxPaths/);
   await assert.rejects(allocateLayer(kernelLayer(15, 4), 4, { maxPaths: 1.5 }), RangeError);
+});
+
+/** Per kernel, the code paths any of `layers` uses. */
+function modelPaths(layers: Allocation[]): Map<string, Set<string>> {
+  const out = new Map<string, Set<string>>();
+  for (const a of layers) {
+    for (const [k, ps] of a.paths) for (const p of ps) out.set(k, (out.get(k) ?? new Set()).add(p));
+  }
+  return out;
+}
+
+/** The objective allocateLayer minimises, summed over layers. */
+function modelScore(layers: Allocation[], r: number): number {
+  return layers.reduce((a, l) => a + r * Math.log(l.loss) + (1 - r) * Math.log(l.cost), 0);
+}
+
+Deno.test("allocateModel caps the code paths per kernel across layers and picks the best shared paths", async () => {
+  const r = 0.75;
+  let binding = 0;
+  for (
+    const [seeds, budget, maxPaths] of [[[21, 22, 23], 4, 2], [[24, 25], 3.5, 1], [
+      [26, 27, 28],
+      4.5,
+      2,
+    ]] as const
+  ) {
+    const layers = seeds.map((s) => kernelLayer(s, 8));
+    const alone = await Promise.all(layers.map((b) => allocateLayer(b, budget, { r, maxPaths })));
+    const all = await allocateModel(layers, budget, { r, maxPaths });
+    assert.equal(all.length, layers.length);
+    for (const a of all) assert.ok(a.averageBits <= budget + 1e-9, `${a.averageBits} > ${budget}`);
+    for (const [k, ps] of modelPaths(all)) assert.ok(ps.size <= maxPaths, `${k}: ${[...ps].join(", ")}`);
+    const used = modelPaths(alone);
+    if ([...used.values()].some((ps) => ps.size > maxPaths)) binding++;
+    // No other choice of maxPaths paths per kernel among those the layers use alone does better.
+    const kernels = [...used.keys()];
+    const choices = (k: string) => {
+      const ps = [...used.get(k)!];
+      const n = Math.min(maxPaths, ps.length);
+      return n === 1 ? ps.map((p) => [p]) : ps.flatMap((p, i) => ps.slice(i + 1).map((q) => [p, q]));
+    };
+    for (const gu of choices(kernels[0])) {
+      for (const dn of choices(kernels[1])) {
+        const keep = new Map([[kernels[0], new Set(gu)], [kernels[1], new Set(dn)]]);
+        const restricted = layers.map((bs) =>
+          bs.map((b) => ({ ...b, candidates: b.candidates.filter((c) => keep.get(b.kernel!)!.has(c.path!)) }))
+        );
+        if (restricted.some((bs) => bs.some((b) => b.candidates.length === 0))) continue;
+        try {
+          const other = await Promise.all(restricted.map((bs) => allocateLayer(bs, budget, { r })));
+          assert.ok(modelScore(all, r) <= modelScore(other, r) + 1e-9, `${gu} / ${dn} scores better`);
+        } catch (e) {
+          if (!(e instanceof RangeError)) throw e;
+        }
+      }
+    }
+    // Layers that already agree keep their own allocations.
+    const same = await allocateModel([layers[0], layers[0]], budget, { r, maxPaths });
+    if ([...alone[0].paths.values()].every((ps) => ps.length <= maxPaths)) {
+      assert.deepEqual([...same[0].choice], [...alone[0].choice]);
+    }
+  }
+  assert.ok(binding >= 2, `the layers alone exceed the cap together in ${binding} of 3 cases`);
+  // Without a cap: each layer alone.
+  const free = await allocateModel([kernelLayer(29, 6)], 4, { r });
+  assert.deepEqual([...free[0].choice], [...(await allocateLayer(kernelLayer(29, 6), 4, { r })).choice]);
 });

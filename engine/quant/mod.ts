@@ -19,7 +19,7 @@ export {
   measurePathCosts,
   type PathCosts,
 } from "./cost.ts";
-export { allocateLayer, type Allocation, type Block, type Candidate } from "./allocate.ts";
+export { allocateLayer, allocateModel, type Allocation, type Block, type Candidate } from "./allocate.ts";
 export {
   effectiveScheme,
   type QuantizationReport,

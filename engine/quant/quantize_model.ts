@@ -18,7 +18,7 @@ import { CpuDecoder, loadCpuWeights } from "../cpu_decoder.ts";
 import { encodeSafetensors, type TensorData } from "../safetensors.ts";
 import { loadTokenizer } from "../tokenizer.ts";
 import { planWeights, readWeightF32, type WeightSpec } from "../weights.ts";
-import { allocateLayer, type Block } from "./allocate.ts";
+import { allocateLayer, allocateModel, type Block } from "./allocate.ts";
 import { calibrate, type ExpertCalibration, expertHidden } from "./calibrate.ts";
 import {
   COST_KERNELS,
@@ -76,6 +76,13 @@ export interface QuantizeModelOptions {
    * projection's grouped kernel runs slows it, so fewer decode faster.
    */
   maxPaths?: number;
+  /**
+   * MxMoE only: where `maxPaths` counts: in each layer (default "layer") or across all the MoE layers ("model":
+   * one set of paths for the whole model, {@linkcode allocateModel}). "model" decodes a little faster and costs
+   * accuracy: on the default reader at 3.25 bits, held-out KL 1.41e-1 against 9.83e-2, decode 871 against 858
+   * tok/s at OLMoE's shape on an H200 (docs/benchmarks.md).
+   */
+  maxPathsScope?: "layer" | "model";
   /** A cost table to reuse (else measured, and written beside the output as cost_table.json). */
   costTable?: CostTable;
   /**
@@ -114,7 +121,8 @@ export interface QuantizationReport {
  * Code paths an MxMoE allocation may use per projection by default: on an H200 at OLMoE's shape, 3.25-bit scheme
  * sets of two paths per projection decode as fast as uniform w4g128 or faster (840–864 against 828–853 tok/s),
  * a reader allocation with three or four paths in most down projections there at 92–96 % (docs/benchmarks.md,
- * eleventh session).
+ * eleventh session); the reader's own two-path allocation there as fast as uniform w4g128 once every layer's
+ * expert kernel is one program (857–861 against 848–865 tok/s, twelfth session).
  */
 export const DEFAULT_MAX_PATHS = 2;
 const DEFAULT_CANDIDATES = ["f16", "w8g128", "w4g128", "w3g128", "w2g128", "w4g64", "w3g64", "w2g64"];
@@ -290,6 +298,15 @@ async function quantizeOnce(
       );
     }
   }
+  const scope = options.maxPathsScope ?? "layer";
+  if (scope !== "layer" && scope !== "model") {
+    throw new TypeError(`Cannot quantize: maxPathsScope must be "layer" or "model", got ${scope}`);
+  }
+  if (options.maxPathsScope !== undefined && options.bits === undefined) {
+    throw new TypeError(
+      "Cannot quantize: maxPathsScope applies to an MxMoE allocation (bits), not a uniform scheme",
+    );
+  }
   // The limit on an MxMoE allocation's code paths per projection (undefined: none).
   const pathLimit = options.bits === undefined || options.maxPaths === 0
     ? undefined
@@ -362,6 +379,8 @@ async function quantizeOnce(
         }
       }
     }
+    // MxMoE: each MoE layer's blocks with their candidates' sensitivities and costs.
+    const pending: { layer: number; blocks: Block[]; experts: number; shared: boolean }[] = [];
     for (let l = 0; l < c.numLayers; l++) {
       const spec = c.layers[l];
       if (!spec.moe) {
@@ -443,25 +462,42 @@ async function quantizeOnce(
           c.sharedExpertIntermediateSize,
         );
       }
-      const alloc = await allocateLayer(blocks, options.bits!, { r: options.r, maxPaths: pathLimit });
-      const get = (id: string) => parseScheme(alloc.choice.get(id)!);
-      expertChoice.push(
-        Array.from({ length: E }, (_, e) => ({ gu: get(`e${e}.gate_up`), down: get(`e${e}.down`) })),
-      );
-      sharedChoice.push(L.shared ? { gu: get("shared.gate_up"), down: get("shared.down") } : undefined);
-      report.layers.push({
-        layer: l,
-        experts: Array.from(
+      // Allocated once every layer's blocks are known (the cap on code paths may count across layers).
+      pending.push({ layer: l, blocks, experts: E, shared: L.shared !== undefined });
+      expertChoice.push([]);
+      sharedChoice.push(undefined);
+    }
+    if (pending.length > 0) {
+      say(`allocating ${pending.length} layers`);
+      const allocOptions = { r: options.r, maxPaths: pathLimit };
+      const allocs = scope === "model"
+        ? await allocateModel(pending.map((p) => p.blocks), options.bits!, allocOptions)
+        : [];
+      if (scope === "layer") {
+        for (const p of pending) allocs.push(await allocateLayer(p.blocks, options.bits!, allocOptions));
+      }
+      pending.forEach(({ layer: l, experts: E, shared }, i) => {
+        const alloc = allocs[i];
+        const get = (id: string) => parseScheme(alloc.choice.get(id)!);
+        expertChoice[l] = Array.from(
           { length: E },
-          (_, e) => [alloc.choice.get(`e${e}.gate_up`)!, alloc.choice.get(`e${e}.down`)!],
-        ),
-        shared: L.shared
-          ? [alloc.choice.get("shared.gate_up")!, alloc.choice.get("shared.down")!]
-          : undefined,
-        solver: alloc.solver,
-        paths: { gate_up: alloc.paths.get("gate_up") ?? [], down: alloc.paths.get("down") ?? [] },
+          (_, e) => ({ gu: get(`e${e}.gate_up`), down: get(`e${e}.down`) }),
+        );
+        sharedChoice[l] = shared ? { gu: get("shared.gate_up"), down: get("shared.down") } : undefined;
+        report.layers.push({
+          layer: l,
+          experts: Array.from(
+            { length: E },
+            (_, e) => [alloc.choice.get(`e${e}.gate_up`)!, alloc.choice.get(`e${e}.down`)!],
+          ),
+          shared: shared
+            ? [alloc.choice.get("shared.gate_up")!, alloc.choice.get("shared.down")!]
+            : undefined,
+          solver: alloc.solver,
+          paths: { gate_up: alloc.paths.get("gate_up") ?? [], down: alloc.paths.get("down") ?? [] },
+        });
+        say(`layer ${l}: ${alloc.averageBits.toFixed(3)} bits (${alloc.solver})`);
       });
-      say(`layer ${l}: ${alloc.averageBits.toFixed(3)} bits (${alloc.solver})`);
     }
 
     // 3. Quantize and write, in safetensors shards of about shardBytes (one model.safetensors when it fits).
@@ -648,6 +684,7 @@ async function quantizeOnce(
       mode: options.uniform !== undefined ? `uniform ${options.uniform}` : `mxmoe ${options.bits}`,
       r: options.r ?? 0.75,
       max_paths: pathLimit,
+      max_paths_scope: pathLimit === undefined ? undefined : scope,
       average_bits: report.averageBits,
       attention: schemeName(attention),
       router: schemeName(routerScheme),

@@ -182,7 +182,7 @@ Deno.test("quantizeModel refuses contradictory options, missing calibration and 
   }
 });
 
-Deno.test("MxMoE with maxPaths: each projection's routed experts use at most that many code paths", async () => {
+Deno.test("MxMoE with maxPaths: each projection's routed experts use at most that many code paths in all layers", async () => {
   const out = await Deno.makeTempDir({ prefix: "edgemix-q-" });
   try {
     const src = fixture("olmoe");
@@ -223,6 +223,26 @@ Deno.test("MxMoE with maxPaths: each projection's routed experts use at most tha
         assert.equal(key(dn, I), layer.paths.down[0]);
       }
     }
+    // Two paths per projection across the layers ("model"), where the layers capped alone use more together
+    // (qwen3_moe at 4.25 bits: gate/up w2 + w4 in one layer, w4 + word by word in the others).
+    const union = (layers: typeof free.layers, part: "gate_up" | "down") =>
+      new Set(layers.flatMap((l) => l.paths![part]));
+    const opts = { bits: 4.25, calibText, costTable: COSTS, uniformCheck: false, maxPaths: 2 };
+    const alone = await quantizeModel(fixture("qwen3_moe"), out, opts);
+    assert.ok(union(alone.layers, "gate_up").size > 2 || union(alone.layers, "down").size > 2);
+    const two = await quantizeModel(fixture("qwen3_moe"), out, { ...opts, maxPathsScope: "model" });
+    assert.ok(two.averageBits <= 4.25 + 1e-9, `average bits ${two.averageBits}`);
+    for (const part of ["gate_up", "down"] as const) {
+      assert.ok(union(two.layers, part).size <= 2, `${part}: ${[...union(two.layers, part)].join(", ")}`);
+    }
+    const scoped = JSON.parse(await Deno.readTextFile(`${out}/quantization.json`)) as {
+      max_paths_scope?: string;
+    };
+    assert.equal(scoped.max_paths_scope, "model");
+    await assert.rejects(
+      quantizeModel(src, out, { uniform: "w4g128", method: "rtn", maxPathsScope: "model" }),
+      /maxPathsScope applies to an MxMoE allocation/,
+    );
     await assert.rejects(
       quantizeModel(src, out, { uniform: "w4g128", method: "rtn", maxPaths: 2 }),
       /maxPaths limits an MxMoE allocation/,
@@ -268,6 +288,7 @@ Deno.test("deno task quantize: --help, bad flags exit 2, and a run prints the al
     assert.match(o.err, message);
   };
   await badFlag("--max-paths", "1.5", /--max-paths must be a whole number/);
+  await badFlag("--max-paths-scope", "all", /--max-paths-scope takes layer or model/);
   await badFlag("--candidates", "w4g64,w5g64", /--candidates: /);
   const uniformPaths = await run(
     "--model",
