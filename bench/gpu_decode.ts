@@ -2,7 +2,7 @@
  * Prefill and decode throughput of the WebGPU decoder on a checkpoint (batch 1). Run on a GPU host:
  *
  *   deno run -A bench/gpu_decode.ts --model DIR [--dtype f16] [--prompt 512] [--decode 128] [--reps 3]
- *     [--tokens-per-submit N] [--fuse-norms on|off] [--shapes qdown=32x8x8,...] [--overlap call|timer|off] [--temperature T --top-k K --top-p P]
+ *     [--tokens-per-submit N] [--fuse-norms on|off] [--shapes qdown=32x8x8,...] [--unify on|off] [--overlap call|timer|off] [--temperature T --top-k K --top-p P]
  *     [--kv f16|quant-2|gear-2|…] [--decode-prompt N]   # decode at a long context: --decode-prompt 32768
  *
  * Prints one JSON line: load seconds, prefill tokens/s (prompt tokens over the time of a generation of one token)
@@ -34,6 +34,7 @@ const { values } = parseArgs({
     "tokens-per-submit": { type: "string", default: "0" },
     gemm: { type: "string", default: "auto" },
     "fuse-norms": { type: "string", default: "on" },
+    unify: { type: "string", default: "on" },
     shapes: { type: "string" },
     overlap: { type: "string", default: "call" },
     kv: { type: "string", default: "f16" },
@@ -70,6 +71,7 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   groupedMoe: values["grouped-moe"] === "auto" ? undefined : values["grouped-moe"] === "on",
   fuseNorms: values["fuse-norms"] !== "off",
   matvecShapes: parseShapes(values.shapes),
+  unifyExpertKernels: values.unify !== "off",
   readbackOverlap: values.overlap as ReadbackOverlap,
   kvCache: isCompressed(kv.mode) ? kv : undefined,
 });

@@ -3,7 +3,7 @@
  * of the whole step as generation runs it (one pass, 32 steps), and that step without each kind of dispatch.
  *
  *   deno run -A bench/gpu_profile.ts --model DIR [--dtype f16] [--pos 128] [--fuse-norms on|off]
- *     [--shapes qdown=32x8x8,...] [--ablate on|off] [--kv f16|quant-2|gear-2|…] [--fill on|off]
+ *     [--shapes qdown=32x8x8,...] [--unify on|off] [--ablate on|off] [--kv f16|quant-2|gear-2|…] [--fill on|off]
  *
  * With a compressed cache (--kv) the step attends over a store of `pos` tokens whatever they hold (the time does
  * not depend on the values); pick a position that completes no block (the step then compresses none), or one
@@ -30,6 +30,7 @@ const { values } = parseArgs({
     dtype: { type: "string", default: "f16" },
     pos: { type: "string", default: "128" },
     "fuse-norms": { type: "string", default: "on" },
+    unify: { type: "string", default: "on" },
     shapes: { type: "string" },
     ablate: { type: "string", default: "on" },
     kv: { type: "string", default: "f16" },
@@ -47,6 +48,7 @@ const decoder = await GpuDecoder.create(ctx, ckpt, {
   contextLength: pos + 16,
   fuseNorms: values["fuse-norms"] !== "off",
   matvecShapes: parseShapes(values.shapes),
+  unifyExpertKernels: values.unify !== "off",
 });
 ckpt.close();
 if (values.fill === "on") {

@@ -668,6 +668,7 @@ mxdead)
     --down-experts w4g128,w8g128,w2g128,w4g64,w2g128,w3g128,w2g128,w2g128 &
   wait
   # BUILDS: suffixes of bundles to compare (dist/gpu_profile$SFX.js, dist/gpu_decode$SFX.js; "-" is none).
+  # VARIANTS: one more argument for both, space-separated, each run in turn ("-": none; e.g. "- --unify=off").
   for round in $(seq "${ROUNDS:-2}"); do
     for b in ${BUILDS:--}; do
       sfx=${b#-}
@@ -717,6 +718,7 @@ mxpaths)
   done
   wait
   # BUILDS: suffixes of bundles to compare (dist/gpu_profile$SFX.js, dist/gpu_decode$SFX.js; "-" is none).
+  # VARIANTS: one more argument for both, space-separated, each run in turn ("-": none; e.g. "- --unify=off").
   # each_run BENCH LOG TAG ARGS...: BENCH on every build, shapes and model, appended to LOG.
   each_run() {
     local bench=$1 log=$2 tag=$3 b sh m
@@ -725,9 +727,14 @@ mxpaths)
       for sh in ${SHAPES:--}; do
         local shapes=()
         [[ $sh != - ]] && shapes=(--shapes "$sh")
-        for m in $names; do
-          echo "== $m build $b shapes $sh$tag" >>"$logs/$log"
-          timeout 45 deno run -A "dist/$bench${b#-}.js" --model "/tmp/$m" "$@" "${shapes[@]}" >>"$logs/$log" 2>&1
+        for v in ${VARIANTS:--}; do
+          local extra=()
+          [[ $v != - ]] && extra=("$v")
+          for m in $names; do
+            echo "== $m build $b shapes $sh${extra:+ $v}$tag" >>"$logs/$log"
+            timeout 45 deno run -A "dist/$bench${b#-}.js" --model "/tmp/$m" "$@" "${shapes[@]}" "${extra[@]}" \
+              >>"$logs/$log" 2>&1
+          done
         done
       done
     done

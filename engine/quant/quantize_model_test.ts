@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { relRmsError, SKIP_GPU } from "../../kernels/test_util.ts";
+import { relRmsError, SKIP_GPU, testGpu } from "../../kernels/test_util.ts";
+import { resolveGenerateOptions, runGeneration } from "../generation.ts";
+import { GpuDecoder } from "../gpu_decoder.ts";
 import { Checkpoint } from "../checkpoint.ts";
 import { ModelLoadError } from "../errors.ts";
 import { loadModel } from "../model.ts";
@@ -197,6 +199,36 @@ Deno.test("MxMoE with maxPaths: each projection's routed experts use at most tha
       max_paths?: number;
     };
     assert.equal(uncapped.max_paths, undefined);
+    // Its layers hold different sets of schemes; the GPU decodes it the same with one expert kernel per
+    // projection for all layers (their union) as with one per layer, and as the CPU does.
+    assert.ok(new Set(free.layers.map((l) => JSON.stringify(l.paths))).size > 1);
+    if (!SKIP_GPU) {
+      const cpu = await loadModel(out, { backend: "cpu" });
+      const ids = cpu.tokenizer.encode("The lighthouse keeper kept a logbook.");
+      const want = await cpu.generate(ids, { maxTokens: 8, ignoreEos: true });
+      await cpu.dispose();
+      const { ctx } = await testGpu();
+      for (const unifyExpertKernels of [true, false]) {
+        const ckpt = await Checkpoint.open(out);
+        const gpu = await GpuDecoder.create(ctx, ckpt, {
+          dtype: "f32",
+          contextLength: 64,
+          unifyExpertKernels,
+          matvecShapes: { qGateUp: { int8: false }, qDown: { int8: false } },
+        });
+        ckpt.close();
+        try {
+          const opts = resolveGenerateOptions({ maxTokens: 8, ignoreEos: true }, ids.length, 64, {
+            eosTokenIds: [],
+          });
+          const got: number[] = [];
+          for await (const t of runGeneration(gpu, { decode: () => "" }, ids, opts, () => {})) got.push(t);
+          assert.deepEqual(got, want, `unifyExpertKernels ${unifyExpertKernels}`);
+        } finally {
+          gpu.dispose();
+        }
+      }
+    }
     // With the uniform check (one scheme: within any cap), whichever of the two it keeps.
     const capped = await quantizeModel(src, out, { bits: 3.25, calibText, costTable: COSTS, maxPaths: 1 });
     assert.ok(capped.averageBits <= 3.25 + 1e-9, `average bits ${capped.averageBits}`);
