@@ -12,8 +12,8 @@
  * ```
  *
  * `--max-paths N` caps MxMoE's code paths per projection (QuantizeModelOptions.maxPaths; default 2, 0: no cap,
- * as labelled in each MxMoE row), in each layer or with `--max-paths-scope model` across them ("in all"), `--candidates LIST` replaces MxMoE's candidate schemes (labelled too);
- * `--only A,B` runs only
+ * as labelled in each MxMoE row), in each layer or with `--max-paths-scope model` across them ("in all");
+ * `--candidates LIST` replaces MxMoE's candidate schemes (labelled too); `--only A,B` runs only
  * the rows whose label starts with one of A, B (e.g. "uniform w3g128", "MxMoE 3.25"); `--int8-activations`
  * runs the quantized models with their linear inputs rounded to int8 per block of 32 (what an integer
  * dot-product kernel would compute; the reference model stays f32).

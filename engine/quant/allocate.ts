@@ -344,11 +344,11 @@ function subsets<T>(items: T[], n: number): T[][] {
 
 /**
  * Allocates every MoE layer's blocks (`layers[l]`), each layer under `budget`, with `maxPaths` counted per
- * grouped kernel across all the layers: the model then holds at most that many code paths per projection, so
- * every layer's kernel of a projection can be one program (a GPU runs one program per projection faster than a
- * different one per layer: an H200 stepped 1.136 ms with the layers' own sets of schemes against 1.114 with one
- * set). Each layer is first allocated alone with the cap; where the layers together use more paths than that,
- * every choice of `maxPaths` paths per kernel among those they use is tried (each layer solved again over its
+ * grouped kernel across all the layers: the model then holds at most that many code paths per projection (on an
+ * H200 at OLMoE's shape the reader's 3.25-bit allocation so decoded at 868–875 tok/s, capped per layer at
+ * 857–861, uniform w4g128 at 847–865; it was less accurate, docs/benchmarks.md). Each layer is first allocated
+ * alone with the cap; where the layers together use more paths than that, every choice of `maxPaths` paths per
+ * kernel among those they use and the kernel's smallest-bits path is tried (each layer solved again over its
  * candidates on those paths), and the choice whose layers score best in sum (Σ r·log L + (1 − r)·log T, each
  * layer's objective) wins. Without `maxPaths`: {@linkcode allocateLayer} per layer.
  */

@@ -18,7 +18,7 @@ import { CpuDecoder, loadCpuWeights } from "../cpu_decoder.ts";
 import { encodeSafetensors, type TensorData } from "../safetensors.ts";
 import { loadTokenizer } from "../tokenizer.ts";
 import { planWeights, readWeightF32, type WeightSpec } from "../weights.ts";
-import { allocateLayer, allocateModel, type Block } from "./allocate.ts";
+import { allocateLayer, allocateModel, type Allocation, type Block } from "./allocate.ts";
 import { calibrate, type ExpertCalibration, expertHidden } from "./calibrate.ts";
 import {
   COST_KERNELS,
@@ -79,8 +79,9 @@ export interface QuantizeModelOptions {
   /**
    * MxMoE only: where `maxPaths` counts: in each layer (default "layer") or across all the MoE layers ("model":
    * one set of paths for the whole model, {@linkcode allocateModel}). "model" decodes a little faster and costs
-   * accuracy: on the default reader at 3.25 bits, held-out KL 1.41e-1 against 9.83e-2, decode 871 against 858
-   * tok/s at OLMoE's shape on an H200 (docs/benchmarks.md).
+   * accuracy: on the default reader at 3.25 bits, held-out KL 1.14e-1 against 9.62e-2 per layer (groups of 64
+   * only: 1.41e-1 against 9.83e-2, decoding 871 against 858 tok/s at OLMoE's shape on an H200;
+   * docs/benchmarks.md).
    */
   maxPathsScope?: "layer" | "model";
   /** A cost table to reuse (else measured, and written beside the output as cost_table.json). */
@@ -470,10 +471,10 @@ async function quantizeOnce(
     if (pending.length > 0) {
       say(`allocating ${pending.length} layers`);
       const allocOptions = { r: options.r, maxPaths: pathLimit };
-      const allocs = scope === "model"
-        ? await allocateModel(pending.map((p) => p.blocks), options.bits!, allocOptions)
-        : [];
-      if (scope === "layer") {
+      const allocs: Allocation[] = [];
+      if (scope === "model") {
+        allocs.push(...await allocateModel(pending.map((p) => p.blocks), options.bits!, allocOptions));
+      } else {
         for (const p of pending) allocs.push(await allocateLayer(p.blocks, options.bits!, allocOptions));
       }
       pending.forEach(({ layer: l, experts: E, shared }, i) => {
