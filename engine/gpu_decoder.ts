@@ -81,6 +81,7 @@ import {
   qNormFusable,
   type QuantMatrix,
   type QuantScheme,
+  schemeSet,
 } from "../kernels/qmatvec.ts";
 import { rmsNormProgram } from "../kernels/rms_norm.ts";
 import { countsStride, topKProgram } from "../kernels/router.ts";
@@ -664,18 +665,16 @@ export class GpuDecoder implements TokenSource {
      */
     const unifiedExperts = (key: "gate_up" | "down", cols: number): QuantScheme[] | undefined => {
       if (options.unifyExpertKernels === false) return undefined;
-      const all = new Map<string, QuantScheme>();
+      const all: QuantScheme[] = [];
       for (let l = 0; l < c.numLayers; l++) {
         const spec = c.layers[l].moe ? plan.layers[l].get(key) : undefined;
         if (!spec || !spec.parts.some((p) => ckpt.quantized.has(p.tensor))) continue;
         for (const p of spec.parts) {
-          const q = ckpt.quantized.get(p.tensor);
-          const s = q ? { bits: q.bits, group: q.group } : { bits: 16, group: cols };
-          all.set(`${s.bits}/${s.group}`, s);
+          // A packed set's plain matrices are f16 "groups" of a whole row (buildQuantSet).
+          all.push(ckpt.quantized.get(p.tensor) ?? { bits: 16, group: cols });
         }
       }
-      const union = [...all.values()].sort((a, b) => a.bits - b.bits || a.group - b.group);
-      return all.size === 0 ? undefined : union;
+      return all.length === 0 ? undefined : schemeSet(all);
     };
     const guUnified = unifiedExperts("gate_up", H);
     const dnUnified = unifiedExperts("down", I);

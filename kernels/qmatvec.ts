@@ -1523,8 +1523,15 @@ export function buildQuantSet(
       for (let j = 0; j < m.scales.length; j++) qp[e.paramOffset + j] = m.scales[j] | (m.mins[j] << 16);
     }
   });
-  // Sorted (bits, then group), so weight sets holding the same schemes build the same kernels.
-  const schemes = [...new Map(entries.map((e) => [`${e.bits}/${e.group}`, { bits: e.bits, group: e.group }]))
-    .values()].sort((a, b) => a.bits - b.bits || a.group - b.group);
-  return { qw, qp, meta: metaTable(entries), schemes };
+  return { qw, qp, meta: metaTable(entries), schemes: schemeSet(entries) };
+}
+
+/**
+ * The distinct schemes of `schemes`, sorted by bits, then group size: weight sets holding the same schemes (in
+ * whatever order) build the same kernels.
+ */
+export function schemeSet(schemes: Iterable<QuantScheme>): QuantScheme[] {
+  const seen = new Map<string, QuantScheme>();
+  for (const s of schemes) seen.set(`${s.bits}/${s.group}`, { bits: s.bits, group: s.group });
+  return [...seen.values()].sort((a, b) => a.bits - b.bits || a.group - b.group);
 }

@@ -16,6 +16,7 @@ import {
   qgemvProgram,
   qNormFusable,
   qStagingPlan,
+  schemeSet,
   WIDE_QGEMV_SHAPE,
 } from "./qmatvec.ts";
 import type { MatvecShape } from "./wgsl.ts";
@@ -483,4 +484,28 @@ Deno.test("qStagingPlan: int8 where it fits, else f32 where that fits, else unst
   // f32 staging: 8 · 4 KiB.
   assert.equal(qStagingPlan(16384, { ...QDOWN_SHAPE, int8: false }, 1024, 8, [w4]).staged, false);
   assert.equal(qStagingPlan(65536, shape, 1024, 8, undefined).staged, false);
+});
+
+Deno.test("schemeSet: distinct schemes sorted by bits, then group, whatever order they come in", () => {
+  const a = schemeSet([{ bits: 4, group: 128 }, { bits: 2, group: 64 }, { bits: 4, group: 64 }, {
+    bits: 2,
+    group: 64,
+  }]);
+  const b = schemeSet([{ bits: 2, group: 64 }, { bits: 4, group: 64 }, { bits: 4, group: 128 }]);
+  assert.deepEqual(a, [{ bits: 2, group: 64 }, { bits: 4, group: 64 }, { bits: 4, group: 128 }]);
+  assert.deepEqual(a, b);
+  // A weight set lists its schemes the same way.
+  const set = buildQuantSet([
+    { rows: 1, cols: 4, f16: new Uint16Array(4) },
+    {
+      rows: 1,
+      cols: 4,
+      bits: 4,
+      group: 4,
+      qweight: new Uint32Array(1),
+      scales: new Uint16Array(1),
+      mins: new Uint16Array(1),
+    },
+  ]);
+  assert.deepEqual(set.schemes, [{ bits: 4, group: 4 }, { bits: 16, group: 4 }]);
 });

@@ -212,9 +212,7 @@ Deno.test("allocateModel caps the code paths per kernel across layers and picks 
     }
     // Layers that already agree keep their own allocations.
     const same = await allocateModel([layers[0], layers[0]], budget, { r, maxPaths });
-    if ([...alone[0].paths.values()].every((ps) => ps.length <= maxPaths)) {
-      assert.deepEqual([...same[0].choice], [...alone[0].choice]);
-    }
+    assert.deepEqual([...same[0].choice], [...alone[0].choice]);
   }
   assert.ok(binding >= 2, `the layers alone exceed the cap together in ${binding} of 3 cases`);
   // Without a cap: each layer alone.
